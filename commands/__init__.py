@@ -1,0 +1,1 @@
+"""The `streamflow` command line: composes the library, producers and consumers into processes."""

@@ -1,0 +1,47 @@
+"""Entry point of the `streamflow` console script.
+
+Each subcommand lives in its own module under ``commands/`` and exposes
+``add_parser(subparsers)``, which registers its options and sets ``func``.
+A :class:`~streamflow.errors.StreamflowError` becomes one line on stderr and
+exit code 2; Ctrl-C exits with 130. A user never sees a traceback for their mistake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from streamflow import __version__
+from streamflow.errors import StreamflowError
+
+SUBCOMMANDS = ("replay",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streamflow",
+        description="Online anomaly detection for collider event streams.",
+    )
+    parser.add_argument("--version", action="version", version=f"streamflow {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"commands.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except StreamflowError as exc:
+        print(f"streamflow {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"streamflow {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

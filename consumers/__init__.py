@@ -1,0 +1,1 @@
+"""Processes that receive frames: the scorer, the sink and the monitor."""

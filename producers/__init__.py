@@ -1,0 +1,1 @@
+"""Processes that send events: the replay producer."""
