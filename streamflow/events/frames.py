@@ -1,0 +1,233 @@
+"""Coordinate frames: invertible maps of the feature columns a learner selected.
+
+A frame y = T(x) changes nothing about the events, only the coordinates they are
+written in. It matters because densities are not invariant under a change of
+coordinates:
+
+    p_Y(y) = p_X(x) |dx/dy| = p_X(x) / |det dT/dx|,
+
+so a density score (a flow's -log p, an autoencoder's reconstruction error) picks
+different "most anomalous" events in different frames, while a likelihood ratio
+p_SR(y)/p_SB(y) = p_SR(x)/p_SB(x) does not change (the Jacobian cancels). Every
+frame here is elementwise or triangular, so ``log_abs_det_jacobian`` is a sum of
+per-column terms.
+
+Frames (names as in the shared contract):
+
+- ``identity``: y = x.
+- ``log_mass``: y = log(max(x, MASS_FLOOR)) for the mass-like columns (names
+  starting with "m", i.e. mjj, mj1, mj2, mjmin, mjmax, and delta_m); other
+  columns unchanged. The floor (1 MeV) guards the tiny negative and zero masses of
+  real data (rounding, single-constituent jets); the inverse is exact for x >= floor.
+- ``tau_ratio``: tau2_jX -> tau2_jX / (tau1_jX + 1e-5) and tau3_jX ->
+  tau3_jX / (tau2_jX + 1e-5) (the N-subjettiness ratios tau21, tau32 of jet X,
+  guarded because tau1 = 0 occurs in real data); tau1_jX is kept, which makes the
+  map triangular and invertible: tau2 = r21 (tau1 + 1e-5), tau3 = r32 (tau2 + 1e-5).
+- ``normal_cdf``: y = Phi(x) = (1 + erf(x / sqrt 2)) / 2 elementwise (the paper's
+  toy: maps N(0, 1) to U(0, 1)); inverse x = sqrt 2 erfinv(2y - 1).
+- ``tanh_shift``: y = tanh(x + 2) elementwise (the paper's toy); inverse
+  x = atanh(y) - 2.
+
+All maps are vectorised torch code and run on the tensor's device and dtype.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from streamflow.errors import ConfigError
+
+MASS_FLOOR = 1e-3
+"""GeV; masses below it (real data has a few tiny negatives) are raised to it before the log."""
+
+TAU_EPS = 1e-5
+"""The guard in tau2/(tau1 + eps) and tau3/(tau2 + eps), as in common LHCO code."""
+
+_TAU_COLUMN = re.compile(r"^tau([123])_(j\w+)$")
+
+
+def _check(x: Tensor, names: Sequence[str]) -> None:
+    if x.ndim != 2 or x.shape[1] != len(names):
+        raise ConfigError(f"frame input has shape {list(x.shape)} but {len(names)} column names")
+
+
+class Frame:
+    """An invertible coordinate map of named feature columns.
+
+    Subclasses implement ``forward``, ``inverse`` and ``log_abs_det_jacobian``
+    (log |det dy/dx| per event, so that log p_Y(y) = log p_X(x) - that).
+    """
+
+    name: str = ""
+
+    def forward(self, x: Tensor, names: Sequence[str]) -> Tensor:
+        raise NotImplementedError
+
+    def inverse(self, y: Tensor, names: Sequence[str]) -> Tensor:
+        raise NotImplementedError
+
+    def log_abs_det_jacobian(self, x: Tensor, names: Sequence[str]) -> Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"Frame({self.name!r})"
+
+
+class IdentityFrame(Frame):
+    """y = x."""
+
+    name = "identity"
+
+    def forward(self, x: Tensor, names: Sequence[str]) -> Tensor:
+        _check(x, names)
+        return x
+
+    def inverse(self, y: Tensor, names: Sequence[str]) -> Tensor:
+        _check(y, names)
+        return y
+
+    def log_abs_det_jacobian(self, x: Tensor, names: Sequence[str]) -> Tensor:
+        _check(x, names)
+        return x.new_zeros(x.shape[0])
+
+
+class ElementwiseFrame(Frame):
+    """y = f(x) on every column, with inverse g and log |f'(x)| given."""
+
+    def __init__(
+        self,
+        name: str,
+        f: Callable[[Tensor], Tensor],
+        g: Callable[[Tensor], Tensor],
+        log_df: Callable[[Tensor], Tensor],
+    ) -> None:
+        self.name = name
+        self._f, self._g, self._log_df = f, g, log_df
+
+    def forward(self, x: Tensor, names: Sequence[str]) -> Tensor:
+        _check(x, names)
+        return self._f(x)
+
+    def inverse(self, y: Tensor, names: Sequence[str]) -> Tensor:
+        _check(y, names)
+        return self._g(y)
+
+    def log_abs_det_jacobian(self, x: Tensor, names: Sequence[str]) -> Tensor:
+        _check(x, names)
+        return self._log_df(x).sum(dim=1)
+
+
+def is_mass_column(name: str) -> bool:
+    """Mass-like columns of the LHCO schema: names starting with "m", and delta_m."""
+    return name.startswith("m") or name == "delta_m"
+
+
+class LogMassFrame(Frame):
+    """y = log(max(x, MASS_FLOOR)) on mass-like columns, identity elsewhere."""
+
+    name = "log_mass"
+
+    @staticmethod
+    def _mask(x: Tensor, names: Sequence[str]) -> Tensor:
+        _check(x, names)
+        return torch.tensor([is_mass_column(n) for n in names], device=x.device)
+
+    def forward(self, x: Tensor, names: Sequence[str]) -> Tensor:
+        mask = self._mask(x, names)
+        return torch.where(mask, torch.log(x.clamp(min=MASS_FLOOR)), x)
+
+    def inverse(self, y: Tensor, names: Sequence[str]) -> Tensor:
+        mask = self._mask(y, names)
+        return torch.where(mask, torch.exp(y), y)
+
+    def log_abs_det_jacobian(self, x: Tensor, names: Sequence[str]) -> Tensor:
+        mask = self._mask(x, names)
+        # d log(m) / dm = 1/m; below the floor the map is constant (not invertible there).
+        return torch.where(mask, -torch.log(x.clamp(min=MASS_FLOOR)), torch.zeros_like(x)).sum(dim=1)
+
+
+class TauRatioFrame(Frame):
+    """tau2_jX -> tau2/(tau1 + eps), tau3_jX -> tau3/(tau2 + eps); tau1_jX kept."""
+
+    name = "tau_ratio"
+
+    @staticmethod
+    def _pairs(names: Sequence[str]) -> list[tuple[int, int]]:
+        """(column to divide, column of its denominator) for every tau2_jX, tau3_jX present."""
+        index = {n: i for i, n in enumerate(names)}
+        pairs = []
+        for i, n in enumerate(names):
+            match = _TAU_COLUMN.match(n)
+            if match is None or match.group(1) == "1":
+                continue
+            below = f"tau{int(match.group(1)) - 1}_{match.group(2)}"
+            if below not in index:
+                raise ConfigError(f"frame 'tau_ratio' needs column {below!r} to transform {n!r}")
+            pairs.append((i, index[below]))
+        return pairs
+
+    def forward(self, x: Tensor, names: Sequence[str]) -> Tensor:
+        _check(x, names)
+        y = x.clone()
+        for i, j in self._pairs(names):
+            y[:, i] = x[:, i] / (x[:, j] + TAU_EPS)
+        return y
+
+    def inverse(self, y: Tensor, names: Sequence[str]) -> Tensor:
+        _check(y, names)
+        x = y.clone()
+        # tau2 before tau3: tau3's denominator is the recovered tau2.
+        for i, j in sorted(self._pairs(names), key=lambda p: names[p[0]]):
+            x[:, i] = y[:, i] * (x[:, j] + TAU_EPS)
+        return x
+
+    def log_abs_det_jacobian(self, x: Tensor, names: Sequence[str]) -> Tensor:
+        _check(x, names)
+        total = x.new_zeros(x.shape[0])
+        for _, j in self._pairs(names):
+            total = total - torch.log((x[:, j] + TAU_EPS).abs())
+        return total
+
+
+_SQRT2 = math.sqrt(2.0)
+_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+_FRAMES: dict[str, Frame] = {
+    "identity": IdentityFrame(),
+    "log_mass": LogMassFrame(),
+    "tau_ratio": TauRatioFrame(),
+    "normal_cdf": ElementwiseFrame(
+        "normal_cdf",
+        f=lambda x: 0.5 * (1.0 + torch.erf(x / _SQRT2)),
+        g=lambda y: _SQRT2 * torch.erfinv(2.0 * y - 1.0),
+        log_df=lambda x: -0.5 * x * x - _LOG_SQRT_2PI,
+    ),
+    "tanh_shift": ElementwiseFrame(
+        "tanh_shift",
+        f=lambda x: torch.tanh(x + 2.0),
+        g=lambda y: torch.atanh(y) - 2.0,
+        # d tanh(u)/du = 1 - tanh(u)^2 = 4 / (e^u + e^-u)^2
+        log_df=lambda x: math.log(4.0) - 2.0 * torch.logaddexp(x + 2.0, -(x + 2.0)),
+    ),
+}
+
+FRAME_NAMES: tuple[str, ...] = tuple(_FRAMES)
+
+
+def get_frame(name: str) -> Frame:
+    """The frame called ``name``; ConfigError listing the valid names otherwise."""
+    try:
+        return _FRAMES[name]
+    except (KeyError, TypeError):
+        raise ConfigError(f"unknown coordinate frame {name!r} (valid: {', '.join(FRAME_NAMES)})") from None
+
+
+def apply_frame(name: str, x: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    """numpy convenience: frame ``name`` applied to x[n, k] with column ``names`` (dtype kept)."""
+    return get_frame(name).forward(torch.from_numpy(np.asarray(x)), list(names)).numpy()
