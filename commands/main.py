@@ -15,7 +15,7 @@ import sys
 from streamflow import __version__
 from streamflow.errors import StreamflowError
 
-SUBCOMMANDS = ("replay",)
+SUBCOMMANDS = ("replay", "consume", "sink")
 
 
 def build_parser() -> argparse.ArgumentParser:

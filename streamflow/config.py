@@ -84,15 +84,21 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     return value
 
 
-def load_toml(cls: type[T], path: str | Path, table: str | None = None) -> T:
-    """Read ``path`` (optionally one ``table`` of it) into dataclass ``cls``."""
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file as plain data; a missing or malformed file is a one-line ConfigError."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+
+
+def load_toml(cls: type[T], path: str | Path, table: str | None = None) -> T:
+    """Read ``path`` (optionally one ``table`` of it) into dataclass ``cls``."""
+    path = Path(path)
+    data = read_toml(path)
     if table is not None:
         data = data.get(table, {})
     return from_dict(cls, data, where=f"{path.name}" + (f"[{table}]" if table else ""))

@@ -111,6 +111,10 @@ class SelectionWriter:
         """Queue accepted events; writes and flushes once ``flush_interval`` has passed."""
         if len(events):
             self._pending.append(events)
+        self.maybe_flush()
+
+    def maybe_flush(self) -> None:
+        """Flush if ``flush_interval`` has passed since the last flush."""
         if time.monotonic() - self._last_flush >= self.flush_interval:
             self.flush()
 

@@ -1,0 +1,66 @@
+"""`streamflow consume`: run a scorer (learners + trigger) on a producer's stream."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from commands.common import stop_on_signals
+from consumers.scorer import ConsumeConfig, run_consume
+from streamflow.config import read_toml
+from streamflow.presets import PRESETS, preset
+from streamflow.scorer import ScorerConfig
+from streamflow.transport import DEFAULT_ENDPOINT
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "consume", help="score, trigger and learn on a stream (the scorer process)",
+        description="Pull frames from a producer; score each frame with every learner, select the most "
+                    "anomalous events per trigger line, then learn from the frame (test-then-train).",
+    )
+    p.add_argument("--config", metavar="TOML", help="a run config: its [scorer] table (learners, lines) "
+                   "replaces the preset")
+    p.add_argument("--preset", choices=PRESETS, default="lhco", help="built-in menu when no --config (default lhco)")
+    p.add_argument("--q", type=float, default=0.01, help="accept fraction of each preset line (default 0.01)")
+    p.add_argument("--window", type=int, default=50_000, help="rolling-quantile window in events (default 50000)")
+    p.add_argument("--warmup", type=int, default=10_000, help="events before a line accepts anything (default 10000)")
+    p.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help=f"producer data endpoint (default {DEFAULT_ENDPOINT})")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda[:N] (default auto)")
+    p.add_argument("--learn-events", type=int, default=0, metavar="N",
+                   help="learn once N scored events have accumulated (0: after every frame; default 0)")
+    p.add_argument("--selections", metavar="ENDPOINT", default=None,
+                   help="bind here and push accepted events to a sink (default: none)")
+    p.add_argument("--telemetry", metavar="ENDPOINT", default=None,
+                   help="publish stats to a monitor listening here (default: only the run folder)")
+    p.add_argument("--run-dir", default=".", help="folder for checkpoint, telemetry and ledger (default .)")
+    p.add_argument("--name", default="scorer", help="this scorer's name in files and telemetry (default scorer)")
+    p.add_argument("--checkpoint-every", type=int, default=200, metavar="FRAMES",
+                   help="checkpoint every N frames, and always at exit (0: only at exit; default 200)")
+    p.add_argument("--resume", action="store_true", help="start from the run folder's checkpoint if there is one")
+    p.add_argument("--idle-timeout", type=float, default=60.0, metavar="S",
+                   help="give up after S seconds without a frame (default 60)")
+    p.set_defaults(func=main)
+
+
+def scorer_config(args: argparse.Namespace) -> ScorerConfig:
+    """The scorer's learners and lines: the config file's [scorer] table, else the preset."""
+    if args.config:
+        config = ScorerConfig.from_tables(read_toml(args.config).get("scorer", {}), where=f"{args.config}[scorer]")
+        return dataclasses.replace(config, device=args.device) if args.device != "auto" else config
+    return preset(args.preset, q=args.q, window=args.window, warmup=args.warmup, device=args.device,
+                  learn_events=args.learn_events)
+
+
+def main(args: argparse.Namespace) -> int:
+    config = ConsumeConfig(
+        scorer=scorer_config(args), endpoint=args.endpoint, selections=args.selections,
+        telemetry=args.telemetry, run_dir=args.run_dir, checkpoint_every=args.checkpoint_every,
+        resume=args.resume, idle_timeout=args.idle_timeout, name=args.name,
+    )
+    stats, ledger = run_consume(config, stop_on_signals())
+    print(ledger.render())
+    if stats.stopped:
+        print("scorer: stopped by signal; checkpoint written", file=sys.stderr)
+    return 0

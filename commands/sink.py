@@ -1,0 +1,34 @@
+"""`streamflow sink`: write a scorer's accepted events to an HDF5 selections file."""
+
+from __future__ import annotations
+
+import argparse
+
+from commands.common import stop_on_signals
+from consumers.sink import DEFAULT_SELECTIONS_ENDPOINT, SinkConfig, run_sink
+from streamflow.config import read_toml
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sink", help="append accepted events to an HDF5 file",
+                       description="Pull a scorer's selections and append them to a chunked HDF5 file, "
+                                   "flushed at least every --flush-interval seconds.")
+    p.add_argument("--endpoint", default=DEFAULT_SELECTIONS_ENDPOINT,
+                   help=f"the scorer's selections endpoint (default {DEFAULT_SELECTIONS_ENDPOINT})")
+    p.add_argument("--output", default="selections.h5", help="file name in the run folder (default selections.h5)")
+    p.add_argument("--run-dir", default=".", help="folder for the file, telemetry and ledger (default .)")
+    p.add_argument("--telemetry", metavar="ENDPOINT", default=None, help="publish stats to a monitor here")
+    p.add_argument("--flush-interval", type=float, default=1.0, metavar="S", help="seconds between flushes (default 1)")
+    p.add_argument("--idle-timeout", type=float, default=120.0, metavar="S",
+                   help="give up after S seconds without selections (default 120)")
+    p.add_argument("--run-config", metavar="TOML", help="a run config to store in the file's attributes")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    config = SinkConfig(endpoint=args.endpoint, output=args.output, telemetry=args.telemetry,
+                        run_dir=args.run_dir, flush_interval=args.flush_interval, idle_timeout=args.idle_timeout)
+    run_config = read_toml(args.run_config) if args.run_config else None
+    _, ledger = run_sink(config, stop_on_signals(), run_config=run_config)
+    print(ledger.render())
+    return 0

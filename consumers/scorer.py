@@ -1,0 +1,228 @@
+"""The scorer process: PULL frames, test-then-train, trigger, push selections to the sink.
+
+Per frame: decode (zero-copy), check its sequence number, hand it to
+:class:`streamflow.scorer.FrameScorer` (score with every learner, select, learn),
+send the frame's accepted events as one SELECTION message (empty ones too: the
+sink counts frames by them), record the frame's latency from the producer's send
+time, checkpoint every ``checkpoint_every`` frames, and publish telemetry about
+twice a second. END_OF_STREAM, SIGINT and SIGTERM all end the loop the same way:
+a last learning step, a checkpoint, the selections stream ended with its own
+handshake, and the ledger.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from streamflow.checkpoint import load_checkpoint, save_checkpoint
+from streamflow.errors import ConfigError, StreamflowError
+from streamflow.ledger import Ledger, SequenceTracker
+from streamflow.score_sample import ScoreSample
+from streamflow.scorer import FrameScorer, ScorerConfig
+from streamflow.telemetry import LatencyHistogram, RateMeter, TelemetryReporter
+from streamflow.transport import DEFAULT_ENDPOINT, Receiver, Sender, check_endpoint, connect
+from streamflow.wire import Kind, Message, encode_selection
+
+
+@dataclass(frozen=True)
+class ConsumeConfig:
+    """How a scorer process runs (its learners and lines are in ``scorer``).
+
+    selections: endpoint the scorer binds to push accepted events to a sink (None: none).
+    telemetry: endpoint of a monitor's SUB socket to publish stats to (None: only the JSON lines file).
+    idle_timeout: seconds without any frame before the scorer gives up with a clear error.
+    """
+
+    scorer: ScorerConfig
+    endpoint: str = DEFAULT_ENDPOINT
+    selections: str | None = None
+    telemetry: str | None = None
+    run_dir: str = "."
+    checkpoint_every: int = 200
+    resume: bool = False
+    idle_timeout: float = 60.0
+    eos_timeout: float = 30.0
+    name: str = "scorer"
+
+    def __post_init__(self) -> None:
+        for endpoint in (self.endpoint, self.selections, self.telemetry):
+            if endpoint is not None:
+                check_endpoint(endpoint)
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"checkpoint_every must be >= 0 frames, got {self.checkpoint_every}")
+        if not self.idle_timeout > 0:
+            raise ConfigError(f"idle timeout must be positive seconds, got {self.idle_timeout}")
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return Path(self.run_dir) / f"{self.name}.ckpt.pt"
+
+
+@dataclass
+class ConsumeStats:
+    """What a scorer did, for the ledger and the caller."""
+
+    frames: int = 0
+    events: int = 0
+    rejected: int = 0
+    accepted: int = 0
+    selections_sent: int = 0
+    checkpoints: int = 0
+    resumed_from_frame: int | None = None
+    stopped: bool = False
+    ended_by_producer: bool = False
+    sequence: dict[str, int] = field(default_factory=dict)
+    missing_frames: dict[int, list[int]] = field(default_factory=dict)
+
+
+class _ScorerLoop:
+    """State of one scorer process; :func:`run_consume` drives it."""
+
+    def __init__(self, config: ConsumeConfig, ctx: zmq.Context) -> None:
+        self.config = config
+        self.scorer = FrameScorer(config.scorer)
+        self.tracker = SequenceTracker()
+        self.stats = ConsumeStats()
+        self.latency = LatencyHistogram()
+        self.rates = RateMeter()
+        self.learn_totals: dict[str, dict[str, float]] = {}
+        self.sample = ScoreSample(tuple(self.scorer.learners))
+        run_dir = Path(config.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if config.resume and config.checkpoint_path.exists():
+            self._resume()
+        # Counts carried over from a checkpoint, so the ledger reports this run's events only.
+        self.base_scored, self.base_learned = self.scorer.events_scored, self.scorer.events_learned
+        self.receiver = Receiver(ctx, config.endpoint, name=config.name)
+        self.selections = Sender(ctx, config.selections, stream_id=0) if config.selections else None
+        self._pub = connect(ctx, zmq.PUB, config.telemetry) if config.telemetry else None
+        self.reporter = TelemetryReporter(
+            config.name, publish=self._pub.send if self._pub else None,
+            jsonl_path=run_dir / f"telemetry-{config.name}.jsonl",
+        )
+
+    def _resume(self) -> None:
+        state = load_checkpoint(self.config.checkpoint_path, self.scorer.device)
+        self.scorer.load_state_dict(state["scorer"])
+        self.tracker.load_state_dict(state["sequence"])
+        self.stats.resumed_from_frame = self.scorer.frames
+
+    def checkpoint(self) -> None:
+        save_checkpoint(self.config.checkpoint_path, {
+            "scorer": self.scorer.state_dict(), "sequence": self.tracker.state_dict(),
+        })
+        self.stats.checkpoints += 1
+
+    def on_frame(self, msg: Message) -> None:
+        batch = msg.batch
+        self.tracker.observe(msg.stream_id, msg.seq)
+        result = self.scorer.process(batch)
+        selection = result.selection
+        accepted = np.flatnonzero(selection.accept)
+        self.stats.frames += 1
+        self.stats.events += len(batch)
+        self.stats.accepted += len(accepted)
+        self.rates.add(len(batch))
+        self.sample.add(batch.labels, result.scores)
+        for name, stats in result.learn_stats.items():
+            totals = self.learn_totals.setdefault(name, {})
+            for key, value in stats.items():
+                totals[key] = value if key == "loss" else totals.get(key, 0.0) + value
+        if self.selections is not None:
+            line_scores = np.column_stack(
+                [result.scores[line.learner][accepted] for line in self.config.scorer.lines]
+            ).astype(np.float32) if self.config.scorer.lines else np.zeros((len(accepted), 0), np.float32)
+            parts = encode_selection(
+                batch.take(accepted), selection.bits[accepted], line_scores,
+                tuple(line.name for line in self.config.scorer.lines),
+                seq=msg.seq, stream_id=msg.stream_id, send_ns=msg.send_ns,
+            )
+            self.selections.send(parts, len(accepted))
+            self.stats.selections_sent += len(accepted)
+        self.latency.record(time.time_ns() - msg.send_ns)
+        every = self.config.checkpoint_every
+        if every and self.scorer.frames % every == 0:
+            self.checkpoint()
+
+    def telemetry(self) -> dict[str, Any]:
+        sender = self.selections
+        return {
+            "events": self.stats.events, "frames": self.stats.frames, **self.rates.rates(),
+            "latency": self.latency.summary(), "rejected": self.receiver.rejected,
+            "sequence": self.tracker.summary(), "accepted": self.stats.accepted,
+            "blocked_s": sender.blocked_s if sender else 0.0,
+            "learners": self.learn_totals, "lines": self.scorer.menu.stats(),
+            "device": str(self.scorer.device),
+        }
+
+    def ledger(self) -> Ledger:
+        ledger = Ledger()
+        stats, receiver = self.stats, self.receiver
+        ledger.add("received", receiver.events, f"{receiver.frames} frames; {receiver.rejected} rejected messages")
+        ledger.add("scored", self.scorer.events_scored - self.base_scored, "")
+        ledger.add("learned from", self.scorer.events_learned - self.base_learned,
+                   "every scored event is learned from after its frame")
+        ledger.add("accepted", stats.accepted, "by at least one trigger line")
+        ledger.add("sent to sink", stats.selections_sent, "" if self.selections else "no sink configured")
+        ledger.details.update(sequence=self.tracker.summary(), missing_frames=self.tracker.missing_frames(),
+                              resumed_from_frame=stats.resumed_from_frame, lines=self.scorer.menu.stats(),
+                              learners=self.learn_totals)
+        return ledger
+
+    def close(self) -> None:
+        self.receiver.close()
+        if self.selections is not None:
+            self.selections.close()
+        if self._pub is not None:
+            self._pub.close(linger=0)
+        self.reporter.close()
+
+
+def run_consume(config: ConsumeConfig, stop_event: threading.Event | None = None) -> tuple[ConsumeStats, Ledger]:
+    """Run a scorer until END_OF_STREAM, ``stop_event`` or the idle timeout (a StreamflowError)."""
+    stop_event = stop_event or threading.Event()
+    ctx = zmq.Context()
+    loop = None
+    try:
+        loop = _ScorerLoop(config, ctx)
+        last_frame = time.monotonic()
+        while not stop_event.is_set():
+            msg = loop.receiver.recv(timeout_ms=200)
+            if msg is None:
+                if time.monotonic() - last_frame > config.idle_timeout:
+                    raise StreamflowError(
+                        f"no frame from {config.endpoint} for {config.idle_timeout:g} s: is the producer running?"
+                    )
+            elif msg.kind == Kind.END_OF_STREAM:
+                loop.stats.ended_by_producer = True
+                break
+            elif msg.kind == Kind.DATA:
+                last_frame = time.monotonic()
+                loop.on_frame(msg)
+            loop.reporter.maybe_report(loop.telemetry)
+        loop.stats.stopped = stop_event.is_set()
+        final_learn = loop.scorer.flush()
+        for name, stats in final_learn.items():
+            loop.learn_totals.setdefault(name, {}).update(loss=stats.get("loss", float("nan")))
+        loop.checkpoint()
+        loop.sample.save(Path(config.run_dir) / f"scores-{config.name}.npz")
+        if loop.selections is not None:
+            loop.selections.end_stream(config.eos_timeout)
+        loop.reporter.report(loop.telemetry())
+        loop.stats.sequence = loop.tracker.summary()
+        loop.stats.missing_frames = loop.tracker.missing_frames()
+        loop.stats.rejected = loop.receiver.rejected
+        ledger = loop.ledger()
+        ledger.write(Path(config.run_dir) / f"ledger-{config.name}.json")
+        return loop.stats, ledger
+    finally:
+        if loop is not None:
+            loop.close()
+        ctx.destroy(linger=0)

@@ -1,0 +1,72 @@
+"""Ready-made scorer menus: which learners run, in which frames, behind which trigger lines.
+
+``lhco``: the default of ``streamflow run`` on LHCO-like streams -- the same
+conditional flow (CATHODE features given mjj) in the identity and the log-mass
+frame, a CWoLA classifier (SR 3.3-3.7 TeV vs sidebands 3.1-3.9 TeV) and the
+paper's autoencoder; one trigger line each.
+
+``gaussian``: the source paper's toy -- flow, autoencoder and CWoLA (data vs
+reference sample) in the identity, normal-CDF and tanh(x + 2) frames; the
+density learners learn the reference (background-only) sample.
+"""
+
+from __future__ import annotations
+
+from streamflow.errors import ConfigError
+from streamflow.learners import (
+    CATHODE_FEATURES,
+    AutoencoderConfig,
+    CWoLAConfig,
+    FlowConfig,
+    LearnerConfig,
+    Window,
+)
+from streamflow.scorer import ScorerConfig
+from streamflow.trigger import LineConfig
+
+PRESETS = ("lhco", "gaussian")
+TOY_FRAMES = {"identity": "identity", "cdf": "normal_cdf", "tanh": "tanh_shift"}
+
+
+def _lhco_learners() -> list[LearnerConfig]:
+    return [
+        FlowConfig(name="flow_m", features=CATHODE_FEATURES, context="mjj", frame="identity"),
+        FlowConfig(name="flow_logm", features=CATHODE_FEATURES, context="mjj", frame="log_mass"),
+        CWoLAConfig(name="cwola", features=CATHODE_FEATURES),
+        AutoencoderConfig(name="ae", features=CATHODE_FEATURES),
+    ]
+
+
+def _gaussian_learners(dim: int) -> list[LearnerConfig]:
+    features = tuple(f"x{i}" for i in range(dim))
+    reference = Window("sample", -0.5, 0.5)
+    learners: list[LearnerConfig] = []
+    for short, frame in TOY_FRAMES.items():
+        learners += [
+            FlowConfig(name=f"flow_{short}", features=features, frame=frame, train_where=reference),
+            AutoencoderConfig(name=f"ae_{short}", features=features, frame=frame, train_where=reference),
+            CWoLAConfig(name=f"cwola_{short}", features=features, frame=frame, region_feature="sample",
+                        signal_region=(0.5, 1.5), sideband=(-0.5, 1.5)),
+        ]
+    return learners
+
+
+def preset(name: str, q: float = 0.01, window: int = 50_000, warmup: int = 10_000,
+           device: str = "auto", learn_events: int = 0, dim: int = 2) -> ScorerConfig:
+    """The scorer config of preset ``name``: one trigger line at accept fraction ``q`` per learner."""
+    if name == "lhco":
+        learners = _lhco_learners()
+    elif name == "gaussian":
+        learners = _gaussian_learners(dim)
+    else:
+        raise ConfigError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
+    lines = tuple(
+        LineConfig(name=learner.name, learner=learner.name, q=q, window=window, warmup=warmup)
+        for learner in learners
+    )
+    return ScorerConfig(learners=tuple(learners), lines=lines, device=device, learn_events=learn_events)
+
+
+def preset_for_source(source: str) -> str:
+    """The preset that fits a source spec: the toy's for "gaussian", else the LHCO menu."""
+    return "gaussian" if source == "gaussian" else "lhco"

@@ -1,0 +1,46 @@
+"""The last N scored events with their truth labels, for ROC and SIC curves after a run.
+
+The selections file holds only accepted events, so it cannot give a ROC curve.
+A scorer therefore keeps every learner's score of its last ``capacity`` labelled
+events in a ring buffer (the models' final state is what a study wants to see)
+and writes them to ``scores-<scorer>.npz``: ``labels`` int8[n] and one float32[n]
+array per learner (NaN: not scored), in stream order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+
+class ScoreSample:
+    """Ring buffer of (label, score per learner) for the last ``capacity`` labelled events."""
+
+    def __init__(self, learners: tuple[str, ...], capacity: int = 200_000) -> None:
+        self.learners = learners
+        self.capacity = capacity
+        self.labels = np.zeros(capacity, np.int8)
+        self.scores = np.zeros((len(learners), capacity), np.float32)
+        self.seen = 0
+
+    def add(self, labels: np.ndarray | None, scores: Mapping[str, np.ndarray]) -> None:
+        """Record one frame; frames without labels are ignored (no curve without truth)."""
+        if labels is None or len(labels) == 0:
+            return
+        n = min(len(labels), self.capacity)
+        slots = (self.seen + np.arange(len(labels) - n, len(labels))) % self.capacity
+        self.labels[slots] = labels[-n:]
+        for row, name in enumerate(self.learners):
+            self.scores[row, slots] = scores[name][-n:]
+        self.seen += len(labels)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The buffered events in stream order: ``labels`` and one array per learner."""
+        n = min(self.seen, self.capacity)
+        order = (self.seen - n + np.arange(n)) % self.capacity
+        return {"labels": self.labels[order], **{name: self.scores[i, order] for i, name in enumerate(self.learners)}}
+
+    def save(self, path: str | Path) -> None:
+        np.savez(path, **self.arrays())

@@ -1,0 +1,202 @@
+"""The scorer's per-frame logic: test-then-train with every learner, then the trigger.
+
+For each frame, :meth:`FrameScorer.process`
+
+1. moves the features to the device once (pinned memory and a non-blocking copy on CUDA),
+2. scores the frame with every learner (no learner has seen these events yet),
+3. brings the scores to the host (the one synchronisation a frame needs) and asks
+   the trigger menu which events each line accepts,
+4. learns: from this frame, or -- with ``learn_events`` > 0 -- from frames
+   accumulated until that many events have been scored, in one large step
+   (small frames keep latency low, large steps keep a GPU busy; every event in a
+   step was scored before the step, so test-then-train still holds).
+
+The process loop around it (sockets, telemetry, signals) lives in
+``consumers/scorer.py``; this module has none of that, so tests and benchmarks
+drive it directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from streamflow.config import from_dict, to_dict
+from streamflow.errors import ConfigError
+from streamflow.events.batch import EventBatch
+from streamflow.learners import LearnerConfig, TorchLearner, build_learner, learner_config
+from streamflow.trigger import LineConfig, Selection, TriggerMenu
+
+
+@dataclass(frozen=True)
+class ScorerConfig:
+    """Learners and trigger lines of one scorer.
+
+    learn_events: 0 learns after every frame; N > 0 learns once N scored events
+    have accumulated (all of them, in one call of each learner's ``learn``).
+    """
+
+    learners: tuple[LearnerConfig, ...]
+    lines: tuple[LineConfig, ...]
+    device: str = "auto"
+    learn_events: int = 0
+
+    def __post_init__(self) -> None:
+        names = [learner.name for learner in self.learners]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"learner names must be unique, got {names}")
+        for line in self.lines:
+            if line.learner not in names:
+                raise ConfigError(f"trigger line {line.name!r} reads learner {line.learner!r}, not among {names}")
+        if self.learn_events < 0:
+            raise ConfigError(f"learn_events must be >= 0, got {self.learn_events}")
+
+    @staticmethod
+    def from_tables(data: Mapping[str, Any], where: str = "scorer") -> "ScorerConfig":
+        """From a TOML table with ``[[learners]]`` (kind selects the type) and ``[[lines]]``."""
+        data = dict(data)
+        learners = tuple(
+            learner_config(table, where=f"{where}.learners[{i}]")
+            for i, table in enumerate(data.pop("learners", []))
+        )
+        lines = tuple(
+            from_dict(LineConfig, table, where=f"{where}.lines[{i}]") for i, table in enumerate(data.pop("lines", []))
+        )
+        if not learners:
+            raise ConfigError(f"{where}: no [[learners]] given")
+        rest = from_dict(_ScorerOptions, data, where)
+        return ScorerConfig(learners=learners, lines=lines, device=rest.device, learn_events=rest.learn_events)
+
+    def to_tables(self) -> dict[str, Any]:
+        return {
+            "learners": [to_dict(c) for c in self.learners],
+            "lines": [to_dict(c) for c in self.lines],
+            "device": self.device,
+            "learn_events": self.learn_events,
+        }
+
+
+@dataclass(frozen=True)
+class _ScorerOptions:
+    device: str = "auto"
+    learn_events: int = 0
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when a GPU is visible, else the CPU; asking for a missing GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device cuda asked for, but torch sees no CUDA GPU (use --device cpu or auto)")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ConfigError(f"device must be auto, cpu or cuda[:N], got {name!r}")
+    return torch.device(name)
+
+
+@dataclass
+class FrameResult:
+    """What one frame produced: every learner's scores (host arrays) and the trigger's decision."""
+
+    scores: dict[str, np.ndarray]
+    selection: Selection
+    learn_stats: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+class FrameScorer:
+    """Scores, selects and learns, frame by frame, on one device."""
+
+    def __init__(self, config: ScorerConfig) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.learners: dict[str, TorchLearner] = {
+            c.name: build_learner(c, self.device) for c in config.learners
+        }
+        self.menu = TriggerMenu(config.lines)
+        self.names: tuple[str, ...] | None = None
+        self.frames = 0
+        self.events_scored = 0
+        self.events_learned = 0
+        self._pending: list[torch.Tensor] = []
+        self._pending_events = 0
+        self._pinned: torch.Tensor | None = None
+
+    def bind(self, names: Sequence[str]) -> None:
+        """Resolve every learner's columns in this stream's schema (once, or when the schema changes)."""
+        names = tuple(names)
+        if names != self.names:
+            for learner in self.learners.values():
+                learner.bind(names)
+            self.names = names
+
+    def to_device(self, features: np.ndarray) -> torch.Tensor:
+        """The frame's features on the device: one copy (through pinned memory on CUDA)."""
+        if self.device.type == "cpu":
+            return torch.from_numpy(np.array(features, dtype=np.float32, copy=True))
+        n = features.shape[0]
+        if self._pinned is None or self._pinned.shape[0] < n or self._pinned.shape[1] != features.shape[1]:
+            self._pinned = torch.empty(features.shape, dtype=torch.float32).pin_memory()
+        staging = self._pinned[:n]
+        staging.numpy()[...] = features
+        return staging.to(self.device, non_blocking=True)
+
+    def process(self, batch: EventBatch) -> FrameResult:
+        """Test-then-train on one frame; returns the host scores and the trigger's selection."""
+        self.bind(batch.names)
+        x = self.to_device(batch.features)
+        with torch.no_grad():
+            device_scores = {name: learner.score(x) for name, learner in self.learners.items()}
+        scores = {name: s.float().cpu().numpy() for name, s in device_scores.items()}
+        selection = self.menu.select(scores, batch.labels)
+        self.frames += 1
+        self.events_scored += len(batch)
+        learn_stats = self._learn(x)
+        return FrameResult(scores=scores, selection=selection, learn_stats=learn_stats)
+
+    def _learn(self, x: torch.Tensor) -> dict[str, dict[str, float]]:
+        if self.config.learn_events == 0:
+            return self._learn_now(x)
+        self._pending.append(x)
+        self._pending_events += x.shape[0]
+        if self._pending_events < self.config.learn_events:
+            return {}
+        return self.flush()
+
+    def flush(self) -> dict[str, dict[str, float]]:
+        """Learn from the scored events still waiting for a step (at the end of a stream)."""
+        if not self._pending:
+            return {}
+        x = torch.cat(self._pending) if len(self._pending) > 1 else self._pending[0]
+        self._pending, self._pending_events = [], 0
+        return self._learn_now(x)
+
+    def _learn_now(self, x: torch.Tensor) -> dict[str, dict[str, float]]:
+        self.events_learned += x.shape[0]
+        return {name: learner.learn(x) for name, learner in self.learners.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: learners, trigger windows, counters and the config."""
+        return {
+            "config": self.config.to_tables(),
+            "learners": {name: learner.state_dict() for name, learner in self.learners.items()},
+            "menu": self.menu.state_dict(),
+            "counters": {"frames": self.frames, "events_scored": self.events_scored,
+                         "events_learned": self.events_learned},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume from :meth:`state_dict`; a checkpoint of another learner set is a ConfigError."""
+        saved = set(state.get("learners", {}))
+        if saved != set(self.learners):
+            raise ConfigError(
+                f"checkpoint holds learners {sorted(saved)}, this scorer runs {sorted(self.learners)}"
+            )
+        for name, learner in self.learners.items():
+            learner.load_state_dict(state["learners"][name])
+        self.menu.load_state_dict(state["menu"])
+        counters = state["counters"]
+        self.frames = int(counters["frames"])
+        self.events_scored = int(counters["events_scored"])
+        self.events_learned = int(counters["events_learned"])
