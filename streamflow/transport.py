@@ -1,0 +1,307 @@
+"""Sockets and the END_OF_STREAM handshake between one sender and its receivers.
+
+A sender binds a PUSH data socket and, beside it, a ROUTER *control* socket on
+:func:`control_endpoint` (tcp: port + 1; ipc/inproc: name + ".ctl"). Receivers
+connect a PULL socket to the data endpoint and a DEALER to the control endpoint,
+and say HELLO on it at once.
+
+Why a handshake: ZeroMQ may drop the last messages of a process that exits (LINGER
+is no guarantee across crashes and slow peers), and PUSH fair-queues, so a single
+END_OF_STREAM reaches only one of several receivers. Instead the sender, after its
+last frame, sends END_OF_STREAM on the data socket every ``interval_s`` until every
+receiver that said HELLO (and at least one) has answered ACK with its frame and
+event counts. An END_OF_STREAM on a pipe arrives after every data frame on that
+pipe, so an ACK proves that receiver has everything that was sent to it.
+
+These are library helpers (no process loops): :class:`Sender` and
+:class:`Receiver` wrap the two sides so a producer, scorer or sink loop only calls
+``send``/``end_stream`` or ``recv``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from streamflow.errors import ConfigError, StreamflowError, WireError
+from streamflow.events.batch import EventBatch
+from streamflow.wire import Kind, Message, decode, encode_control, encode_data
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+DEFAULT_HWM = 64  # frames queued per socket before a send blocks
+_POLL_MS = 100  # how often a blocked send or receive looks at its stop flag
+_IN_USE = "address already in use (another producer running? pick another --endpoint)"
+
+
+class HandshakeError(StreamflowError):
+    """END_OF_STREAM was not acknowledged by every receiver in time."""
+
+
+def check_endpoint(endpoint: str) -> str:
+    """``endpoint`` if it is a usable tcp://host:port, ipc://path or inproc://name, else ConfigError."""
+    scheme, sep, address = endpoint.partition("://")
+    if not sep or not address:
+        raise ConfigError(f"bad endpoint {endpoint!r}: expected tcp://HOST:PORT or ipc://PATH")
+    if scheme == "tcp":
+        host, colon, port = address.rpartition(":")
+        if not colon or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ConfigError(f"bad endpoint {endpoint!r}: tcp needs HOST:PORT with a port in 1-65535")
+    elif scheme not in ("ipc", "inproc"):
+        raise ConfigError(f"bad endpoint {endpoint!r}: scheme {scheme!r} is not tcp, ipc or inproc")
+    return endpoint
+
+
+def control_endpoint(endpoint: str) -> str:
+    """The control endpoint that goes with a data endpoint: tcp port + 1, ipc/inproc name + ".ctl"."""
+    check_endpoint(endpoint)
+    if endpoint.startswith("tcp://"):
+        base, _, port = endpoint.rpartition(":")
+        if int(port) == 65535:
+            raise ConfigError(f"bad endpoint {endpoint!r}: port 65535 leaves no port for the control socket")
+        return f"{base}:{int(port) + 1}"
+    return endpoint + ".ctl"
+
+
+def _ipc_in_use(endpoint: str) -> bool:
+    """Whether a process listens on this ipc:// path (ZeroMQ would silently take it over)."""
+    path = endpoint[len("ipc://"):]
+    if path.startswith("@"):  # Linux abstract namespace: bind itself reports EADDRINUSE
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            return False  # no file, or a stale one that bind may replace
+    return True
+
+
+def _open(ctx: zmq.Context, socket_type: int, endpoint: str, hwm: int | None, *, binds: bool) -> zmq.Socket:
+    check_endpoint(endpoint)
+    if binds and endpoint.startswith("ipc://") and _ipc_in_use(endpoint):
+        raise ConfigError(f"cannot bind {endpoint}: {_IN_USE}")
+    sock = ctx.socket(socket_type)
+    sock.linger = 0
+    if hwm is not None:
+        sock.sndhwm = hwm
+        sock.rcvhwm = hwm
+    try:
+        if binds:
+            sock.bind(endpoint)
+        else:
+            sock.connect(endpoint)
+    except zmq.ZMQError as exc:
+        sock.close()
+        if binds and exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"cannot bind {endpoint}: {_IN_USE}") from None
+        raise ConfigError(f"cannot {'bind' if binds else 'connect to'} {endpoint}: {exc.strerror}") from None
+    return sock
+
+
+def bind(ctx: zmq.Context, socket_type: int, endpoint: str, *, hwm: int | None = None) -> zmq.Socket:
+    """A new socket bound to ``endpoint``; "address in use" and bad endpoints become ConfigError."""
+    return _open(ctx, socket_type, endpoint, hwm, binds=True)
+
+
+def connect(ctx: zmq.Context, socket_type: int, endpoint: str, *, hwm: int | None = None) -> zmq.Socket:
+    """A new socket connected to ``endpoint``; a malformed endpoint becomes ConfigError."""
+    return _open(ctx, socket_type, endpoint, hwm, binds=False)
+
+
+@dataclass
+class EndOfStream:
+    """How the handshake went: each acknowledging receiver's name -> its ACK meta (frames, events...)."""
+
+    acks: dict[str, dict[str, Any]]
+    seconds: float
+    sent: int  # END_OF_STREAM messages sent
+
+    @property
+    def acked_events(self) -> int:
+        return sum(int(a.get("events", 0)) for a in self.acks.values())
+
+
+@dataclass
+class Sender:
+    """The sending side of a stream: PUSH data socket + ROUTER control socket, both bound.
+
+    Sends block at the high-water mark (nothing is dropped) but wake every 100 ms to
+    honour ``stop_event``; the time spent blocked is in ``blocked_s``.
+    """
+
+    ctx: zmq.Context
+    endpoint: str = DEFAULT_ENDPOINT
+    stream_id: int = 0
+    hwm: int = DEFAULT_HWM
+    frames: int = field(default=0, init=False)
+    events: int = field(default=0, init=False)
+    blocked_s: float = field(default=0.0, init=False)
+
+    def __post_init__(self) -> None:
+        self.data = bind(self.ctx, zmq.PUSH, self.endpoint, hwm=self.hwm)
+        try:
+            self.control = bind(self.ctx, zmq.ROUTER, control_endpoint(self.endpoint))
+        except ConfigError:
+            self.data.close()
+            raise
+        self._hellos: dict[bytes, str] = {}
+        self._acks: dict[bytes, dict[str, Any]] = {}
+
+    def send(self, parts: list[Any], n_events: int, stop_event: threading.Event | None = None) -> bool:
+        """Send one encoded message (zero-copy), blocking while the queue is full.
+
+        Returns False, without sending, if ``stop_event`` is set while blocked.
+        """
+        while True:
+            try:
+                self.data.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+                break
+            except zmq.Again:
+                start = time.perf_counter()
+                self.data.poll(_POLL_MS, zmq.POLLOUT)
+                self.blocked_s += time.perf_counter() - start
+                if stop_event is not None and stop_event.is_set():
+                    return False
+        self.frames += 1
+        self.events += n_events
+        return True
+
+    def send_batch(self, batch: EventBatch, stop_event: threading.Event | None = None) -> bool:
+        """Send ``batch`` as the next DATA frame, stamped with its sequence number and send time."""
+        parts = encode_data(batch, seq=self.frames, stream_id=self.stream_id, send_ns=time.time_ns())
+        return self.send(parts, len(batch), stop_event)
+
+    def _read_control(self, timeout_ms: int) -> None:
+        """Record every HELLO and ACK that arrives within ``timeout_ms``."""
+        while self.control.poll(timeout_ms, zmq.POLLIN):
+            timeout_ms = 0
+            routing_id, *parts = self.control.recv_multipart()
+            try:
+                msg = decode(parts)
+            except WireError:
+                continue  # not one of ours; the handshake does not depend on it
+            name = f"{msg.meta.get('name', 'receiver')} (pid {msg.meta.get('pid', '?')})"
+            if msg.kind in (Kind.HELLO, Kind.ACK):
+                self._hellos.setdefault(routing_id, name)
+            if msg.kind == Kind.ACK:
+                self._acks[routing_id] = msg.meta
+
+    def end_stream(self, timeout_s: float = 10.0, interval_s: float = 0.1) -> EndOfStream:
+        """Send END_OF_STREAM until every receiver that said HELLO (at least one) acknowledged it.
+
+        Raises HandshakeError naming the silent receivers after ``timeout_s``.
+        """
+        eos = encode_control(Kind.END_OF_STREAM, stream_id=self.stream_id, seq=self.frames,
+                             meta={"frames": self.frames, "events": self.events}, send_ns=time.time_ns())
+        start = time.monotonic()
+        sent = 0
+        while True:
+            try:
+                self.data.send_multipart(eos, flags=zmq.NOBLOCK)
+                sent += 1
+            except zmq.Again:
+                pass  # queues are full or no receiver yet; try again next round
+            self._read_control(int(interval_s * 1000))
+            if self._acks and self._hellos.keys() <= self._acks.keys():
+                acks = {self._hellos[rid]: meta for rid, meta in self._acks.items()}
+                return EndOfStream(acks, time.monotonic() - start, sent)
+            if time.monotonic() - start > timeout_s:
+                raise HandshakeError(self._silence(timeout_s))
+
+    def _silence(self, timeout_s: float) -> str:
+        if not self._hellos:
+            return (f"END_OF_STREAM not acknowledged within {timeout_s:g} s: no receiver said HELLO "
+                    f"on {control_endpoint(self.endpoint)}")
+        silent = [name for rid, name in self._hellos.items() if rid not in self._acks]
+        return (f"END_OF_STREAM not acknowledged within {timeout_s:g} s by {len(silent)} of "
+                f"{len(self._hellos)} receivers: {', '.join(sorted(silent))}")
+
+    def close(self) -> None:
+        self.data.close(linger=0)
+        self.control.close(linger=0)
+
+    def __enter__(self) -> "Sender":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class Receiver:
+    """The receiving side: PULL on the data endpoint, DEALER to the sender's control socket.
+
+    Says HELLO on creation. :meth:`handle` (or :meth:`recv`) decodes a message,
+    counts frames, events and rejected (undecodable) messages, and answers an
+    END_OF_STREAM with an ACK carrying those counts; it never raises on a bad frame.
+    """
+
+    ctx: zmq.Context
+    endpoint: str = DEFAULT_ENDPOINT
+    name: str = "receiver"
+    hwm: int = DEFAULT_HWM
+    frames: int = field(default=0, init=False)
+    events: int = field(default=0, init=False)
+    rejected: int = field(default=0, init=False)
+    last_error: str | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.data = connect(self.ctx, zmq.PULL, self.endpoint, hwm=self.hwm)
+        self.control = connect(self.ctx, zmq.DEALER, control_endpoint(self.endpoint))
+        self._say(Kind.HELLO, 0, 0)
+
+    def _say(self, kind: Kind, stream_id: int, seq: int) -> None:
+        meta = {"name": self.name, "pid": os.getpid(), "frames": self.frames, "events": self.events,
+                "rejected": self.rejected}
+        try:
+            self.control.send_multipart(encode_control(kind, stream_id=stream_id, seq=seq, meta=meta,
+                                                       send_ns=time.time_ns()), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # the sender repeats END_OF_STREAM, so a lost ACK is answered again
+
+    def handle(self, parts: list[Any]) -> Message | None:
+        """Decode one received message; None (and counted in ``rejected``) if it is bad.
+
+        Returns END_OF_STREAM messages too, after acknowledging them: a loop stops there.
+        """
+        try:
+            msg = decode(parts)
+        except WireError as exc:
+            self.rejected += 1
+            self.last_error = str(exc)
+            return None
+        if msg.kind == Kind.END_OF_STREAM:
+            self._say(Kind.ACK, msg.stream_id, msg.seq)
+        elif msg.batch is not None:
+            self.frames += 1
+            self.events += len(msg.batch)
+        return msg
+
+    def recv(self, timeout_ms: int | None = None) -> Message | None:
+        """The next valid message, or None if none came within ``timeout_ms`` (None: wait forever)."""
+        deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
+        while True:
+            wait = _POLL_MS if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            if self.data.poll(wait, zmq.POLLIN):
+                msg = self.handle(self.data.recv_multipart(copy=False))
+                if msg is not None:
+                    return msg
+            elif deadline is not None and time.monotonic() >= deadline:
+                return None
+
+    def close(self) -> None:
+        """Close both sockets, giving a just-sent ACK up to a second to leave."""
+        self.data.close(linger=0)
+        self.control.close(linger=1000)
+
+    def __enter__(self) -> "Receiver":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
