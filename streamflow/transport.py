@@ -26,7 +26,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import zmq
 
@@ -127,8 +127,29 @@ class EndOfStream:
         return sum(int(a.get("events", 0)) for a in self.acks.values())
 
 
+_P = TypeVar("_P", bound="_SocketPair")
+
+
+class _SocketPair:
+    """A data and a control socket, closed together by ``close()`` or on leaving a ``with`` block."""
+
+    data: zmq.Socket
+    control: zmq.Socket
+    control_linger_ms = 0
+
+    def close(self) -> None:
+        self.data.close(linger=0)
+        self.control.close(linger=self.control_linger_ms)
+
+    def __enter__(self: _P) -> _P:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 @dataclass
-class Sender:
+class Sender(_SocketPair):
     """The sending side of a stream: PUSH data socket + ROUTER control socket, both bound.
 
     Sends block at the high-water mark (nothing is dropped) but wake every 100 ms to
@@ -222,19 +243,10 @@ class Sender:
         return (f"END_OF_STREAM not acknowledged within {timeout_s:g} s by {len(silent)} of "
                 f"{len(self._hellos)} receivers: {', '.join(sorted(silent))}")
 
-    def close(self) -> None:
-        self.data.close(linger=0)
-        self.control.close(linger=0)
-
-    def __enter__(self) -> "Sender":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 @dataclass
-class Receiver:
+class Receiver(_SocketPair):
     """The receiving side: PULL on the data endpoint, DEALER to the sender's control socket.
 
     Says HELLO on creation. :meth:`handle` (or :meth:`recv`) decodes a message,
@@ -250,6 +262,7 @@ class Receiver:
     events: int = field(default=0, init=False)
     rejected: int = field(default=0, init=False)
     last_error: str | None = field(default=None, init=False)
+    control_linger_ms = 1000  # closing gives a just-sent ACK up to a second to leave
 
     def __post_init__(self) -> None:
         self.data = connect(self.ctx, zmq.PULL, self.endpoint, hwm=self.hwm)
@@ -295,13 +308,3 @@ class Receiver:
             elif deadline is not None and time.monotonic() >= deadline:
                 return None
 
-    def close(self) -> None:
-        """Close both sockets, giving a just-sent ACK up to a second to leave."""
-        self.data.close(linger=0)
-        self.control.close(linger=1000)
-
-    def __enter__(self) -> "Receiver":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
