@@ -28,7 +28,7 @@ WARMUP = 10_000
 
 
 def pipeline_messages(t: float, lines: tuple[str, ...] = LHCO_LINES, labels: bool = True,
-                      start: float = 1.7e9) -> list[dict]:
+                      source: str = "synthetic", start: float = 1.7e9) -> list[dict]:
     """The producer, scorer and sink messages of a healthy run ``t`` seconds in, as TelemetryReporter
     sends them: 120k events/s, line i accepting (1.02 - 0.02 i) % at a 1 % target after warm-up."""
     produced, scored = int(120_000 * t), int(118_000 * t)
@@ -52,7 +52,7 @@ def pipeline_messages(t: float, lines: tuple[str, ...] = LHCO_LINES, labels: boo
     sequence = {"frames": int(29 * t), "gaps": 0, "reordered": 0, "duplicates": 0}
     return [
         {"role": "producer", "pid": 101, **common, "events": produced, "frames": int(29.3 * t),
-         "events_per_s": 120_000.0, "frames_per_s": 29.3, "blocked_s": 0.0, "source": "synthetic"},
+         "events_per_s": 120_000.0, "frames_per_s": 29.3, "blocked_s": 0.0, "source": source},
         {"role": "scorer", "pid": 102, **common, "events": scored, "frames": int(28.8 * t),
          "events_per_s": 118_000.0, "frames_per_s": 28.8, "latency": latency, "rejected": 0,
          "sequence": sequence, "accepted": accepted_any, "blocked_s": 0.0, "device": "cpu",

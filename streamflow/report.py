@@ -1,0 +1,488 @@
+"""The run report: figures and a markdown summary of a finished run folder.
+
+Inputs, all written by the run's processes (each optional but the telemetry):
+
+- ``telemetry-<role>.jsonl``: every stats message of each process, about two a
+  second -- rates, latency percentiles (of a whole-run histogram, so cumulative),
+  learner losses, and per trigger line its threshold, accept fraction and, when
+  the stream carries truth labels, its running signal and background
+  efficiencies eff_S, eff_B and SIC = eff_S / sqrt(eff_B).
+- ``scores-<scorer>.npz``: a held-out sample of *every* scored event (``labels``
+  and one score array per learner, NaN = not scored). The selections file holds
+  only accepted events, so ROC and SIC curves can only come from this sample.
+- ``selections.h5``: the accepted events (counts per line, signal among them).
+- ``run.json`` (or the selections file's ``config``): the run config, which says
+  the source and each learner's kind and coordinate frame.
+
+A random classifier has eff_S = eff_B: its ROC is the diagonal and its SIC at
+accept fraction q is sqrt(q). On the Gaussian toy (background N(0, I2), signal
+N(1, I2)) exact models have known AUCs: the likelihood ratio (CWoLA) 0.841 in
+every frame, the density -log p 0.696, 0.500 and 0.175 in the identity,
+normal-CDF and tanh(x + 2) frames; the report quotes them beside the measured AUCs.
+
+Figures are drawn with matplotlib's object API (no pyplot, no global backend):
+``Figure.savefig`` renders PNGs with Agg.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import LogFormatter
+
+from streamflow import metrics
+from streamflow.errors import StreamflowError
+from streamflow.monitor import fmt_count, fmt_fraction, fmt_ms, fmt_value, kind_of, lookup, number, problems
+from streamflow.selections import SelectedEvents, read_selections
+from streamflow.telemetry import read_jsonl
+
+FIGURES_DIR = "figures"
+SIC_MIN_BACKGROUND = 10  # SIC points need this many background events passing, else eff_B is noise
+EXACT_AUC_LIKELIHOOD_RATIO = 0.841
+EXACT_AUC_DENSITY = {"identity": 0.696, "normal_cdf": 0.500, "tanh_shift": 0.175}
+_DPI = 110
+
+
+@dataclass
+class Stream:
+    """The telemetry of one process: its file's role, its stage, its messages in time order."""
+
+    role: str
+    kind: str
+    messages: list[dict[str, Any]]
+
+    def times(self, t0: float) -> np.ndarray:
+        return np.array([(number(m.get("time")) or np.nan) - t0 for m in self.messages])
+
+    def values(self, *keys: str) -> np.ndarray:
+        """A nested numeric field over time, NaN where missing or null."""
+        return np.array([_nan(lookup(m, *keys)) for m in self.messages], dtype=np.float64)
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.messages[-1]
+
+
+@dataclass
+class RunData:
+    """Everything a report is drawn from."""
+
+    run_dir: Path
+    streams: list[Stream]
+    t0: float
+    config: dict[str, Any]
+    scores: dict[str, dict[str, np.ndarray]]
+    selections: tuple[SelectedEvents, dict[str, Any]] | None
+
+    def of_kind(self, kind: str) -> list[Stream]:
+        return [s for s in self.streams if s.kind == kind]
+
+    @property
+    def source(self) -> str | None:
+        """The source spec: the run config's, else the one the producer reported."""
+        source = lookup(self.config, "replay", "source")
+        if source is None:
+            source = next((s.final["source"] for s in self.of_kind("producer") if s.final.get("source")), None)
+        return str(source) if source is not None else None
+
+    def learner_config(self, name: str) -> dict[str, Any]:
+        learners = lookup(self.config, "scorer", "learners") or self.config.get("learners") or []
+        return next((c for c in learners if isinstance(c, dict) and c.get("name") == name), {})
+
+
+def _nan(value: Any) -> float:
+    x = number(value)
+    return np.nan if x is None else x
+
+
+def load_run(run_dir: str | Path) -> RunData:
+    """Read a run folder; a missing folder or one without telemetry is a one-line StreamflowError."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise StreamflowError(f"run folder {run_dir} does not exist")
+    if not run_dir.is_dir():
+        raise StreamflowError(f"{run_dir} is not a folder: give the run folder (RUN_DIR)")
+    files = sorted(run_dir.glob("telemetry-*.jsonl"))
+    if not files:
+        raise StreamflowError(f"no telemetry in {run_dir}: no telemetry-*.jsonl files (is it a run folder?)")
+    streams = []
+    for path in files:
+        messages = sorted((m for m in read_jsonl(path) if isinstance(m, dict) and number(m.get("time"))),
+                          key=lambda m: m["time"])
+        if messages:
+            streams.append(Stream(path.stem.removeprefix("telemetry-"), kind_of(messages[-1]), messages))
+    if not streams:
+        raise StreamflowError(f"no telemetry in {run_dir}: its telemetry-*.jsonl files hold no messages")
+    order = {"producer": 0, "scorer": 1, "sink": 2}
+    streams.sort(key=lambda s: (order.get(s.kind, 3), s.role))
+    selections_path = run_dir / "selections.h5"
+    selections = read_selections(selections_path) if selections_path.exists() else None
+    config: dict[str, Any] = {}
+    if (run_dir / "run.json").exists():
+        try:
+            config = json.loads((run_dir / "run.json").read_text())
+        except json.JSONDecodeError as exc:
+            raise StreamflowError(f"{run_dir / 'run.json'} is not valid JSON: {exc}") from None
+    elif selections is not None:
+        config = selections[1].get("config") or {}
+    scores = {}
+    for path in sorted(run_dir.glob("scores-*.npz")):
+        try:
+            with np.load(path) as data:
+                scores[path.stem.removeprefix("scores-")] = {key: data[key] for key in data.files}
+        except (OSError, ValueError) as exc:
+            raise StreamflowError(f"{path} is not a readable scores file: {exc}") from None
+    t0 = min(s.messages[0]["time"] - (number(s.messages[0].get("uptime_s")) or 0.0) for s in streams)
+    return RunData(run_dir, streams, float(t0), config if isinstance(config, dict) else {}, scores, selections)
+
+
+# ---------------------------------------------------------------- figures
+
+def _figure(rows: int, cols: int = 1, height: float = 2.6, width: float = 7.5) -> tuple[Figure, np.ndarray]:
+    figure = Figure(figsize=(width, height * rows), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(rows, cols, sharex=cols == 1, squeeze=False)).ravel()
+    return figure, axes
+
+
+def _save(figure: Figure, run_dir: Path, name: str) -> str:
+    (run_dir / FIGURES_DIR).mkdir(exist_ok=True)
+    figure.savefig(run_dir / FIGURES_DIR / name, dpi=_DPI)
+    return f"{FIGURES_DIR}/{name}"
+
+
+def _time_axis(ax: Axes) -> None:
+    ax.set_xlabel("time since the run started (s)")
+
+
+def _throughput_figure(run: RunData) -> str:
+    with_latency = [s for s in run.streams if np.isfinite(s.values("latency", "p99_ms")).any()]
+    figure, axes = _figure(2 if with_latency else 1)
+    for stream in run.streams:
+        axes[0].plot(stream.times(run.t0), stream.values("events_per_s"), label=stream.role)
+    axes[0].set_ylabel("events / s")
+    axes[0].set_ylim(bottom=0)
+    axes[0].legend(fontsize="small")
+    axes[0].set_title("Throughput per stage")
+    if with_latency:
+        for stream in with_latency:
+            t = stream.times(run.t0)
+            line, = axes[1].plot(t, stream.values("latency", "p50_ms"), label=f"{stream.role} p50")
+            axes[1].plot(t, stream.values("latency", "p99_ms"), "--", color=line.get_color(),
+                         label=f"{stream.role} p99")
+        axes[1].set_yscale("log")
+        # Plain numbers (4, 6, 10) rather than 4x10^0; minor labels only where the range is narrow.
+        axes[1].yaxis.set_major_formatter(LogFormatter())
+        axes[1].yaxis.set_minor_formatter(LogFormatter(minor_thresholds=(1.5, 0.5)))
+        axes[1].set_ylabel("latency (ms)")
+        axes[1].set_title("Producer send -> stage latency (whole-run percentiles so far)")
+        axes[1].legend(fontsize="small", ncol=2)
+    _time_axis(axes[-1])
+    return _save(figure, run.run_dir, "throughput.png")
+
+
+def _line_names(stream: Stream) -> list[str]:
+    """Trigger line names of a scorer, in menu order, over all its messages."""
+    names: dict[str, None] = {}
+    for message in stream.messages:
+        for line in message.get("lines") or []:
+            if isinstance(line, dict) and line.get("name") is not None:
+                names.setdefault(str(line["name"]), None)
+    return list(names)
+
+
+def _line_values(stream: Stream, name: str, key: str) -> np.ndarray:
+    """One field of trigger line ``name`` over the scorer's messages (NaN where absent)."""
+    out = np.full(len(stream.messages), np.nan)
+    for i, message in enumerate(stream.messages):
+        for line in message.get("lines") or []:
+            if isinstance(line, dict) and line.get("name") == name:
+                out[i] = _nan(line.get(key))
+    return out
+
+
+def _line_label(run: RunData, stream: Stream, name: str) -> str:
+    return name if len(run.of_kind("scorer")) == 1 else f"{stream.role}/{name}"
+
+
+def _trigger_figure(run: RunData) -> str | None:
+    scorers = [(s, name) for s in run.of_kind("scorer") for name in _line_names(s)]
+    if not scorers:
+        return None
+    figure, axes = _figure(2, height=3.0)
+    targets = []
+    for stream, name in scorers:
+        t, label = stream.times(run.t0), _line_label(run, stream, name)
+        line, = axes[0].plot(t, _line_values(stream, name, "threshold"), label=label)
+        color = line.get_color()
+        seen, accepted = _line_values(stream, name, "seen"), _line_values(stream, name, "accepted")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            interval = np.diff(accepted) / np.diff(seen)
+        axes[1].plot(t[1:], 100 * interval, color=color, alpha=0.3, lw=0.8)
+        axes[1].plot(t, 100 * _line_values(stream, name, "achieved"), color=color, label=f"{label} achieved")
+        q = _line_values(stream, name, "q")
+        axes[1].plot(t, 100 * q, ":", color=color, lw=1.5)
+        targets += [x for x in q if np.isfinite(x)]
+    axes[0].set_ylabel("threshold (score)")
+    axes[0].set_title("Trigger thresholds: rolling (1 - q) quantile of each line's scores")
+    axes[0].legend(fontsize="small", ncol=3)
+    axes[1].set_ylabel("accept fraction (%)")
+    # The interesting range is around the targets: a short interval's fraction may spike far above.
+    axes[1].set_ylim(0, 300 * max(targets) if targets else None)
+    axes[1].set_title("Accepted fraction: since warm-up (solid), per interval (faint), target q (dotted)")
+    _time_axis(axes[-1])
+    return _save(figure, run.run_dir, "trigger.png")
+
+
+def _efficiency_figure(run: RunData) -> str | None:
+    series = [(s, name) for s in run.of_kind("scorer") for name in _line_names(s)
+              if np.isfinite(_line_values(s, name, "eff_s")).any()]
+    if not series:
+        return None
+    figure, axes = _figure(2, height=3.0)
+    for stream, name in series:
+        t, label = stream.times(run.t0), _line_label(run, stream, name)
+        line, = axes[0].plot(t, _line_values(stream, name, "eff_s"), label=f"{label} eff_S")
+        axes[0].plot(t, _line_values(stream, name, "eff_b"), "--", color=line.get_color())
+        axes[1].plot(t, _line_values(stream, name, "sic"), color=line.get_color(), label=label)
+        axes[1].plot(t, np.sqrt(_line_values(stream, name, "q")), ":", color=line.get_color(), lw=1.2)
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("efficiency")
+    axes[0].set_title("Running signal (solid) and background (dashed) efficiency per line")
+    axes[0].legend(fontsize="small", ncol=3)
+    axes[1].set_ylabel("SIC = eff_S / sqrt(eff_B)")
+    axes[1].set_title("Running SIC; dotted: a random selection at the same q (sqrt q)")
+    axes[1].set_ylim(bottom=0)
+    _time_axis(axes[-1])
+    return _save(figure, run.run_dir, "efficiency.png")
+
+
+def _loss_figure(run: RunData) -> str | None:
+    panels = []
+    for stream in run.of_kind("scorer"):
+        names: dict[str, None] = {}
+        for message in stream.messages:
+            names.update(dict.fromkeys(str(k) for k in (message.get("learners") or {})))
+        panels += [(stream, name) for name in names]
+    panels = [(s, n) for s, n in panels if np.isfinite(s.values("learners", n, "loss")).any()]
+    if not panels:
+        return None
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    figure = Figure(figsize=(3.2 * cols, 2.4 * rows), layout="constrained")
+    axes = figure.subplots(rows, cols, squeeze=False).ravel()
+    for ax, (stream, name) in zip(axes, panels):
+        ax.plot(stream.times(run.t0), stream.values("learners", name, "loss"), lw=1.0)
+        ax.set_title(name if len(run.of_kind("scorer")) == 1 else f"{stream.role}/{name}", fontsize="medium")
+        ax.set_xlabel("time (s)", fontsize="small")
+        ax.tick_params(labelsize="small")
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    axes[0].set_ylabel("training loss")
+    figure.suptitle("Learner loss (last minibatch before each report)")
+    return _save(figure, run.run_dir, "losses.png")
+
+
+def exact_auc(run: RunData, learner: str) -> float | None:
+    """The analytic AUC of an exact model of ``learner``'s kind and frame on the Gaussian toy, if known."""
+    if run.source != "gaussian":
+        return None
+    config = run.learner_config(learner)
+    if config.get("kind") == "cwola":
+        return EXACT_AUC_LIKELIHOOD_RATIO
+    if config.get("kind") == "flow":
+        return EXACT_AUC_DENSITY.get(str(config.get("frame", "identity")))
+    return None
+
+
+def _labelled(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
+    """(labels, learner scores) restricted to labelled events, or None without both classes."""
+    if "labels" not in arrays:
+        return None
+    labels = np.asarray(arrays["labels"])
+    keep = (labels == 0) | (labels == 1)
+    labels = labels[keep]
+    if not (labels == 1).any() or not (labels == 0).any():
+        return None
+    learners = {name: np.asarray(values, dtype=np.float64)[keep] for name, values in arrays.items()
+                if name != "labels" and np.shape(values) == keep.shape}
+    return labels, learners
+
+
+def held_out_aucs(run: RunData) -> dict[tuple[str, str], float]:
+    """(scorer, learner) -> AUC on the held-out scores sample."""
+    out = {}
+    for scorer, arrays in run.scores.items():
+        labelled = _labelled(arrays)
+        if labelled is not None:
+            labels, learners = labelled
+            out.update({(scorer, name): metrics.auc(labels, scores) for name, scores in learners.items()})
+    return out
+
+
+def _operating_points(run: RunData, scorer: str) -> list[tuple[str, str, float, float, float]]:
+    """(line, learner, eff_B, eff_S, SIC) at the end of the run, from the scorer's last message."""
+    stream = next((s for s in run.of_kind("scorer") if s.role == scorer), None)
+    points = []
+    for line in (stream.final.get("lines") or []) if stream else []:
+        if not isinstance(line, dict):
+            continue
+        eff_b, eff_s = number(line.get("eff_b")), number(line.get("eff_s"))
+        if eff_b and eff_s is not None:
+            points.append((str(line.get("name")), str(line.get("learner")), eff_b, eff_s, eff_s / np.sqrt(eff_b)))
+    return points
+
+
+def _roc_figure(run: RunData, scorer: str) -> str | None:
+    labelled = _labelled(run.scores[scorer])
+    if labelled is None or not labelled[1]:
+        return None
+    labels, learners = labelled
+    n_b = int((labels == 0).sum())
+    figure, axes = _figure(1, 2, height=4.0, width=11.0)
+    roc_ax, sic_ax = axes
+    colors = {}
+    for name, scores in learners.items():
+        eff_b, eff_s, _ = metrics.roc_curve(labels, scores)
+        label = f"{name} AUC {metrics.auc(labels, scores):.3f}"
+        exact = exact_auc(run, name)
+        if exact is not None:
+            label += f" (exact {exact:.3f})"
+        line, = roc_ax.plot(eff_b, eff_s, label=label, lw=1.3)
+        colors[name] = line.get_color()
+        sic_s, sic = metrics.sic_curve(labels, scores, min_background=SIC_MIN_BACKGROUND)
+        sic_ax.plot(sic_s, sic, color=line.get_color(), lw=1.3, label=name)
+    grid = np.logspace(np.log10(1.0 / n_b), 0, 200)
+    roc_ax.plot(grid, grid, ":", color="grey", label="random")
+    sic_ax.plot(grid, np.sqrt(grid), ":", color="grey", label="random")
+    for line_name, learner, eff_b, eff_s, sic in _operating_points(run, scorer):
+        color = colors.get(learner, "black")
+        roc_ax.plot([eff_b], [eff_s], "o", color=color, mec="black", ms=6)
+        sic_ax.plot([eff_s], [sic], "o", color=color, mec="black", ms=6)
+    roc_ax.set_xscale("log")
+    roc_ax.set_xlim(1.0 / n_b, 1.0)
+    roc_ax.set_ylim(0, 1.02)
+    roc_ax.set_xlabel("background efficiency eff_B")
+    roc_ax.set_ylabel("signal efficiency eff_S")
+    roc_ax.set_title(f"ROC on {len(labels):,} held-out scored events ({scorer})")
+    roc_ax.legend(fontsize="small", loc="upper left")
+    sic_ax.set_xlabel("signal efficiency eff_S")
+    sic_ax.set_ylabel("SIC = eff_S / sqrt(eff_B)")
+    sic_ax.set_ylim(bottom=0)
+    sic_ax.set_title(f"SIC (points: each line's running value at the end; >= {SIC_MIN_BACKGROUND} bkg)")
+    sic_ax.legend(fontsize="small")
+    return _save(figure, run.run_dir, f"roc-{scorer}.png")
+
+
+# ---------------------------------------------------------------- markdown
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(row) + " |" for row in rows]
+
+
+def _stage_rows(run: RunData) -> list[list[str]]:
+    rows = []
+    for stream in run.streams:
+        final, rates = stream.final, stream.values("events_per_s")
+        running = rates[np.isfinite(rates) & (rates > 0)]
+        notes = [f"{k} {fmt_count(final[k])}" for k in ("accepted", "written") if final.get(k) is not None]
+        notes += [f"{k} {final[k]}" for k in ("source", "device") if final.get(k) is not None]
+        if number(final.get("blocked_s")):
+            notes.append(f"blocked {final['blocked_s']:.1f} s")
+        rows.append([stream.role, fmt_count(final.get("events")),
+                     fmt_count(np.median(running)) if len(running) else "-",
+                     f"{fmt_ms(lookup(final, 'latency', 'p50_ms'))} / {fmt_ms(lookup(final, 'latency', 'p99_ms'))}",
+                     ", ".join(notes)])
+    return rows
+
+
+def _line_rows(run: RunData, aucs: dict[tuple[str, str], float]) -> list[list[str]]:
+    rows = []
+    for stream in run.of_kind("scorer"):
+        for line in stream.final.get("lines") or []:
+            if not isinstance(line, dict):
+                continue
+            learner = str(line.get("learner") or "")
+            auc = aucs.get((stream.role, learner))
+            exact = exact_auc(run, learner)
+            rows.append([
+                _line_label(run, stream, str(line.get("name"))), learner, fmt_fraction(line.get("q")),
+                fmt_fraction(line.get("achieved")), fmt_value(line.get("threshold")),
+                fmt_value(line.get("eff_s")), fmt_value(line.get("eff_b")), fmt_value(line.get("sic")),
+                f"{auc:.3f}" if auc is not None else "-", f"{exact:.3f}" if exact is not None else "-",
+            ])
+    return rows
+
+
+def _selection_lines(run: RunData) -> list[str]:
+    if run.selections is None:
+        return ["No selections file (selections.h5) in this run folder."]
+    events, attrs = run.selections
+    out = [f"`selections.h5` holds {len(events):,} accepted events."]
+    rows = []
+    labelled = events.labels >= 0
+    for i, name in enumerate(attrs["line_names"]):
+        passed = (events.bits >> np.uint64(i)) & np.uint64(1) == 1
+        signal = int((events.labels[passed & labelled] == 1).sum())
+        rows.append([name, f"{int(passed.sum()):,}",
+                     f"{signal:,} ({signal / max(int((passed & labelled).sum()), 1):.1%})"
+                     if labelled.any() else "-"])
+    if rows:
+        out += [""] + _table(["line", "accepted events", "signal among them"], rows)
+    return out
+
+
+def _summary(run: RunData) -> str:
+    end = max(number(s.final.get("time")) or run.t0 for s in run.streams)
+    producer = run.of_kind("producer")
+    parts = [f"source `{run.source}`" if run.source else "source unknown"]
+    if producer:
+        parts.append(f"{fmt_count(producer[0].final.get('events'))} events sent")
+    devices = {str(s.final["device"]) for s in run.of_kind("scorer") if s.final.get("device") is not None}
+    if devices:
+        parts.append("scored on " + ", ".join(sorted(devices)))
+    parts.append(f"{end - run.t0:.1f} s from the first process start to the last report")
+    return "; ".join(parts) + "."
+
+
+def make_report(run_dir: str | Path) -> Path:
+    """Draw the figures into RUN_DIR/figures and write RUN_DIR/report.md; returns the markdown's path."""
+    run = load_run(run_dir)
+    aucs = held_out_aucs(run)
+    lines = [f"# Run report: {run.run_dir.resolve().name}", "", _summary(run), "", "## Stages", ""]
+    lines += _table(["stage", "events", "median events/s", "latency p50 / p99 (ms)", "notes"], _stage_rows(run))
+    lines += ["", f"![throughput and latency]({_throughput_figure(run)})", ""]
+    line_rows = _line_rows(run, aucs)
+    if line_rows:
+        lines += ["## Trigger lines", "",
+                  "At the end of the run: target and achieved accept fraction (after warm-up), threshold, "
+                  "running signal/background efficiency and SIC (when the stream had truth labels), the AUC "
+                  "of the line's learner on the held-out scores sample, and the exact model's AUC on the "
+                  "Gaussian toy.", ""]
+        lines += _table(["line", "learner", "target q", "achieved", "threshold", "eff_S", "eff_B", "SIC",
+                         "AUC", "exact AUC"], line_rows)
+        lines.append("")
+    for title, figure in (("trigger thresholds and accept fractions", _trigger_figure(run)),
+                          ("running efficiencies and SIC", _efficiency_figure(run)),
+                          ("learner losses", _loss_figure(run))):
+        if figure:
+            lines += [f"![{title}]({figure})", ""]
+    roc = [(scorer, _roc_figure(run, scorer)) for scorer in run.scores]
+    if any(figure for _, figure in roc):
+        lines += ["## ROC and SIC on held-out scores", ""]
+        lines += [f"![ROC and SIC of {scorer}]({figure})" for scorer, figure in roc if figure] + [""]
+    for scorer, figure in roc:
+        if figure is None:
+            lines += [f"`scores-{scorer}.npz` has no mix of labelled signal and background: no ROC.", ""]
+    lines += ["## Selections", ""] + _selection_lines(run) + [""]
+    found = [text for stream in run.streams for _, text in problems(stream.role, stream.final)]
+    lines += ["## Warnings", ""] + ([f"- {text}" for text in found] or ["None."]) + [""]
+    path = run.run_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path
