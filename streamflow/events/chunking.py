@@ -1,4 +1,8 @@
-"""Chunking for event generators: the same events whatever the chunk size.
+"""Chunking: batches of exactly the requested size, and seeded generator streams.
+
+Every source's ``chunks(chunk_size)`` yields batches of exactly ``chunk_size``
+events (the last of a finite stream may be shorter), whatever sizes it reads or
+draws internally: ``rebatch`` does the cutting.
 
 A generator draws events in fixed blocks of ``BLOCK`` events; block b uses its own
 random stream ``default_rng([seed, b])``. Event i is therefore a function of
@@ -8,7 +12,7 @@ same events with the same ids (a counter from 0).
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -22,8 +26,31 @@ BlockMaker = Callable[[np.random.Generator, int], tuple[np.ndarray, np.ndarray]]
 
 
 def check_chunk_size(chunk_size: int) -> None:
-    if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
         raise ConfigError(f"chunk size must be a positive integer, got {chunk_size!r}")
+
+
+def rebatch(batches: Iterable[EventBatch], chunk_size: int) -> Iterator[EventBatch]:
+    """The events of ``batches``, in order, cut into batches of exactly ``chunk_size`` (last: the rest)."""
+    check_chunk_size(chunk_size)
+    pending: list[EventBatch] = []
+    pending_n = 0
+    for batch in batches:
+        if len(batch) == 0:
+            continue
+        pending.append(batch)
+        pending_n += len(batch)
+        if pending_n < chunk_size:
+            continue
+        joined = pending[0] if len(pending) == 1 else EventBatch.concatenate(pending)
+        start = 0
+        while pending_n - start >= chunk_size:
+            yield joined.take(slice(start, start + chunk_size))
+            start += chunk_size
+        pending = [joined.take(slice(start, None))] if start < pending_n else []
+        pending_n -= start
+    if pending_n:
+        yield pending[0] if len(pending) == 1 else EventBatch.concatenate(pending)
 
 
 def generate_chunks(
@@ -33,28 +60,16 @@ def generate_chunks(
     n_events: int | None,
     chunk_size: int,
 ) -> Iterator[EventBatch]:
-    """Chunks of ``chunk_size`` events (the last may be shorter); endless if n_events is None."""
+    """Chunks of ``chunk_size`` generated events; endless if n_events is None."""
     check_chunk_size(chunk_size)
-    produced = 0
+    return rebatch(_blocks(make_block, names, seed, n_events), chunk_size)
+
+
+def _blocks(make_block: BlockMaker, names: tuple[str, ...], seed: int, n_events: int | None) -> Iterator[EventBatch]:
     block_index = 0
-    pending: list[tuple[np.ndarray, np.ndarray]] = []
-    pending_n = 0
-    while n_events is None or produced < n_events:
-        while pending_n < chunk_size and (n_events is None or produced + pending_n < n_events):
-            features, labels = make_block(np.random.default_rng([seed, block_index]), BLOCK)
-            block_index += 1
-            pending.append((features, labels))
-            pending_n += len(labels)
-        features = np.concatenate([p[0] for p in pending]) if len(pending) > 1 else pending[0][0]
-        labels = np.concatenate([p[1] for p in pending]) if len(pending) > 1 else pending[0][1]
-        take = min(chunk_size, pending_n if n_events is None else n_events - produced)
-        yield EventBatch(
-            ids=np.arange(produced, produced + take, dtype=np.uint64),
-            features=np.ascontiguousarray(features[:take]),
-            names=names,
-            labels=labels[:take].copy(),
-        )
-        produced += take
-        rest = len(labels) - take
-        pending = [(features[take:], labels[take:])] if rest else []
-        pending_n = rest
+    while n_events is None or block_index * BLOCK < n_events:
+        start = block_index * BLOCK
+        n = BLOCK if n_events is None else min(BLOCK, n_events - start)
+        features, labels = make_block(np.random.default_rng([seed, block_index]), BLOCK)
+        yield EventBatch(np.arange(start, start + n, dtype=np.uint64), features[:n], names, labels[:n])
+        block_index += 1

@@ -14,7 +14,7 @@ d = 2 and signal = 10% of background the paper's AUCs are 0.841 for the likeliho
 ratio in every frame and 0.696 / 0.500 / 0.175 for the density score in the
 identity / normal_cdf / tanh_shift frames.
 
-Labels: 1 = signal. Event i depends only on (seed, i) (see generator.py).
+Labels: 1 = signal. Event i depends only on (seed, i) (see chunking.py).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 
 from streamflow.errors import ConfigError
 from streamflow.events.batch import EventBatch
-from streamflow.events.generator import generate_chunks
+from streamflow.events.chunking import generate_chunks
 
 
 class GaussianToy:
