@@ -15,7 +15,7 @@ import sys
 from streamflow import __version__
 from streamflow.errors import StreamflowError
 
-SUBCOMMANDS = ("replay", "consume", "sink")
+SUBCOMMANDS = ("replay", "consume", "sink", "run", "monitor", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,7 +14,7 @@ from streamflow.errors import StreamflowError
 from streamflow.report import make_report
 from streamflow.selections import SelectedEvents, SelectionWriter
 from streamflow.telemetry import encode_stats
-from test_monitor import pipeline_messages
+from tests.test_monitor import pipeline_messages
 
 TOY_LINES = ("flow_identity", "ae_identity", "cwola_identity")
 TOY_LEARNERS = [{"name": "flow_identity", "kind": "flow", "frame": "identity"},
