@@ -30,6 +30,11 @@ def check_chunk_size(chunk_size: int) -> None:
         raise ConfigError(f"chunk size must be a positive integer, got {chunk_size!r}")
 
 
+def check_seed(seed: int, where: str) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"{where}: seed must be an integer >= 0, got {seed!r}")
+
+
 def rebatch(batches: Iterable[EventBatch], chunk_size: int) -> Iterator[EventBatch]:
     """The events of ``batches``, in order, cut into batches of exactly ``chunk_size`` (last: the rest)."""
     check_chunk_size(chunk_size)

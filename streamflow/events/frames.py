@@ -230,4 +230,5 @@ def get_frame(name: str) -> Frame:
 
 def apply_frame(name: str, x: np.ndarray, names: Sequence[str]) -> np.ndarray:
     """numpy convenience: frame ``name`` applied to x[n, k] with column ``names`` (dtype kept)."""
-    return get_frame(name).forward(torch.from_numpy(np.asarray(x)), list(names)).numpy()
+    x = np.require(x, requirements=["C", "W"])  # torch wants a writable buffer; copies only if needed
+    return get_frame(name).forward(torch.from_numpy(x), list(names)).numpy()

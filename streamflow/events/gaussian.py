@@ -25,7 +25,7 @@ import numpy as np
 
 from streamflow.errors import ConfigError
 from streamflow.events.batch import EventBatch
-from streamflow.events.chunking import generate_chunks
+from streamflow.events.chunking import check_seed, generate_chunks
 
 
 class GaussianToy:
@@ -52,6 +52,7 @@ class GaussianToy:
         self.dim = dim
         self.signal_ratio = float(signal_ratio)
         self.reference_fraction = float(reference_fraction)
+        check_seed(seed, "gaussian toy")
         self.seed = seed
         self.n_events = n_events
         self.names: tuple[str, ...] = tuple(f"x{i}" for i in range(dim)) + ("sample",)

@@ -13,7 +13,6 @@ are row indices in the file, so they stay unique and traceable with drops.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -42,15 +41,14 @@ class LHCOFeaturesFile:
         self._table = table
         self.has_labels = "label" in table.columns
         self.n_rows = table.n_rows
-        n_background = n_signal = kept = 0
+        n_signal = kept = 0
         for batch in self._read_all():
             kept += len(batch)
             if batch.labels is not None:
                 n_signal += int(batch.labels.sum())
-        n_background = kept - n_signal
         self.n_events: int | None = kept
         self.n_nonfinite_dropped = self.n_rows - kept
-        self._label_counts = (n_background, n_signal)
+        self._label_counts = (kept - n_signal, n_signal)
 
     def label_counts(self) -> tuple[int, int]:
         """(background, signal) events among the rows kept; SourceError if the file has no labels."""

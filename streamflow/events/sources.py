@@ -28,7 +28,7 @@ from typing import Any, Iterator
 from streamflow.config import from_dict
 from streamflow.errors import ConfigError, SourceError
 from streamflow.events.batch import EventBatch, EventSource
-from streamflow.events.chunking import check_chunk_size, rebatch
+from streamflow.events.chunking import check_chunk_size, check_seed, rebatch
 from streamflow.events.gaussian import GaussianToy
 from streamflow.events.h5table import H5Table, open_hdf5
 from streamflow.events.injection import InjectedSource
@@ -57,8 +57,7 @@ def open_source(
     spec: str, *, signal_fraction: float | None = None, seed: int = 0, **options: Any
 ) -> EventSource:
     """The event source named by ``spec`` (see the module docstring)."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
+    check_seed(seed, f"source {spec!r}")
     if spec in GENERATOR_OPTIONS:
         _check_options(spec, options, GENERATOR_OPTIONS[spec])
         if spec == "synthetic":
@@ -70,6 +69,8 @@ def open_source(
                               "not signal_fraction")  # fmt: skip
         return GaussianToy(seed=seed, **options)
     _check_options(spec, options, FILE_OPTIONS)
+    if not Path(spec).exists():
+        raise SourceError(f"{spec}: no such file (a source is an HDF5 file path, 'synthetic' or 'gaussian')")
     source: Any = open_file(Path(spec), features=options.get("features"))
     if signal_fraction is not None:
         source = InjectedSource(source, signal_fraction, seed=seed)

@@ -11,39 +11,47 @@ Background (QCD dijets), per event:
 - mjj from the dijet function times a turn-on (the pT > 1.2 TeV trigger):
   p(m) ∝ sigmoid((m - t)/w) (1 - x)^p1 / x^p2, x = m / 13 TeV, sampled by inverting
   its tabulated CDF on [1, 10] TeV;
-- two independent jets: m_j = Gamma(k, theta) (mjj / 3 TeV)^a (heavier jets in
-  harder events); log tau1 = c0 + c1 log m_j + c2 log(mjj / 3 TeV) + noise, the noise
-  Gaussian plus a rare exponential outlier (the long tau1 tail of the real file);
-  tau21 = |N(mu21(m_j), s21)| and tau32 = |N(mu32(m_j), s32)| whose means fall
-  from their light-jet values as the jet mass passes a few hundred GeV
-  (mu(m) = high - drop * sigmoid((log m - log m_mid) / width)): massive QCD jets
+- two independent jets: log m0 = log(scale) + a log(mjj / 3 TeV) + sd z with z a
+  skew-normal (a slightly longer tail to low masses), then m = m0 / (1 + m0 / cap)
+  (a soft upper bound); log tau1 = c0 + c1 log m + c2 log(mjj / 3 TeV) + noise, the
+  noise Gaussian plus a rare exponential outlier (the long tau1 tail of the real
+  file; c0..c2 from a least-squares fit to it); tau21 = |mu21(m) + s21 z| and
+  tau32 = |mu32(m) + s32 z| with left-skewed z, whose means fall from their
+  light-jet values as the jet mass passes ~300 GeV
+  (mu(m) = high - drop * sigmoid((log m - log m_prong) / width)): massive QCD jets
   look more two-pronged.
 
 Signal (W' -> X(500 GeV) Y(100 GeV), both -> qq), per event:
 
-- mjj: N(m_W', r m_W') in a fraction 1 - f_tail of events, else a wider,
-  lower Gaussian (final-state radiation outside the jets);
+- mjj: N(m_W', r m_W') in a fraction 1 - f_tail of events, else a wider, lower
+  Gaussian (final-state radiation outside the jets);
 - X and Y jets, each in the pT-leading slot with probability 1/2; each resolved
   with probability p_res: m = m_peak exp(N(0, r_m)), two-prong tau21 = |N(mu, s)|;
-  an unresolved jet (a prong lost) is drawn like a QCD jet. Reconstructed peaks
-  (106 GeV for Y) sit above the pole masses, as in the real file.
+  an unresolved jet (a prong lost) is drawn like a QCD jet. The reconstructed Y
+  peak (106 GeV) sits above the pole mass, as in the real file.
 
-Defaults were chosen by matching quantiles of the real file's first 60,000
-events (``lhco_rnd_first60k.features.h5``; 54,646 background, 5,354 signal). How
-the background compares (quantiles 5/25/50/75/95%, real vs synthetic, GeV):
+The defaults were fitted (scipy Nelder-Mead on quantiles, mjj on its exact CDF)
+to the background of the real file's first 60,000 events
+(``lhco_rnd_first60k.features.h5``: 54,646 background, 5,354 signal) and the
+signal set by eye. Background quantiles 5/25/50/75/95 %, real vs synthetic
+(GeV for masses):
 
-    mjj          2398 2658 2982 3467 4505   vs  2410 2680 2985 3435 4420
-    mjmin          38   66  100  154  283   vs    36   67  100  150  270
-    mjmax          84  152  235  356  581   vs    86  150  233  350  560
-    tau21_jmin   0.23 0.47 0.64 0.80 0.99   vs  0.27 0.49 0.64 0.79 0.98
-    tau21_jmax   0.11 0.32 0.51 0.69 0.93   vs  0.13 0.32 0.50 0.68 0.92
+    mjj         2398 2658 2982 3467 4505   vs  2396 2661 2966 3457 4527
+    mjmin         38   66  100  154  283   vs    38   71  107  158  267
+    mjmax         84  152  235  356  581   vs    91  157  229  334  565
+    tau1_j1    .013 .033 .065 .142 .386    vs  .015 .039 .078 .152 .409
+    tau21_jmin  .23  .47  .64  .80  .99    vs   .22  .49  .65  .80  .99
+    tau21_jmax  .11  .32  .51  .69  .93    vs   .10  .34  .52  .69  .90
+    tau32_jmin  .46  .66  .78  .88  .99    vs   .40  .64  .79  .90 1.01
 
-and the signal: mjj median 3492 (synthetic 3495), 16-84% 3320-3644 (3330-3650);
-mjmax median 500 (502), mjmin median 110 (110); tau21_jmax median 0.19 (0.20),
-tau21_jmin 0.38 (0.38). Known differences: no correlation between the two
-jets beyond mjj, the tau1 tail is modelled coarsely, and nothing depends on
-angles (there are none). tests/test_events_synthetic.py checks the background
-quantiles against the real file with the tolerances it states.
+Signal, real vs synthetic: mjj median 3492 vs 3485 (quartiles 3387-3589 vs
+3372-3590), mjmax median 500 vs 490, mjmin median 110 vs 107, tau21_jmax median
+0.19 vs 0.21, tau21_jmin 0.38 vs 0.40. Known differences: the 1% tails (tau1 up
+to 1.2 instead of 1.9, tau2 and tau3 tails ~50% longer, mjmax 99% 790 vs 760);
+unresolved signal jets are lighter than real ones (mjmax 5% quantile 120 vs 180);
+the two jets are correlated only through mjj; there are no angles. Throughput:
+about 1.5 M events/s on one busy CPU core. tests/test_events_synthetic.py checks
+background quantiles against the real file within the tolerances it states.
 """
 
 from __future__ import annotations
@@ -57,7 +65,7 @@ from streamflow.errors import ConfigError
 from streamflow.events.batch import EventBatch
 from streamflow.events.derived import assemble
 from streamflow.events.frames import TAU_EPS
-from streamflow.events.chunking import generate_chunks
+from streamflow.events.chunking import check_seed, generate_chunks
 from streamflow.events.schema import LHCO_NAMES
 
 _SQRT_S = 13000.0  # GeV, the LHC collision energy that scales the dijet function
@@ -163,6 +171,7 @@ class SyntheticLHCO:
         if n_events is not None and n_events < 0:
             raise ConfigError(f"synthetic source: n_events must be >= 0, got {n_events!r}")
         self.signal_fraction = float(signal_fraction)
+        check_seed(seed, "synthetic source")
         self.seed = seed
         self.n_events = n_events
         self.shapes = shapes
