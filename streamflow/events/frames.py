@@ -33,6 +33,7 @@ All maps are vectorised torch code and run on the tensor's device and dtype.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import Callable, Sequence
@@ -128,6 +129,12 @@ def is_mass_column(name: str) -> bool:
     return name.startswith("m") or name == "delta_m"
 
 
+@functools.lru_cache(maxsize=64)
+def _mass_mask(names: tuple[str, ...], device: torch.device) -> Tensor:
+    """Which columns are masses, built once per (columns, device): no host-to-device copy per call."""
+    return torch.tensor([is_mass_column(n) for n in names], device=device)
+
+
 class LogMassFrame(Frame):
     """y = log(max(x, MASS_FLOOR)) on mass-like columns, identity elsewhere."""
 
@@ -136,7 +143,7 @@ class LogMassFrame(Frame):
     @staticmethod
     def _mask(x: Tensor, names: Sequence[str]) -> Tensor:
         _check(x, names)
-        return torch.tensor([is_mass_column(n) for n in names], device=x.device)
+        return _mass_mask(tuple(names), x.device)
 
     def forward(self, x: Tensor, names: Sequence[str]) -> Tensor:
         mask = self._mask(x, names)
@@ -158,7 +165,8 @@ class TauRatioFrame(Frame):
     name = "tau_ratio"
 
     @staticmethod
-    def _pairs(names: Sequence[str]) -> list[tuple[int, int]]:
+    @functools.lru_cache(maxsize=64)
+    def _pairs(names: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
         """(column to divide, column of its denominator) for every tau2_jX, tau3_jX present."""
         index = {n: i for i, n in enumerate(names)}
         pairs = []
@@ -170,12 +178,12 @@ class TauRatioFrame(Frame):
             if below not in index:
                 raise ConfigError(f"frame 'tau_ratio' needs column {below!r} to transform {n!r}")
             pairs.append((i, index[below]))
-        return pairs
+        return tuple(pairs)
 
     def forward(self, x: Tensor, names: Sequence[str]) -> Tensor:
         _check(x, names)
         y = x.clone()
-        for i, j in self._pairs(names):
+        for i, j in self._pairs(tuple(names)):
             y[:, i] = x[:, i] / (x[:, j] + TAU_EPS)
         return y
 
@@ -183,14 +191,14 @@ class TauRatioFrame(Frame):
         _check(y, names)
         x = y.clone()
         # tau2 before tau3: tau3's denominator is the recovered tau2.
-        for i, j in sorted(self._pairs(names), key=lambda p: names[p[0]]):
+        for i, j in sorted(self._pairs(tuple(names)), key=lambda p: names[p[0]]):
             x[:, i] = y[:, i] * (x[:, j] + TAU_EPS)
         return x
 
     def log_abs_det_jacobian(self, x: Tensor, names: Sequence[str]) -> Tensor:
         _check(x, names)
         total = x.new_zeros(x.shape[0])
-        for _, j in self._pairs(names):
+        for _, j in self._pairs(tuple(names)):
             total = total - torch.log((x[:, j] + TAU_EPS).abs())
         return total
 
