@@ -153,7 +153,8 @@ class Sender(_SocketPair):
     """The sending side of a stream: PUSH data socket + ROUTER control socket, both bound.
 
     Sends block at the high-water mark (nothing is dropped) but wake every 100 ms to
-    honour ``stop_event``; the time spent blocked is in ``blocked_s``.
+    honour ``stop_event``; ``blocked_s`` is the time spent in sends, which is almost
+    all waiting for room in the queue (back-pressure from the receivers).
     """
 
     ctx: zmq.Context
@@ -166,6 +167,7 @@ class Sender(_SocketPair):
 
     def __post_init__(self) -> None:
         self.data = bind(self.ctx, zmq.PUSH, self.endpoint, hwm=self.hwm)
+        self.data.sndtimeo = _POLL_MS
         try:
             self.control = bind(self.ctx, zmq.ROUTER, control_endpoint(self.endpoint))
         except ConfigError:
@@ -180,15 +182,15 @@ class Sender(_SocketPair):
         Returns False, without sending, if ``stop_event`` is set while blocked.
         """
         while True:
-            try:
-                self.data.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+            start = time.perf_counter()
+            try:  # blocks at most SNDTIMEO inside ZeroMQ, then looks at stop_event
+                self.data.send_multipart(parts, copy=False)
                 break
             except zmq.Again:
-                start = time.perf_counter()
-                self.data.poll(_POLL_MS, zmq.POLLOUT)
-                self.blocked_s += time.perf_counter() - start
                 if stop_event is not None and stop_event.is_set():
                     return False
+            finally:
+                self.blocked_s += time.perf_counter() - start
         self.frames += 1
         self.events += n_events
         return True
@@ -300,11 +302,17 @@ class Receiver(_SocketPair):
         """The next valid message, or None if none came within ``timeout_ms`` (None: wait forever)."""
         deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
         while True:
-            wait = _POLL_MS if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
-            if self.data.poll(wait, zmq.POLLIN):
-                msg = self.handle(self.data.recv_multipart(copy=False))
-                if msg is not None:
-                    return msg
-            elif deadline is not None and time.monotonic() >= deadline:
-                return None
+            try:  # take a waiting frame at once: polling first would cost a system call per frame
+                parts = self.data.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                if deadline is None:
+                    self.data.poll(_POLL_MS, zmq.POLLIN)
+                elif (left := deadline - time.monotonic()) > 0:
+                    self.data.poll(max(1, int(left * 1000)), zmq.POLLIN)
+                else:
+                    return None
+                continue
+            msg = self.handle(parts)
+            if msg is not None:
+                return msg
 

@@ -13,7 +13,7 @@ SELECTION as DATA, then bits uint64[n],  {"names": [...], "lines": [L names]}
 control   none                          a small dict of counts (EOS, HELLO, ACK)
 ========  ============================  ======================================
 
-Labels ride along only when the header flag ``HAS_LABELS`` is set. The header's
+Labels ride along only when the header flag bit ``HAS_LABELS`` is set. The header's
 schema hash is a stable 64-bit hash of the feature-name list, so a consumer can
 check a stream's schema without reading the names.
 
@@ -60,18 +60,18 @@ class Kind(enum.IntEnum):
     TELEMETRY = 6  #: a JSON stats message (meta only)
 
 
-class Flags(enum.IntFlag):
-    NONE = 0
-    HAS_LABELS = 1
+#: header flag bits
+HAS_LABELS = 1
 
 
 #: dtype code on the wire -> feature dtype. Only float32 for now; 0 is never valid.
 DTYPES = {1: np.dtype(np.float32)}
 _FLOAT32 = 1
 _EVENT_KINDS = (Kind.DATA, Kind.SELECTION)
+_KINDS = {int(kind): kind for kind in Kind}
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass costs microseconds per frame to build
 class Message:
     """One decoded message.
 
@@ -126,7 +126,7 @@ def _header(kind: Kind, flags: int, stream_id: int, seq: int, send_ns: int, n: i
 def _event_parts(batch: EventBatch, kind: Kind, seq: int, stream_id: int, send_ns: int,
                  lines: tuple[str, ...] | None) -> list[Any]:
     n, f = batch.features.shape
-    flags = Flags.HAS_LABELS if batch.labels is not None else Flags.NONE
+    flags = HAS_LABELS if batch.labels is not None else 0
     meta = _event_meta(tuple(batch.names), lines)
     parts: list[Any] = [
         _header(kind, flags, stream_id, seq, send_ns, n, f, _cached_hash(tuple(batch.names)), meta),
@@ -178,7 +178,7 @@ def encode_control(kind: Kind, *, stream_id: int, seq: int, meta: dict[str, Any]
     kind = Kind(kind)
     if kind in _EVENT_KINDS:
         raise ValueError(f"{kind.name} is not a control kind")
-    return [_header(kind, Flags.NONE, stream_id, seq, send_ns, 0, 0, 0, _meta_bytes(meta or {}))]
+    return [_header(kind, 0, stream_id, seq, send_ns, 0, 0, 0, _meta_bytes(meta or {}))]
 
 
 def _view(part: Any, index: int) -> memoryview:
@@ -210,7 +210,7 @@ def _names(meta: dict[str, Any], key: str, count: int, what: str) -> tuple[str, 
 
 
 @functools.lru_cache(maxsize=64)
-def _event_meta_checked(raw: bytes, kind: Kind, f: int, hash_: int) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
+def _event_meta_checked(raw: bytes, selection: bool, f: int, hash_: int) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
     """Names (and line names) of an event message's meta, validated; cached per distinct meta."""
     meta = _parse_meta(memoryview(raw))
     if not isinstance(meta, dict):
@@ -219,7 +219,7 @@ def _event_meta_checked(raw: bytes, kind: Kind, f: int, hash_: int) -> tuple[tup
     if schema_hash(names) != hash_:
         raise WireError(f"schema hash {hash_:#x} does not match the feature names")
     lines = None
-    if kind == Kind.SELECTION:
+    if selection:
         lines = meta.get("lines")
         if not isinstance(lines, list) or not 1 <= len(lines) <= MAX_LINES:
             raise WireError(f"meta['lines'] must list 1 to {MAX_LINES} trigger lines")
@@ -236,7 +236,8 @@ def decode(parts: Sequence[Any]) -> Message:
     """Validate and decode one received multipart message; raise WireError if anything is off."""
     if not isinstance(parts, (list, tuple)) or not parts:
         raise WireError("a message needs at least a header part")
-    head = _view(parts[0], 0)
+    views = [_view(p, i) for i, p in enumerate(parts)]
+    head = views[0]
     if head.nbytes < HEADER.size:
         raise WireError(f"header part has {head.nbytes} bytes, needs at least {HEADER.size}")
     (magic, version, kind_code, dtype, flags, stream_id, seq, send_ns, n, f, hash_,
@@ -245,13 +246,12 @@ def decode(parts: Sequence[Any]) -> Message:
         raise WireError(f"bad magic {magic!r}: not a streamflow message")
     if version != FORMAT_VERSION:
         raise WireError(f"wire format version {version}, this build reads version {FORMAT_VERSION}")
-    try:
-        kind = Kind(kind_code)
-    except ValueError:
-        raise WireError(f"unknown message kind {kind_code}") from None
+    kind = _KINDS.get(kind_code)
+    if kind is None:
+        raise WireError(f"unknown message kind {kind_code}")
     if dtype not in DTYPES:
         raise WireError(f"unknown dtype code {dtype}")
-    if flags & ~int(Flags.HAS_LABELS):
+    if flags & ~HAS_LABELS:
         raise WireError(f"unknown flags {flags:#x}")
     if meta_len > MAX_META_BYTES:
         raise WireError(f"meta of {meta_len} bytes exceeds the {MAX_META_BYTES}-byte limit")
@@ -269,12 +269,11 @@ def decode(parts: Sequence[Any]) -> Message:
             raise WireError("meta must be a JSON object")
         return Message(kind, stream_id, seq, send_ns, hash_, meta=meta)
 
-    labelled = bool(flags & Flags.HAS_LABELS)
+    labelled = bool(flags & HAS_LABELS)
     expected = 3 + labelled + (2 if kind == Kind.SELECTION else 0)
     if len(parts) != expected:
         raise WireError(f"{kind.name} message has {len(parts)} parts, expected {expected}")
-    names, lines = _event_meta_checked(bytes(raw_meta), kind, f, hash_)
-    views = [_view(p, i) for i, p in enumerate(parts)]
+    names, lines = _event_meta_checked(bytes(raw_meta), kind == Kind.SELECTION, f, hash_)
     itemsize = DTYPES[dtype].itemsize
     _expect_size(views[1], 8 * n, 1, "ids")
     _expect_size(views[2], itemsize * n * f, 2, "features")

@@ -1,0 +1,1 @@
+"""Benchmarks, runnable as ``python -m bench.<name>``; not part of the unit tests."""
