@@ -1,0 +1,42 @@
+"""Online learners: a normalizing flow, a CWoLA classifier and an autoencoder, one protocol.
+
+    learner = build_learner(learner_config({"kind": "flow", "context": "mjj"}), device)
+    learner.bind(stream_names)
+    scores = learner.score(x)    # test ...
+    stats = learner.learn(x)     # ... then train
+
+See base.py for the protocol and its guarantees.
+"""
+
+from streamflow.learners.autoencoder import AutoencoderConfig, AutoencoderLearner
+from streamflow.learners.base import CATHODE_FEATURES, Learner, LearnerConfigBase, TorchLearner, Window
+from streamflow.learners.cwola import CWoLAConfig, CWoLALearner
+from streamflow.learners.flow import FlowConfig, FlowLearner
+from streamflow.learners.registry import (
+    KINDS,
+    LearnerConfig,
+    build_learner,
+    learner_config,
+    load_learner,
+    save_learner,
+)
+
+__all__ = [
+    "AutoencoderConfig",
+    "AutoencoderLearner",
+    "CATHODE_FEATURES",
+    "CWoLAConfig",
+    "CWoLALearner",
+    "FlowConfig",
+    "FlowLearner",
+    "KINDS",
+    "Learner",
+    "LearnerConfig",
+    "LearnerConfigBase",
+    "TorchLearner",
+    "Window",
+    "build_learner",
+    "learner_config",
+    "load_learner",
+    "save_learner",
+]

@@ -1,0 +1,125 @@
+"""A learner's view of the stream: select columns, change coordinates, standardise.
+
+    x (stream, F columns) --select--> x_k (k named columns)
+                          --frame---> y = T(x_k)           (streamflow.events.frames)
+                          --scale---> z = (y - mu) / sigma
+
+mu and sigma are the running mean and standard deviation of y over the first
+``warmup_events`` events the learner trains on (batched Welford / Chan et al.
+moment merging, in float64 on the device), then frozen: after the warm-up the
+model's input scale stops moving, so its score scale does too. Before any event
+is seen mu = 0 and sigma = 1.
+
+The standardisation is affine, so densities in z and y differ by a constant:
+log p_Y(y) = log p_Z(z) - sum_j log sigma_j (``log_scale``).
+Everything is vectorised torch code on the learner's device.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from streamflow.errors import ConfigError
+from streamflow.events.frames import get_frame
+
+
+class Preprocessor:
+    """Columns ``features`` of the stream, in coordinate frame ``frame``, standardised."""
+
+    def __init__(self, features: Sequence[str], frame: str, warmup_events: int, device: torch.device) -> None:
+        if not features:
+            raise ConfigError("a learner needs at least one feature")
+        self.features = tuple(features)
+        self.frame = get_frame(frame)
+        self.warmup_events = warmup_events
+        self.device = device
+        k = len(self.features)
+        self._columns: Tensor | None = None
+        self.count = 0
+        self.mean = torch.zeros(k, dtype=torch.float64, device=device)
+        self.m2 = torch.zeros(k, dtype=torch.float64, device=device)
+        self._refresh()
+
+    def bind(self, names: Sequence[str]) -> None:
+        """Resolve the stream's column indices of this preprocessor's features."""
+        self._columns = torch.tensor(column_indices(self.features, names), device=self.device)
+
+    @property
+    def columns(self) -> Tensor:
+        if self._columns is None:
+            raise RuntimeError("learner is not bound to a stream schema: call bind(names) first")
+        return self._columns
+
+    @property
+    def frozen(self) -> bool:
+        """True once the warm-up is over and mu, sigma no longer move."""
+        return self.count >= self.warmup_events
+
+    def framed(self, x: Tensor) -> Tensor:
+        """y = T(selected columns of x), float32."""
+        return self.frame.forward(x.index_select(1, self.columns), self.features)
+
+    def observe(self, y: Tensor) -> None:
+        """Merge the finite rows of framed values ``y`` into the moments, unless frozen."""
+        if self.frozen:
+            return
+        y = y[torch.isfinite(y).all(dim=1)].double()
+        n = y.shape[0]
+        if n == 0:
+            return
+        batch_mean = y.mean(dim=0)
+        batch_m2 = ((y - batch_mean) ** 2).sum(dim=0)
+        total = self.count + n
+        delta = batch_mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + batch_m2 + delta**2 * (self.count * n / total)
+        self.count = total
+        self._refresh()
+
+    def _refresh(self) -> None:
+        var = self.m2 / (self.count - 1) if self.count > 1 else torch.ones_like(self.m2)
+        std = var.sqrt()
+        # A constant column (std 0) is left unscaled rather than divided by zero.
+        std = torch.where(std > 0, std, torch.ones_like(std))
+        self._mu = self.mean.float()
+        self._sigma = std.float()
+        self.log_scale = float(std.log().sum())
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """z for stream rows x (no side effects)."""
+        return self.encode(x.index_select(1, self.columns))
+
+    def fit(self, x: Tensor) -> Tensor:
+        """z for stream rows x, after merging them into the moments during the warm-up."""
+        y = self.framed(x)
+        self.observe(y)
+        return (y - self._mu) / self._sigma
+
+    def encode(self, values: Tensor) -> Tensor:
+        """z for physical values of the selected columns, values[n, k]."""
+        return (self.frame.forward(values, self.features) - self._mu) / self._sigma
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Physical values of the selected columns for standardised z (inverse scale, inverse frame)."""
+        return self.frame.inverse(z * self._sigma + self._mu, self.features)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "mean": self.mean.clone(), "m2": self.m2.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.count = int(state["count"])
+        self.mean = state["mean"].to(self.device, torch.float64)
+        self.m2 = state["m2"].to(self.device, torch.float64)
+        self._refresh()
+
+
+def column_indices(features: Sequence[str], names: Sequence[str]) -> list[int]:
+    """Index of each of ``features`` in the stream's ``names``; ConfigError naming a missing one."""
+    index = {name: i for i, name in enumerate(names)}
+    missing = [f for f in features if f not in index]
+    if missing:
+        raise ConfigError(f"feature {missing[0]!r} is not in the stream (it has: {', '.join(names)})")
+    return [index[f] for f in features]
