@@ -43,7 +43,7 @@ def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nd
     order = np.argsort(-scores, kind="stable")
     ranked = scores[order]
     # The last index of each run of equal scores: one ROC point per distinct threshold.
-    last = np.r_[np.flatnonzero(np.diff(ranked) != 0), len(ranked) - 1]
+    last = np.r_[np.flatnonzero(ranked[1:] != ranked[:-1]), len(ranked) - 1]
     signal_passing = np.cumsum(positive[order])[last]
     background_passing = (last + 1) - signal_passing
     eff_s = np.r_[0.0, signal_passing / positive.sum()]
@@ -58,7 +58,7 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     ranked = scores[order]
     ranks = np.empty(len(scores))
     # Average (1-based) rank of each run of tied scores.
-    starts = np.r_[0, np.flatnonzero(np.diff(ranked) != 0) + 1]
+    starts = np.r_[0, np.flatnonzero(ranked[1:] != ranked[:-1]) + 1]
     ends = np.r_[starts[1:], len(ranked)]
     ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
     n_s, n_b = positive.sum(), (~positive).sum()

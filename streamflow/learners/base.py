@@ -4,7 +4,8 @@ A learner, in the spirit of River's estimators and scikit-learn's ``partial_fit`
 
 - ``bind(names)``: resolve the columns it reads in this stream's schema;
 - ``score(x) -> Tensor[n]``: float32 on the learner's device, higher = more
-  anomalous, NaN for events it does not score; no side effects, no gradient;
+  anomalous, NaN for events it does not score (any with a non-finite input among
+  them); no side effects, no gradient;
 - ``learn(x) -> stats``: a few Adam steps on the events of frame x;
 - ``state_dict()`` / ``load_state_dict()``: plain tensors and numbers (so
   ``torch.load(weights_only=True)`` reads a checkpoint), with the config, so a
@@ -228,10 +229,15 @@ class TorchLearner(ABC):
         return x[:, self._aux[role]]
 
     def score(self, x: Tensor) -> Tensor:
-        """float32[n] anomaly scores (higher = more anomalous); no side effects."""
+        """float32[n] anomaly scores (higher = more anomalous); no side effects.
+
+        NaN for events with a non-finite value in a column the learner reads (a frame
+        such as tanh would otherwise map inf to a finite, meaningless score)."""
         x = self._check(x)
         with torch.no_grad():
-            return self._score(self.scorer, x).float()
+            scores = self._score(self.scorer, x).float()
+            finite = torch.isfinite(x.index_select(1, self._used)).all(dim=1)
+            return torch.where(finite, scores, torch.full_like(scores, math.nan))
 
     def learn(self, x: Tensor) -> dict[str, float]:
         """Learn from frame x; returns loss and grad_norm (means over the applied steps),
@@ -261,6 +267,9 @@ class TorchLearner(ABC):
             for index in order.split(self.config.batch_size):
                 self.optimizer.zero_grad(set_to_none=True)
                 loss = self._loss(self.model, *(t[index] for t in tensors))
+                if not loss.requires_grad:  # e.g. every input in a spline's identity tails
+                    skipped += 1
+                    continue
                 loss.backward()
                 norm = nn.utils.clip_grad_norm_(params, self.config.grad_clip)
                 # One host sync per step: a non-finite loss or gradient never reaches Adam.

@@ -34,6 +34,10 @@ from streamflow.learners.flow_backends import Density, build_density
 from streamflow.learners.preprocessing import Preprocessor
 
 
+SAMPLE_ROUNDS = 20
+"""How often a sample outside a bounded frame's image is redrawn."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class FlowConfig(LearnerConfigBase):
     """A masked autoregressive flow (see flow_backends.py for the layers).
@@ -125,6 +129,9 @@ class FlowLearner(TorchLearner):
 
         context: float[n] physical values of the context feature (e.g. mjj in GeV), one
         per sample; required for a conditional flow, refused for an unconditional one.
+        A bounded frame (tanh_shift maps onto (-1, 1)) has no inverse for a sample the
+        flow puts outside its image: such samples are redrawn (the flow's density
+        truncated to the image), up to ``SAMPLE_ROUNDS`` times; any left are NaN rows.
         """
         if self.context is None:
             if context is not None:
@@ -137,7 +144,13 @@ class FlowLearner(TorchLearner):
             if values.shape[0] != n:
                 raise ConfigError(f"sample: {values.shape[0]} context values for {n} samples")
             c = self.context.encode(torch.from_numpy(values).to(self.device))
+        density: Density = self.scorer  # type: ignore[assignment]
         with torch.no_grad():
-            density: Density = self.scorer  # type: ignore[assignment]
-            z = density.sample(n, c)
-            return self.inputs.decode(z).float().cpu().numpy()
+            x = self.inputs.decode(density.sample(n, c))
+            for _ in range(SAMPLE_ROUNDS):
+                bad = ~torch.isfinite(x).all(dim=1)
+                if not bad.any():
+                    break
+                redo = bad.nonzero().squeeze(1)
+                x[redo] = self.inputs.decode(density.sample(len(redo), None if c is None else c[redo]))
+        return x.float().cpu().numpy()
