@@ -1,0 +1,170 @@
+"""A trigger menu: up to 64 lines judged side by side, frame by frame.
+
+Per frame and per line, in this order:
+
+1. the threshold is the line's rolling (1 - q) quantile of the scores seen
+   *before* this frame -- NaN (nothing accepted) until the window holds the
+   line's ``warmup`` scores;
+2. an event passes if its score is finite and strictly greater than the
+   threshold (ties with the threshold fail: with heavily tied scores the line
+   accepts less than q, never more);
+3. the frame's finite scores enter the window.
+
+Judging a frame against the past, not against itself, matters for bursts: if a
+frame brings a cluster of anomalous events, a threshold that included them would
+rise into the cluster and accept only a fraction q of the frame; judged against
+the preceding window, every event of the burst that beats the past passes, so a
+burst is not diluted by itself. On a stationary stream the two choices agree to
+O(B / W). The price is a lag of one frame when the score scale jumps.
+
+Non-finite scores (NaN: a learner that does not score an event, +-inf) are never
+accepted and never enter a window; they are counted per line as ``skipped``.
+
+Scorers that must agree on thresholds use histogram lines and pass ``reduce``:
+a function that all-reduces (sums) an int64 array across scorers, e.g.
+``torch.distributed.all_reduce`` on a tensor view. Once per frame the menu stacks
+the window histograms of all histogram lines into one (lines, bins) array,
+reduces it and takes every histogram line's threshold (and warm-up count) from
+the sum, so all scorers apply the same thresholds: those of the union of their
+windows. Exact lines always use their own scorer's window.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from streamflow.errors import ConfigError, StreamflowError
+from streamflow.trigger.lines import LineConfig, LineStats
+from streamflow.trigger.sketch import RollingHistogramQuantile
+
+MAX_LINES = 64
+
+Reduce = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class MenuConfig:
+    """The lines of a menu, e.g. a TOML array of tables ``[[trigger.lines]]``."""
+
+    lines: tuple[LineConfig, ...]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The decision on one frame of n events.
+
+    ``accept``: bool[n], passed at least one line; ``bits``: uint64[n], bit i set
+    when line i passed; ``thresholds``: float64[lines], the threshold each line
+    applied (NaN during its warm-up).
+    """
+
+    accept: np.ndarray
+    bits: np.ndarray
+    thresholds: np.ndarray
+
+    @property
+    def indices(self) -> np.ndarray:
+        """Positions of the accepted events in the frame."""
+        return np.flatnonzero(self.accept)
+
+
+class TriggerMenu:
+    """Runs trigger lines over frames of scores; see the module docstring for the rules."""
+
+    def __init__(self, lines: Sequence[LineConfig], reduce: Reduce | None = None) -> None:
+        lines = tuple(lines)
+        if not 1 <= len(lines) <= MAX_LINES:
+            raise ConfigError(f"trigger menu: needs 1 to {MAX_LINES} lines, got {len(lines)}")
+        names = [line.name for line in lines]
+        duplicate = next((name for name in names if names.count(name) > 1), None)
+        if duplicate is not None:
+            raise ConfigError(f"trigger menu: line name {duplicate!r} appears more than once")
+        self.lines = lines
+        self._reduce = reduce
+        self._estimators = [line.make_estimator() for line in lines]
+        self._stats = [LineStats(line.name, line.learner, line.accept) for line in lines]
+
+    @classmethod
+    def from_config(cls, config: MenuConfig, reduce: Reduce | None = None) -> TriggerMenu:
+        return cls(config.lines, reduce)
+
+    @property
+    def learners(self) -> tuple[str, ...]:
+        """The learners whose scores ``select`` needs, in first-use order."""
+        return tuple(dict.fromkeys(line.learner for line in self.lines))
+
+    def stats(self) -> list[LineStats]:
+        """A snapshot of every line's running counts."""
+        return [dataclasses.replace(s) for s in self._stats]
+
+    def select(self, scores: Mapping[str, np.ndarray], labels: np.ndarray | None = None) -> Selection:
+        """Judge one frame: ``scores`` maps learner name -> float[n]; ``labels`` (1 = signal) are optional."""
+        frame = {name: self._scores(scores, name) for name in self.learners}
+        n = len(next(iter(frame.values())))
+        for name, values in frame.items():
+            if len(values) != n:
+                raise StreamflowError(f"trigger menu: learner {name!r} gave {len(values)} scores, expected {n}")
+        if labels is not None:
+            labels = np.asarray(labels).reshape(-1)
+            if len(labels) != n:
+                raise StreamflowError(f"trigger menu: {len(labels)} labels for {n} events")
+        thresholds = self._thresholds()
+        bits = np.zeros(n, dtype=np.uint64)
+        for i, (line, estimator, stats) in enumerate(zip(self.lines, self._estimators, self._stats)):
+            values = frame[line.learner]
+            finite = np.isfinite(values)
+            passed = finite & (values > thresholds[i])
+            bits |= passed.astype(np.uint64) << np.uint64(i)
+            self._count(stats, finite, passed, labels, judged=not np.isnan(thresholds[i]))
+            stats.threshold = float(thresholds[i])
+            estimator.update(values)
+        return Selection(accept=bits != 0, bits=bits, thresholds=thresholds)
+
+    def _scores(self, scores: Mapping[str, np.ndarray], learner: str) -> np.ndarray:
+        if learner not in scores:
+            have = ", ".join(sorted(scores)) or "none"
+            raise StreamflowError(f"trigger menu: no scores for learner {learner!r} (have: {have})")
+        values = np.asarray(scores[learner], dtype=np.float64)
+        if values.ndim != 1:
+            raise StreamflowError(f"trigger menu: scores of {learner!r} must be 1-D, got shape {values.shape}")
+        return values
+
+    def _thresholds(self) -> np.ndarray:
+        """Each line's threshold from its window before this frame (NaN while warming up)."""
+        out = np.full(len(self.lines), np.nan)
+        shared = [i for i, e in enumerate(self._estimators) if isinstance(e, RollingHistogramQuantile)]
+        if self._reduce is not None and shared:
+            summed = np.asarray(self._reduce(np.stack([self._estimators[i].counts() for i in shared])))
+            for row, i in enumerate(shared):
+                if summed[row].sum() >= self.lines[i].warmup_events:
+                    out[i] = self._estimators[i].value_from(summed[row])
+            local = [i for i in range(len(self.lines)) if i not in shared]
+        else:
+            local = range(len(self.lines))
+        for i in local:
+            if self._estimators[i].count >= self.lines[i].warmup_events:
+                out[i] = self._estimators[i].value()
+        return out
+
+    @staticmethod
+    def _count(
+        stats: LineStats, finite: np.ndarray, passed: np.ndarray, labels: np.ndarray | None, judged: bool
+    ) -> None:
+        n_finite = int(finite.sum())
+        stats.seen += n_finite
+        stats.skipped += len(finite) - n_finite
+        if not judged:
+            return
+        stats.judged += n_finite
+        stats.accepted += int(passed.sum())
+        if labels is not None:
+            signal = labels == 1
+            background = labels == 0
+            stats.signal_judged += int((finite & signal).sum())
+            stats.signal_accepted += int((passed & signal).sum())
+            stats.background_judged += int((finite & background).sum())
+            stats.background_accepted += int((passed & background).sum())
