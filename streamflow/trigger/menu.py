@@ -87,6 +87,7 @@ class TriggerMenu:
         self._reduce = reduce
         self._estimators = [line.make_estimator() for line in lines]
         self._stats = [LineStats(line.name, line.learner, line.accept) for line in lines]
+        self._shared = [i for i, e in enumerate(self._estimators) if isinstance(e, RollingHistogramQuantile)]
 
     @classmethod
     def from_config(cls, config: MenuConfig, reduce: Reduce | None = None) -> TriggerMenu:
@@ -96,6 +97,10 @@ class TriggerMenu:
     def learners(self) -> tuple[str, ...]:
         """The learners whose scores ``select`` needs, in first-use order."""
         return tuple(dict.fromkeys(line.learner for line in self.lines))
+
+    def window_counts(self) -> np.ndarray:
+        """The window histograms of the histogram lines, stacked: int64[lines, bins] (what ``reduce`` sums)."""
+        return np.stack([self._estimators[i].counts() for i in self._shared])
 
     def stats(self) -> list[LineStats]:
         """A snapshot of every line's running counts."""
@@ -136,15 +141,13 @@ class TriggerMenu:
     def _thresholds(self) -> np.ndarray:
         """Each line's threshold from its window before this frame (NaN while warming up)."""
         out = np.full(len(self.lines), np.nan)
-        shared = [i for i, e in enumerate(self._estimators) if isinstance(e, RollingHistogramQuantile)]
-        if self._reduce is not None and shared:
-            summed = np.asarray(self._reduce(np.stack([self._estimators[i].counts() for i in shared])))
-            for row, i in enumerate(shared):
+        local = range(len(self.lines))
+        if self._reduce is not None and self._shared:
+            summed = np.asarray(self._reduce(self.window_counts()))
+            for row, i in enumerate(self._shared):
                 if summed[row].sum() >= self.lines[i].warmup_events:
                     out[i] = self._estimators[i].value_from(summed[row])
-            local = [i for i in range(len(self.lines)) if i not in shared]
-        else:
-            local = range(len(self.lines))
+            local = [i for i in local if i not in self._shared]
         for i in local:
             if self._estimators[i].count >= self.lines[i].warmup_events:
                 out[i] = self._estimators[i].value()
