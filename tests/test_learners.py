@@ -97,6 +97,15 @@ def test_non_finite_rows_are_dropped_and_weights_stay_finite(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", CONFIGS)
+def test_an_empty_frame_learns_nothing(name: str) -> None:
+    learner = make(name)
+    empty = frame()[:0]
+    stats = learner.learn(empty)
+    assert (stats["steps"], stats["events"], stats["skipped"]) == (0, 0, 0)
+    assert learner.score(empty).shape == (0,)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
 def test_a_step_with_non_finite_loss_is_skipped(name: str) -> None:
     learner = make(name, frame="identity")  # tanh would map the huge values to 1
     learner.learn(frame(seed=1))

@@ -77,6 +77,7 @@ def test_flow_density_score_in_the_identity_frame() -> None:
     assert auc(*heldout_scores(learner)) == pytest.approx(0.696, abs=TOLERANCE)
 
 
+@pytest.mark.slow
 def test_flow_density_score_in_the_tanh_frame() -> None:
     """Learnt in y = tanh(x + 2), where the background piles up against y = 1: a spline flow."""
     learner = stream({**FLOW_SPLINE, "frame": "tanh_shift"}, n_events=200_000)
@@ -88,6 +89,7 @@ def mean_score_gap(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(scores[labels == 1].mean() - scores[labels == 0].mean())
 
 
+@pytest.mark.slow
 def test_flow_density_in_the_normal_cdf_frame_is_flat() -> None:
     """In Phi coordinates the background is uniform: -log p is constant, the score blind.
 

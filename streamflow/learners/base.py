@@ -160,7 +160,7 @@ class TorchLearner(ABC):
         self.features = config.features
         self.frame = config.frame
         self.name = config.name or f"{config.kind}-{config.frame}"
-        self.inputs = Preprocessor(config.features, config.frame, config.warmup_events, self.device)
+        self.inputs = Preprocessor(config.features, self._input_frame(), config.warmup_events, self.device)
         self.preprocessors: list[Preprocessor] = [self.inputs]
         self.aux_features: dict[str, str] = {}
         """Raw stream columns the learner reads besides its preprocessed ones (role -> name)."""
@@ -198,14 +198,20 @@ class TorchLearner(ABC):
     def _loss(self, model: nn.Module, *batch: Tensor) -> Tensor:
         """Scalar loss of ``model`` on one minibatch of the training tensors."""
 
+    def _input_frame(self) -> str:
+        """The coordinate frame the model sees its inputs in: the learner's frame by default."""
+        return self.config.frame
+
     def _learnable(self, x: Tensor) -> Tensor:
         """Rows this learner can learn from at all (beyond train_where); all by default."""
         return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
 
     def _extra_state(self) -> dict[str, Any]:
+        """Running state of the subclass for checkpoints (plain numbers and tensors)."""
         return {}
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what ``_extra_state`` saved (nothing by default)."""
         del state
 
     # --- the protocol -------------------------------------------------------------
@@ -221,8 +227,8 @@ class TorchLearner(ABC):
             raise ConfigError(f"learner {self.name!r}: {exc}") from None
         self._aux = aux
         self._width = len(names)
-        used = torch.cat([pre.columns for pre in self.preprocessors] + [torch.tensor(list(aux.values()), dtype=torch.long)])
-        self._used = used.to(self.device).unique()
+        aux_columns = torch.tensor(list(aux.values()), dtype=torch.long, device=self.device)
+        self._used = torch.cat([pre.columns for pre in self.preprocessors] + [aux_columns]).unique()
 
     def aux(self, x: Tensor, role: str) -> Tensor:
         """The raw stream column of an auxiliary feature (e.g. the CWoLA region feature)."""
@@ -234,6 +240,8 @@ class TorchLearner(ABC):
         NaN for events with a non-finite value in a column the learner reads (a frame
         such as tanh would otherwise map inf to a finite, meaningless score)."""
         x = self._check(x)
+        if x.shape[0] == 0:  # some flow libraries cannot evaluate an empty batch
+            return torch.empty(0, device=self.device)
         with torch.no_grad():
             scores = self._score(self.scorer, x).float()
             finite = torch.isfinite(x.index_select(1, self._used)).all(dim=1)

@@ -12,6 +12,16 @@ p_Y(y) = p_X(x) |dx/dy|, so the same events rank differently in different frames
 That is the point of the coordinate study, not a bug; a likelihood ratio (CWoLA)
 does not have this dependence.
 
+``model_frame`` lets the flow learn in other coordinates u = T_m(x) than the ones
+it reports in, y = T(x), by the exact change of variables
+
+    log p_Y(y) = log p_U(u) + log|det dT_m/dx| - log|det dT/dx|
+
+(both Jacobians from events.frames). One well-learnt model then gives the density
+in any frame, separating the coordinate effect from how hard a frame is to learn
+in: normal_cdf squeezes a Gaussian into a box with hard edges, tanh_shift into a
+spike against y = 1, and a flow learning there directly needs splines and longer.
+
 Trained on all events by default; ``train_where`` restricts it to e.g. the
 background-only reference sample (Gaussian toy) or the mjj sidebands (LHCO), so
 that p is the background density. ``sample`` draws events back in physical units
@@ -32,7 +42,6 @@ from streamflow.events.frames import get_frame
 from streamflow.learners.base import LearnerConfigBase, TorchLearner
 from streamflow.learners.flow_backends import Density, build_density
 from streamflow.learners.preprocessing import Preprocessor
-
 
 SAMPLE_ROUNDS = 20
 """How often a sample outside a bounded frame's image is redrawn."""
@@ -84,18 +93,16 @@ class FlowLearner(TorchLearner):
 
     def __init__(self, config: FlowConfig, device: str | torch.device = "cpu") -> None:
         super().__init__(config, device)
-        if config.model_frame not in (None, config.frame):
-            self.inputs = Preprocessor(config.features, config.model_frame, config.warmup_events, self.device)
-            self.preprocessors = [self.inputs]
-            self._report_frame = get_frame(config.frame)
-        else:
-            self._report_frame = None
+        self._report_frame = None if self._input_frame() == config.frame else get_frame(config.frame)
         self.context: Preprocessor | None = None
         if config.context is not None:
             self.context = Preprocessor(
                 (config.context,), config.context_frame, config.warmup_events, self.device
             )
             self.preprocessors.append(self.context)
+
+    def _input_frame(self) -> str:
+        return self.config.model_frame or self.config.frame
 
     def _build_model(self) -> nn.Module:
         config: FlowConfig = self.config
