@@ -24,8 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "replaces the preset")
     p.add_argument("--preset", choices=PRESETS, default="lhco", help="built-in menu when no --config (default lhco)")
     p.add_argument("--q", type=float, default=0.01, help="accept fraction of each preset line (default 0.01)")
-    p.add_argument("--window", type=int, default=50_000, help="rolling-quantile window in events (default 50000)")
-    p.add_argument("--warmup", type=int, default=10_000, help="events before a line accepts anything (default 10000)")
+    p.add_argument("--window", type=int, default=20_000, help="rolling-quantile window in events (default 20000)")
+    p.add_argument("--warmup", type=int, default=None, help="events before a line accepts anything (default: window)")
     p.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help=f"producer data endpoint (default {DEFAULT_ENDPOINT})")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda[:N] (default auto)")
     p.add_argument("--learn-events", type=int, default=0, metavar="N",

@@ -36,7 +36,8 @@ from streamflow.scorer import ScorerConfig
 from streamflow.telemetry import RateMeter, TelemetryReporter
 
 DEFAULT_EVENTS = 400_000
-CHILD_HWM = 8  # frames queued per socket: bounds latency and the drain after a stop
+CHILD_HWM = 4  # frames queued per socket: bounds latency and the drain after a stop
+EOS_TIMEOUT_S = 120.0  # the scorer acknowledges END_OF_STREAM only after draining its queue
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         run = dataclasses.replace(run, report=False)
     if run.run_dir is None:
         run = dataclasses.replace(run, run_dir=str(Path("runs") / time.strftime("%Y%m%d-%H%M%S")))
-    replay = dataclasses.replace(replay, endpoint=run.endpoint(0), hwm=CHILD_HWM)
+    replay = dataclasses.replace(replay, endpoint=run.endpoint(0), hwm=CHILD_HWM, eos_timeout=EOS_TIMEOUT_S)
     return RunConfig(run=run, replay=replay, scorer=scorer)
 
 

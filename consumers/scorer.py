@@ -27,7 +27,7 @@ from streamflow.ledger import Ledger, SequenceTracker
 from streamflow.score_sample import ScoreSample
 from streamflow.scorer import FrameScorer, ScorerConfig
 from streamflow.telemetry import LatencyHistogram, RateMeter, TelemetryReporter
-from streamflow.transport import DEFAULT_ENDPOINT, Receiver, Sender, check_endpoint, connect
+from streamflow.transport import DEFAULT_ENDPOINT, DEFAULT_HWM, Receiver, Sender, check_endpoint, connect
 from streamflow.wire import Kind, Message, encode_selection
 
 
@@ -49,6 +49,7 @@ class ConsumeConfig:
     resume: bool = False
     idle_timeout: float = 60.0
     eos_timeout: float = 30.0
+    hwm: int = DEFAULT_HWM
     name: str = "scorer"
 
     def __post_init__(self) -> None:
@@ -100,8 +101,8 @@ class _ScorerLoop:
             self._resume()
         # Counts carried over from a checkpoint, so the ledger reports this run's events only.
         self.base_scored, self.base_learned = self.scorer.events_scored, self.scorer.events_learned
-        self.receiver = Receiver(ctx, config.endpoint, name=config.name)
-        self.selections = Sender(ctx, config.selections, stream_id=0) if config.selections else None
+        self.receiver = Receiver(ctx, config.endpoint, name=config.name, hwm=config.hwm)
+        self.selections = Sender(ctx, config.selections, hwm=config.hwm) if config.selections else None
         self._pub = connect(ctx, zmq.PUB, config.telemetry) if config.telemetry else None
         self.reporter = TelemetryReporter(
             config.name, publish=self._pub.send if self._pub else None,
@@ -158,7 +159,7 @@ class _ScorerLoop:
             "latency": self.latency.summary(), "rejected": self.receiver.rejected,
             "sequence": self.tracker.summary(), "accepted": self.stats.accepted,
             "blocked_s": sender.blocked_s if sender else 0.0,
-            "learners": self.learn_totals, "lines": self.scorer.menu.stats(),
+            "learners": self.learn_totals, "lines": self.scorer.line_stats(),
             "device": str(self.scorer.device),
         }
 
@@ -172,7 +173,7 @@ class _ScorerLoop:
         ledger.add("accepted", stats.accepted, "by at least one trigger line")
         ledger.add("sent to sink", stats.selections_sent, "" if self.selections else "no sink configured")
         ledger.details.update(sequence=self.tracker.summary(), missing_frames=self.tracker.missing_frames(),
-                              resumed_from_frame=stats.resumed_from_frame, lines=self.scorer.menu.stats(),
+                              resumed_from_frame=stats.resumed_from_frame, lines=self.scorer.line_stats(),
                               learners=self.learn_totals)
         return ledger
 

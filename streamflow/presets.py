@@ -51,9 +51,13 @@ def _gaussian_learners(dim: int) -> list[LearnerConfig]:
     return learners
 
 
-def preset(name: str, q: float = 0.01, window: int = 50_000, warmup: int = 10_000,
+def preset(name: str, q: float = 0.01, window: int = 20_000, warmup: int | None = None,
            device: str = "auto", learn_events: int = 0, dim: int = 2) -> ScorerConfig:
-    """The scorer config of preset ``name``: one trigger line at accept fraction ``q`` per learner."""
+    """The scorer config of preset ``name``: one trigger line at accept fraction ``q`` per learner.
+
+    A line accepts nothing until its window is full (``warmup`` None), so the
+    first thresholds already rest on ``window`` scores.
+    """
     if name == "lhco":
         learners = _lhco_learners()
     elif name == "gaussian":
@@ -61,7 +65,7 @@ def preset(name: str, q: float = 0.01, window: int = 50_000, warmup: int = 10_00
     else:
         raise ConfigError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
     lines = tuple(
-        LineConfig(name=learner.name, learner=learner.name, q=q, window=window, warmup=warmup)
+        LineConfig(name=learner.name, learner=learner.name, accept=q, window=window, warmup=warmup)
         for learner in learners
     )
     return ScorerConfig(learners=tuple(learners), lines=lines, device=device, learn_events=learn_events)

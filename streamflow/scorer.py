@@ -176,12 +176,18 @@ class FrameScorer:
         self.events_learned += x.shape[0]
         return {name: learner.learn(x) for name, learner in self.learners.items()}
 
+    def line_stats(self) -> list[dict[str, Any]]:
+        """Every trigger line's running figures, JSON-ready: target q, achieved fraction, eff_S, eff_B, SIC."""
+        return [
+            {**stats.to_dict(), "q": stats.target, "achieved": stats.accept_fraction, "warm": stats.judged > 0}
+            for stats in self.menu.stats()
+        ]
+
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume: learners, trigger windows, counters and the config."""
+        """What a resume needs: learners, counters and the config (trigger windows warm up again)."""
         return {
             "config": self.config.to_tables(),
             "learners": {name: learner.state_dict() for name, learner in self.learners.items()},
-            "menu": self.menu.state_dict(),
             "counters": {"frames": self.frames, "events_scored": self.events_scored,
                          "events_learned": self.events_learned},
         }
@@ -195,7 +201,6 @@ class FrameScorer:
             )
         for name, learner in self.learners.items():
             learner.load_state_dict(state["learners"][name])
-        self.menu.load_state_dict(state["menu"])
         counters = state["counters"]
         self.frames = int(counters["frames"])
         self.events_scored = int(counters["events_scored"])

@@ -1,0 +1,119 @@
+"""`streamflow replay`: stream an event source to ZeroMQ receivers, paced and framed.
+
+Options override a ``[replay]`` table of ``--config FILE``. The first Ctrl-C (or
+SIGTERM) ends the stream cleanly: the receivers still get END_OF_STREAM; a second
+Ctrl-C aborts at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import signal
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+from streamflow.config import load_toml
+from streamflow.errors import ConfigError
+from producers.replay import ReplayConfig, ReplayStats, run_replay
+
+_OPTIONS = ("rate", "frame_size", "signal_fraction", "events", "loop", "seed", "endpoint", "stream_id",
+            "eos_timeout", "hwm")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "replay", help="replay events (file, synthetic or gaussian) to ZeroMQ receivers",
+        description=__doc__.split("\n\n")[0])
+    p.add_argument("source", nargs="?", help="LHCO features/raw .h5 file, 'synthetic' or 'gaussian' "
+                   "(default: synthetic)")
+    p.add_argument("--config", metavar="TOML", help="read defaults from this file's [replay] table")
+    p.add_argument("--rate", metavar="EVENTS_PER_S", help="target event rate, or 'max' (default)")
+    p.add_argument("--frame-size", type=int, metavar="N", help="events per frame (default 4096)")
+    p.add_argument("--signal-fraction", type=float, metavar="F", help="fraction of signal events to inject")
+    p.add_argument("--events", type=int, metavar="N", help="stop after N events")
+    p.add_argument("--loop", action="store_const", const=True, help="start the source again when it ends")
+    p.add_argument("--seed", type=int, help="random seed of the source (default 0)")
+    p.add_argument("--endpoint", help="data endpoint to bind (default tcp://127.0.0.1:5555; control on "
+                   "port+1, or PATH.ctl for ipc://PATH)")
+    p.add_argument("--stream-id", type=int, help="stream id stamped on every frame (default 0)")
+    p.add_argument("--eos-timeout", type=float, metavar="S",
+                   help="seconds to wait for receivers to acknowledge END_OF_STREAM (default 10)")
+    p.add_argument("--hwm", type=int, metavar="FRAMES", help="frames queued before sends block (default 64)")
+    p.set_defaults(func=run)
+
+
+def parse_rate(text: str) -> float | None:
+    """'max' -> None (as fast as possible), else a positive number of events/s."""
+    if text.strip().lower() == "max":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"bad --rate {text!r}: expected events per second or 'max'") from None
+
+
+def config_from_args(args: argparse.Namespace) -> ReplayConfig:
+    base = load_toml(ReplayConfig, args.config, "replay") if args.config else ReplayConfig()
+    overrides: dict[str, Any] = {name: getattr(args, name) for name in _OPTIONS
+                                 if getattr(args, name) is not None}
+    if args.source is not None:
+        overrides["source"] = args.source
+    if "rate" in overrides:
+        overrides["rate"] = parse_rate(overrides["rate"])
+    return dataclasses.replace(base, **overrides)
+
+
+def _graceful_stop(stop: threading.Event) -> None:
+    """First SIGINT/SIGTERM: set ``stop``; the next SIGINT raises KeyboardInterrupt as usual."""
+    def handler(signum: int, frame: object) -> None:
+        stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _progress_bar() -> tuple[Callable[[int, int], None], Callable[[], None]]:
+    """A rich live line (events sent, rate) refreshed at most 10 times a second, and its closer."""
+    from rich.progress import Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("[bold]replay[/] {task.fields[events]:,} events, {task.fields[frames]:,} frames, "
+                              "{task.fields[rate]:,.0f} events/s"), TimeElapsedColumn(), transient=True)
+    task = bar.add_task("replay", events=0, frames=0, rate=0.0)
+    bar.start()
+    start = last = time.monotonic()
+
+    def update(events: int, frames: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= 0.1:
+            last = now
+            bar.update(task, events=events, frames=frames, rate=events / max(now - start, 1e-9))
+
+    return update, bar.stop
+
+
+def summary(stats: ReplayStats) -> str:
+    receivers = ", ".join(f"{name}: {meta.get('events', '?')} events" for name, meta in stats.eos.acks.items())
+    return (f"replayed {stats.events} events in {stats.frames} frames in {stats.seconds:.3f} s "
+            f"({stats.rate:,.0f} events/s, {stats.blocked_s:.3f} s blocked on receivers); "
+            f"END_OF_STREAM acknowledged by {receivers}")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    stop = threading.Event()
+    _graceful_stop(stop)
+    update, close = _progress_bar() if sys.stderr.isatty() else (None, lambda: None)
+    try:
+        stats = run_replay(config, stop, update)
+    finally:
+        close()
+    print(summary(stats))
+    if stats.stopped:
+        print("streamflow replay: interrupted; the stream was ended cleanly", file=sys.stderr)
+        return 130
+    return 0
