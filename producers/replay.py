@@ -1,0 +1,121 @@
+"""The replay producer: an event source -> exact-size, paced DATA frames on a PUSH socket.
+
+It opens the source (an LHCO file, "synthetic" or "gaussian"), cuts it into
+frames of ``frame_size`` events, paces them to ``rate`` events/s (or as fast as
+the receivers take them), stamps each with its sequence number and send time,
+and sends them blocking at the high-water mark, so nothing is dropped. At the end
+(or when ``stop_event`` is set) it runs the END_OF_STREAM handshake, so that every
+receiver knows the stream is complete and the producer knows they have it all.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import zmq
+
+from streamflow.errors import ConfigError
+from streamflow.events import open_source
+from streamflow.pacing import TokenBucket, frames
+from streamflow.transport import DEFAULT_ENDPOINT, DEFAULT_HWM, EndOfStream, Sender, check_endpoint
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """What to replay and how; a ``[replay]`` TOML table maps onto it (see streamflow.config).
+
+    source: an LHCO features or raw file, "synthetic" or "gaussian" (streamflow.events.open_source).
+    rate: events/s, None for as fast as the receivers take them.
+    events: stop after this many events (None: the whole source once; forever for
+    a generator, or for a file with ``loop``).
+    loop: replay a file again and again (ids continue: pass p, row r -> p * n_rows + r).
+    """
+
+    source: str = "synthetic"
+    rate: float | None = None
+    frame_size: int = 4096
+    signal_fraction: float | None = None
+    events: int | None = None
+    loop: bool = False
+    seed: int = 0
+    endpoint: str = DEFAULT_ENDPOINT
+    stream_id: int = 0
+    eos_timeout: float = 10.0
+    hwm: int = DEFAULT_HWM
+
+    def __post_init__(self) -> None:
+        if self.frame_size < 1:
+            raise ConfigError(f"frame size must be at least 1 event, got {self.frame_size}")
+        if self.rate is not None and not (math.isfinite(self.rate) and self.rate > 0):
+            raise ConfigError(f"rate must be a positive number of events/s, got {self.rate}")
+        if self.signal_fraction is not None and not 0 <= self.signal_fraction <= 1:
+            raise ConfigError(f"signal fraction must be in [0, 1], got {self.signal_fraction}")
+        if self.events is not None and self.events < 1:
+            raise ConfigError(f"events must be at least 1, got {self.events}")
+        if not 0 <= self.stream_id < 2**32:
+            raise ConfigError(f"stream id must be in [0, 2^32), got {self.stream_id}")
+        if not self.eos_timeout > 0:
+            raise ConfigError(f"END_OF_STREAM timeout must be positive seconds, got {self.eos_timeout}")
+        if self.hwm < 1:
+            raise ConfigError(f"high-water mark must be at least 1 frame, got {self.hwm}")
+        check_endpoint(self.endpoint)
+
+
+@dataclass(frozen=True)
+class ReplayStats:
+    """What a replay did.
+
+    wait_s: waiting for a receiver to take the first frame; seconds: sending the
+    frames, wait_s excluded; blocked_s: of those seconds, blocked on full queues
+    (back-pressure); paced_s: sleeping to hold the rate; stopped: ended early by
+    ``stop_event``; eos: the END_OF_STREAM handshake (who acknowledged what).
+    """
+
+    events: int
+    frames: int
+    wait_s: float
+    seconds: float
+    blocked_s: float
+    paced_s: float
+    stopped: bool
+    eos: EndOfStream
+
+    @property
+    def rate(self) -> float:
+        """Events per second while streaming."""
+        return self.events / self.seconds if self.seconds > 0 else math.inf
+
+
+def run_replay(config: ReplayConfig, stop_event: threading.Event | None = None,
+               progress: Callable[[int, int], None] | None = None) -> ReplayStats:
+    """Replay ``config.source`` to ``config.endpoint``; ``progress(events, frames)`` after each frame."""
+    options = {"loop": True} if config.loop else {}  # files only: a generator is endless anyway
+    source = open_source(config.source, signal_fraction=config.signal_fraction, seed=config.seed, **options)
+    pacer = TokenBucket(config.rate, sleep=stop_event.wait if stop_event else time.sleep)
+    ctx = zmq.Context()
+    try:
+        with Sender(ctx, config.endpoint, stream_id=config.stream_id, hwm=config.hwm) as sender:
+            start = time.perf_counter()
+            wait_s = paced_s = 0.0
+            stopped = False
+            for frame in frames(source.chunks(config.frame_size), config.frame_size, config.events):
+                paced_s += pacer.acquire(len(frame))
+                stopped = stop_event is not None and stop_event.is_set()
+                if stopped or not sender.send_batch(frame, stop_event):
+                    stopped = True
+                    break
+                if sender.frames == 1:
+                    wait_s = sender.blocked_s  # no receiver yet: PUSH holds the first frame
+                if progress is not None:
+                    progress(sender.events, sender.frames)
+            seconds = time.perf_counter() - start - wait_s
+            eos = sender.end_stream(config.eos_timeout)
+            return ReplayStats(events=sender.events, frames=sender.frames, wait_s=wait_s,
+                               seconds=seconds, blocked_s=sender.blocked_s - wait_s,
+                               paced_s=paced_s, stopped=stopped, eos=eos)
+    finally:
+        ctx.destroy(linger=0)
