@@ -4,11 +4,12 @@
                           --frame---> y = T(x_k)           (streamflow.events.frames)
                           --scale---> z = (y - mu) / sigma
 
-mu and sigma are the running mean and standard deviation of y over the first
-``warmup_events`` events the learner trains on (batched Welford / Chan et al.
-moment merging, in float64 on the device), then frozen: after the warm-up the
-model's input scale stops moving, so its score scale does too. Before any event
-is seen mu = 0 and sigma = 1.
+mu and sigma are the running mean and standard deviation of y over the events
+the learner trains on (batched Welford / Chan et al. moment merging, in float64 on
+the device), frozen once ``warmup_events`` have been merged (whole frames: the
+frame that crosses the mark still counts): after the warm-up the model's input
+scale stops moving, so its score scale does too. The model learns during the
+warm-up as well, on the moments so far. Before any event is seen mu = 0, sigma = 1.
 
 The standardisation is affine, so densities in z and y differ by a constant:
 log p_Y(y) = log p_Z(z) - sum_j log sigma_j (``log_scale``).
