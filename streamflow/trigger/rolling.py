@@ -27,19 +27,22 @@ overwritten when a push probes it as a leaf, or dropped by a compaction when the
 cell array is full). A push is O(1) expected for values in random order, O(log W)
 at worst. After each frame (each event in per-event mode) the heaps are
 rebalanced, O(log W) per value moved. The band is rebuilt from the ring in O(W)
-(selecting the values within +-W/64 ranks of the quantile by default) when the quantile
-leaves it or it has grown to twice its size: about log2(32) times during
+(the values within +-W/64 ranks of the quantile, by default) when the
+quantile leaves it or it has grown to twice its size: about log2(32) times during
 warm-up, never on a stationary stream (the quantile's rank wanders by about
 sqrt(W p (1 - p)), far less than W/64), and on a drifting stream each time the
 quantile has moved by about W/64 ranks -- the band doubles when that happens
-within W events, so a fast drift costs O(1) amortised per event.
+within W events, so a fast drift widens the band instead of rebuilding it every
+few frames (at worst the band is the whole window: plain two heaps).
 
-So per event: the ring update, plus heap work for the ~1/32 + (1 - p) of values
-that land in the band (with p = 0.99). Measured alternatives (bench/quantile.py
-and its history): two heaps over the whole window (a push per event, and
-compactions of the big heap that cost 10-40 ms at W = 1M), addressable heaps
-(random memory accesses per eviction: 3-4x slower per frame at W = 1M), and
-sorted-block lists (a memmove per event) were all slower.
+So per event: a ring update on local counters, plus heap work for the values
+that land in the band (about 1/64 + (1 - p) of them). Measured on the shared
+2-core machine (bench/quantile.py): ~20-40 ns per event in per-event mode, and
+40-80 us per 4096-event frame on a 1M window. Tried while building this, and
+slower: two heaps over the whole window (a push per event, and compactions of
+the big heap costing 10-40 ms at W = 1M), and addressable heaps (each slot knows
+its cell, no dead cells, but random memory accesses per eviction: 2-4x slower per
+frame at W = 1M). Not tried: sorted-block lists, which pay a memmove per event.
 
 Memory: 9 bytes per window event for the ring (float64 value + int8 class), plus
 16 bytes per heap cell in use (float64 value + int64 index; about W/32 cells, the
@@ -200,7 +203,7 @@ def _push(st, ring_c, hv, hi, side, key, index, slot):
     _sift_up(hv, hi, side, size)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _target_low(n, level):
     """k + 1: how many of the smallest values reach up to x_(k) (numpy 'linear' rule)."""
     if n == 0:
@@ -211,42 +214,51 @@ def _target_low(n, level):
     return int(math.floor(v)) + 1
 
 
+# What _band_state finds, and what it takes to read the quantile off the heap tops.
+_READY = 0
+_UNBALANCED = 1  # move tops across (_rebalance)
+_MISSED = 2  # x_(k) or x_(k+1) lies outside the band: rebuild it
+_OVERGROWN = 3  # the band holds more than its limit: rebuild it narrower
+
+
+@njit(cache=True, inline="always")
+def _band_state(n_lo, n_hi, n_far_lo, n_far_hi, limit, level):
+    n = n_lo + n_hi + n_far_lo + n_far_hi
+    if n == 0:
+        return _READY
+    target = _target_low(n, level)
+    low = target - n_far_lo  # band values up to x_(k): what the low heap must hold
+    near = n_lo + n_hi
+    if low < 1 or low + (1 if target < n else 0) > near:
+        return _MISSED
+    if near > limit:
+        return _OVERGROWN
+    return _READY if n_lo == low else _UNBALANCED
+
+
+@njit(cache=True, inline="always")
+def _lerp_tops(n, level, a, b):
+    """numpy's 'linear' quantile from x_(k) = a and x_(k+1) = b; NaN when n = 0."""
+    if n == 0:
+        return np.nan
+    v = (n - 1) * level
+    if v >= n - 1:
+        return a
+    g = v - math.floor(v)
+    d = b - a
+    if g >= 0.5:
+        return b - d * (1.0 - g)
+    return a + d * g
+
+
 @njit(cache=True)
 def _n_live(st):
     return st[_LIVE + _LO] + st[_LIVE + _HI] + st[_LIVE + _FAR_LO] + st[_LIVE + _FAR_HI]
 
 
 @njit(cache=True)
-def _store(st, band, ring_v, ring_c, x):
-    """Put a finite value into the ring, evicting the oldest; count it if it is outside the band.
-
-    Returns its ring slot when it falls inside the band (the caller pushes it onto
-    a heap), else -1. The per-event path calls only functions that cannot raise
-    (no allocation, no division by a variable): a Numba function that can raise,
-    or calls one that can, pays reference counting on each of its array
-    arguments at every call -- about 40 ns per call here, more than the work.
-    """
-    w = ring_c.shape[0]
-    seen = st[_SEEN]
-    slot = st[_SLOT]
-    if seen - w >= st[_START]:  # the value in this slot leaves the window
-        st[_LIVE + ring_c[slot]] -= 1
-    st[_SEEN] = seen + 1
-    st[_SLOT] = slot + 1 if slot + 1 < w else 0
-    ring_v[slot] = x
-    if x < band[0]:
-        ring_c[slot] = _FAR_LO
-    elif x > band[1]:
-        ring_c[slot] = _FAR_HI
-    else:
-        return slot
-    st[_LIVE + ring_c[slot]] += 1
-    return -1
-
-
-@njit(cache=True)
 def _push_band(st, ring_c, hv, hi, x, slot, level):
-    """Push a band value stored by ``_store`` onto the heap it belongs to."""
+    """Push a band value, just stored in ring ``slot``, onto the heap it belongs to."""
     seen = st[_SEEN] - 1
     oldest = st[_SEEN] - ring_c.shape[0]
     _clean_top(st, hv, hi, _LO, oldest)
@@ -309,15 +321,15 @@ def _select(a, k):
 def _rebuild(st, band, ring_v, ring_c, hv, hi, level, reason):
     """Choose a new band of +-_BAND_RANKS/2 ranks around the quantile and refill the heaps (O(W)).
 
-    ``reason`` is ``_rebalance``'s: 1 (the quantile left the band) widens the band
-    when that happened within a window's worth of events (a fast drift) and
-    narrows it back after a long calm; 2 (the band outgrew its limit) keeps it.
+    ``reason`` is ``_band_state``'s: _MISSED widens the band when the quantile left
+    it within a window's worth of events (a fast drift) and narrows it back after
+    a long calm; _OVERGROWN keeps its width.
     """
     w = ring_c.shape[0]
     since = st[_SEEN] - st[_LAST_BUILD]
-    if reason == 1 and since < w:
+    if reason == _MISSED and since < w:
         st[_BAND_RANKS] = min(2 * st[_BAND_RANKS], w)
-    elif reason == 1 and since > 8 * w:
+    elif reason == _MISSED and since > 8 * w:
         st[_BAND_RANKS] = max(st[_BAND_BASE], st[_BAND_RANKS] // 2)
     band_ranks = st[_BAND_RANKS]
     st[_LAST_BUILD] = st[_SEEN]
@@ -384,40 +396,12 @@ def _rebuild(st, band, ring_v, ring_c, hv, hi, level, reason):
 
 
 @njit(cache=True)
-def _balanced(st, level):
-    """True when the low heap holds the band values up to x_(k) and x_(k+1) is in the band."""
-    n = _n_live(st)
-    target = _target_low(n, level)
-    low = target - st[_LIVE + _FAR_LO]
-    need_high = 1 if target < n else 0  # x_(k+1) is needed too
-    near = st[_LIVE + _LO] + st[_LIVE + _HI]
-    fits = low >= 1 and low + need_high <= near <= st[_BAND_LIMIT]
-    return n == 0 or (fits and st[_LIVE + _LO] == low)
-
-
-@njit(cache=True)
 def _rebalance(st, ring_c, hv, hi, level):
-    """Move tops across until the low heap holds the band values up to x_(k).
-
-    Returns 0 when done, or -- without moving anything -- 1 when the quantile has
-    left the band and 2 when the band has outgrown its limit (the caller rebuilds
-    it: kept out of here so that this function cannot raise, which keeps Numba's
-    reference counting off the per-event path).
-    """
-    n = _n_live(st)
-    if n == 0:
-        return 0
-    target = _target_low(n, level)
-    low = target - st[_LIVE + _FAR_LO]
-    near = st[_LIVE + _LO] + st[_LIVE + _HI]
-    need_high = 1 if target < n else 0
-    if low < 1 or low + need_high > near:
-        return 1
-    if near > st[_BAND_LIMIT]:
-        return 2
+    """Move tops across until the low heap holds the band values up to x_(k) (state _UNBALANCED)."""
     w = ring_c.shape[0]
     seen = st[_SEEN]
     oldest = seen - w
+    low = _target_low(_n_live(st), level) - st[_LIVE + _FAR_LO]
     top_hi = hv.shape[0] - 1
     while st[_LIVE + _LO] != low:
         src = _LO if st[_LIVE + _LO] > low else _HI
@@ -429,15 +413,18 @@ def _rebalance(st, ring_c, hv, hi, level):
         st[_LIVE + src] -= 1
         slot = st[_SLOT] - (seen - index)  # the ring slot of insertion ``index``
         _push(st, ring_c, hv, hi, 1 - src, key, index, slot + w if slot < 0 else slot)
-    return 0
 
 
 @njit(cache=True)
-def _tops_live(st, ring_c, hi):
-    """True when neither heap has a dead cell on top (so ``_quantile`` may read them)."""
-    oldest = st[_SEEN] - ring_c.shape[0]
-    lo_ok = st[_SIZE + _LO] == 0 or hi[0] >= oldest
-    return lo_ok and (st[_SIZE + _HI] == 0 or hi[hi.shape[0] - 1] >= oldest)
+def _settle(st, band, ring_v, ring_c, hv, hi, level):
+    """Bring the state to _READY: rebalance, or rebuild the band first if it missed or grew."""
+    state = _band_state(
+        st[_LIVE + _LO], st[_LIVE + _HI], st[_LIVE + _FAR_LO], st[_LIVE + _FAR_HI], st[_BAND_LIMIT], level
+    )
+    if state == _MISSED or state == _OVERGROWN:
+        _rebuild(st, band, ring_v, ring_c, hv, hi, level, state)
+    elif state == _UNBALANCED:
+        _rebalance(st, ring_c, hv, hi, level)
 
 
 @njit(cache=True)
@@ -448,21 +435,10 @@ def _clean_tops(st, ring_c, hv, hi):
 
 
 @njit(cache=True)
-def _quantile(st, hv, level):
-    """The 'linear' quantile from the two (live) tops; NaN when the window is empty."""
-    n = _n_live(st)
-    if n == 0:
-        return np.nan
-    a = -hv[0]
-    v = (n - 1) * level
-    if v >= n - 1:
-        return a
-    b = hv[hv.shape[0] - 1]
-    g = v - math.floor(v)
-    d = b - a
-    if g >= 0.5:
-        return b - d * (1.0 - g)
-    return a + d * g
+def _value(st, ring_c, hv, hi, level):
+    """The window quantile (the state must be _READY)."""
+    _clean_tops(st, ring_c, hv, hi)
+    return _lerp_tops(_n_live(st), level, -hv[0], hv[hv.shape[0] - 1])
 
 
 @njit(cache=True)
@@ -482,45 +458,94 @@ def _reset(st, band, w, skip):
 
 
 @njit(cache=True)
-def _insert_frame(st, band, ring_v, ring_c, hv, hi, values, level):
-    """Insert a frame's finite values (only its last W matter), then rebalance once."""
+def _save(st, seen, slot, n_lo, n_hi, n_far_lo, n_far_hi):
+    st[_SEEN] = seen
+    st[_SLOT] = slot
+    st[_LIVE + _LO] = n_lo
+    st[_LIVE + _HI] = n_hi
+    st[_LIVE + _FAR_LO] = n_far_lo
+    st[_LIVE + _FAR_HI] = n_far_hi
+
+
+@njit(cache=True)
+def _run(st, band, ring_v, ring_c, hv, hi, values, level, out, per_event):
+    """Insert the finite values in order; per event, also settle and write each quantile to ``out``.
+
+    A frame (``per_event`` false) settles once at its end, and only its last W
+    finite values matter. The common case -- a value outside the band replacing
+    one outside the band -- runs on local counters, with no call: Numba does not
+    inline calls between compiled functions, and a call that passes arrays costs
+    more than that work (~15 ns; ~40 ns when the callee can raise).
+    """
     w = ring_c.shape[0]
-    finite = 0
-    for x in values:
-        if math.isfinite(x):
-            finite += 1
-    skip = finite - w
-    if skip >= 0:  # the frame alone fills the window: start it afresh
-        _reset(st, band, w, skip)
-    for x in values:
+    skip = 0
+    if not per_event:
+        finite = 0
+        for x in values:
+            if math.isfinite(x):
+                finite += 1
+        if finite >= w:  # the frame alone fills the window: start it afresh
+            skip = finite - w
+            _reset(st, band, w, skip)
+    seen = st[_SEEN]
+    slot = st[_SLOT]
+    start = st[_START]
+    n_lo = st[_LIVE + _LO]
+    n_hi = st[_LIVE + _HI]
+    n_far_lo = st[_LIVE + _FAR_LO]
+    n_far_hi = st[_LIVE + _FAR_HI]
+    b_lo = band[0]
+    b_hi = band[1]
+    top_hi = hv.shape[0] - 1
+    for j in range(values.shape[0]):
+        x = values[j]
         if math.isfinite(x):
             if skip > 0:
                 skip -= 1
                 continue
-            slot = _store(st, band, ring_v, ring_c, x)
-            if slot >= 0:
-                _push_band(st, ring_c, hv, hi, x, slot, level)
-    if not _balanced(st, level):
-        reason = _rebalance(st, ring_c, hv, hi, level)
-        if reason:
-            _rebuild(st, band, ring_v, ring_c, hv, hi, level, reason)
-
-
-@njit(cache=True)
-def _per_event(st, band, ring_v, ring_c, hv, hi, values, level, out):
-    for j in range(values.shape[0]):
-        x = values[j]
-        if math.isfinite(x):
-            slot = _store(st, band, ring_v, ring_c, x)
-            if slot >= 0:
-                _push_band(st, ring_c, hv, hi, x, slot, level)
-            if not _balanced(st, level):
-                reason = _rebalance(st, ring_c, hv, hi, level)
-                if reason:
-                    _rebuild(st, band, ring_v, ring_c, hv, hi, level, reason)
-        if not _tops_live(st, ring_c, hi):
-            _clean_tops(st, ring_c, hv, hi)
-        out[j] = _quantile(st, hv, level)
+            if seen - w >= start:  # the value in this slot leaves the window
+                c = ring_c[slot]
+                if c == _FAR_LO:
+                    n_far_lo -= 1
+                elif c == _FAR_HI:
+                    n_far_hi -= 1
+                elif c == _LO:
+                    n_lo -= 1
+                else:
+                    n_hi -= 1
+            ring_v[slot] = x
+            here = slot
+            seen += 1
+            slot = slot + 1 if slot + 1 < w else 0
+            if x < b_lo:
+                ring_c[here] = _FAR_LO
+                n_far_lo += 1
+            elif x > b_hi:
+                ring_c[here] = _FAR_HI
+                n_far_hi += 1
+            else:
+                _save(st, seen, slot, n_lo, n_hi, n_far_lo, n_far_hi)
+                _push_band(st, ring_c, hv, hi, x, here, level)
+                n_lo = st[_LIVE + _LO]
+                n_hi = st[_LIVE + _HI]
+            if per_event and _band_state(n_lo, n_hi, n_far_lo, n_far_hi, st[_BAND_LIMIT], level) != _READY:
+                _save(st, seen, slot, n_lo, n_hi, n_far_lo, n_far_hi)
+                _settle(st, band, ring_v, ring_c, hv, hi, level)
+                n_lo = st[_LIVE + _LO]
+                n_hi = st[_LIVE + _HI]
+                n_far_lo = st[_LIVE + _FAR_LO]
+                n_far_hi = st[_LIVE + _FAR_HI]
+                b_lo = band[0]
+                b_hi = band[1]
+        if per_event:
+            oldest = seen - w
+            if (st[_SIZE + _LO] > 0 and hi[0] < oldest) or (st[_SIZE + _HI] > 0 and hi[top_hi] < oldest):
+                st[_SEEN] = seen
+                _clean_tops(st, ring_c, hv, hi)
+            out[j] = _lerp_tops(n_lo + n_hi + n_far_lo + n_far_hi, level, -hv[0], hv[top_hi])
+    _save(st, seen, slot, n_lo, n_hi, n_far_lo, n_far_hi)
+    if not per_event:
+        _settle(st, band, ring_v, ring_c, hv, hi, level)
 
 
 def check_window_level(window: int, level: float, what: str = "rolling quantile") -> None:
@@ -529,6 +554,9 @@ def check_window_level(window: int, level: float, what: str = "rolling quantile"
         raise ConfigError(f"{what}: window must be a positive integer, got {window!r}")
     if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 <= level <= 1.0:
         raise ConfigError(f"{what}: level must be a number in [0, 1], got {level!r}")
+
+
+_NO_OUT = np.empty(0)  # the per-event output array, unused in frame mode
 
 
 class RollingQuantile:
@@ -567,18 +595,23 @@ class RollingQuantile:
         """Finite values inserted since creation."""
         return int(self._st[_SEEN])
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes in use: the ring (9 per window event) and the heap cells in use (16 each)."""
+        cells = int(self._st[_SIZE + _LO] + self._st[_SIZE + _HI])
+        return self._ring_v.nbytes + self._ring_c.nbytes + 16 * cells
+
     def _args(self) -> tuple:
         return self._st, self._band, self._ring_v, self._ring_c, self._hv, self._hi
 
     def update(self, values: np.ndarray) -> None:
         """Add a frame of values in order; non-finite ones are skipped."""
         values = np.ascontiguousarray(values, dtype=np.float64).reshape(-1)
-        _insert_frame(*self._args(), values, self.level)
+        _run(*self._args(), values, self.level, _NO_OUT, False)
 
     def value(self) -> float:
         """The quantile of the current window (``np.quantile`` 'linear' rule); NaN if empty."""
-        _clean_tops(self._st, self._ring_c, self._hv, self._hi)
-        return float(_quantile(self._st, self._hv, self.level))
+        return float(_value(self._st, self._ring_c, self._hv, self._hi, self.level))
 
 
 def rolling_quantile(values: np.ndarray, window: int, level: float, band: int | None = None) -> np.ndarray:
@@ -592,5 +625,5 @@ def rolling_quantile(values: np.ndarray, window: int, level: float, band: int | 
     q = RollingQuantile(window, level, band)
     values = np.ascontiguousarray(values, dtype=np.float64).reshape(-1)
     out = np.empty(values.shape[0], dtype=np.float64)
-    _per_event(*q._args(), values, q.level, out)
+    _run(*q._args(), values, q.level, out, True)
     return out

@@ -277,6 +277,11 @@ class RollingHistogramQuantile:
         """Values in the window now."""
         return int(self._st[1])
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: the block rows and their sum (independent of the window)."""
+        return self._rows.nbytes + self._total.nbytes
+
     def update(self, values: np.ndarray) -> None:
         """Add a frame of values in order; non-finite ones are skipped."""
         b = self.binning
