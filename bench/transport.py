@@ -11,10 +11,11 @@ move the same payload -- ids uint64[n] + features float32[n, 16] per frame:
   bare PULL receives it without copying; an empty message ends the run.
 
 Both use the same high-water mark. The receiver times from its first to its last
-frame, so connection set-up is excluded. Runs alternate between the two modes and
-the median of ``--repeats`` is reported, with the ratio streamflow / pyzmq.
+frame, so connection set-up is excluded. Runs alternate between the two modes; on
+a shared machine the best of ``--repeats`` is the least disturbed, so the table
+shows the best runs and their ratio streamflow / pyzmq, and the ratio of medians.
 
-    python -m bench.transport [--events N] [--frame-sizes 1024 4096 16384] [--json out.json]
+    python -m bench.transport [--events N] [--repeats R] [--frame-sizes 1024 4096 16384] [--json out.json]
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ class Result:
     transport: str
     frame_size: int
     mode: str
-    events_per_s: float
-    gb_per_s: float
+    events_per_s: float  # best of the repeats: the least disturbed by other load on the machine
+    median_events_per_s: float
+    gb_per_s: float  # of the best run
     runs: list[float]  # events/s of each repeat
 
 
@@ -154,37 +156,40 @@ def run(events: int, frame_sizes: list[int], transports: list[str], repeats: int
                     for mode in MODES:  # alternate, so both modes see the same machine load
                         runs[mode].append(measure(mode, transport, n, frames, tmp))
                 for mode in MODES:
-                    rate = statistics.median(runs[mode])
-                    results.append(Result(transport, n, mode, rate, rate * payload_bytes(1) / 1e9,
-                                          runs[mode]))
+                    best = max(runs[mode])
+                    results.append(Result(transport, n, mode, best, statistics.median(runs[mode]),
+                                          best * payload_bytes(1) / 1e9, runs[mode]))
     return results
 
 
 def table(results: list[Result]) -> str:
     """A Markdown table: one row per transport and frame size, both modes and their ratio."""
-    rows = ["| transport | frame (events) | streamflow Mev/s | GB/s | bare pyzmq Mev/s | GB/s | ratio |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| transport | frame (events) | streamflow Mev/s | GB/s | bare pyzmq Mev/s | GB/s | ratio | "
+            "ratio of medians |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
     by_key = {(r.transport, r.frame_size, r.mode): r for r in results}
     for transport, n in dict.fromkeys((r.transport, r.frame_size) for r in results):
         sf, bare = by_key[transport, n, "streamflow"], by_key[transport, n, "pyzmq"]
         rows.append(f"| {transport} | {n} | {sf.events_per_s / 1e6:.1f} | {sf.gb_per_s:.2f} | "
                     f"{bare.events_per_s / 1e6:.1f} | {bare.gb_per_s:.2f} | "
-                    f"{sf.events_per_s / bare.events_per_s:.2f} |")
+                    f"{sf.events_per_s / bare.events_per_s:.2f} | "
+                    f"{sf.median_events_per_s / bare.median_events_per_s:.2f} |")
     return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.transport", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=int, default=20_000_000, help="events per run (default 20M)")
+    parser.add_argument("--events", type=int, default=10_000_000, help="events per run (default 10M)")
     parser.add_argument("--frame-sizes", type=int, nargs="+", default=[1024, 4096, 16384])
     parser.add_argument("--transports", nargs="+", choices=["tcp", "ipc"], default=["tcp", "ipc"])
-    parser.add_argument("--repeats", type=int, default=3, help="runs per mode; the median is reported")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="runs per mode (default 5); the best is reported, and the median ratio")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
     results = run(args.events, args.frame_sizes, args.transports, args.repeats)
     machine = (f"{platform.node()}: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
                f"Python {platform.python_version()}, pyzmq {zmq.__version__}, libzmq {zmq.zmq_version()}")
-    print(f"transport throughput, {N_FEATURES} float32 features + uint64 id per event, median of "
+    print(f"transport throughput, {N_FEATURES} float32 features + uint64 id per event, best of "
           f"{args.repeats}, {machine}")
     print(table(results))
     if args.json:

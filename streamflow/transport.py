@@ -268,6 +268,7 @@ class Receiver(_SocketPair):
 
     def __post_init__(self) -> None:
         self.data = connect(self.ctx, zmq.PULL, self.endpoint, hwm=self.hwm)
+        self._rcvtimeo = -1
         self.control = connect(self.ctx, zmq.DEALER, control_endpoint(self.endpoint))
         self._say(Kind.HELLO, 0, 0)
 
@@ -302,14 +303,13 @@ class Receiver(_SocketPair):
         """The next valid message, or None if none came within ``timeout_ms`` (None: wait forever)."""
         deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
         while True:
-            try:  # take a waiting frame at once: polling first would cost a system call per frame
-                parts = self.data.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            wait = _POLL_MS if deadline is None else max(0, round((deadline - time.monotonic()) * 1000))
+            if wait != self._rcvtimeo:  # a blocking receive with a timeout: no poll call per frame
+                self.data.rcvtimeo = self._rcvtimeo = wait
+            try:
+                parts = self.data.recv_multipart(copy=False)
             except zmq.Again:
-                if deadline is None:
-                    self.data.poll(_POLL_MS, zmq.POLLIN)
-                elif (left := deadline - time.monotonic()) > 0:
-                    self.data.poll(max(1, int(left * 1000)), zmq.POLLIN)
-                else:
+                if deadline is not None and time.monotonic() >= deadline:
                     return None
                 continue
             msg = self.handle(parts)
