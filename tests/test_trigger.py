@@ -247,6 +247,7 @@ def test_menu_limits_and_missing_scores() -> None:
     with pytest.raises(ConfigError, match="l0"):
         TriggerMenu([lines[0], lines[0]])
     menu = TriggerMenu(lines[:2])
+    assert menu.window_counts().shape == (0, 0)  # no histogram lines: nothing to all-reduce
     with pytest.raises(StreamflowError, match="flow"):
         menu.select({"ae": np.zeros(3)})
     with pytest.raises(StreamflowError, match="labels"):

@@ -100,6 +100,8 @@ class TriggerMenu:
 
     def window_counts(self) -> np.ndarray:
         """The window histograms of the histogram lines, stacked: int64[lines, bins] (what ``reduce`` sums)."""
+        if not self._shared:
+            return np.zeros((0, 0), dtype=np.int64)
         return np.stack([self._estimators[i].counts() for i in self._shared])
 
     def stats(self) -> list[LineStats]:
