@@ -249,14 +249,22 @@ def _supervise(children: dict[str, mp.Process], stop: threading.Event, duration:
 
 
 def _stop_all(children: dict[str, mp.Process], grace_s: float = 60.0) -> None:
-    """Stop in stream order: the producer, then whoever is left; kill what outlives the grace period."""
+    """Stop in stream order: end the producer's stream, let the scorer and sink drain and exit.
+
+    Only the producer is told to stop; END_OF_STREAM then finishes the scorer and the
+    sink by themselves (signalling a process that is already finishing could kill it
+    during interpreter shutdown). Whatever outlives the grace period is terminated,
+    then killed. If a child failed, the rest are terminated at once.
+    """
     failed = any(p.exitcode not in (None, 0) for p in children.values())
-    order = ["producer", "scorer", "sink"] if not failed else list(children)
-    for role in order:
+    for role in ("producer", "scorer", "sink"):
         process = children[role]
-        if process.is_alive():
+        if process.is_alive() and (failed or role == "producer"):
             process.terminate()  # SIGTERM: the child finishes cleanly
-            process.join(grace_s if not failed else 10.0)
+        process.join(10.0 if failed else grace_s)
+        if process.is_alive():
+            process.terminate()
+            process.join(10.0)
         if process.is_alive():
             process.kill()
             process.join(5.0)
