@@ -6,12 +6,14 @@ import argparse
 import dataclasses
 import sys
 
+from typing import TYPE_CHECKING
+
 from commands.common import stop_on_signals
-from consumers.scorer import ConsumeConfig, run_consume
 from streamflow.config import read_toml
-from streamflow.presets import PRESETS, preset
-from streamflow.scorer import ScorerConfig
 from streamflow.transport import DEFAULT_ENDPOINT
+
+if TYPE_CHECKING:
+    from streamflow.scorer import ScorerConfig
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", metavar="TOML", help="a run config: its [scorer] table (learners, lines) "
                    "replaces the preset")
-    p.add_argument("--preset", choices=PRESETS, default="lhco", help="built-in menu when no --config (default lhco)")
+    p.add_argument("--preset", default="lhco", help="built-in menu when no --config: lhco or gaussian (default lhco)")
     p.add_argument("--q", type=float, default=0.01, help="accept fraction of each preset line (default 0.01)")
     p.add_argument("--window", type=int, default=20_000, help="rolling-quantile window in events (default 20000)")
     p.add_argument("--warmup", type=int, default=None, help="events before a line accepts anything (default: window)")
@@ -46,6 +48,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def scorer_config(args: argparse.Namespace) -> ScorerConfig:
     """The scorer's learners and lines: the config file's [scorer] table, else the preset."""
+    from streamflow.presets import preset
+    from streamflow.scorer import ScorerConfig
+
     if args.config:
         config = ScorerConfig.from_tables(read_toml(args.config).get("scorer", {}), where=f"{args.config}[scorer]")
         return dataclasses.replace(config, device=args.device) if args.device != "auto" else config
@@ -54,6 +59,8 @@ def scorer_config(args: argparse.Namespace) -> ScorerConfig:
 
 
 def main(args: argparse.Namespace) -> int:
+    from consumers.scorer import ConsumeConfig, run_consume
+
     config = ConsumeConfig(
         scorer=scorer_config(args), endpoint=args.endpoint, selections=args.selections,
         telemetry=args.telemetry, run_dir=args.run_dir, checkpoint_every=args.checkpoint_every,

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import signal
 import sys
-import threading
 import time
 from typing import Any, Callable
 
+from commands.common import stop_on_signals
 from streamflow.config import load_toml
 from streamflow.errors import ConfigError
 from producers.replay import ReplayConfig, ReplayStats, run_replay
@@ -66,16 +65,6 @@ def config_from_args(args: argparse.Namespace) -> ReplayConfig:
     return dataclasses.replace(base, **overrides)
 
 
-def _graceful_stop(stop: threading.Event) -> None:
-    """First SIGINT/SIGTERM: set ``stop``; the next SIGINT raises KeyboardInterrupt as usual."""
-    def handler(signum: int, frame: object) -> None:
-        stop.set()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-
-
 def _progress_bar() -> tuple[Callable[[int, int], None], Callable[[], None]]:
     """A rich live line (events sent, rate) refreshed at most 10 times a second, and its closer."""
     from rich.progress import Progress, TextColumn, TimeElapsedColumn
@@ -105,8 +94,7 @@ def summary(stats: ReplayStats) -> str:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    stop = threading.Event()
-    _graceful_stop(stop)
+    stop = stop_on_signals()
     update, close = _progress_bar() if sys.stderr.isatty() else (None, lambda: None)
     try:
         stats = run_replay(config, stop, update)

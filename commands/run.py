@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import multiprocessing as mp
 import signal
@@ -25,17 +26,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from consumers.scorer import ConsumeConfig, run_consume
+from typing import TYPE_CHECKING
+
+from commands.replay import parse_rate
 from consumers.sink import SinkConfig, run_sink
 from producers.replay import ReplayConfig, run_replay
 from streamflow.config import from_dict, read_toml, to_dict
 from streamflow.errors import ConfigError, StreamflowError
 from streamflow.ledger import Ledger
-from streamflow.presets import PRESETS, preset, preset_for_source
-from streamflow.scorer import ScorerConfig
 from streamflow.telemetry import RateMeter, TelemetryReporter
 
-DEFAULT_EVENTS = 400_000
+if TYPE_CHECKING:  # torch-heavy: imported where used, so the producer and sink processes stay light
+    from streamflow.scorer import ScorerConfig
+
+DEFAULT_EVENTS = 1_000_000
 CHILD_HWM = 4  # frames queued per socket: bounds latency and the drain after a stop
 EOS_TIMEOUT_S = 120.0  # the scorer acknowledges END_OF_STREAM only after draining its queue
 
@@ -88,7 +92,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frame-size", type=int, help="events per frame (default 4096)")
     p.add_argument("--signal-fraction", type=float, help="signal fraction of the stream (default 0.01)")
     p.add_argument("--seed", type=int, help="seed of the source and the injection (default 0)")
-    p.add_argument("--preset", choices=PRESETS, help="learner menu (default: the one that fits the source)")
+    p.add_argument("--preset", help="learner menu: lhco or gaussian (default: the one that fits the source)")
     p.add_argument("--learners", help="comma-separated learner names of the preset to keep (default: all)")
     p.add_argument("--q", type=float, help="accept fraction of every line (default 0.01)")
     p.add_argument("--device", help="auto (CUDA if present), cpu or cuda[:N] (default auto)")
@@ -101,17 +105,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=main)
 
 
-def _rate(text: str | None) -> float | None:
-    if text is None or text == "max":
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise ConfigError(f"--rate must be events/s or max, got {text!r}") from None
-
-
 def build_config(args: argparse.Namespace) -> RunConfig:
     """The run config: the TOML file's tables, then the command-line options on top."""
+    from streamflow.presets import preset, preset_for_source
+    from streamflow.scorer import ScorerConfig
+
     tables = read_toml(args.config) if args.config else {}
     where = args.config or "run"
     run = from_dict(RunOptions, tables.get("run", {}), f"{where}[run]")
@@ -120,7 +118,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
                  "signal_fraction": args.signal_fraction, "seed": args.seed}
     replay_table.update({k: v for k, v in overrides.items() if v is not None})
     if args.rate is not None:
-        replay_table["rate"] = _rate(args.rate)
+        replay_table["rate"] = parse_rate(args.rate)
     if replay_table.get("source", "synthetic") == "gaussian" and "signal_fraction" not in tables.get("replay", {}) \
             and args.signal_fraction is None:
         replay_table["signal_fraction"] = None  # the toy's own 10%-of-background signal
@@ -208,6 +206,8 @@ def _start(role: str, target: Callable[..., Any], *args: Any) -> mp.Process:
 
 def run_pipeline(config: RunConfig, *, console_monitor: Callable[..., Any] | None = None) -> dict[str, int]:
     """Run the pipeline to the end of its stream; returns each child's exit code."""
+    from consumers.scorer import ConsumeConfig, run_consume
+
     run, run_dir = config.run, Path(config.run.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "run.json").write_text(json.dumps(config.to_tables(), indent=2, default=str) + "\n")
@@ -218,7 +218,7 @@ def run_pipeline(config: RunConfig, *, console_monitor: Callable[..., Any] | Non
                            hwm=CHILD_HWM)
     stop = threading.Event()
     children = {
-        "sink": _start("sink", run_sink, sink),
+        "sink": _start("sink", functools.partial(run_sink, run_config=config.to_tables()), sink),
         "scorer": _start("scorer", run_consume, scorer),
         "producer": _start("producer", _produce, config.replay, str(run_dir), telemetry),
     }

@@ -1,30 +1,31 @@
-"""Event sources and schema: LHCO files, generators, derived features, coordinate frames."""
+"""Event sources and schema: LHCO files, generators, derived features, coordinate frames.
+
+Names are loaded on first use (PEP 562), so a process that only moves frames
+(the producer, the sink, the monitor) never pays for importing torch, which the
+coordinate frames need.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from streamflow.events.batch import EventBatch, EventSource
-from streamflow.events.frames import FRAME_NAMES, Frame, apply_frame, get_frame
-from streamflow.events.gaussian import GaussianToy
-from streamflow.events.injection import InjectedSource
-from streamflow.events.lhco_features import LHCOFeaturesFile
-from streamflow.events.lhco_raw import LHCORawFile
 from streamflow.events.schema import LHCO_FILE_COLUMNS, LHCO_NAMES
-from streamflow.events.sources import LoopedSource, open_source
-from streamflow.events.synthetic import SyntheticLHCO, SyntheticShapes
 
-__all__ = [
-    "EventBatch",
-    "EventSource",
-    "FRAME_NAMES",
-    "Frame",
-    "GaussianToy",
-    "InjectedSource",
-    "LHCOFeaturesFile",
-    "LHCORawFile",
-    "LHCO_FILE_COLUMNS",
-    "LHCO_NAMES",
-    "LoopedSource",
-    "SyntheticLHCO",
-    "SyntheticShapes",
-    "apply_frame",
-    "get_frame",
-    "open_source",
-]
+_LAZY = {
+    "FRAME_NAMES": "frames", "Frame": "frames", "apply_frame": "frames", "get_frame": "frames",
+    "GaussianToy": "gaussian", "InjectedSource": "injection", "LHCOFeaturesFile": "lhco_features",
+    "LHCORawFile": "lhco_raw", "LoopedSource": "sources", "open_source": "sources",
+    "SyntheticLHCO": "synthetic", "SyntheticShapes": "synthetic",
+}
+
+__all__ = ["EventBatch", "EventSource", "LHCO_FILE_COLUMNS", "LHCO_NAMES", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"streamflow.events.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'streamflow.events' has no attribute {name!r}")

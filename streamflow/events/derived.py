@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from streamflow.events.frames import TAU_EPS
+from streamflow.events.schema import TAU_EPS
 from streamflow.events.schema import LHCO_FILE_COLUMNS, LHCO_NAMES
 
 

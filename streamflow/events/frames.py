@@ -43,12 +43,11 @@ import torch
 from torch import Tensor
 
 from streamflow.errors import ConfigError
+from streamflow.events.schema import TAU_EPS
 
 MASS_FLOOR = 1e-3
 """GeV; masses below it (real data has a few tiny negatives) are raised to it before the log."""
 
-TAU_EPS = 1e-5
-"""The guard in tau2/(tau1 + eps) and tau3/(tau2 + eps), as in common LHCO code."""
 
 _TAU_COLUMN = re.compile(r"^tau([123])_(j\w+)$")
 

@@ -30,3 +30,6 @@ LHCO_FILE_COLUMNS: tuple[str, ...] = (
 )  # fmt: skip
 """The 14 feature columns of the official events_anomalydetection_v2.features.h5, in order
 (the file has a 15th, ``label``)."""
+
+TAU_EPS = 1e-5
+"""The guard in tau2/(tau1 + eps) and tau3/(tau2 + eps), as in common LHCO code."""

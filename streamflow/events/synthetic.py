@@ -64,7 +64,7 @@ import numpy as np
 from streamflow.errors import ConfigError
 from streamflow.events.batch import EventBatch
 from streamflow.events.derived import assemble
-from streamflow.events.frames import TAU_EPS
+from streamflow.events.schema import TAU_EPS
 from streamflow.events.chunking import check_seed, generate_chunks
 from streamflow.events.schema import LHCO_NAMES
 
