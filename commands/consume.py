@@ -30,6 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=None, help="events before a line accepts anything (default: window)")
     p.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help=f"producer data endpoint (default {DEFAULT_ENDPOINT})")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda[:N] (default auto)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: all cores but three, at least one)")
     p.add_argument("--learn-events", type=int, default=0, metavar="N",
                    help="learn once N scored events have accumulated (0: after every frame; default 0)")
     p.add_argument("--selections", metavar="ENDPOINT", default=None,
@@ -53,9 +55,11 @@ def scorer_config(args: argparse.Namespace) -> ScorerConfig:
 
     if args.config:
         config = ScorerConfig.from_tables(read_toml(args.config).get("scorer", {}), where=f"{args.config}[scorer]")
-        return dataclasses.replace(config, device=args.device) if args.device != "auto" else config
-    return preset(args.preset, q=args.q, window=args.window, warmup=args.warmup, device=args.device,
-                  learn_events=args.learn_events)
+        config = dataclasses.replace(config, device=args.device) if args.device != "auto" else config
+    else:
+        config = preset(args.preset, q=args.q, window=args.window, warmup=args.warmup, device=args.device,
+                        learn_events=args.learn_events)
+    return dataclasses.replace(config, threads=args.threads) if args.threads is not None else config
 
 
 def main(args: argparse.Namespace) -> int:

@@ -96,6 +96,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--learners", help="comma-separated learner names of the preset to keep (default: all)")
     p.add_argument("--q", type=float, help="accept fraction of every line (default 0.01)")
     p.add_argument("--device", help="auto (CUDA if present), cpu or cuda[:N] (default auto)")
+    p.add_argument("--threads", type=int, help="the scorer's torch CPU threads (default: all cores but three)")
     p.add_argument("--run-dir", help="run folder (default runs/<date-time>)")
     p.add_argument("--base-port", type=int, help="first of five local tcp ports (default 5555)")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
@@ -131,6 +132,8 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         scorer = _keep_learners(scorer, args.learners.split(","))
     if args.device:
         scorer = dataclasses.replace(scorer, device=args.device)
+    if args.threads is not None:
+        scorer = dataclasses.replace(scorer, threads=args.threads)
     run_overrides = {"run_dir": args.run_dir, "base_port": args.base_port, "duration": args.duration}
     run = dataclasses.replace(run, **{k: v for k, v in run_overrides.items() if v is not None})
     if args.no_monitor:

@@ -18,6 +18,7 @@ drive it directly.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -37,12 +38,17 @@ class ScorerConfig:
 
     learn_events: 0 learns after every frame; N > 0 learns once N scored events
     have accumulated (all of them, in one call of each learner's ``learn``).
+    threads: torch's CPU threads; 0 is automatic: all cores but three (kept for
+    the producer, the sink and the monitor), at least one. More threads than free
+    cores make torch's thread pool spin against the other processes and run many
+    times slower, not faster.
     """
 
     learners: tuple[LearnerConfig, ...]
     lines: tuple[LineConfig, ...]
     device: str = "auto"
     learn_events: int = 0
+    threads: int = 0
 
     def __post_init__(self) -> None:
         names = [learner.name for learner in self.learners]
@@ -53,6 +59,8 @@ class ScorerConfig:
                 raise ConfigError(f"trigger line {line.name!r} reads learner {line.learner!r}, not among {names}")
         if self.learn_events < 0:
             raise ConfigError(f"learn_events must be >= 0, got {self.learn_events}")
+        if self.threads < 0:
+            raise ConfigError(f"threads must be >= 0 (0: automatic), got {self.threads}")
 
     @staticmethod
     def from_tables(data: Mapping[str, Any], where: str = "scorer") -> "ScorerConfig":
@@ -68,7 +76,8 @@ class ScorerConfig:
         if not learners:
             raise ConfigError(f"{where}: no [[learners]] given")
         rest = from_dict(_ScorerOptions, data, where)
-        return ScorerConfig(learners=learners, lines=lines, device=rest.device, learn_events=rest.learn_events)
+        return ScorerConfig(learners=learners, lines=lines, device=rest.device, learn_events=rest.learn_events,
+                            threads=rest.threads)
 
     def to_tables(self) -> dict[str, Any]:
         return {
@@ -76,6 +85,7 @@ class ScorerConfig:
             "lines": [to_dict(c) for c in self.lines],
             "device": self.device,
             "learn_events": self.learn_events,
+            "threads": self.threads,
         }
 
 
@@ -83,6 +93,12 @@ class ScorerConfig:
 class _ScorerOptions:
     device: str = "auto"
     learn_events: int = 0
+    threads: int = 0
+
+
+def cpu_threads(requested: int) -> int:
+    """Threads for torch on the CPU: ``requested``, or all cores but three (at least one) for 0."""
+    return requested if requested > 0 else max(1, (os.cpu_count() or 1) - 3)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -111,6 +127,7 @@ class FrameScorer:
     def __init__(self, config: ScorerConfig) -> None:
         self.config = config
         self.device = resolve_device(config.device)
+        torch.set_num_threads(cpu_threads(config.threads))
         self.learners: dict[str, TorchLearner] = {
             c.name: build_learner(c, self.device) for c in config.learners
         }
