@@ -1,0 +1,87 @@
+"""`streamflow ephemeral SOURCE`: CWoLA bump hunt on a stream vs on its flow's samples."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from streamflow.scorer import ScorerConfig
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "ephemeral", help="bump-hunt a stream and its flow's samples (ephemeral learning)",
+        description="Stream SOURCE through a scorer whose conditional flow learns p(x | mjj) online (or take "
+                    "--checkpoint), sample the flow in the signal region and sidebands, train the same offline "
+                    "CWoLA classifier on the real stream events and on the samples, and compare their SIC on "
+                    "held-out real events. Writes samples.h5, sic.png, results.md and results.json to --out.",
+    )
+    p.add_argument("source", metavar="SOURCE", help="an LHCO features file or 'synthetic'")
+    p.add_argument("--signal-fraction", type=float, default=None,
+                   help="signal fraction of the stream (file: injected after the test split; default: as in "
+                        "the file; synthetic: default 0.01)")
+    p.add_argument("--events", type=int, default=None,
+                   help="events in the stream (synthetic: default 100000; file: a cap, default all)")
+    p.add_argument("--test-fraction", type=float, default=0.3,
+                   help="file: fraction of its rows held out as labelled test events (default 0.3)")
+    p.add_argument("--test-events", type=int, default=200_000,
+                   help="synthetic: held-out test events, drawn from seed + 1 at signal fraction 0.1 "
+                        "(default 200000)")
+    p.add_argument("--checkpoint", default=None,
+                   help="sample this scorer checkpoint instead of training one (give the same SOURCE, "
+                        "--signal-fraction and --seed as it was trained with, so the test events stay held out)")
+    p.add_argument("--config", metavar="TOML", default=None,
+                   help="train the [scorer] table of this run config (default: the lhco preset's --learner alone)")
+    p.add_argument("--learner", default=None,
+                   help="the flow to train and sample (default: flow_m of the lhco preset; with --config or "
+                        "--checkpoint, the first flow with a context)")
+    p.add_argument("--steps-per-frame", type=int, default=4,
+                   help="preset flow: passes over each frame (default 4)")
+    p.add_argument("--batch-size", type=int, default=256, help="preset flow: minibatch size (default 256)")
+    p.add_argument("--frame-size", type=int, default=1000, help="events per frame (default 1000)")
+    p.add_argument("--device", default="auto", help="scorer device: auto, cpu or cuda[:N] (default auto)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="events to sample (default: as many as the stream had in the SR and sidebands)")
+    p.add_argument("--epochs", type=int, default=20, help="CWoLA training epochs (default 20)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, injection and sampling (default 0)")
+    p.add_argument("--out", default="ephemeral", help="output folder (default ./ephemeral)")
+    p.set_defaults(func=main)
+
+
+def scorer_config(args: argparse.Namespace) -> ScorerConfig:
+    """The [scorer] table of --config, else the lhco preset's flow (--learner, default flow_m) alone."""
+    from streamflow.config import read_toml
+    from streamflow.errors import ConfigError
+    from streamflow.presets import preset
+    from streamflow.scorer import ScorerConfig
+
+    if args.config:
+        config = ScorerConfig.from_tables(read_toml(args.config).get("scorer", {}), where=f"{args.config}[scorer]")
+        return dataclasses.replace(config, device=args.device) if args.device != "auto" else config
+    full = preset("lhco", device=args.device)
+    name = args.learner or "flow_m"
+    flows = [c for c in full.learners if c.kind == "flow"]
+    chosen = [c for c in flows if c.name == name]
+    if not chosen:
+        raise ConfigError(f"the lhco preset has no flow {name!r} (its flows: {', '.join(c.name for c in flows)})")
+    learner = dataclasses.replace(chosen[0], steps_per_frame=args.steps_per_frame, batch_size=args.batch_size)
+    lines = tuple(line for line in full.lines if line.learner == name)
+    return dataclasses.replace(full, learners=(learner,), lines=lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    from streamflow.studies.ephemeral import HuntConfig, StreamSpec, run_study
+
+    spec = StreamSpec(args.source, signal_fraction=args.signal_fraction, events=args.events,
+                      test_fraction=args.test_fraction, test_events=args.test_events, seed=args.seed)
+    out = Path(args.out)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else out / "ephemeral.ckpt.pt"
+    scorer = None if args.checkpoint else scorer_config(args)
+    run_study(spec, checkpoint, out, scorer=scorer, hunt=HuntConfig(epochs=args.epochs, seed=args.seed),
+                       learner=args.learner, n_samples=args.samples, frame_size=args.frame_size)
+    print((out / "results.md").read_text())
+    print(f"written to {out}/ (samples.h5, sic.png, results.md, results.json); checkpoint {checkpoint}")
+    return 0
