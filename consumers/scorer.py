@@ -24,6 +24,7 @@ import zmq
 from streamflow.checkpoint import load_checkpoint, save_checkpoint
 from streamflow.errors import ConfigError, StreamflowError
 from streamflow.ledger import Ledger, SequenceTracker
+from streamflow.sampling import HISTOGRAM_KEY, ContextHistogram
 from streamflow.score_sample import ScoreSample
 from streamflow.scorer import FrameScorer, ScorerConfig
 from streamflow.telemetry import LatencyHistogram, RateMeter, TelemetryReporter
@@ -95,6 +96,8 @@ class _ScorerLoop:
         self.rates = RateMeter()
         self.learn_totals: dict[str, dict[str, float]] = {}
         self.sample = ScoreSample(tuple(self.scorer.learners))
+        self.mjj = ContextHistogram("mjj")
+        """The streamed mjj, checkpointed so that `streamflow sample` draws mjj as the stream had it."""
         run_dir = Path(config.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         if config.resume and config.checkpoint_path.exists():
@@ -113,11 +116,14 @@ class _ScorerLoop:
         state = load_checkpoint(self.config.checkpoint_path, self.scorer.device)
         self.scorer.load_state_dict(state["scorer"])
         self.tracker.load_state_dict(state["sequence"])
+        if HISTOGRAM_KEY in state:
+            self.mjj = ContextHistogram.from_state(state[HISTOGRAM_KEY])
         self.stats.resumed_from_frame = self.scorer.frames
 
     def checkpoint(self) -> None:
         save_checkpoint(self.config.checkpoint_path, {
             "scorer": self.scorer.state_dict(), "sequence": self.tracker.state_dict(),
+            HISTOGRAM_KEY: self.mjj.state_dict(),
         })
         self.stats.checkpoints += 1
 
@@ -132,6 +138,8 @@ class _ScorerLoop:
         self.stats.accepted += len(accepted)
         self.rates.add(len(batch))
         self.sample.add(batch.labels, result.scores)
+        if "mjj" in batch.names:
+            self.mjj.add(batch.column("mjj"))
         for name, stats in result.learn_stats.items():
             totals = self.learn_totals.setdefault(name, {})
             for key, value in stats.items():

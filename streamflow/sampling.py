@@ -10,12 +10,12 @@ ranges of m as
 splitting the N events over the ranges in proportion to the stream's events in
 each (P(lo <= m < hi) under p(m)), so the samples have the stream's composition.
 
-p(m) comes from the checkpoint when it holds a :class:`ContextHistogram` of the
-streamed context (``streamflow ephemeral`` writes one): piecewise uniform in
-10 GeV bins. Otherwise -- e.g. a checkpoint of ``streamflow consume``, which keeps
-no histogram -- from the flow's own context standardisation: a Gaussian in the
-context frame (log mjj for LHCO: a log-normal mjj) with the mean and width of
-the warm-up events, which follows the falling mjj spectrum only roughly.
+p(m) comes from the checkpoint's :class:`ContextHistogram` of the streamed mjj
+(``streamflow consume``/``run`` and ``streamflow ephemeral`` keep one): piecewise
+uniform in 10 GeV bins. A checkpoint without one (a stream without mjj, an older
+checkpoint) falls back on the flow's own context standardisation: a Gaussian in
+the context frame (log mjj for LHCO: a log-normal mjj) with the mean and width
+of the warm-up events, which follows the falling mjj spectrum only roughly.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
-from scipy import stats
 
 from streamflow.checkpoint import load_checkpoint
 from streamflow.errors import ConfigError
@@ -101,9 +100,10 @@ class ContextHistogram:
         self.description = f"histogram of the streamed {feature} ({bins} bins, {low:g}-{high:g})"
 
     def add(self, values: np.ndarray) -> None:
-        values = np.asarray(values, np.float64)
+        """Count ``values`` (non-finite ones are ignored): ~1 ms per 100k on one core."""
+        values = np.asarray(values)
         values = values[np.isfinite(values)]
-        counts, _ = np.histogram(values, self.edges)
+        counts, _ = np.histogram(values, len(self.counts), (self.edges[0], self.edges[-1]))
         self.counts += counts
         self.outside += len(values) - int(counts.sum())
 
@@ -155,24 +155,25 @@ class WarmupGaussian:
                             f"the flow's first {flow.context.count} events (no histogram in the checkpoint)")
 
     def _bounds(self, r: MassRange) -> tuple[float, float]:
+        """(Phi(a), Phi(b)) for the range's bounds a, b in z."""
         z = self.context.encode(torch.tensor([[r.low], [r.high]], dtype=torch.float32, device=self.context.device))
-        a, b = z.squeeze(1).tolist()
-        return stats.norm.cdf(a), stats.norm.cdf(b)
+        a, b = torch.special.ndtr(z.double().squeeze(1)).tolist()
+        return a, b
 
     def mass(self, r: MassRange) -> float:
         a, b = self._bounds(r)
-        return float(b - a)
+        return b - a
 
     def draw(self, rng: np.random.Generator, n: int, r: MassRange) -> np.ndarray:
         a, b = self._bounds(r)
-        z = stats.norm.ppf(rng.uniform(a, b, size=n))
-        values = torch.from_numpy(z.astype(np.float32)).reshape(-1, 1).to(self.context.device)
-        return self.context.decode(values).squeeze(1).double().cpu().numpy()
+        z = torch.special.ndtri(torch.from_numpy(rng.uniform(a, b, size=n))).float()
+        return self.context.decode(z.reshape(-1, 1).to(self.context.device)).squeeze(1).double().cpu().numpy()
 
 
 def load_flow(state: Mapping[str, Any], name: str | None = None, device: str | torch.device = "cpu") -> FlowLearner:
     """The conditional flow ``name`` of a scorer checkpoint (default: the first flow with a context)."""
-    learners = state.get("scorer", {}).get("learners") if isinstance(state.get("scorer"), dict) else None
+    scorer = state.get("scorer")
+    learners = scorer.get("learners") if isinstance(scorer, dict) else None
     if not isinstance(learners, dict) or not learners:
         raise ConfigError("checkpoint holds no scorer learners (is it a checkpoint of streamflow consume or run?)")
     conditional = [n for n, s in learners.items() if s.get("kind") == "flow" and s["config"].get("context")]

@@ -207,6 +207,8 @@ class StreamRecord:
     kept: list[EventBatch] = field(default_factory=list)
 
     def in_ranges(self) -> EventBatch:
+        if not self.kept:
+            raise ConfigError("the stream had no events")
         return EventBatch.concatenate(self.kept)
 
 
