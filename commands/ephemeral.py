@@ -38,8 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--learner", default=None,
                    help="the flow to train and sample (default: flow_m of the lhco preset; with --config or "
                         "--checkpoint, the first flow with a context)")
-    p.add_argument("--steps-per-frame", type=int, default=4,
-                   help="preset flow: passes over each frame (default 4)")
+    p.add_argument("--steps-per-frame", type=int, default=32,
+                   help="preset flow: passes over each frame before the next one (default 32; the lhco preset's 1 "
+                        "leaves the flow far from converged after a short stream)")
     p.add_argument("--batch-size", type=int, default=256, help="preset flow: minibatch size (default 256)")
     p.add_argument("--frame-size", type=int, default=1000, help="events per frame (default 1000)")
     p.add_argument("--device", default="auto", help="scorer device: auto, cpu or cuda[:N] (default auto)")

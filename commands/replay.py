@@ -65,7 +65,7 @@ def config_from_args(args: argparse.Namespace) -> ReplayConfig:
     return dataclasses.replace(base, **overrides)
 
 
-def _progress_bar() -> tuple[Callable[[int, int], None], Callable[[], None]]:
+def _progress_bar() -> tuple[Callable[[int, int, bool], None], Callable[[], None]]:
     """A rich live line (events sent, rate) refreshed at most 10 times a second, and its closer."""
     from rich.progress import Progress, TextColumn, TimeElapsedColumn
 
@@ -75,10 +75,10 @@ def _progress_bar() -> tuple[Callable[[int, int], None], Callable[[], None]]:
     bar.start()
     start = last = time.monotonic()
 
-    def update(events: int, frames: int) -> None:
+    def update(events: int, frames: int, sent_all: bool) -> None:
         nonlocal last
         now = time.monotonic()
-        if now - last >= 0.1:
+        if now - last >= 0.1 or sent_all:
             last = now
             bar.update(task, events=events, frames=frames, rate=events / max(now - start, 1e-9))
 

@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # torch-heavy: imported where used, so the producer and sink 
 
 DEFAULT_EVENTS = 1_000_000
 CHILD_HWM = 4  # frames queued per socket: bounds latency and the drain after a stop
+CHILD_KERNEL_BUFFER = 256 * 1024  # bytes; tcp's default megabytes would queue ~30 more frames
 EOS_TIMEOUT_S = 120.0  # the scorer acknowledges END_OF_STREAM only after draining its queue
 
 
@@ -144,7 +145,8 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         run = dataclasses.replace(run, report=False)
     if run.run_dir is None:
         run = dataclasses.replace(run, run_dir=str(Path("runs") / time.strftime("%Y%m%d-%H%M%S")))
-    replay = dataclasses.replace(replay, endpoint=run.endpoint(0), hwm=CHILD_HWM, eos_timeout=EOS_TIMEOUT_S)
+    replay = dataclasses.replace(replay, endpoint=run.endpoint(0), hwm=CHILD_HWM,
+                                 kernel_buffer=CHILD_KERNEL_BUFFER, eos_timeout=EOS_TIMEOUT_S)
     return RunConfig(run=run, replay=replay, scorer=scorer)
 
 
@@ -181,10 +183,17 @@ def _produce(config: ReplayConfig, run_dir: str, telemetry: str, stop: threading
     reporter = TelemetryReporter("producer", publish=pub.send, jsonl_path=Path(run_dir) / "telemetry-producer.jsonl")
     rates = RateMeter()
 
-    def progress(events: int, frames: int) -> None:
+    def progress(events: int, frames: int, sent_all: bool) -> None:
         rates.add(events - rates.events, frames - rates.frames)
-        reporter.maybe_report(lambda: {"events": events, "frames": frames, **rates.rates(),
-                                       "source": config.source})
+
+        def message() -> dict[str, Any]:
+            return {"events": events, "frames": frames, **rates.rates(), "source": config.source,
+                    "sent_all": sent_all}
+
+        if sent_all:  # the last frame is out: say so now, the receivers may drain their queues for a while
+            reporter.report(message())
+        else:
+            reporter.maybe_report(message)
 
     try:
         stats = run_replay(config, stop, progress)
@@ -218,7 +227,7 @@ def run_pipeline(config: RunConfig, *, console_monitor: Callable[..., Any] | Non
     sink = SinkConfig(endpoint=run.endpoint(2), telemetry=telemetry, run_dir=str(run_dir))
     scorer = ConsumeConfig(scorer=config.scorer, endpoint=run.endpoint(0), selections=run.endpoint(2),
                            telemetry=telemetry, run_dir=str(run_dir), checkpoint_every=run.checkpoint_every,
-                           hwm=CHILD_HWM)
+                           hwm=CHILD_HWM, kernel_buffer=CHILD_KERNEL_BUFFER)
     stop = threading.Event()
     children = {
         "sink": _start("sink", functools.partial(run_sink, run_config=config.to_tables()), sink),

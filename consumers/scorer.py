@@ -51,6 +51,7 @@ class ConsumeConfig:
     idle_timeout: float = 60.0
     eos_timeout: float = 30.0
     hwm: int = DEFAULT_HWM
+    kernel_buffer: int = 0  # bytes of OS socket buffer (0: OS default)
     name: str = "scorer"
 
     def __post_init__(self) -> None:
@@ -104,7 +105,8 @@ class _ScorerLoop:
             self._resume()
         # Counts carried over from a checkpoint, so the ledger reports this run's events only.
         self.base_scored, self.base_learned = self.scorer.events_scored, self.scorer.events_learned
-        self.receiver = Receiver(ctx, config.endpoint, name=config.name, hwm=config.hwm)
+        self.receiver = Receiver(ctx, config.endpoint, name=config.name, hwm=config.hwm,
+                                 kernel_buffer=config.kernel_buffer)
         self.selections = Sender(ctx, config.selections, hwm=config.hwm) if config.selections else None
         self._pub = connect(ctx, zmq.PUB, config.telemetry) if config.telemetry else None
         self.reporter = TelemetryReporter(

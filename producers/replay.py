@@ -46,6 +46,7 @@ class ReplayConfig:
     stream_id: int = 0
     eos_timeout: float = 10.0
     hwm: int = DEFAULT_HWM
+    kernel_buffer: int = 0  # bytes of OS socket buffer (0: OS default; tcp's megabytes add queued frames)
 
     def __post_init__(self) -> None:
         if self.frame_size < 1:
@@ -91,14 +92,20 @@ class ReplayStats:
 
 
 def run_replay(config: ReplayConfig, stop_event: threading.Event | None = None,
-               progress: Callable[[int, int], None] | None = None) -> ReplayStats:
-    """Replay ``config.source`` to ``config.endpoint``; ``progress(events, frames)`` after each frame."""
+               progress: Callable[[int, int, bool], None] | None = None) -> ReplayStats:
+    """Replay ``config.source`` to ``config.endpoint``.
+
+    ``progress(events, frames, sent_all)`` runs after each frame (``sent_all`` False)
+    and once more when the last frame is out, before the END_OF_STREAM handshake
+    (``sent_all`` True): the receivers may still be working through their queues.
+    """
     options = {"loop": True} if config.loop else {}  # files only: a generator is endless anyway
     source = open_source(config.source, signal_fraction=config.signal_fraction, seed=config.seed, **options)
     pacer = TokenBucket(config.rate, sleep=stop_event.wait if stop_event else time.sleep)
     ctx = zmq.Context()
     try:
-        with Sender(ctx, config.endpoint, stream_id=config.stream_id, hwm=config.hwm) as sender:
+        with Sender(ctx, config.endpoint, stream_id=config.stream_id, hwm=config.hwm,
+                    kernel_buffer=config.kernel_buffer) as sender:
             start = time.perf_counter()
             wait_s = paced_s = 0.0
             stopped = False
@@ -111,7 +118,9 @@ def run_replay(config: ReplayConfig, stop_event: threading.Event | None = None,
                 if sender.frames == 1:
                     wait_s = sender.blocked_s  # no receiver yet: PUSH holds the first frame
                 if progress is not None:
-                    progress(sender.events, sender.frames)
+                    progress(sender.events, sender.frames, False)
+            if progress is not None:
+                progress(sender.events, sender.frames, True)
             seconds = time.perf_counter() - start - wait_s
             eos = sender.end_stream(config.eos_timeout)
             return ReplayStats(events=sender.events, frames=sender.frames, wait_s=wait_s,

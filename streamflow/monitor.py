@@ -248,8 +248,9 @@ def warnings(state: MonitorState, now: float) -> list[tuple[str, str]]:
                                   "(the next stage is slower)"))
     producers, scorers = state.views("producer"), state.views("scorer")
     live_scorers = [s for s in scorers if now - s.last_seen <= STALE_S]
-    if producers and live_scorers:
-        newest = max(p.last_seen for p in producers)
+    sending = [p for p in producers if not p.get("sent_all") and not p.get("final")]
+    if sending and live_scorers:  # a producer that sent its last frame may rightly be silent
+        newest = max(p.last_seen for p in sending)
         if now - newest > STALE_S:
             found.append(("error", f"producer stalled: no message for {now - newest:.0f} s "
                                    f"while {state.label(live_scorers[0])} runs"))
@@ -274,9 +275,11 @@ def _stage_notes(state: MonitorState, view: ProcessView, now: float) -> Text:
     blocked = number(view.get("blocked_s"))
     if blocked:
         notes.append(f"blk {blocked:.1f}s")
+    if view.kind == "producer" and view.get("sent_all"):
+        notes.append("all sent")
     text = Text(", ".join(notes))
     silent = now - view.last_seen
-    if silent > STALE_S:
+    if silent > STALE_S and not view.get("sent_all"):
         text.append(f" quiet {silent:.0f}s", style="yellow")
     return text
 
@@ -394,7 +397,9 @@ def plain_line(state: MonitorState, now: float) -> str:
         p50, p99 = number(view.get("latency", "p50_ms")), number(view.get("latency", "p99_ms"))
         if p50 is not None or p99 is not None:
             stage += f" p50 {fmt_ms(p50)} p99 {fmt_ms(p99)} ms"
-        if now - view.last_seen > STALE_S:
+        if view.get("sent_all"):
+            stage += " (all sent)"
+        elif now - view.last_seen > STALE_S:
             stage += f" (quiet {now - view.last_seen:.0f}s)"
         parts.append(stage)
     scorers = state.views("scorer")

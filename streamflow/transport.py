@@ -82,7 +82,8 @@ def _ipc_in_use(endpoint: str) -> bool:
     return True
 
 
-def _open(ctx: zmq.Context, socket_type: int, endpoint: str, hwm: int | None, *, binds: bool) -> zmq.Socket:
+def _open(ctx: zmq.Context, socket_type: int, endpoint: str, hwm: int | None, *, binds: bool,
+          kernel_buffer: int = 0) -> zmq.Socket:
     check_endpoint(endpoint)
     if binds and endpoint.startswith("ipc://") and _ipc_in_use(endpoint):
         raise ConfigError(f"cannot bind {endpoint}: {_IN_USE}")
@@ -91,6 +92,9 @@ def _open(ctx: zmq.Context, socket_type: int, endpoint: str, hwm: int | None, *,
     if hwm is not None:
         sock.sndhwm = hwm
         sock.rcvhwm = hwm
+    if kernel_buffer > 0:  # the OS buffers (megabytes on tcp) queue frames beyond the high-water mark
+        sock.sndbuf = kernel_buffer
+        sock.rcvbuf = kernel_buffer
     try:
         if binds:
             sock.bind(endpoint)
@@ -104,14 +108,19 @@ def _open(ctx: zmq.Context, socket_type: int, endpoint: str, hwm: int | None, *,
     return sock
 
 
-def bind(ctx: zmq.Context, socket_type: int, endpoint: str, *, hwm: int | None = None) -> zmq.Socket:
-    """A new socket bound to ``endpoint``; "address in use" and bad endpoints become ConfigError."""
-    return _open(ctx, socket_type, endpoint, hwm, binds=True)
+def bind(ctx: zmq.Context, socket_type: int, endpoint: str, *, hwm: int | None = None,
+         kernel_buffer: int = 0) -> zmq.Socket:
+    """A new socket bound to ``endpoint``; "address in use" and bad endpoints become ConfigError.
+
+    ``kernel_buffer`` > 0 caps the OS send/receive buffers (bytes; 0 keeps the OS default).
+    """
+    return _open(ctx, socket_type, endpoint, hwm, binds=True, kernel_buffer=kernel_buffer)
 
 
-def connect(ctx: zmq.Context, socket_type: int, endpoint: str, *, hwm: int | None = None) -> zmq.Socket:
+def connect(ctx: zmq.Context, socket_type: int, endpoint: str, *, hwm: int | None = None,
+            kernel_buffer: int = 0) -> zmq.Socket:
     """A new socket connected to ``endpoint``; a malformed endpoint becomes ConfigError."""
-    return _open(ctx, socket_type, endpoint, hwm, binds=False)
+    return _open(ctx, socket_type, endpoint, hwm, binds=False, kernel_buffer=kernel_buffer)
 
 
 @dataclass
@@ -161,12 +170,13 @@ class Sender(_SocketPair):
     endpoint: str = DEFAULT_ENDPOINT
     stream_id: int = 0
     hwm: int = DEFAULT_HWM
+    kernel_buffer: int = 0
     frames: int = field(default=0, init=False)
     events: int = field(default=0, init=False)
     blocked_s: float = field(default=0.0, init=False)
 
     def __post_init__(self) -> None:
-        self.data = bind(self.ctx, zmq.PUSH, self.endpoint, hwm=self.hwm)
+        self.data = bind(self.ctx, zmq.PUSH, self.endpoint, hwm=self.hwm, kernel_buffer=self.kernel_buffer)
         self.data.sndtimeo = _POLL_MS
         try:
             self.control = bind(self.ctx, zmq.ROUTER, control_endpoint(self.endpoint))
@@ -260,6 +270,7 @@ class Receiver(_SocketPair):
     endpoint: str = DEFAULT_ENDPOINT
     name: str = "receiver"
     hwm: int = DEFAULT_HWM
+    kernel_buffer: int = 0
     frames: int = field(default=0, init=False)
     events: int = field(default=0, init=False)
     rejected: int = field(default=0, init=False)
@@ -267,7 +278,7 @@ class Receiver(_SocketPair):
     control_linger_ms = 1000  # closing gives a just-sent ACK up to a second to leave
 
     def __post_init__(self) -> None:
-        self.data = connect(self.ctx, zmq.PULL, self.endpoint, hwm=self.hwm)
+        self.data = connect(self.ctx, zmq.PULL, self.endpoint, hwm=self.hwm, kernel_buffer=self.kernel_buffer)
         self._rcvtimeo = -1
         self.control = connect(self.ctx, zmq.DEALER, control_endpoint(self.endpoint))
         self._say(Kind.HELLO, 0, 0)

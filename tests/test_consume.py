@@ -73,13 +73,13 @@ def consume_stream(run_dir: Path, config: Path, *args: str, seed: int = 0) -> su
     endpoint = f"tcp://127.0.0.1:{free_port_block(2)}"
     producer = subprocess.Popen(
         [*STREAMFLOW, "replay", "gaussian", "--events", str(EVENTS), "--frame-size", str(FRAME),
-         "--seed", str(seed), "--endpoint", endpoint],
+         "--seed", str(seed), "--endpoint", endpoint, "--eos-timeout", "90"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
         result = consume("--config", str(config), "--endpoint", endpoint, "--run-dir", str(run_dir),
                          "--idle-timeout", "30", *args, timeout=120)
-        _, producer_err = producer.communicate(timeout=60)
+        _, producer_err = producer.communicate(timeout=120)
     finally:
         producer.kill()
     assert producer.returncode == 0, producer_err

@@ -178,6 +178,17 @@ def test_a_silent_producer_beside_a_live_scorer_is_a_stall():
     assert not any("stalled" in text for _, text in warnings(state, 9.0))
 
 
+def test_a_producer_that_sent_everything_may_be_silent_while_the_scorer_drains():
+    state = MonitorState(started=0.0)
+    producer, scorer, _ = pipeline_messages(1.0)
+    state.update({**producer, "sent_all": True}, now=1.0)
+    for t in (2.0, 3.0, 4.0, 5.0):
+        state.update(scorer, now=t)
+    assert not any("stalled" in text for _, text in warnings(state, 5.0))
+    line = plain_line(state, 5.0)
+    assert "(all sent)" in line and "quiet" not in line
+
+
 def test_two_processes_with_one_role_are_told_apart_by_pid():
     state = state_after(2.0)
     other = {**pipeline_messages(2.0)[1], "pid": 999}
