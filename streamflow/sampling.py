@@ -193,10 +193,12 @@ def load_flow(state: Mapping[str, Any], name: str | None = None, device: str | t
 
 
 def context_distribution(state: Mapping[str, Any], flow: FlowLearner) -> ContextDistribution:
-    """The checkpoint's histogram of the flow's context if it has one, else the warm-up Gaussian."""
+    """The checkpoint's histogram of the flow's context if it has a filled one, else the warm-up Gaussian."""
     saved = state.get(HISTOGRAM_KEY)
     if isinstance(saved, dict) and saved.get("feature") == flow.config.context:
-        return ContextHistogram.from_state(saved)
+        histogram = ContextHistogram.from_state(saved)
+        if histogram.counts.any():
+            return histogram
     return WarmupGaussian(flow)
 
 

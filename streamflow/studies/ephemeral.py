@@ -49,7 +49,7 @@ from streamflow.learners import CATHODE_FEATURES, CWoLAConfig, CWoLALearner, Flo
 from streamflow.sampling import HISTOGRAM_KEY, ContextHistogram, MassRange, Samples, sample_checkpoint, write_samples
 from streamflow.scorer import FrameScorer, ScorerConfig
 
-WIRE_BYTES_PER_EVENT = 8  # the uint64 event id; plus 4 bytes per float32 feature
+ID_BYTES = 8  # a uint64 event id on the wire, beside 4 bytes per float32 feature
 READ_EVENTS = 1 << 16
 
 
@@ -228,7 +228,7 @@ def stream(scorer: FrameScorer | None, source: Any, hunt: HuntConfig, frame_size
             histogram.add(mjj)
         record.events += len(batch)
         record.signal += 0 if batch.labels is None else int((batch.labels == 1).sum())
-        record.bytes += len(batch) * (WIRE_BYTES_PER_EVENT + 4 * len(batch.names))
+        record.bytes += len(batch) * (ID_BYTES + 4 * len(batch.names))
         record.kept.append(batch.take(_in_range(mjj, hunt.sideband)))
     if scorer is not None:
         scorer.flush()
@@ -255,8 +255,9 @@ class EphemeralResult:
     """Everything the study measured (see :func:`markdown`)."""
 
     stream: StreamRecord
+    stream_signal_region: tuple[int, int] | None
     test_events: int
-    test_signal_region: tuple[int, int]
+    test_signal_region: tuple[int, int] | None
     checkpoint_bytes: int
     flow_bytes: int
     flow_name: str
@@ -266,9 +267,10 @@ class EphemeralResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "stream": {"events": self.stream.events, "signal": self.stream.signal, "bytes": self.stream.bytes},
+            "stream": {"events": self.stream.events, "signal": self.stream.signal, "bytes": self.stream.bytes,
+                       "signal_region": _counts_dict(self.stream_signal_region)},
             "test_events": self.test_events,
-            "test_signal_region": {"background": self.test_signal_region[0], "signal": self.test_signal_region[1]},
+            "test_signal_region": _counts_dict(self.test_signal_region),
             "checkpoint_bytes": self.checkpoint_bytes, "flow_bytes": self.flow_bytes, "flow": self.flow_name,
             "context_distribution": self.context, "samples": len(self.samples),
             "hunts": [h.to_dict() for h in self.hunts],
@@ -296,10 +298,9 @@ def run_study(spec: StreamSpec, checkpoint: Path, out_dir: Path, *, scorer: Scor
     sampled = EventBatch(np.arange(len(samples), dtype=np.uint64), samples.features.astype(np.float32),
                          samples.names)
     hunts = [bump_hunt("real stream events", real, test, hunt), bump_hunt(f"{flow.name} samples", sampled, test, hunt)]
-    sr_labels = test.labels[_in_range(test.column("mjj"), hunt.signal_region)]
     result = EphemeralResult(
-        stream=record, test_events=len(test),
-        test_signal_region=(int((sr_labels == 0).sum()), int((sr_labels == 1).sum())),
+        stream=record, stream_signal_region=_signal_region_counts(real, hunt), test_events=len(test),
+        test_signal_region=_signal_region_counts(test, hunt),
         checkpoint_bytes=checkpoint.stat().st_size, flow_bytes=flow_bytes(flow), flow_name=flow.name,
         context=samples.meta["context_distribution"], samples=samples, hunts=hunts,
     )
@@ -308,6 +309,18 @@ def run_study(spec: StreamSpec, checkpoint: Path, out_dir: Path, *, scorer: Scor
     (out_dir / "results.json").write_text(json.dumps(
         {**result.to_dict(), "spec": to_dict(spec), "hunt": to_dict(hunt)}, indent=2))
     return result
+
+
+def _signal_region_counts(events: EventBatch, hunt: HuntConfig) -> tuple[int, int] | None:
+    """(background, signal) events in the signal region, by truth; None without labels."""
+    if events.labels is None:
+        return None
+    labels = events.labels[_in_range(events.column("mjj"), hunt.signal_region)]
+    return int((labels == 0).sum()), int((labels == 1).sum())
+
+
+def _counts_dict(counts: tuple[int, int] | None) -> dict[str, int] | None:
+    return None if counts is None else {"background": counts[0], "signal": counts[1]}
 
 
 def plot_sic(hunts: list[HuntResult], path: Path) -> None:
@@ -328,13 +341,17 @@ def plot_sic(hunts: list[HuntResult], path: Path) -> None:
 def markdown(result: EphemeralResult, spec: StreamSpec, hunt: HuntConfig) -> str:
     """The study's summary: sizes, and max SIC of both hunts, as markdown."""
     rec = result.stream
-    b, s = result.test_signal_region
+    sr = f"SR {hunt.signal_region[0]:g}-{hunt.signal_region[1]:g} GeV"
+    stream_sr = ""
+    if result.stream_signal_region is not None:
+        sr_b, sr_s = result.stream_signal_region
+        stream_sr = f"; in the {sr}: {sr_b} background, {sr_s} signal (S/B {sr_s / max(sr_b, 1):.3f})"
+    b, s = result.test_signal_region or (0, 0)
     lines = [
         "# Ephemeral learning: CWoLA on the stream vs on its flow's samples", "",
         f"Stream: {spec.source}, {rec.events} events, {rec.signal} signal "
-        f"(signal fraction {rec.signal / max(rec.events, 1):.4f}). "
-        f"Held-out real test events in the SR {hunt.signal_region[0]:g}-{hunt.signal_region[1]:g} GeV: "
-        f"{b} background, {s} signal.",
+        f"(signal fraction {rec.signal / max(rec.events, 1):.4f}){stream_sr}.",
+        f"Held-out real test events in the {sr}: {b} background, {s} signal.",
         f"Samples: {len(result.samples)} from {result.flow_name}, mjj from the {result.context}.", "",
         "| CWoLA trained on | SR events | SB events | max SIC | AUC |",
         "|---|---|---|---|---|",
