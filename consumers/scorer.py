@@ -5,9 +5,18 @@ Per frame: decode (zero-copy), check its sequence number, hand it to
 send the frame's accepted events as one SELECTION message (empty ones too: the
 sink counts frames by them), record the frame's latency from the producer's send
 time, checkpoint every ``checkpoint_every`` frames, and publish telemetry about
-twice a second. END_OF_STREAM, SIGINT and SIGTERM all end the loop the same way:
-a last learning step, a checkpoint, the selections stream ended with its own
-handshake, and the ledger.
+twice a second. END_OF_STREAM, SIGINT, SIGTERM and the idle timeout all end the
+loop the same way: a last learning step, a checkpoint, the selections stream
+ended with its own handshake, and the ledger (the idle timeout then exits with its
+one-line error).
+
+Crashes: every handled frame is appended to a journal (streamflow.journal),
+emptied at each checkpoint. A scorer restarted with ``resume`` after ``kill -9``
+reads the journal: those frames were scored (their selections sent) but the
+learning from them died with the process -- "lost after processing". The frames
+that were still queued in the dead process show up as a sequence gap -- "lost in
+flight". The checkpoint carries both forward, and at END_OF_STREAM the ledger
+accounts for every frame and event the producer sent (streamflow.ledger.account_stream).
 """
 
 from __future__ import annotations
@@ -23,7 +32,8 @@ import zmq
 
 from streamflow.checkpoint import load_checkpoint, save_checkpoint
 from streamflow.errors import ConfigError, StreamflowError
-from streamflow.ledger import Ledger, SequenceTracker
+from streamflow.journal import FrameJournal
+from streamflow.ledger import Ledger, SequenceTracker, StreamAccount, account_stream
 from streamflow.sampling import HISTOGRAM_KEY, ContextHistogram
 from streamflow.score_sample import ScoreSample
 from streamflow.scorer import FrameScorer, ScorerConfig
@@ -81,8 +91,12 @@ class ConsumeStats:
     resumed_from_frame: int | None = None
     stopped: bool = False
     ended_by_producer: bool = False
+    idle_error: str | None = None
     sequence: dict[str, int] = field(default_factory=dict)
     missing_frames: dict[int, list[int]] = field(default_factory=dict)
+    lost_after_processing: dict[int, dict[int, int]] = field(default_factory=dict)
+    """stream id -> {seq: events} scored by a crashed incarnation after its last checkpoint."""
+    accounts: dict[int, StreamAccount] = field(default_factory=dict)
 
 
 class _ScorerLoop:
@@ -101,8 +115,11 @@ class _ScorerLoop:
         """The streamed mjj, checkpointed so that `streamflow sample` draws mjj as the stream had it."""
         run_dir = Path(config.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
+        self.journal = FrameJournal(run_dir / f"{config.name}.journal")
         if config.resume and config.checkpoint_path.exists():
             self._resume()
+        else:
+            self.journal.clear()
         # Counts carried over from a checkpoint, so the ledger reports this run's events only.
         self.base_scored, self.base_learned = self.scorer.events_scored, self.scorer.events_learned
         self.receiver = Receiver(ctx, config.endpoint, name=config.name, hwm=config.hwm,
@@ -121,17 +138,29 @@ class _ScorerLoop:
         if HISTOGRAM_KEY in state:
             self.mjj = ContextHistogram.from_state(state[HISTOGRAM_KEY])
         self.stats.resumed_from_frame = self.scorer.frames
+        lost = self.stats.lost_after_processing
+        for sid, frames in state.get("lost_after_processing", {}).items():
+            lost.setdefault(int(sid), {}).update({int(seq): int(n) for seq, n in frames.items()})
+        for sid, frames in self.journal.read().items():  # handled by the dead process after its checkpoint
+            next_seq, _, _ = self.tracker.segment(sid)
+            missing = set(self.tracker.missing_frames().get(sid, []))
+            lost.setdefault(sid, {}).update(
+                {seq: n for seq, n in frames.items() if seq >= next_seq or seq in missing})
+        self.checkpoint()  # carries the crash window forward before the journal is emptied
 
     def checkpoint(self) -> None:
+        lost = {str(sid): {str(seq): n for seq, n in frames.items()}
+                for sid, frames in self.stats.lost_after_processing.items()}
         save_checkpoint(self.config.checkpoint_path, {
             "scorer": self.scorer.state_dict(), "sequence": self.tracker.state_dict(),
-            HISTOGRAM_KEY: self.mjj.state_dict(),
+            HISTOGRAM_KEY: self.mjj.state_dict(), "lost_after_processing": lost,
         })
+        self.journal.clear()
         self.stats.checkpoints += 1
 
     def on_frame(self, msg: Message) -> None:
         batch = msg.batch
-        self.tracker.observe(msg.stream_id, msg.seq)
+        self.tracker.observe(msg.stream_id, msg.seq, len(batch))
         result = self.scorer.process(batch)
         selection = result.selection
         accepted = np.flatnonzero(selection.accept)
@@ -158,6 +187,7 @@ class _ScorerLoop:
             self.selections.send(parts, len(accepted))
             self.stats.selections_sent += len(accepted)
         self.latency.record(time.time_ns() - msg.send_ns)
+        self.journal.record(msg.stream_id, msg.seq, len(batch))
         every = self.config.checkpoint_every
         if every and self.scorer.frames % every == 0:
             self.checkpoint()
@@ -173,6 +203,15 @@ class _ScorerLoop:
             "device": str(self.scorer.device),
         }
 
+    def end_of_stream(self, msg: Message) -> None:
+        """Account for every frame and event of the stream the producer just ended."""
+        meta = msg.meta
+        self.stats.ended_by_producer = True
+        if isinstance(meta.get("frames"), int) and isinstance(meta.get("events"), int):
+            self.stats.accounts[msg.stream_id] = account_stream(
+                self.tracker, msg.stream_id, meta["frames"], meta["events"],
+                self.stats.lost_after_processing.get(msg.stream_id))
+
     def ledger(self) -> Ledger:
         ledger = Ledger()
         stats, receiver = self.stats, self.receiver
@@ -182,12 +221,22 @@ class _ScorerLoop:
                    "every scored event is learned from after its frame")
         ledger.add("accepted", stats.accepted, "by at least one trigger line")
         ledger.add("sent to sink", stats.selections_sent, "" if self.selections else "no sink configured")
+        lost = {sid: {"frames": sorted(frames), "events": sum(frames.values())}
+                for sid, frames in stats.lost_after_processing.items()}
         ledger.details.update(sequence=self.tracker.summary(), missing_frames=self.tracker.missing_frames(),
                               resumed_from_frame=stats.resumed_from_frame, lines=self.scorer.line_stats(),
-                              learners=self.learn_totals)
+                              learners=self.learn_totals, rejected=receiver.rejected,
+                              last_rejection=receiver.last_error, lost_after_processing=lost,
+                              streams={sid: a.to_dict() for sid, a in stats.accounts.items()})
+        ledger.notes += [account.render(sid) for sid, account in stats.accounts.items()]
+        if receiver.rejected:
+            ledger.notes.append(f"rejected {receiver.rejected} messages; last: {receiver.last_error}")
+        if stats.idle_error:
+            ledger.notes.append(f"ended: {stats.idle_error}")
         return ledger
 
     def close(self) -> None:
+        self.journal.close()
         self.receiver.close()
         if self.selections is not None:
             self.selections.close()
@@ -197,7 +246,12 @@ class _ScorerLoop:
 
 
 def run_consume(config: ConsumeConfig, stop_event: threading.Event | None = None) -> tuple[ConsumeStats, Ledger]:
-    """Run a scorer until END_OF_STREAM, ``stop_event`` or the idle timeout (a StreamflowError)."""
+    """Run a scorer until END_OF_STREAM, ``stop_event`` or the idle timeout.
+
+    The idle timeout ends the run like the others (checkpoint, ledger), then raises
+    its StreamflowError. A producer that comes back before it is picked up
+    (ZeroMQ reconnects); its frames, numbered from 0 again, open a new segment.
+    """
     stop_event = stop_event or threading.Event()
     ctx = zmq.Context()
     loop = None
@@ -208,11 +262,11 @@ def run_consume(config: ConsumeConfig, stop_event: threading.Event | None = None
             msg = loop.receiver.recv(timeout_ms=200)
             if msg is None:
                 if time.monotonic() - last_frame > config.idle_timeout:
-                    raise StreamflowError(
-                        f"no frame from {config.endpoint} for {config.idle_timeout:g} s: is the producer running?"
-                    )
+                    loop.stats.idle_error = (f"no frame from {config.endpoint} for {config.idle_timeout:g} s: "
+                                             "is the producer running?")
+                    break
             elif msg.kind == Kind.END_OF_STREAM:
-                loop.stats.ended_by_producer = True
+                loop.end_of_stream(msg)
                 break
             elif msg.kind == Kind.DATA:
                 last_frame = time.monotonic()
@@ -232,6 +286,8 @@ def run_consume(config: ConsumeConfig, stop_event: threading.Event | None = None
         loop.stats.rejected = loop.receiver.rejected
         ledger = loop.ledger()
         ledger.write(Path(config.run_dir) / f"ledger-{config.name}.json")
+        if loop.stats.idle_error:
+            raise StreamflowError(loop.stats.idle_error)
         return loop.stats, ledger
     finally:
         if loop is not None:

@@ -5,6 +5,11 @@ accepted event), so the sink sees every frame's sequence number and counts gaps.
 The path blocks rather than drops (PUSH/PULL at a high-water mark). Rows are
 flushed to disk at least every ``flush_interval`` seconds; END_OF_STREAM,
 SIGINT and SIGTERM all end with a final flush and the ledger.
+
+The sequence tracker is committed to the file with every flush, so a sink
+restarted after ``kill -9`` appends to the file and sees the frames the dead sink
+held unflushed, or had queued, as a sequence gap; at END_OF_STREAM the ledger
+compares the scorer's count of selections sent with the rows in the file.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import numpy as np
 import zmq
 
 from streamflow.errors import ConfigError, StreamflowError
-from streamflow.ledger import Ledger, SequenceTracker
+from streamflow.ledger import Ledger, SequenceTracker, StreamAccount, account_stream
 from streamflow.selections import SelectedEvents, SelectionWriter
 from streamflow.telemetry import LatencyHistogram, RateMeter, TelemetryReporter
 from streamflow.transport import Receiver, check_endpoint, connect
@@ -56,6 +61,8 @@ class SinkStats:
     frames: int = 0
     events_in: int = 0
     written: int = 0
+    rows_at_start: int = 0  # committed by an earlier sink (a restarted sink appends)
+    unwritten: int = 0  # received but not written because a write failed
     stopped: bool = False
     ended_by_scorer: bool = False
 
@@ -72,12 +79,19 @@ def _selected(msg: Message) -> SelectedEvents:
 
 def run_sink(config: SinkConfig, stop_event: threading.Event | None = None,
              run_config: dict[str, Any] | None = None) -> tuple[SinkStats, Ledger]:
-    """Write selections until END_OF_STREAM or ``stop_event``; an idle timeout is a StreamflowError."""
+    """Write selections until END_OF_STREAM or ``stop_event``.
+
+    An idle timeout or a failed write (disk full) ends the run with the file closed
+    at its last committed row and the ledger written, then raises its StreamflowError.
+    """
     stop_event = stop_event or threading.Event()
     ctx = zmq.Context()
     stats, tracker, rates = SinkStats(), SequenceTracker(), RateMeter()
     latency = LatencyHistogram()
     writer: SelectionWriter | None = None
+    account: StreamAccount | None = None
+    account_stream_id = 0
+    error: str | None = None
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     pub = connect(ctx, zmq.PUB, config.telemetry) if config.telemetry else None
@@ -96,31 +110,40 @@ def run_sink(config: SinkConfig, stop_event: threading.Event | None = None,
             msg = receiver.recv(timeout_ms=200)
             if msg is None:
                 if time.monotonic() - last > config.idle_timeout:
-                    raise StreamflowError(
-                        f"no selections from {config.endpoint} for {config.idle_timeout:g} s: is the scorer running?"
-                    )
+                    error = f"no selections from {config.endpoint} for {config.idle_timeout:g} s: is the scorer running?"
+                    break
             elif msg.kind == Kind.END_OF_STREAM:
                 stats.ended_by_scorer = True
+                if writer is not None and isinstance(msg.meta.get("frames"), int):
+                    writer.flush()  # the account compares the sender's totals with committed rows
+                    account_stream_id = msg.stream_id
+                    account = account_stream(tracker, msg.stream_id, msg.meta["frames"], msg.meta["events"])
                 break
             elif msg.kind == Kind.SELECTION:
                 last = time.monotonic()
                 if writer is None:
                     writer = SelectionWriter(run_dir / config.output, msg.batch.names, msg.line_names,
-                                             config=run_config, flush_interval=config.flush_interval)
-                tracker.observe(msg.stream_id, msg.seq)
-                writer.append(_selected(msg))
+                                             config=run_config, flush_interval=config.flush_interval,
+                                             state=lambda: {"sequence": tracker.state_dict()})
+                    tracker.load_state_dict(writer.committed_state.get("sequence", {}))
+                    stats.rows_at_start = writer.rows_written
+                tracker.observe(msg.stream_id, msg.seq, len(msg.batch))
                 stats.frames += 1
                 stats.events_in += len(msg.batch)
                 rates.add(len(msg.batch))
                 latency.record(time.time_ns() - msg.send_ns)
+                writer.append(_selected(msg))
             if writer is not None:
                 writer.maybe_flush()  # idle streams still reach the disk within flush_interval
             reporter.maybe_report(telemetry)
         stats.stopped = stop_event.is_set()
+    except StreamflowError as exc:  # a failed write: the file keeps its committed rows
+        error = str(exc)
     finally:
         if writer is not None:
+            stats.unwritten = writer.pending if writer.broken else 0
             writer.close()
-            stats.written = writer.rows_written
+            stats.written = writer.rows_written - stats.rows_at_start
         reporter.report(telemetry())
         reporter.close()
         receiver.close()
@@ -129,7 +152,18 @@ def run_sink(config: SinkConfig, stop_event: threading.Event | None = None,
         ctx.destroy(linger=0)
     ledger = Ledger()
     ledger.add("selections received", stats.events_in, f"{stats.frames} frames; {receiver.rejected} rejected")
-    ledger.add("written", stats.written, f"to {run_dir / config.output}")
-    ledger.details.update(sequence=tracker.summary(), missing_frames=tracker.missing_frames())
+    ledger.add("written", stats.written, f"to {run_dir / config.output}"
+               + (f"; {stats.unwritten} not written (write failed)" if stats.unwritten else ""))
+    ledger.details.update(sequence=tracker.summary(), missing_frames=tracker.missing_frames(),
+                          rows_at_start=stats.rows_at_start, unwritten=stats.unwritten, rejected=receiver.rejected,
+                          stream=account.to_dict() if account else None)
+    if stats.rows_at_start:
+        ledger.notes.append(f"appended to {stats.rows_at_start:,d} rows a previous sink committed")
+    if account is not None:
+        ledger.notes.append(account.render(account_stream_id) + " (processed = committed to the file)")
+    if error:
+        ledger.notes.append(f"ended: {error}")
     ledger.write(run_dir / f"ledger-{config.name}.json")
+    if error:
+        raise StreamflowError(error)
     return stats, ledger

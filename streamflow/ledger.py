@@ -7,6 +7,9 @@ arriving sequence number to a :class:`SequenceTracker`, which counts
 - reordered: frames that arrived after a later one (a gap that filled in),
 - duplicates: frames seen twice.
 
+With the sender's END_OF_STREAM totals, :func:`account_stream` places every
+frame and event: processed, lost after processing (a crashed receiver's work
+since its last checkpoint, known from its journal), or lost in flight.
 The :class:`Ledger` is the end-of-run account, stage by stage, with the reason
 for every difference; it is written to the run folder and printed.
 """
@@ -24,61 +27,157 @@ MAX_TRACKED_MISSING = 1_000_000
 
 @dataclass
 class _StreamState:
+    """One stream's current segment (a sender that starts again at seq 0 opens a new one)."""
+
     next_seq: int = 0
     missing: set[int] = field(default_factory=set)
-    lost_ranges: list[tuple[int, int]] = field(default_factory=list)
+    frames: int = 0
+    events: int = 0
 
 
 class SequenceTracker:
-    """Counts gaps, reordering and duplicates of frame sequence numbers, per stream id."""
+    """Counts gaps, reordering and duplicates of frame sequence numbers, per stream id.
+
+    A frame numbered 0 on a stream that is past 0 (and did not miss 0) means the
+    sender started again (a restarted producer): the old segment is closed -- its
+    missing frames count as ``abandoned``, lost for good -- and a new one begins.
+    Per segment it also counts the frames and events that arrived, so that with the
+    sender's END_OF_STREAM totals (:func:`account_stream`) every event is placed.
+    """
 
     def __init__(self) -> None:
         self._streams: dict[int, _StreamState] = {}
         self.frames = 0
         self.reordered = 0
         self.duplicates = 0
+        self.restarts = 0
+        self.abandoned = 0
 
-    def observe(self, stream_id: int, seq: int) -> str:
-        """Record one arrival; returns "ok", "gap", "reordered" or "duplicate"."""
+    def observe(self, stream_id: int, seq: int, events: int = 0) -> str:
+        """Record one arrival of ``events`` events; "ok", "gap", "reordered", "duplicate" or "restart"."""
         state = self._streams.setdefault(stream_id, _StreamState())
         self.frames += 1
+        outcome = "ok"
+        if seq == 0 and state.next_seq > 0 and 0 not in state.missing:
+            self.restarts += 1
+            self.abandoned += len(state.missing)
+            state = self._streams[stream_id] = _StreamState()
+            outcome = "restart"
         if seq == state.next_seq:
             state.next_seq += 1
-            return "ok"
-        if seq > state.next_seq:
-            state.lost_ranges.append((state.next_seq, seq))
+        elif seq > state.next_seq:
             if len(state.missing) + seq - state.next_seq <= MAX_TRACKED_MISSING:
                 state.missing.update(range(state.next_seq, seq))
             state.next_seq = seq + 1
-            return "gap"
-        if seq in state.missing:
+            outcome = "gap"
+        elif seq in state.missing:
             state.missing.discard(seq)
             self.reordered += 1
-            return "reordered"
-        self.duplicates += 1
-        return "duplicate"
+            outcome = "reordered"
+        else:
+            self.duplicates += 1
+            return "duplicate"
+        state.frames += 1
+        state.events += events
+        return outcome
 
     @property
     def gaps(self) -> int:
-        """Frames skipped over and not (yet) arrived."""
+        """Frames skipped over and not (yet) arrived, in the current segments."""
         return sum(len(s.missing) for s in self._streams.values())
 
     def missing_frames(self) -> dict[int, list[int]]:
         """stream id -> the sorted sequence numbers still missing."""
         return {sid: sorted(s.missing) for sid, s in self._streams.items() if s.missing}
 
+    def segment(self, stream_id: int) -> tuple[int, int, int]:
+        """(next sequence number, frames, events) of a stream's current segment."""
+        state = self._streams.get(stream_id, _StreamState())
+        return state.next_seq, state.frames, state.events
+
     def state_dict(self) -> dict[str, Any]:
-        return {str(sid): {"next_seq": s.next_seq, "missing": sorted(s.missing)} for sid, s in self._streams.items()}
+        streams = {str(sid): {"next_seq": s.next_seq, "missing": sorted(s.missing), "frames": s.frames,
+                              "events": s.events} for sid, s in self._streams.items()}
+        return {"streams": streams, "restarts": self.restarts, "abandoned": self.abandoned}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._streams = {
-            int(sid): _StreamState(next_seq=int(s["next_seq"]), missing=set(int(m) for m in s["missing"]))
-            for sid, s in state.items()
+            int(sid): _StreamState(next_seq=int(s["next_seq"]), missing=set(int(m) for m in s["missing"]),
+                                   frames=int(s.get("frames", 0)), events=int(s.get("events", 0)))
+            for sid, s in state.get("streams", {}).items()
         }
+        self.restarts, self.abandoned = int(state.get("restarts", 0)), int(state.get("abandoned", 0))
 
     def summary(self) -> dict[str, int]:
         return {"frames": self.frames, "gaps": self.gaps, "reordered": self.reordered,
-                "duplicates": self.duplicates}
+                "duplicates": self.duplicates, "restarts": self.restarts, "abandoned": self.abandoned}
+
+
+@dataclass
+class StreamAccount:
+    """Where every frame and event a sender sent went, once its END_OF_STREAM totals are known.
+
+    processed: arrived and kept (in the receiver's durable state);
+    lost_after_processing: arrived at an earlier incarnation of the receiver, which
+    died before its next checkpoint (for a scorer: scored and their selections sent,
+    but the learning from them lost) -- sequence numbers from its journal;
+    lost_in_flight: never arrived at a live receiver (in the dead process's queue
+    or socket buffers when it was killed) -- the sequence numbers the tracker found
+    missing that the journal does not hold. Events of lost-in-flight frames are what
+    remains of the sender's total. ``unaccounted_frames`` = sent frames minus all of
+    the above: zero unless the sequence numbers contradict the sender's count.
+    """
+
+    sent_frames: int
+    sent_events: int
+    processed_frames: int
+    processed_events: int
+    lost_after_processing: dict[int, int]
+    lost_in_flight: list[int]
+
+    @property
+    def lost_after_processing_events(self) -> int:
+        return sum(self.lost_after_processing.values())
+
+    @property
+    def lost_in_flight_events(self) -> int:
+        return self.sent_events - self.processed_events - self.lost_after_processing_events
+
+    @property
+    def unaccounted_frames(self) -> int:
+        return (self.sent_frames - self.processed_frames - len(self.lost_after_processing)
+                - len(self.lost_in_flight))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sent_frames": self.sent_frames, "sent_events": self.sent_events,
+            "processed_frames": self.processed_frames, "processed_events": self.processed_events,
+            "lost_after_processing": {"frames": sorted(self.lost_after_processing),
+                                      "events": self.lost_after_processing_events},
+            "lost_in_flight": {"frames": self.lost_in_flight, "events": self.lost_in_flight_events},
+            "unaccounted_frames": self.unaccounted_frames,
+        }
+
+    def render(self, stream_id: int) -> str:
+        return (f"stream {stream_id}: sent {self.sent_events:,d} events in {self.sent_frames:,d} frames = "
+                f"processed {self.processed_events:,d} + lost after processing "
+                f"{self.lost_after_processing_events:,d} ({len(self.lost_after_processing)} frames) + lost in "
+                f"flight {self.lost_in_flight_events:,d} ({len(self.lost_in_flight)} frames); "
+                f"unaccounted frames {self.unaccounted_frames}")
+
+
+def account_stream(tracker: SequenceTracker, stream_id: int, sent_frames: int, sent_events: int,
+                   lost_after_processing: dict[int, int] | None = None) -> StreamAccount:
+    """The account of one stream from the tracker's segment and the sender's END_OF_STREAM totals.
+
+    Frames the sender sent after the last one that arrived (none, when END_OF_STREAM
+    arrived on the same pipe) count as lost in flight too.
+    """
+    lost_after = dict(lost_after_processing or {})
+    next_seq, frames, events = tracker.segment(stream_id)
+    missing = set(tracker.missing_frames().get(stream_id, [])) | set(range(next_seq, sent_frames))
+    in_flight = sorted(missing - lost_after.keys())
+    return StreamAccount(sent_frames, sent_events, frames, events, lost_after, in_flight)
 
 
 @dataclass
@@ -96,6 +195,8 @@ class Ledger:
 
     stages: list[Stage] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    """Lines printed under the table (stream accounts, how the run ended)."""
 
     def add(self, name: str, events: int, note: str = "") -> None:
         self.stages.append(Stage(name, int(events), note))
@@ -108,8 +209,8 @@ class Ledger:
             diff = "" if previous is None else f"{stage.events - previous:+,d}"
             lines.append(f"{stage.name:<22}{stage.events:>14,d}{diff:>12}  {stage.note}")
             previous = stage.events
-        return "\n".join(lines)
+        return "\n".join(lines + self.notes)
 
     def write(self, path: str | Path) -> None:
-        data = {"stages": [vars(s) for s in self.stages], **self.details}
+        data = {"stages": [vars(s) for s in self.stages], "notes": self.notes, **self.details}
         Path(path).write_text(json.dumps(data, indent=2, default=str) + "\n")

@@ -8,11 +8,15 @@ Layout (one group per file, readable with plain h5py)::
     /scores     float32[n, L]    every line's score for the event (NaN: not scored)
     /features   float32[n, F]    the event's features as streamed
     /labels     int8[n]          truth label, -1 when the source had none
-    attrs: feature_names, line_names (JSON lists), config (JSON), format_version
+    attrs: feature_names, line_names (JSON lists), config (JSON), format_version,
+           rows (rows committed by the last complete flush), writer_state (JSON)
 
 Every dataset is chunked and grows along axis 0. :meth:`SelectionWriter.append`
 buffers rows in memory and writes them at least every ``flush_interval`` seconds,
 followed by an HDF5 flush, so a crash loses at most the last interval's events.
+Each flush ends by recording ``rows`` (and the writer's state, e.g. the sink's
+sequence tracker) *after* the data: a flush cut short by ``kill -9`` or a full
+disk leaves rows beyond ``rows`` that readers and a reopening writer ignore.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import h5py
 import numpy as np
@@ -30,6 +34,7 @@ from streamflow.errors import SourceError, StreamflowError
 
 FORMAT_VERSION = 1
 CHUNK_ROWS = 4096
+_COLUMNS = ("ids", "seq", "bits", "scores", "features", "labels")
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,11 @@ class SelectionWriter:
     """Appends accepted events to an HDF5 selections file, flushing at least every ``flush_interval`` s.
 
     Opening an existing file with the same feature and line names appends to it
-    (a restarted sink continues the file); different names are refused.
+    (a restarted sink continues the file, from its last committed row, with
+    ``committed_state`` as the last flush left it); different names are refused.
+    ``state``, if given, is called at every flush and its JSON-able result stored
+    with the rows it describes. After a failed write the writer is ``broken``: it
+    writes nothing more, and ``close`` only closes the file.
     """
 
     def __init__(
@@ -61,6 +70,7 @@ class SelectionWriter:
         line_names: tuple[str, ...],
         config: dict[str, Any] | None = None,
         flush_interval: float = 1.0,
+        state: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.path = Path(path)
         self.feature_names = tuple(feature_names)
@@ -69,15 +79,27 @@ class SelectionWriter:
         self._pending: list[SelectedEvents] = []
         self._last_flush = time.monotonic()
         self.rows_written = 0
+        self.broken = False
+        self._state = state
+        self.committed_state: dict[str, Any] = {}
         try:
             self._file = h5py.File(self.path, "a")
         except OSError as exc:
             raise StreamflowError(f"cannot open selections file {self.path}: {exc}") from None
         if "ids" in self._file:
             self._check_matches()
-            self.rows_written = self._file["ids"].shape[0]
+            self._reopen()
         else:
             self._create(config or {})
+
+    def _reopen(self) -> None:
+        """Continue after the last committed row, dropping the rows of a flush that never finished."""
+        attrs = self._file.attrs
+        self.rows_written = committed_rows(self._file)
+        for name in _COLUMNS:
+            if self._file[name].shape[0] != self.rows_written:
+                self._file[name].resize(self.rows_written, axis=0)
+        self.committed_state = json.loads(attrs.get("writer_state", "{}"))
 
     def _create(self, config: dict[str, Any]) -> None:
         n_features, n_lines = len(self.feature_names), len(self.line_names)
@@ -96,6 +118,7 @@ class SelectionWriter:
         attrs["feature_names"] = json.dumps(list(self.feature_names))
         attrs["line_names"] = json.dumps(list(self.line_names))
         attrs["config"] = json.dumps(config, default=str)
+        attrs["rows"] = 0
         self._file.flush()
 
     def _check_matches(self) -> None:
@@ -119,26 +142,37 @@ class SelectionWriter:
             self.flush()
 
     def flush(self) -> int:
-        """Write every queued event and flush the file; returns the rows written now."""
+        """Write every queued event and flush the file; returns the rows written now.
+
+        A failed write (disk full, file gone) is a StreamflowError; the queued
+        events stay in ``pending`` (not written) and the writer is ``broken``.
+        """
         self._last_flush = time.monotonic()
-        if not self._pending:
+        if self.broken:
+            raise StreamflowError(f"selections file {self.path} failed earlier; nothing more is written")
+        state = self._state() if self._state is not None else None
+        if not self._pending and state in (None, self.committed_state):
             return 0
-        columns = {
-            name: np.concatenate([getattr(e, name) for e in self._pending])
-            for name in ("ids", "seq", "bits", "scores", "features", "labels")
-        }
-        n = len(columns["ids"])
+        n = self.pending
         start = self.rows_written
         try:
-            for name, values in columns.items():
-                dataset = self._file[name]
-                dataset.resize(start + n, axis=0)
-                dataset[start:] = values
+            if n:
+                for name in _COLUMNS:
+                    dataset = self._file[name]
+                    dataset.resize(start + n, axis=0)
+                    dataset[start:] = np.concatenate([getattr(e, name) for e in self._pending])
+                self._file.flush()  # the rows reach the file before the count that commits them
+            self._file.attrs["rows"] = start + n
+            if state is not None:
+                self._file.attrs["writer_state"] = json.dumps(state)
             self._file.flush()
         except OSError as exc:  # disk full, file gone
+            self.broken = True
             raise StreamflowError(f"cannot write selections to {self.path}: {exc}") from None
         self._pending.clear()
         self.rows_written = start + n
+        if state is not None:
+            self.committed_state = state
         return n
 
     @property
@@ -146,18 +180,30 @@ class SelectionWriter:
         return sum(len(e) for e in self._pending)
 
     def close(self) -> None:
+        """Flush (unless broken) and close the file."""
         if self._file:
             try:
-                self.flush()
+                if not self.broken:
+                    self.flush()
             finally:
-                self._file.close()
+                try:
+                    self._file.close()
+                except OSError:  # a broken file may fail to write its metadata; committed rows stay readable
+                    pass
+
+
+def committed_rows(handle: h5py.File) -> int:
+    """Rows committed by the last complete flush (files without the count: every row)."""
+    length = min(handle[name].shape[0] for name in _COLUMNS)
+    return min(int(handle.attrs.get("rows", length)), length)
 
 
 def read_selections(path: str | Path) -> tuple[SelectedEvents, dict[str, Any]]:
     """The whole selections file as arrays, and its attributes (names and config decoded)."""
     try:
         with h5py.File(path, "r") as handle:
-            events = SelectedEvents(**{name: handle[name][...] for name in SelectedEvents.__dataclass_fields__})
+            rows = committed_rows(handle)
+            events = SelectedEvents(**{name: handle[name][:rows] for name in SelectedEvents.__dataclass_fields__})
             attrs = {
                 "feature_names": tuple(json.loads(handle.attrs["feature_names"])),
                 "line_names": tuple(json.loads(handle.attrs["line_names"])),
