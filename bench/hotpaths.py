@@ -407,9 +407,8 @@ def table(timings: list[Timing]) -> str:
     for t in timings:
         committed = committed_ratio(t.name, t.device)
         ref = "- | -" if committed is None else f"{committed:.2f} | {FACTOR * committed:.2f}"
-        rows.append(f"| {t.name} | {t.device} | {min(t.target_s) * 1e6:.0f} / {statistics.median(t.target_s) * 1e6:.0f} "
-                    f"| {min(t.baseline_s) * 1e6:.0f} / {statistics.median(t.baseline_s) * 1e6:.0f} "
-                    f"| {t.ratio:.2f} | {ref} |")
+        ours, theirs = (f"{min(s) * 1e6:.0f} / {statistics.median(s) * 1e6:.0f}" for s in (t.target_s, t.baseline_s))
+        rows.append(f"| {t.name} | {t.device} | {ours} | {theirs} | {t.ratio:.2f} | {ref} |")
     return "\n".join(rows)
 
 

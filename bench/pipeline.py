@@ -1,0 +1,275 @@
+"""The whole scorer pipeline, stage by stage and end to end, on the CPU and on CUDA when present.
+
+One command, one machine, one run:
+
+1. transport -- streamflow Sender/Receiver vs bare pyzmq PUSH/PULL over tcp loopback
+   (:func:`bench.transport.run`);
+2. decode -- ``wire.decode`` vs ``np.frombuffer`` of the same parts;
+3. score and learn per learner of the lhco preset -- ``learner.score`` / ``learner.learn``
+   vs the same network used by the plain library (:mod:`bench.hotpaths`; for the flows
+   the baseline is the nflows MAF of the same size trained by a bare Adam loop on the
+   same frames, minibatches and number of steps);
+4. rolling quantile -- per-frame update + value of the exact window and the log
+   histogram (:func:`bench.quantile.per_frame`);
+5. end to end -- ``streamflow run`` with its defaults (synthetic LHCO stream, lhco preset,
+   device auto, producer at max rate, monitor in plain mode, no report) for a bounded
+   number of events at several frame sizes; from the scorer's telemetry lines in the run
+   folder: events/s while streaming and the per-frame latency p50/p99 (producer send ->
+   scorer done with the frame; at max rate the queues are full, so this is mostly the
+   wait behind ~2 x CHILD_HWM queued frames, not the work on one frame);
+6. the floor of the flow's learn step on this device:
+
+   FLOPs. Every dense layer of the MAF (nflows MaskedLinear is an nn.Linear whose
+   weight is multiplied by its mask: the zeros cost as much as the rest) costs
+   in x out multiply-adds per event forward; the backward pass computes dL/dinput and
+   dL/dW, one product of the same size each, so a training step costs 3 x the forward
+   multiply-adds, 2 FLOPs each: F = 6 x sum(in x out) per event. Element-wise work
+   (ReLU, exp, the affine transform, log-det sum) is O(width) per layer, not counted.
+   Memory traffic. Each activation (the outputs of the dense layers, A = sum(out) per
+   event, float32) is written once forward and read once backward, and its gradient
+   written and read once: 16 A bytes per event, no caching across layers assumed.
+   Per Adam step the P parameters are read forward and backward, their gradients
+   written, and Adam reads param, grad, m, v and writes param, m, v: 10 x 4 P bytes
+   per step, shared by the batch_size events of the step.
+   Peaks are measured in the same run: a large float32 torch matmul (2 N^3 FLOPs) and a
+   large tensor copy (2 x bytes moved), best of a few, with the scorer's torch threads.
+   floor = max(F / peak FLOP/s, bytes / peak bytes/s) per event; the learn row shows
+   the measured events/s as a fraction of the floor's events/s.
+
+CPU threads: the scorer's default (all cores but three, at least one) unless --threads.
+
+    python -m bench.pipeline [--quick] [--json PATH] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench import hotpaths, quantile, transport
+from streamflow.learners import FlowConfig, build_learner
+from streamflow.presets import preset
+from streamflow.scorer import cpu_threads, resolve_device
+from streamflow.telemetry import read_jsonl
+
+SIZES = (4096, 65536)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage at one frame size: streamflow vs its baseline, events/s from the best round."""
+
+    stage: str
+    device: str
+    frame_size: int
+    events_per_s: float
+    baseline_events_per_s: float
+    ratio: float  # streamflow time / baseline time (min over rounds)
+    p50_ms: float  # streamflow, per frame
+
+
+@dataclass(frozen=True)
+class EndToEnd:
+    frame_size: int
+    events: int
+    device: str
+    events_per_s: float
+    frame_ms: float  # frame size / events per s: the scorer's time per frame
+    latency_p50_ms: float
+    latency_p99_ms: float
+    frames: int
+
+
+@dataclass(frozen=True)
+class Floor:
+    device: str
+    macs_forward: int  # per event
+    flops_step: float  # per event, forward + backward
+    bytes_step: float  # per event, activations + the weights' share
+    peak_gflops: float
+    peak_gb_per_s: float
+    floor_events_per_s: float
+    bound: str  # "compute" or "memory"
+    measured_events_per_s: float  # learn of the flow at the largest frame size
+    fraction_of_floor: float
+
+
+def stage_of(timing: hotpaths.Timing, n: int) -> Stage:
+    best, base = min(timing.target_s), min(timing.baseline_s)
+    median = sorted(timing.target_s)[len(timing.target_s) // 2]
+    return Stage(timing.name, timing.device, n, n / best, n / base, best / base, median * 1e3)
+
+
+def stages(sizes: list[int], device: str, rounds: int) -> list[Stage]:
+    """decode, then score_<learner> and learn_<learner> for every lhco learner, at every frame size."""
+    rows = []
+    for n in sizes:
+        names = ["decode", *(f"{k}_{name}" for name in hotpaths.learner_names() for k in ("score", "learn"))]
+        for name in names:
+            # learning a 64k frame takes a second or more: fewer rounds for the slow cases
+            r = max(3, rounds * 4096 // n) if name.startswith("learn") else rounds
+            rows.append(stage_of(hotpaths.measure(hotpaths.make_case(name, n, device), r, warmup=1), n))
+    return rows
+
+
+def _free_ports(count: int) -> int:
+    """A base port P with P .. P + count - 1 free on loopback."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1]
+        if base + count > 65530:
+            continue
+        try:
+            held = []
+            for port in range(base, base + count):
+                s = socket.socket()
+                held.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
+
+
+def end_to_end(frame_size: int, events: int, workdir: Path, threads: int | None) -> EndToEnd:
+    """Run ``streamflow run`` and read its scorer's telemetry lines."""
+    run_dir = workdir / f"run-{frame_size}"
+    command = [sys.executable, "-m", "commands.main", "run", "--events", str(events), "--frame-size",
+               str(frame_size), "--run-dir", str(run_dir), "--base-port", str(_free_ports(5)), "--no-report"]
+    if threads is not None:
+        command += ["--threads", str(threads)]
+    log = workdir / f"run-{frame_size}.log"
+    with open(log, "w") as out:
+        code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, timeout=1800).returncode
+    if code != 0:
+        raise RuntimeError(f"streamflow run exited with {code}; see {log}")
+    lines = sorted(read_jsonl(run_dir / "telemetry-scorer.jsonl"), key=lambda m: m["time"])
+    final = lines[-1]
+    first = next(m for m in lines if m["events"] > 0)
+    done = next(m for m in lines if m["events"] == final["events"])
+    if done["time"] > first["time"]:
+        rate = (done["events"] - first["events"]) / (done["time"] - first["time"])
+    else:  # too short a run for two telemetry lines while streaming
+        rate = final["events"] / final["uptime_s"]
+    return EndToEnd(frame_size, final["events"], final["device"], rate, frame_size / rate * 1e3,
+                    final["latency"]["p50_ms"], final["latency"]["p99_ms"], final["frames"])
+
+
+def _best_seconds(fn: Any, device: torch.device, repeats: int = 3) -> float:
+    best = math.inf
+    for _ in range(repeats + 1):  # the first call warms up
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def peaks(device: torch.device) -> tuple[float, float]:
+    """Measured float32 FLOP/s of a large matmul and bytes/s of a large copy on ``device``."""
+    n = 8192 if device.type == "cuda" else 2048
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    flops = 2 * n**3 / _best_seconds(lambda: a @ b, device)
+    count = (256 if device.type == "cuda" else 32) * 2**20  # floats: 1 GiB / 128 MiB
+    src, dst = torch.empty(count, device=device), torch.empty(count, device=device)
+    src.fill_(1.0)
+    dst.fill_(0.0)
+    bandwidth = 2 * 4 * count / _best_seconds(lambda: dst.copy_(src), device)
+    return flops, bandwidth
+
+
+def flow_floor(config: FlowConfig, device: torch.device, measured: float) -> Floor:
+    """The FLOP and memory-traffic floor of one learn step of the flow (module docstring, item 6)."""
+    learner = build_learner(config, device)
+    linears = [m for m in learner.model.modules() if isinstance(m, nn.Linear)]
+    macs = sum(m.in_features * m.out_features for m in linears)
+    activations = sum(m.out_features for m in linears)
+    params = sum(p.numel() for p in learner.model.parameters())
+    flops = 6.0 * macs
+    traffic = 16.0 * activations + 40.0 * params / config.batch_size
+    peak_flops, peak_bytes = peaks(device)
+    compute, memory = flops / peak_flops, traffic / peak_bytes
+    floor = 1.0 / max(compute, memory)
+    return Floor(device.type, macs, flops, traffic, peak_flops / 1e9, peak_bytes / 1e9, floor,
+                 "compute" if compute >= memory else "memory", measured, measured / floor)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.pipeline", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer rounds, a short transport run, two end-to-end frame sizes of 24 frames")
+    parser.add_argument("--json", metavar="PATH", help="also write every figure as JSON")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: the scorer's, all cores but three, at least one)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda[:N]")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(cpu_threads(args.threads or 0))
+    device = resolve_device(args.device)
+    rounds = 5 if args.quick else 20
+    e2e_sizes = [1024, 4096] if args.quick else [1024, 4096, 16384]
+    e2e_frames = 24 if args.quick else 64
+    print(f"streamflow pipeline benchmark, {hotpaths.machine()}, torch threads {torch.get_num_threads()}, "
+          f"device {device}")
+
+    moved = transport.run(2_000_000 if args.quick else 10_000_000, list(SIZES), ["tcp"], 1 if args.quick else 3)
+    print("\ntransport (tcp loopback, 16 float32 + uint64 id per event, best run)")
+    print(transport.table(moved))
+
+    rows = stages(list(SIZES), str(device), rounds)
+    print(quantile._table("\nper-frame stages vs baselines (events/s of the best round; ratio = time / baseline "
+                          "time)", rows, [
+        ("stage", "stage", ""), ("device", "device", ""), ("frame", "frame_size", ","),
+        ("events/s", "events_per_s", ",.0f"), ("baseline events/s", "baseline_events_per_s", ",.0f"),
+        ("ratio", "ratio", ".2f"), ("p50 ms", "p50_ms", ".3f")]))
+
+    windows = [preset(hotpaths.PRESET).lines[0].window, 1_000_000]
+    rolling = quantile.per_frame(windows, 50 if args.quick else 200)
+    print(quantile._table(f"\nrolling quantile: update({quantile.FRAME} events) + value(), window full", rolling, [
+        ("W", "window", ","), ("estimator", "estimator", ""), ("p50 us", "p50_us", ".0f"),
+        ("p99 us", "p99_us", ".0f"), ("ns/event", "ns_per_event", ".1f")]))
+
+    with tempfile.TemporaryDirectory(prefix="sfpipe") as tmp:
+        runs = [end_to_end(n, n * e2e_frames, Path(tmp), args.threads) for n in e2e_sizes]
+    print(quantile._table("\nend to end: streamflow run (defaults, max rate), scorer telemetry", runs, [
+        ("frame", "frame_size", ","), ("events", "events", ","), ("device", "device", ""),
+        ("events/s", "events_per_s", ",.0f"), ("ms/frame", "frame_ms", ".1f"),
+        ("latency p50 ms", "latency_p50_ms", ",.0f"), ("p99 ms", "latency_p99_ms", ",.0f")]))
+
+    flow = next(c for c in preset(hotpaths.PRESET).learners if isinstance(c, FlowConfig))
+    learn = next(r for r in rows if r.stage == f"learn_{flow.name}" and r.frame_size == max(SIZES))
+    floor = flow_floor(flow, device, learn.events_per_s)
+    print(quantile._table(f"\nfloor of the {flow.name} learn step (see the module docstring)", [floor], [
+        ("device", "device", ""), ("MAC/ev fwd", "macs_forward", ","), ("FLOP/ev step", "flops_step", ",.0f"),
+        ("B/ev step", "bytes_step", ",.0f"), ("peak GFLOP/s", "peak_gflops", ".1f"),
+        ("peak GB/s", "peak_gb_per_s", ".1f"), ("floor ev/s", "floor_events_per_s", ",.0f"),
+        ("bound", "bound", ""), ("measured ev/s", "measured_events_per_s", ",.0f"),
+        ("of floor", "fraction_of_floor", ".1%")]))
+
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "machine": hotpaths.machine(), "threads": torch.get_num_threads(), "device": str(device),
+            "quick": args.quick, "transport": [asdict(r) for r in moved], "stages": [asdict(r) for r in rows],
+            "rolling_quantile": [asdict(r) for r in rolling], "end_to_end": [asdict(r) for r in runs],
+            "flow_learn_floor": asdict(floor),
+        }, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
