@@ -46,7 +46,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
+import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -66,6 +67,7 @@ from streamflow.scorer import cpu_threads, resolve_device
 from streamflow.telemetry import read_jsonl
 
 SIZES = (4096, 65536)
+BIND_TRIES = 3
 
 
 @dataclass(frozen=True)
@@ -125,20 +127,16 @@ def stages(sizes: list[int], device: str, rounds: int) -> list[Stage]:
     return rows
 
 
-def _free_ports(count: int) -> int:
-    """A base port P with P .. P + count - 1 free on loopback."""
+def _free_ports(count: int, rng: random.Random) -> int:
+    """A base port P with P .. P + count - 1 free on loopback, below Linux's ephemeral range
+    (32768+), where outgoing connections of other processes take ports at any moment."""
     while True:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + count > 65530:
-            continue
+        base = rng.randrange(20000, 32000 - count)
+        held: list[socket.socket] = []
         try:
-            held = []
             for port in range(base, base + count):
-                s = socket.socket()
-                held.append(s)
-                s.bind(("127.0.0.1", port))
+                held.append(socket.socket())
+                held[-1].bind(("127.0.0.1", port))
             return base
         except OSError:
             continue
@@ -151,20 +149,28 @@ def end_to_end(frame_size: int, events: int, workdir: Path, threads: int | None)
     """Run ``streamflow run`` and read its scorer's telemetry lines."""
     run_dir = workdir / f"run-{frame_size}"
     command = [sys.executable, "-m", "commands.main", "run", "--events", str(events), "--frame-size",
-               str(frame_size), "--run-dir", str(run_dir), "--base-port", str(_free_ports(5)), "--no-report"]
+               str(frame_size), "--run-dir", str(run_dir), "--no-report"]
     if threads is not None:
         command += ["--threads", str(threads)]
     log = workdir / f"run-{frame_size}.log"
-    with open(log, "w") as out:
-        code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, timeout=1800).returncode
+    rng = random.Random()
+    for _ in range(BIND_TRIES):  # a port taken between the check and the bind: try other ports
+        shutil.rmtree(run_dir, ignore_errors=True)
+        ports = ["--base-port", str(_free_ports(5, rng))]
+        with open(log, "w") as out:
+            code = subprocess.run(command + ports, stdout=out, stderr=subprocess.STDOUT, timeout=1800).returncode
+        if code == 0 or "address already in use" not in log.read_text():
+            break
     if code != 0:
         raise RuntimeError(f"streamflow run exited with {code}; see {log}")
     lines = sorted(read_jsonl(run_dir / "telemetry-scorer.jsonl"), key=lambda m: m["time"])
     final = lines[-1]
-    first = next(m for m in lines if m["events"] > 0)
-    done = next(m for m in lines if m["events"] == final["events"])
-    if done["time"] > first["time"]:
-        rate = (done["events"] - first["events"]) / (done["time"] - first["time"])
+    # Lines written while streaming come right after a frame; the last line also holds the
+    # final flush, checkpoint and END_OF_STREAM handshake, so it is left out of the rate.
+    streaming = [m for m in lines[:-1] if 0 < m["events"] < final["events"]]
+    if len(streaming) >= 2 and streaming[-1]["time"] > streaming[0]["time"]:
+        first, last = streaming[0], streaming[-1]
+        rate = (last["events"] - first["events"]) / (last["time"] - first["time"])
     else:  # too short a run for two telemetry lines while streaming
         rate = final["events"] / final["uptime_s"]
     return EndToEnd(frame_size, final["events"], final["device"], rate, frame_size / rate * 1e3,
