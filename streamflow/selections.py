@@ -15,13 +15,23 @@ Every dataset is chunked and grows along axis 0. :meth:`SelectionWriter.append`
 buffers rows in memory and writes them at least every ``flush_interval`` seconds,
 followed by an HDF5 flush, so a crash loses at most the last interval's events.
 Each flush ends by recording ``rows`` (and the writer's state, e.g. the sink's
-sequence tracker) *after* the data: a flush cut short by ``kill -9`` or a full
-disk leaves rows beyond ``rows`` that readers and a reopening writer ignore.
+sequence tracker) *after* the data: a flush cut short by ``kill -9`` leaves rows
+beyond ``rows`` that readers and a reopening writer ignore.
+
+A full disk is different: HDF5 that fails in the middle of a write leaves a file
+it cannot open again ("truncated file"). So before each flush the writer checks
+that the flush fits -- its rows plus one new chunk per dataset plus a margin for
+metadata, against the free space of the file system (``statvfs``) and the
+process's file-size limit (``RLIMIT_FSIZE``) -- and refuses with a clear error
+while the file is still whole. (A disk filled by another process between the
+check and the write can still break the file.)
 """
 
 from __future__ import annotations
 
 import json
+import os
+import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +45,8 @@ from streamflow.errors import SourceError, StreamflowError
 FORMAT_VERSION = 1
 CHUNK_ROWS = 4096
 _COLUMNS = ("ids", "seq", "bits", "scores", "features", "labels")
+METADATA_MARGIN = 1 << 20
+"""Bytes kept free beyond a flush's rows and chunks, for HDF5's metadata (B-tree nodes, attributes)."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +167,7 @@ class SelectionWriter:
             return 0
         n = self.pending
         start = self.rows_written
+        self._check_room(n)
         try:
             if n:
                 for name in _COLUMNS:
@@ -166,7 +179,7 @@ class SelectionWriter:
             if state is not None:
                 self._file.attrs["writer_state"] = json.dumps(state)
             self._file.flush()
-        except OSError as exc:  # disk full, file gone
+        except (OSError, RuntimeError) as exc:  # file gone, or a disk filled since the room check
             self.broken = True
             raise StreamflowError(f"cannot write selections to {self.path}: {exc}") from None
         self._pending.clear()
@@ -174,6 +187,22 @@ class SelectionWriter:
         if state is not None:
             self.committed_state = state
         return n
+
+    def _check_room(self, rows: int) -> None:
+        """StreamflowError (and ``broken``) if writing ``rows`` rows might not fit on the disk."""
+        row_bytes = 8 + 8 + 8 + 4 * len(self.line_names) + 4 * len(self.feature_names) + 1
+        need = (rows + CHUNK_ROWS) * row_bytes + METADATA_MARGIN
+        stat = os.statvfs(self.path.parent)
+        free = stat.f_bavail * stat.f_frsize
+        limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+        if limit != resource.RLIM_INFINITY:
+            free = min(free, limit - os.path.getsize(self.path))
+        if free < need:
+            self.broken = True
+            raise StreamflowError(
+                f"cannot write selections to {self.path}: disk full ({free / 1e6:.2f} MB left, the next flush "
+                f"needs up to {need / 1e6:.2f} MB); the file keeps its {self.rows_written:,d} rows"
+            )
 
     @property
     def pending(self) -> int:

@@ -11,7 +11,10 @@ END_OF_STREAM reaches only one of several receivers. Instead the sender, after i
 last frame, sends END_OF_STREAM on the data socket every ``interval_s`` until every
 receiver that said HELLO (and at least one) has answered ACK with its frame and
 event counts. An END_OF_STREAM on a pipe arrives after every data frame on that
-pipe, so an ACK proves that receiver has everything that was sent to it.
+pipe, so an ACK proves that receiver has everything that was sent to it. A
+receiver that said HELLO and then died (``kill -9``) is not waited for: the
+control socket is a mandatory-routing ROUTER, so a probe to a peer whose
+connection is gone fails at once (EHOSTUNREACH) and the sender forgets it.
 
 These are library helpers (no process loops): :class:`Sender` and
 :class:`Receiver` wrap the two sides so a producer, scorer or sink loop only calls
@@ -183,6 +186,7 @@ class Sender(_SocketPair):
         except ConfigError:
             self.data.close()
             raise
+        self.control.router_mandatory = 1  # sending to a departed receiver raises EHOSTUNREACH
         self._hellos: dict[bytes, str] = {}
         self._acks: dict[bytes, dict[str, Any]] = {}
 
@@ -241,11 +245,24 @@ class Sender(_SocketPair):
             except zmq.Again:
                 pass  # queues are full or no receiver yet; try again next round
             self._read_control(int(interval_s * 1000))
+            self._forget_departed()
             if self._acks and self._hellos.keys() <= self._acks.keys():
                 acks = {self._hellos[rid]: meta for rid, meta in self._acks.items()}
                 return EndOfStream(acks, time.monotonic() - start, sent)
             if time.monotonic() - start > timeout_s:
                 raise HandshakeError(self._silence(timeout_s))
+
+    def _forget_departed(self) -> None:
+        """Drop receivers that said HELLO but whose connection is gone (a crashed process never ACKs)."""
+        for routing_id in [rid for rid in self._hellos if rid not in self._acks]:
+            try:
+                self.control.send_multipart([routing_id, b""], flags=zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # connected, its queue full: still there
+            except zmq.ZMQError as exc:
+                if exc.errno != zmq.EHOSTUNREACH:
+                    raise
+                del self._hellos[routing_id]
 
     def _silence(self, timeout_s: float) -> str:
         if not self._hellos:
