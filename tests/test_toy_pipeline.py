@@ -16,6 +16,12 @@ events by its own residual error alone -- a variance error of any size ranks by
 More events shrink the error, not the AUC's spread around 0.5. What is asserted
 there is what a user relies on: the score is flat -- no separation in nats and a
 spread far below the other frames' -- and it ranks between the other two frames.
+
+CWoLA in the tanh_shift frame is inside the tolerance with little room: it sat
+0.024-0.030 below 0.841 in every run measured (seeds 0-2, 300k and 600k events,
+other learning rates, batch sizes, widths and EMA horizons alike), a bias of the
+small MLP where tanh squeezes the signal region against y = 1 (the learnt logit
+there grows too slowly with x), not a lack of events.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ def toy_run(tmp_path_factory):
     """(coordinates.json, output folder) of one pipeline run over 300k toy events."""
     out = tmp_path_factory.mktemp("toy") / "study"
     result = streamflow("coordinates", "--source", "gaussian", "--events", "300000", "--device", "cpu",
-                        "--out", str(out), "--base-port", str(free_port_block()), timeout=600)
+                        "--threads", "1", "--out", str(out), "--base-port", str(free_port_block()), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((out / "coordinates.json").read_text()), out
 
@@ -84,7 +90,7 @@ def test_exact_values_beside_the_measured_ones_are_the_papers(toy_run):
 
 def test_flow_in_the_normal_cdf_frame_is_flat(toy_run):
     """Scored on fresh held-out events with the checkpointed flows: the CDF-frame score is blind."""
-    _, learners = load_learners(toy_run[1] / "run" / "scorer.ckpt.pt")
+    learners = load_learners(toy_run[1] / "run" / "scorer.ckpt.pt")
     batch = next(GaussianToy(seed=777, n_events=100_000).chunks(100_000))
     flows = {name: learners[name] for name in ("flow_identity", "flow_cdf", "flow_tanh")}
     scores = score_events(flows, batch)

@@ -10,8 +10,8 @@ the final models of a stream:
   >= 10 background events) on an evaluation sample with truth labels, and, for the
   Gaussian toy, the value an exact model has;
 - per learner kind and pair of frames: the fraction of the top-q selection in one
-  frame that is also selected in the other (the same number of events is selected in
-  each, so the fraction is symmetric), on background events only (the trigger's
+  frame that is also selected in the other (symmetric when both score the same
+  events, as they then select as many), on background events only (the trigger's
   accept set when there is no signal; the source paper finds about 20% for top-1%
   selections of a flow in m and in log m on LHCO).
 
@@ -78,6 +78,9 @@ class LearnerFigures:
     auc: float
     max_sic: float
     exact_auc: float | None
+    background_iqr: float
+    """Interquartile range of the background's scores: how much the score varies at all
+    (a flow's is in nats; a flat exact density, as the toy's in the normal_cdf frame, has 0)."""
 
 
 @dataclass(frozen=True)
@@ -104,9 +107,6 @@ class CoordinateStudy:
     overlaps: list[Overlap]
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
-    def figures(self, name: str) -> LearnerFigures:
-        return next(f for f in self.learners if f.name == name)
-
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready figures (no curves)."""
         return {
@@ -115,15 +115,15 @@ class CoordinateStudy:
         }
 
 
-def load_learners(checkpoint: str | Path, device: str = "cpu") -> tuple[ScorerConfig, dict[str, TorchLearner]]:
-    """The scorer config and trained learners of a scorer checkpoint (``streamflow run`` / ``consume``)."""
+def load_learners(checkpoint: str | Path, device: str = "cpu") -> dict[str, TorchLearner]:
+    """The trained learners of a scorer checkpoint (``streamflow run`` / ``consume``), by name."""
     state = load_checkpoint(checkpoint, device)
     if not isinstance(state.get("scorer"), dict) or "config" not in state["scorer"]:
         raise ConfigError(f"{checkpoint}: not a scorer checkpoint (no scorer config in it)")
     config = ScorerConfig.from_tables(state["scorer"]["config"], where=f"{checkpoint} scorer")
     scorer = FrameScorer(ScorerConfig(config.learners, config.lines, device=device, threads=config.threads))
     scorer.load_state_dict(state["scorer"])
-    return config, scorer.learners
+    return scorer.learners
 
 
 def score_events(learners: Mapping[str, TorchLearner], events: EventBatch) -> dict[str, np.ndarray]:
@@ -152,6 +152,7 @@ def run_study(learners: Mapping[str, TorchLearner], events: EventBatch, *, sourc
     labels = events.labels
     both_classes = 0 < int((labels == 1).sum()) < len(labels)
     figures, curves = [], {}
+    background = labels == 0
     for name, learner in learners.items():
         kind = learner.config.kind
         if both_classes:
@@ -160,11 +161,12 @@ def run_study(learners: Mapping[str, TorchLearner], events: EventBatch, *, sourc
             curves[name] = (eff_b, eff_s)
         else:
             auc = sic = math.nan
+        finite = scores[name][background & np.isfinite(scores[name])]
+        iqr = float(np.subtract(*np.percentile(finite, [75, 25]))) if len(finite) else math.nan
         figures.append(LearnerFigures(name, kind, learner.frame, auc, sic,
-                                      toy_exact_auc(kind, learner.frame) if exact else None))
-    background = labels == 0
+                                      toy_exact_auc(kind, learner.frame) if exact else None, iqr))
     overlaps = []
-    # Both selections hold the same number of events, so the shared fraction is symmetric in a and b.
+    # Learners that score the same events select as many: the shared fraction is then symmetric.
     for a, b in itertools.combinations(learners.values(), 2):
         if a.config.kind == b.config.kind and a.frame != b.frame and a.features == b.features:
             top = metrics.top_fraction(scores[a.name][background], q)
@@ -185,13 +187,14 @@ def markdown(study: CoordinateStudy) -> str:
         f"# Coordinate study: {study.source}", "",
         f"Final models of the stream, scored on {study.events:,} evaluation events{truth}; "
         "an event a learner does not score (NaN, e.g. CWoLA outside its sideband) counts as never selected.", "",
-        "| learner | kind | frame | AUC | exact-model AUC | AUC - exact | max SIC |",
-        "|---|---|---|---|---|---|---|",
+        "| learner | kind | frame | AUC | exact-model AUC | AUC - exact | max SIC | background score IQR |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for f in study.learners:
         gap = None if f.exact_auc is None or math.isnan(f.auc) else f.auc - f.exact_auc
         lines.append(f"| {f.name} | {f.kind} | {f.frame} | {_number(f.auc)} | {_number(f.exact_auc)} | "
-                     f"{'-' if gap is None else f'{gap:+.3f}'} | {_number(f.max_sic, 2)} |")
+                     f"{'-' if gap is None else f'{gap:+.3f}'} | {_number(f.max_sic, 2)} | "
+                     f"{_number(f.background_iqr)} |")
     if study.overlaps:
         q = study.overlaps[0].q
         lines += [
@@ -211,9 +214,11 @@ def plot_roc(study: CoordinateStudy, path: str | Path) -> bool:
     figure = Figure(figsize=(6.4, 4.6), layout="constrained")
     ax = figure.subplots()
     styles = {"identity": "-", "normal_cdf": "--", "tanh_shift": ":", "log_mass": "--"}
-    for f in study.learners:
+    colors = {"flow": "tab:blue", "autoencoder": "tab:orange", "cwola": "tab:green"}
+    for f in study.learners:  # colour: learner kind; line style: frame
         eff_b, eff_s = study.curves[f.name]
-        ax.plot(eff_s, 1.0 - eff_b, ls=styles.get(f.frame, "-."), label=f"{f.name} ({f.frame}) AUC {f.auc:.3f}")
+        ax.plot(eff_s, 1.0 - eff_b, ls=styles.get(f.frame, "-."), color=colors.get(f.kind),
+                label=f"{f.name} ({f.frame}) AUC {f.auc:.3f}")
     ax.plot([0, 1], [1, 0], color="grey", lw=0.8, label="random")
     ax.set_xlabel("signal efficiency")
     ax.set_ylabel("background rejection (1 - eff_B)")
@@ -221,12 +226,4 @@ def plot_roc(study: CoordinateStudy, path: str | Path) -> bool:
     ax.legend(fontsize=7, loc="lower left")
     figure.savefig(path, dpi=110)
     return True
-
-
-def overlap_between(study: CoordinateStudy, a: str, b: str) -> Overlap:
-    """The overlap of learner a's selection with learner b's."""
-    for o in study.overlaps:
-        if (o.a, o.b) == (a, b):
-            return o
-    raise KeyError(f"no overlap of {a!r} with {b!r} in the study")
 
