@@ -1,0 +1,216 @@
+"""Soak: a long stream with the scorer killed (``kill -9``) again and again, resumed each time.
+
+A `streamflow replay` producer sends ``--events`` Gaussian-toy events as fast as
+the scorer takes them. A `streamflow consume` scorer (one small autoencoder,
+checkpoint every ``--checkpoint-every`` frames) is killed ``--kills`` times at
+random moments (``--min-gap`` to ``--max-gap`` seconds after it starts scoring)
+and restarted with ``--resume`` each time; the last incarnation runs to the end
+of the stream. Then the final ledger must account for every event the producer
+sent:
+
+    sent = processed + lost after processing (scored by a killed scorer after its
+           last checkpoint: its journal) + lost in flight (queued in the killed
+           scorer: the sequence gaps, whole frames of ``--frame-size`` events)
+
+and "unaccounted" -- what is left -- must be zero. Meanwhile the resident memory
+(RSS) of the producer and of every scorer incarnation is sampled twice a second;
+the report gives each one's RSS after warm-up and at its end, so growth over a
+long run shows (the last incarnation runs the longest).
+
+    python -m bench.soak [--events 3000000] [--kills 5] [--frame-size 1000] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.fuzz import SMALL_SCORER_TOML
+
+STREAMFLOW = [sys.executable, "-m", "commands.main"]
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident memory of a live process in MB (None once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+@dataclass
+class MemoryTrace:
+    """RSS samples of one process: (seconds since start, MB)."""
+
+    name: str
+    samples: list[tuple[float, float]] = field(default_factory=list)
+
+    def summary(self, warmup_fraction: float = 0.2) -> dict[str, float]:
+        """RSS at the end of the first ``warmup_fraction`` of the process's life, at its end, and the peak."""
+        if not self.samples:
+            return {}
+        end = self.samples[-1][0]
+        warm = next(mb for t, mb in self.samples if t >= warmup_fraction * end)
+        last = self.samples[-1][1]
+        return {"seconds": round(end, 1), "rss_after_warmup_mb": round(warm, 1), "rss_end_mb": round(last, 1),
+                "rss_peak_mb": round(max(mb for _, mb in self.samples), 1), "growth_mb": round(last - warm, 1)}
+
+
+class MemorySampler(threading.Thread):
+    """Samples the RSS of the processes it is given, twice a second, until stopped."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.traces: dict[int, tuple[float, MemoryTrace]] = {}
+        self.stop = threading.Event()
+
+    def watch(self, pid: int, name: str) -> MemoryTrace:
+        trace = MemoryTrace(name)
+        self.traces[pid] = (time.monotonic(), trace)
+        return trace
+
+    def run(self) -> None:
+        while not self.stop.wait(0.5):
+            for pid, (start, trace) in list(self.traces.items()):
+                mb = rss_mb(pid)
+                if mb is not None:
+                    trace.samples.append((time.monotonic() - start, mb))
+
+
+def journal_lines(run_dir: Path) -> int:
+    path = run_dir / "scorer.journal"
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def wait_until(condition, timeout: float, what: str) -> None:  # noqa: ANN001 -- a zero-argument callable
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def soak(events: int, kills: int, frame_size: int, checkpoint_every: int, min_gap: float, max_gap: float,
+         run_dir: Path, seed: int, timeout: float) -> dict:
+    rng = random.Random(seed)
+    toml = run_dir / "scorer.toml"
+    toml.write_text(SMALL_SCORER_TOML)
+    endpoint = f"ipc://{run_dir}/data"
+    scorer_args = [*STREAMFLOW, "consume", "--config", str(toml), "--endpoint", endpoint, "--run-dir",
+                   str(run_dir / "scorer"), "--checkpoint-every", str(checkpoint_every), "--idle-timeout", "120"]
+    logs = run_dir / "logs"
+    logs.mkdir()
+    sampler = MemorySampler()
+    sampler.start()
+    processes: list[subprocess.Popen] = []
+    deadline = time.monotonic() + timeout
+
+    def launch(args: list[str], name: str) -> tuple[subprocess.Popen, MemoryTrace]:
+        log = open(logs / f"{name}.log", "w")
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        processes.append(proc)
+        return proc, sampler.watch(proc.pid, name)
+
+    start = time.monotonic()
+    try:
+        producer, producer_trace = launch(
+            [*STREAMFLOW, "replay", "gaussian", "--events", str(events), "--frame-size", str(frame_size),
+             "--endpoint", endpoint, "--eos-timeout", "300"], "producer")
+        incarnations: list[MemoryTrace] = []
+        kill_times: list[float] = []
+        for n in range(kills + 1):
+            scorer, trace = launch(scorer_args + (["--resume"] if n else []), f"scorer-{n}")
+            incarnations.append(trace)
+            if n == kills:
+                scorer.wait(max(1.0, deadline - time.monotonic()))
+                break
+            scored_before = journal_lines(run_dir / "scorer")
+            wait_until(lambda: journal_lines(run_dir / "scorer") > scored_before or scorer.poll() is not None,
+                       max(1.0, deadline - time.monotonic()), f"scorer {n} to score")
+            time.sleep(rng.uniform(min_gap, max_gap))
+            if producer.poll() is not None or scorer.poll() is not None:
+                raise RuntimeError("the stream ended before every kill: use more --events or fewer --kills")
+            scorer.send_signal(signal.SIGKILL)
+            scorer.wait(10)
+            kill_times.append(round(time.monotonic() - start, 1))
+        producer.wait(max(1.0, deadline - time.monotonic()))
+    finally:
+        for proc in processes:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        sampler.stop.set()
+        sampler.join(5)
+    seconds = time.monotonic() - start
+    if scorer.returncode != 0 or producer.returncode != 0:
+        raise RuntimeError(f"scorer exit {scorer.returncode}, producer exit {producer.returncode}: see {logs}")
+
+    ledger = json.loads((run_dir / "scorer" / "ledger-scorer.json").read_text())
+    account = ledger["streams"]["0"]
+    after, in_flight = account["lost_after_processing"], account["lost_in_flight"]
+    in_flight_events = frame_size * len(in_flight["frames"])  # whole frames: counted, not inferred
+    return {
+        "events_sent": account["sent_events"], "frames_sent": account["sent_frames"],
+        "events_processed": account["processed_events"],
+        "lost_after_processing": {"events": after["events"], "frames": len(after["frames"])},
+        "lost_in_flight": {"events": in_flight_events, "frames": len(in_flight["frames"])},
+        "unaccounted_events": account["sent_events"] - account["processed_events"] - after["events"]
+        - in_flight_events,
+        "unaccounted_frames": account["unaccounted_frames"],
+        "faults_injected": {"scorer_kill_9": len(kill_times), "at_s": kill_times},
+        "seconds": round(seconds, 1), "events_per_s": round(events / seconds),
+        "memory": {"producer": producer_trace.summary(),
+                   **{trace.name: trace.summary() for trace in incarnations}},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=3_000_000)
+    parser.add_argument("--kills", type=int, default=5)
+    parser.add_argument("--frame-size", type=int, default=1000)
+    parser.add_argument("--checkpoint-every", type=int, default=20, metavar="FRAMES")
+    parser.add_argument("--min-gap", type=float, default=2.0, help="seconds of scoring before a kill, at least")
+    parser.add_argument("--max-gap", type=float, default=5.0, help="seconds of scoring before a kill, at most")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=1800, help="give up after this many seconds")
+    parser.add_argument("--json", help="write the figures here too")
+    args = parser.parse_args(argv)
+    if args.events % args.frame_size:
+        parser.error("--events must be a multiple of --frame-size (frames lost in flight are counted whole)")
+    with tempfile.TemporaryDirectory() as tmp:
+        result = soak(args.events, args.kills, args.frame_size, args.checkpoint_every, args.min_gap, args.max_gap,
+                      Path(tmp), args.seed, args.timeout)
+    after, flight = result["lost_after_processing"], result["lost_in_flight"]
+    print(f"sent {result['events_sent']:,d} events ({result['frames_sent']:,d} frames) in {result['seconds']} s; "
+          f"faults injected: {result['faults_injected']['scorer_kill_9']} scorer kill -9 "
+          f"at {result['faults_injected']['at_s']} s")
+    print(f"processed {result['events_processed']:,d}; lost after processing {after['events']:,d} "
+          f"({after['frames']} frames); lost in flight {flight['events']:,d} ({flight['frames']} frames); "
+          f"unaccounted events {result['unaccounted_events']}, frames {result['unaccounted_frames']}")
+    for name, memory in result["memory"].items():
+        print(f"  RSS {name:<10} {memory.get('seconds', 0):>6} s: after warm-up {memory.get('rss_after_warmup_mb')} MB, "
+              f"end {memory.get('rss_end_mb')} MB, peak {memory.get('rss_peak_mb')} MB, "
+              f"growth {memory.get('growth_mb')} MB")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    ok = result["unaccounted_events"] == 0 and result["unaccounted_frames"] == 0
+    print("OK: zero unaccounted" if ok else "FAILED: unaccounted events")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
