@@ -14,8 +14,9 @@ sent:
 
 and "unaccounted" -- what is left -- must be zero. Meanwhile the resident memory
 (RSS) of the producer and of every scorer incarnation is sampled twice a second;
-the report gives each one's RSS after warm-up and at its end, so growth over a
-long run shows (the last incarnation runs the longest).
+the report gives each one's RSS a quarter into its life (after imports, JIT
+compilation and the first frames) and at its end: growth over a long run shows
+in the last incarnation, which runs the longest (its events are in the report).
 
     python -m bench.soak [--events 3000000] [--kills 5] [--frame-size 1000] [--json out.json]
 """
@@ -57,7 +58,7 @@ class MemoryTrace:
     name: str
     samples: list[tuple[float, float]] = field(default_factory=list)
 
-    def summary(self, warmup_fraction: float = 0.2) -> dict[str, float]:
+    def summary(self, warmup_fraction: float = 0.25) -> dict[str, float]:
         """RSS at the end of the first ``warmup_fraction`` of the process's life, at its end, and the peak."""
         if not self.samples:
             return {}
@@ -89,9 +90,18 @@ class MemorySampler(threading.Thread):
                     trace.samples.append((time.monotonic() - start, mb))
 
 
-def journal_lines(run_dir: Path) -> int:
-    path = run_dir / "scorer.journal"
-    return path.read_bytes().count(b"\n") if path.exists() else 0
+def has_scored(telemetry: Path, pid: int) -> bool:
+    """Whether process ``pid`` reported scored events in the scorer's telemetry file."""
+    if not telemetry.exists():
+        return False
+    for line in telemetry.read_text().splitlines():
+        try:
+            stats = json.loads(line)
+        except ValueError:  # a line being written
+            continue
+        if stats.get("pid") == pid and stats.get("events", 0) > 0:
+            return True
+    return False
 
 
 def wait_until(condition, timeout: float, what: str) -> None:  # noqa: ANN001 -- a zero-argument callable
@@ -137,12 +147,15 @@ def soak(events: int, kills: int, frame_size: int, checkpoint_every: int, min_ga
             if n == kills:
                 scorer.wait(max(1.0, deadline - time.monotonic()))
                 break
-            scored_before = journal_lines(run_dir / "scorer")
-            wait_until(lambda: journal_lines(run_dir / "scorer") > scored_before or scorer.poll() is not None,
+            telemetry = run_dir / "scorer" / "telemetry-scorer.jsonl"
+            wait_until(lambda: has_scored(telemetry, scorer.pid) or scorer.poll() is not None,
                        max(1.0, deadline - time.monotonic()), f"scorer {n} to score")
             time.sleep(rng.uniform(min_gap, max_gap))
-            if producer.poll() is not None or scorer.poll() is not None:
-                raise RuntimeError("the stream ended before every kill: use more --events or fewer --kills")
+            for proc, name in ((producer, "producer"), (scorer, f"scorer-{n}")):
+                if proc.poll() is not None:
+                    tail = (logs / f"{name}.log").read_text()[-600:]
+                    raise RuntimeError(f"{name} ended (exit {proc.returncode}) before kill {n + 1} of {kills}: "
+                                       f"use more --events or fewer --kills\n{tail}")
             scorer.send_signal(signal.SIGKILL)
             scorer.wait(10)
             kill_times.append(round(time.monotonic() - start, 1))
@@ -172,6 +185,7 @@ def soak(events: int, kills: int, frame_size: int, checkpoint_every: int, min_ga
         "unaccounted_frames": account["unaccounted_frames"],
         "faults_injected": {"scorer_kill_9": len(kill_times), "at_s": kill_times},
         "seconds": round(seconds, 1), "events_per_s": round(events / seconds),
+        "last_scorer_events": next(s["events"] for s in ledger["stages"] if s["name"] == "scored"),
         "memory": {"producer": producer_trace.summary(),
                    **{trace.name: trace.summary() for trace in incarnations}},
     }
@@ -188,12 +202,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=1800, help="give up after this many seconds")
     parser.add_argument("--json", help="write the figures here too")
+    parser.add_argument("--run-dir", help="keep the run's files (logs, ledger, checkpoint) here (default: a temporary folder)")
     args = parser.parse_args(argv)
     if args.events % args.frame_size:
         parser.error("--events must be a multiple of --frame-size (frames lost in flight are counted whole)")
     with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(args.run_dir or tmp)
+        run_dir.mkdir(parents=True, exist_ok=True)
         result = soak(args.events, args.kills, args.frame_size, args.checkpoint_every, args.min_gap, args.max_gap,
-                      Path(tmp), args.seed, args.timeout)
+                      run_dir, args.seed, args.timeout)
     after, flight = result["lost_after_processing"], result["lost_in_flight"]
     print(f"sent {result['events_sent']:,d} events ({result['frames_sent']:,d} frames) in {result['seconds']} s; "
           f"faults injected: {result['faults_injected']['scorer_kill_9']} scorer kill -9 "
@@ -201,8 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"processed {result['events_processed']:,d}; lost after processing {after['events']:,d} "
           f"({after['frames']} frames); lost in flight {flight['events']:,d} ({flight['frames']} frames); "
           f"unaccounted events {result['unaccounted_events']}, frames {result['unaccounted_frames']}")
+    print(f"the last scorer ({result['memory'][f'scorer-{args.kills}'].get('seconds')} s) scored "
+          f"{result['last_scorer_events']:,d} events")
     for name, memory in result["memory"].items():
-        print(f"  RSS {name:<10} {memory.get('seconds', 0):>6} s: after warm-up {memory.get('rss_after_warmup_mb')} MB, "
+        print(f"  RSS {name:<10} {memory.get('seconds', 0):>6} s: at 1/4 of its life {memory.get('rss_after_warmup_mb')} MB, "
               f"end {memory.get('rss_end_mb')} MB, peak {memory.get('rss_peak_mb')} MB, "
               f"growth {memory.get('growth_mb')} MB")
     if args.json:
