@@ -96,14 +96,16 @@ class SequenceTracker:
         return state.next_seq, state.frames, state.events
 
     def state_dict(self) -> dict[str, Any]:
-        streams = {str(sid): {"next_seq": s.next_seq, "missing": sorted(s.missing), "frames": s.frames,
+        """JSON-able state; missing frames as [start, stop) runs (a crash loses a run of frames)."""
+        streams = {str(sid): {"next_seq": s.next_seq, "missing": _runs(s.missing), "frames": s.frames,
                               "events": s.events} for sid, s in self._streams.items()}
         return {"streams": streams, "restarts": self.restarts, "abandoned": self.abandoned}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._streams = {
-            int(sid): _StreamState(next_seq=int(s["next_seq"]), missing=set(int(m) for m in s["missing"]),
-                                   frames=int(s.get("frames", 0)), events=int(s.get("events", 0)))
+            int(sid): _StreamState(next_seq=int(s["next_seq"]),
+                                   missing={seq for a, b in s["missing"] for seq in range(int(a), int(b))},
+                                   frames=int(s["frames"]), events=int(s["events"]))
             for sid, s in state.get("streams", {}).items()
         }
         self.restarts, self.abandoned = int(state.get("restarts", 0)), int(state.get("abandoned", 0))
@@ -111,6 +113,17 @@ class SequenceTracker:
     def summary(self) -> dict[str, int]:
         return {"frames": self.frames, "gaps": self.gaps, "reordered": self.reordered,
                 "duplicates": self.duplicates, "restarts": self.restarts, "abandoned": self.abandoned}
+
+
+def _runs(values: set[int]) -> list[list[int]]:
+    """Sorted integers as [start, stop) runs of consecutive values."""
+    runs: list[list[int]] = []
+    for value in sorted(values):
+        if runs and runs[-1][1] == value:
+            runs[-1][1] += 1
+        else:
+            runs.append([value, value + 1])
+    return runs
 
 
 @dataclass

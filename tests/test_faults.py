@@ -26,6 +26,8 @@ import zmq
 from bench.fuzz import MUTATIONS, SMALL_SCORER_TOML, valid_frame
 from streamflow.events import GaussianToy
 from streamflow.events.batch import EventBatch
+from streamflow.journal import FrameJournal
+from streamflow.ledger import SequenceTracker, account_stream
 from streamflow.selections import read_selections
 from streamflow.transport import Sender
 from streamflow.wire import encode_selection
@@ -309,3 +311,27 @@ def test_corrupt_frames_to_a_running_scorer_are_counted_and_skipped(tmp_path) ->
     assert account["processed_frames"] == len(valid) and account["unaccounted_frames"] == 0
     assert account["processed_events"] == sum(len(b) for b in valid)
     assert f"rejected {len(garbage)} messages" in output
+
+
+def test_torn_journal_line_and_crash_window_account(tmp_path) -> None:
+    """In process: a journal cut mid-line by a kill, and the account of a stream with a crash window."""
+    journal = FrameJournal(tmp_path / "scorer.journal")
+    journal.record(0, 7, 500)
+    journal.record(0, 8, 500)
+    journal.close()
+    with open(tmp_path / "scorer.journal", "ab") as handle:
+        handle.write(b"0 9 5")  # the line a kill -9 cut short
+    assert FrameJournal(tmp_path / "scorer.journal").read() == {0: {7: 500, 8: 500}}
+
+    tracker = SequenceTracker()
+    for seq in [*range(7), *range(12, 20)]:  # checkpoint after 7 frames; 7-8 scored then lost, 9-11 queued
+        tracker.observe(0, seq, 500)
+    restored = SequenceTracker()
+    restored.load_state_dict(json.loads(json.dumps(tracker.state_dict())))  # as a sink commits it
+    account = account_stream(restored, 0, sent_frames=21, sent_events=21 * 500,
+                             lost_after_processing={7: 500, 8: 500})
+    assert account.lost_in_flight == [9, 10, 11, 20]  # the gap, and a frame after the last one seen
+    assert (account.processed_events, account.lost_after_processing_events, account.lost_in_flight_events) == (
+        15 * 500, 2 * 500, 4 * 500)
+    assert account.unaccounted_frames == 0
+    assert restored.observe(0, 0, 500) == "restart" and restored.summary()["abandoned"] == 5  # 7-11
