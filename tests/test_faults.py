@@ -21,9 +21,12 @@ from typing import Callable
 import h5py
 import numpy as np
 import pytest
+import torch
 import zmq
 
 from bench.fuzz import MUTATIONS, SMALL_SCORER_TOML, valid_frame
+from streamflow.checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
+from streamflow.errors import ConfigError
 from streamflow.events import GaussianToy
 from streamflow.events.batch import EventBatch
 from streamflow.journal import FrameJournal
@@ -335,3 +338,13 @@ def test_torn_journal_line_and_crash_window_account(tmp_path) -> None:
         15 * 500, 2 * 500, 4 * 500)
     assert account.unaccounted_frames == 0
     assert restored.observe(0, 0, 500) == "restart" and restored.summary()["abandoned"] == 5  # 7-11
+
+
+def test_checkpoint_of_another_format_version_is_a_one_line_refusal(tmp_path) -> None:
+    path = tmp_path / "scorer.ckpt.pt"
+    save_checkpoint(path, {"scorer": {}})
+    state = torch.load(path, weights_only=True)
+    torch.save({**state, "checkpoint_version": CHECKPOINT_VERSION + 1}, path)
+    with pytest.raises(ConfigError, match=f"checkpoint format {CHECKPOINT_VERSION + 1}, this streamflow reads") as info:
+        load_checkpoint(path)
+    assert "\n" not in str(info.value)
