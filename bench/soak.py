@@ -18,7 +18,7 @@ the report gives each one's RSS a quarter into its life (after imports, JIT
 compilation and the first frames) and at its end: growth over a long run shows
 in the last incarnation, which runs the longest (its events are in the report).
 
-    python -m bench.soak [--events 3000000] [--kills 5] [--frame-size 1000] [--json out.json]
+    python -m bench.soak [--events 12000000] [--kills 5] [--frame-size 1000] [--json out.json]
 """
 
 from __future__ import annotations
@@ -193,12 +193,12 @@ def soak(events: int, kills: int, frame_size: int, checkpoint_every: int, min_ga
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=3_000_000)
+    parser.add_argument("--events", type=int, default=12_000_000)
     parser.add_argument("--kills", type=int, default=5)
     parser.add_argument("--frame-size", type=int, default=1000)
     parser.add_argument("--checkpoint-every", type=int, default=20, metavar="FRAMES")
-    parser.add_argument("--min-gap", type=float, default=2.0, help="seconds of scoring before a kill, at least")
-    parser.add_argument("--max-gap", type=float, default=5.0, help="seconds of scoring before a kill, at most")
+    parser.add_argument("--min-gap", type=float, default=1.0, help="seconds of scoring before a kill, at least")
+    parser.add_argument("--max-gap", type=float, default=3.0, help="seconds of scoring before a kill, at most")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=1800, help="give up after this many seconds")
     parser.add_argument("--json", help="write the figures here too")
