@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from commands.common import stop_on_signals
 from streamflow.config import read_toml
-from streamflow.transport import DEFAULT_ENDPOINT
+from streamflow.transport import DEFAULT_ENDPOINT, DEFAULT_HWM
 
 if TYPE_CHECKING:
     from streamflow.scorer import ScorerConfig
@@ -45,6 +45,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="start from the run folder's checkpoint if there is one")
     p.add_argument("--idle-timeout", type=float, default=60.0, metavar="S",
                    help="give up after S seconds without a frame (default 60)")
+    p.add_argument("--hwm", type=int, default=DEFAULT_HWM, metavar="FRAMES",
+                   help=f"frames queued on the receiving socket (default {DEFAULT_HWM})")
+    p.add_argument("--kernel-buffer", type=int, default=0, metavar="BYTES",
+                   help="cap the OS socket buffers: fewer frames queued, lower latency, smaller crash window "
+                        "(default 0: the OS default)")
     p.set_defaults(func=main)
 
 
@@ -68,7 +73,8 @@ def main(args: argparse.Namespace) -> int:
     config = ConsumeConfig(
         scorer=scorer_config(args), endpoint=args.endpoint, selections=args.selections,
         telemetry=args.telemetry, run_dir=args.run_dir, checkpoint_every=args.checkpoint_every,
-        resume=args.resume, idle_timeout=args.idle_timeout, name=args.name,
+        resume=args.resume, idle_timeout=args.idle_timeout, name=args.name, hwm=args.hwm,
+        kernel_buffer=args.kernel_buffer,
     )
     stats, ledger = run_consume(config, stop_on_signals())
     print(ledger.render())

@@ -19,7 +19,7 @@ from streamflow.errors import ConfigError
 from producers.replay import ReplayConfig, ReplayStats, run_replay
 
 _OPTIONS = ("rate", "frame_size", "signal_fraction", "events", "loop", "seed", "endpoint", "stream_id",
-            "eos_timeout", "hwm")
+            "eos_timeout", "hwm", "kernel_buffer")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -41,6 +41,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eos-timeout", type=float, metavar="S",
                    help="seconds to wait for receivers to acknowledge END_OF_STREAM (default 10)")
     p.add_argument("--hwm", type=int, metavar="FRAMES", help="frames queued before sends block (default 64)")
+    p.add_argument("--kernel-buffer", type=int, metavar="BYTES",
+                   help="cap the OS socket buffers: fewer frames queued beyond --hwm (default: the OS default)")
     p.set_defaults(func=run)
 
 

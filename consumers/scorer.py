@@ -72,6 +72,10 @@ class ConsumeConfig:
             raise ConfigError(f"checkpoint_every must be >= 0 frames, got {self.checkpoint_every}")
         if not self.idle_timeout > 0:
             raise ConfigError(f"idle timeout must be positive seconds, got {self.idle_timeout}")
+        if self.hwm < 1:
+            raise ConfigError(f"high-water mark must be at least 1 frame, got {self.hwm}")
+        if self.kernel_buffer < 0:
+            raise ConfigError(f"kernel buffer must be >= 0 bytes, got {self.kernel_buffer}")
 
     @property
     def checkpoint_path(self) -> Path:

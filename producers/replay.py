@@ -63,6 +63,8 @@ class ReplayConfig:
             raise ConfigError(f"END_OF_STREAM timeout must be positive seconds, got {self.eos_timeout}")
         if self.hwm < 1:
             raise ConfigError(f"high-water mark must be at least 1 frame, got {self.hwm}")
+        if self.kernel_buffer < 0:
+            raise ConfigError(f"kernel buffer must be >= 0 bytes, got {self.kernel_buffer}")
         check_endpoint(self.endpoint)
 
 

@@ -124,6 +124,7 @@ class ProcessView:
     first_seen: float
     last_seen: float
     messages: int = 0
+    dropped: int = 0  # gaps in the process's message counter "n": messages its PUB socket dropped
     blocked: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=64))
     losses: dict[str, deque[float | None]] = field(default_factory=dict)
 
@@ -190,6 +191,9 @@ class MonitorState:
         view = self.processes.get(key)
         if view is None:
             view = self.processes[key] = ProcessView(kind_of(message), role, pid, message, now, now)
+        sent, last_sent = number(message.get("n")), number(view.message.get("n"))
+        if sent is not None and last_sent is not None and view.messages and sent > last_sent + 1:
+            view.dropped += int(sent - last_sent - 1)
         view.message, view.last_seen, view.kind = message, now, kind_of(message)
         view.messages += 1
         blocked = number(message.get("blocked_s"))
@@ -242,6 +246,8 @@ def warnings(state: MonitorState, now: float) -> list[tuple[str, str]]:
     for view in state.views():
         label = state.label(view)
         found += problems(label, view.message)
+        if view.dropped:
+            found.append(("warn", f"{label}: {view.dropped} telemetry messages dropped on the way to the monitor"))
         grown, elapsed = view.blocked_growth(now)
         if elapsed > 0 and grown > BLOCKED_WARN_FRACTION * elapsed and now - view.last_seen <= STALE_S:
             found.append(("warn", f"{label}: blocked {grown:.1f} s of the last {elapsed:.0f} s "

@@ -149,6 +149,7 @@ class TelemetryReporter:
         self._file = open(jsonl_path, "a", buffering=1) if jsonl_path else None
         self._next = time.monotonic() + interval
         self._start = time.time()
+        self._sent = 0  # the message counter "n": a gap seen by a subscriber is a message PUB dropped
 
     def maybe_report(self, build: Callable[[], dict[str, Any]]) -> bool:
         if time.monotonic() < self._next:
@@ -158,8 +159,9 @@ class TelemetryReporter:
 
     def report(self, stats: dict[str, Any]) -> None:
         self._next = time.monotonic() + self.interval
-        message = {"role": self.role, "pid": os.getpid(), "time": time.time(),
+        message = {"role": self.role, "pid": os.getpid(), "n": self._sent, "time": time.time(),
                    "uptime_s": time.time() - self._start, **stats}
+        self._sent += 1
         payload = encode_stats(message)
         if self.publish is not None:
             self.publish(payload)

@@ -170,3 +170,11 @@ def test_resume_goes_on_from_the_checkpoint(first_run, tmp_path) -> None:
         first = sample[name][:FRAME]
         np.testing.assert_allclose(first, expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
         assert not np.allclose(first, untrained[name], rtol=1e-3), name
+
+
+@pytest.mark.parametrize(("option", "value", "words"), [
+    ("--hwm", "0", ("high-water mark", "at least 1 frame", "0")),
+    ("--kernel-buffer", "-5", ("kernel buffer", ">= 0 bytes", "-5")),
+])  # fmt: skip
+def test_bad_queue_options_are_one_line_errors(option, value, words) -> None:
+    assert_one_line_error(consume(option, value, "--idle-timeout", "1"), *words)

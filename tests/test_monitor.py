@@ -22,6 +22,7 @@ import commands.main
 from consumers.monitor import run_monitor
 from streamflow.errors import ConfigError
 from streamflow.monitor import MonitorState, plain_line, render, sparkline, warnings
+from streamflow.telemetry import TelemetryReporter, read_jsonl
 
 LHCO_LINES = ("flow_m", "flow_logm", "cwola", "ae")
 WARMUP = 10_000
@@ -340,3 +341,23 @@ def test_cli_rejects_non_positive_seconds_in_one_line(monkeypatch, capsys):
     monkeypatch.setattr(commands.main, "SUBCOMMANDS", ("monitor",))
     assert commands.main.main(["monitor", "--duration", "0"]) == 2
     assert capsys.readouterr().err == "streamflow monitor: error: --duration must be positive seconds, got 0\n"
+
+
+def test_telemetry_messages_lost_on_the_way_are_counted_per_process():
+    state = MonitorState(started=0.0)
+    producer, scorer, _ = pipeline_messages(1.0)
+    for i, n in enumerate((0, 1, 4, 5)):  # messages 2 and 3 of the scorer never arrived
+        state.update({**scorer, "n": n}, now=1.0 + i)
+        state.update({**producer, "n": i}, now=1.0 + i)
+    assert ("warn", "scorer: 2 telemetry messages dropped on the way to the monitor") in warnings(state, 6.0)
+    assert not any(text.startswith("producer:") and "dropped" in text for _, text in warnings(state, 6.0))
+
+
+def test_reporter_numbers_its_messages(tmp_path):
+    sent: list[bytes] = []
+    reporter = TelemetryReporter("scorer", publish=sent.append, jsonl_path=tmp_path / "t.jsonl")
+    for _ in range(3):
+        reporter.report({"events": 1})
+    reporter.close()
+    assert [json.loads(p)["n"] for p in sent] == [0, 1, 2]
+    assert [m["n"] for m in read_jsonl(tmp_path / "t.jsonl")] == [0, 1, 2]
