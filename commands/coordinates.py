@@ -8,9 +8,10 @@ scores an evaluation sample with every learner (streamflow.studies.coordinates):
   identity, normal_cdf and tanh_shift frames); evaluation on held-out toy events
   of another seed; the exact models' AUCs beside the measured ones.
 - LHCO (a features/raw file or "synthetic"): the conditional flow in the identity
-  and log-mass frames and CWoLA in both; evaluation on the streamed events
-  themselves for a file (the models have seen them once), on events of another
-  seed for the generator.
+  and log-mass frames and CWoLA in both, and a flow and a CWoLA on (mjmin, delta_m,
+  tau1, tau2 of both jets) in the identity and tau_ratio (tau2 -> tau21) frames
+  (coordinates.lhco_menu); evaluation on the streamed events themselves for a file
+  (the models have seen them once), on events of another seed for the generator.
 
 Writes coordinates.md, coordinates.json and roc.png to the output folder (the run
 folder with the checkpoint is its ``run`` subfolder) and prints the table.
@@ -29,7 +30,6 @@ from streamflow.errors import ConfigError, StreamflowError
 
 if TYPE_CHECKING:  # torch-heavy: imported where used (fast start-up)
     from streamflow.events import EventBatch
-    from streamflow.scorer import ScorerConfig
 
 TOY_EVENTS = 300_000
 GENERATOR_EVAL_EVENTS = 200_000
@@ -72,19 +72,6 @@ def _check(args: argparse.Namespace) -> None:
         raise ConfigError("--signal-fraction is for LHCO streams; the toy's signal is 10% of its data sample")
 
 
-def lhco_menu(q: float) -> ScorerConfig:
-    """The lhco preset's flows in m and log m, and its CWoLA in both frames."""
-    from streamflow.presets import preset
-
-    base = preset("lhco", q=q)
-    cwola = next(c for c in base.learners if c.kind == "cwola")
-    learners = [c for c in base.learners if c.kind == "flow"] + [
-        cwola, dataclasses.replace(cwola, name=f"{cwola.name}_logm", frame="log_mass")]
-    template = base.lines[0]
-    lines = tuple(dataclasses.replace(template, name=c.name, learner=c.name) for c in learners)
-    return dataclasses.replace(base, learners=tuple(learners), lines=lines)
-
-
 def evaluation_events(args: argparse.Namespace, signal_fraction: float | None) -> EventBatch:
     """The events the final models are scored on (see the module docstring)."""
     from streamflow.events import EventBatch, open_source
@@ -109,7 +96,7 @@ def main(args: argparse.Namespace) -> int:
     signal_fraction = None if toy else (LHCO_SIGNAL_FRACTION if args.signal_fraction is None
                                         else args.signal_fraction)
     events = evaluation_events(args, signal_fraction)  # also checks the source before any process starts
-    scorer = preset("gaussian", q=args.q) if toy else lhco_menu(args.q)
+    scorer = preset("gaussian", q=args.q) if toy else coordinates.lhco_menu(args.q)
     scorer = dataclasses.replace(scorer, device=args.device, threads=args.threads)
     out = Path(args.out or Path("runs") / time.strftime("coordinates-%Y%m%d-%H%M%S"))
     run = RunOptions(run_dir=str(out / "run"), base_port=args.base_port, monitor=False, report=False)

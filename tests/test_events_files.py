@@ -189,3 +189,17 @@ def test_bad_file_options(features_file: Path) -> None:
         open_source(str(features_file), features="jets")
     with pytest.raises(ConfigError, match="chunk size"):
         next(open_source(str(features_file)).chunks(0))
+
+
+def test_a_file_truncated_while_it_is_read(tmp_path: Path, real_values: np.ndarray) -> None:
+    """Rows past a truncation would come back as HDF5 fill values: the source stops with a clear error."""
+    values = np.tile(real_values, (4, 1))  # 240k rows: more than one read block
+    path = write_features_table(tmp_path / "growing.h5", values, LHCO_FILE_COLUMNS + ("label",))
+    source = open_source(str(path))
+    chunks = source.chunks(1000)
+    assert len(next(chunks)) == 1000
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 3)
+    with pytest.raises(SourceError, match=r"growing.h5: the file changed while being read \(size \d+ -> \d+ bytes"):
+        for _ in chunks:
+            pass

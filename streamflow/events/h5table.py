@@ -10,11 +10,14 @@ a group (key ``df`` in the official files, but any name is accepted) holding
 
 This module finds such a group, maps column names to (block, position), and reads
 row ranges of chosen columns, so that a source never holds a whole big file in
-memory. Every failure is a one-line :class:`SourceError` naming the file.
+memory. Every failure is a one-line :class:`SourceError` naming the file, and so
+is a file that changes size while it is read (HDF5 would hand back fill values for
+rows past a truncation instead of failing).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -44,6 +47,11 @@ def _short(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:200]
 
 
+def _file_size(file: h5py.File) -> int:
+    """Bytes of the open file now (fstat of its descriptor: a truncation shows, a rename does not)."""
+    return os.fstat(file.id.get_vfd_handle()).st_size
+
+
 def _decode(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -58,6 +66,7 @@ class H5Table:
     columns: tuple[str, ...]
     n_rows: int
     _where: dict[str, tuple[str, int]]  # column -> (values dataset, position in it)
+    size: int  # bytes of the open file when the table was found
 
     @staticmethod
     def find(path: Path, file: h5py.File) -> "H5Table":
@@ -93,7 +102,7 @@ class H5Table:
                 k += 1
         except (OSError, KeyError, ValueError) as exc:
             raise SourceError(f"{path}: damaged table in group {groups[0]!r} ({_short(exc)})") from None
-        return H5Table(path, file, groups[0], columns, int(n_rows or 0), where)
+        return H5Table(path, file, groups[0], columns, int(n_rows or 0), where, _file_size(file))
 
     def has(self, names: Sequence[str]) -> bool:
         return all(n in self._where for n in names)
@@ -106,6 +115,10 @@ class H5Table:
             dataset, i = self._where[name]
             by_block.setdefault(dataset, []).append((j, i))
         try:
+            size = _file_size(self.file)
+            if size != self.size:
+                raise SourceError(f"{self.path}: the file changed while being read (size {self.size} -> {size} "
+                                  f"bytes at rows {start}-{stop})")
             for dataset, pairs in by_block.items():
                 values = self.file[dataset][start:stop]
                 if len(values) != stop - start:

@@ -6,14 +6,33 @@ anomalous" events in different frames; a likelihood ratio (CWoLA) does not, the
 Jacobian cancels (DESIGN.md, "Science in one page"). This module measures that on
 the final models of a stream:
 
-- per learner and frame: AUC and max SIC (eff_S / sqrt(eff_B), thresholds keeping
-  >= 10 background events) on an evaluation sample with truth labels, and, for the
-  Gaussian toy, the value an exact model has;
-- per learner kind and pair of frames: the fraction of the top-q selection in one
-  frame that is also selected in the other (symmetric when both score the same
-  events, as they then select as many), on background events only (the trigger's
-  accept set when there is no signal; the source paper finds about 20% for top-1%
-  selections of a flow in m and in log m on LHCO).
+- per learner and frame: AUC with its statistical error and max SIC (eff_S /
+  sqrt(eff_B), thresholds keeping >= 10 background events) on an evaluation sample
+  with truth labels, and, for the Gaussian toy, the value an exact model has;
+- per learner kind and pair of frames (same features): the fraction of the top-q
+  selection in one frame that is also selected in the other (symmetric when both
+  score the same events, as they then select as many), on background events only
+  (the trigger's accept set when there is no signal; the source paper finds about
+  20% for top-1% selections of a flow in m and in log m on LHCO), and the pair's
+  AUC difference beside its statistical error.
+
+AUC error (Hanley & McNeil 1982): with A the AUC, n_S signal and n_B background
+events, Q1 = A / (2 - A), Q2 = 2 A^2 / (1 + A),
+
+    se(A)^2 = [A (1 - A) + (n_S - 1)(Q1 - A^2) + (n_B - 1)(Q2 - A^2)] / (n_S n_B),
+
+the spread of the AUC over evaluation samples of this size (exact for exponential
+score distributions, close for others). A pair's difference is given the error of
+two independent measurements, sqrt(se_a^2 + se_b^2): both learners score the same
+events (correlated, a smaller error of the difference) but were trained separately
+(training noise, not in se), so it is the scale on which "the AUCs agree within
+statistical error" is read, not an exact error of the difference.
+
+LHCO menu (:func:`lhco_menu`): the lhco preset's flows in m and log m and its CWoLA
+in both frames, plus a flow (conditional on mjj, as flow_m) and a CWoLA on
+TAU_FEATURES -- mjmin, delta_m and the raw tau1, tau2 of both jets -- in the
+identity frame and in the tau_ratio frame, where tau2_jX becomes tau21_jX =
+tau2_jX / (tau1_jX + 1e-5); the source paper's (tau1, tau2) vs (tau1, tau21).
 
 Exact-model AUCs of the toy (d = 2, background N(0, I), signal N(1, I)):
 
@@ -35,6 +54,7 @@ through the real pipeline and reads the scorer's checkpoint (see
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -50,6 +70,7 @@ from streamflow.checkpoint import load_checkpoint
 from streamflow.errors import ConfigError
 from streamflow.events import EventBatch
 from streamflow.learners import TorchLearner
+from streamflow.presets import preset
 from streamflow.scorer import FrameScorer, ScorerConfig
 
 LIKELIHOOD_RATIO_AUC = 0.5 * (1.0 + math.erf(1.0 / math.sqrt(2.0)))
@@ -57,6 +78,35 @@ LIKELIHOOD_RATIO_AUC = 0.5 * (1.0 + math.erf(1.0 / math.sqrt(2.0)))
 TOY_DENSITY_AUC = {"identity": 1.0 - math.exp(-0.5) / 2.0, "normal_cdf": 0.5, "tanh_shift": 0.175}
 """The exact background density's AUC (score -log p) on the d = 2 toy, per frame."""
 SCORE_CHUNK = 1 << 16
+TAU_FEATURES: tuple[str, ...] = ("mjmin", "delta_m", "tau1_j1", "tau2_j1", "tau1_j2", "tau2_j2")
+"""The substructure pair's features: raw tau1, tau2 of both jets (pT-ordered), with the CATHODE masses."""
+
+
+def lhco_menu(q: float) -> ScorerConfig:
+    """The LHCO study's learners (module docstring), one trigger line each at accept fraction ``q``.
+
+    Pairs are named <kind> / <kind>_logm (m vs log m) and <kind>_tau / <kind>_tau21.
+    """
+    base = preset("lhco", q=q)
+    flow_m = next(c for c in base.learners if c.name == "flow_m")
+    cwola = next(c for c in base.learners if c.kind == "cwola")
+    flow_tau = dataclasses.replace(flow_m, name="flow_tau", features=TAU_FEATURES)
+    cwola_tau = dataclasses.replace(cwola, name="cwola_tau", features=TAU_FEATURES)
+    learners = [c for c in base.learners if c.kind == "flow"] + [
+        cwola, dataclasses.replace(cwola, name=f"{cwola.name}_logm", frame="log_mass"),
+        flow_tau, dataclasses.replace(flow_tau, name="flow_tau21", frame="tau_ratio"),
+        cwola_tau, dataclasses.replace(cwola_tau, name="cwola_tau21", frame="tau_ratio"),
+    ]
+    lines = tuple(dataclasses.replace(base.lines[0], name=c.name, learner=c.name) for c in learners)
+    return dataclasses.replace(base, learners=tuple(learners), lines=lines)
+
+
+def auc_standard_error(auc: float, n_signal: int, n_background: int) -> float:
+    """Hanley-McNeil standard error of an AUC measured on n_signal + n_background events (module docstring)."""
+    q1, q2 = auc / (2.0 - auc), 2.0 * auc**2 / (1.0 + auc)
+    variance = (auc * (1.0 - auc) + (n_signal - 1) * (q1 - auc**2)
+                + (n_background - 1) * (q2 - auc**2)) / (n_signal * n_background)
+    return math.sqrt(max(variance, 0.0))
 
 
 def toy_exact_auc(kind: str, frame: str) -> float | None:
@@ -75,7 +125,10 @@ class LearnerFigures:
     name: str
     kind: str
     frame: str
+    features: tuple[str, ...]
     auc: float
+    auc_error: float
+    """Statistical (Hanley-McNeil) standard error of ``auc`` on this evaluation sample."""
     max_sic: float
     exact_auc: float | None
     background_iqr: float
@@ -95,6 +148,10 @@ class Overlap:
     q: float
     fraction: float
     selected: int
+    auc_difference: float
+    """AUC of b minus AUC of a (NaN without truth labels of both classes)."""
+    auc_difference_error: float
+    """sqrt(se_a^2 + se_b^2): the statistical scale of that difference (module docstring)."""
 
 
 @dataclass
@@ -150,30 +207,35 @@ def run_study(learners: Mapping[str, TorchLearner], events: EventBatch, *, sourc
         raise ConfigError(f"q must be in (0, 1], got {q!r}")
     scores = score_events(learners, events)
     labels = events.labels
-    both_classes = 0 < int((labels == 1).sum()) < len(labels)
-    figures, curves = [], {}
+    n_signal = int((labels == 1).sum())
+    both_classes = 0 < n_signal < len(labels)
+    figures, curves = {}, {}
     background = labels == 0
     for name, learner in learners.items():
         kind = learner.config.kind
         if both_classes:
             auc, sic = metrics.auc(labels, scores[name]), metrics.max_sic(labels, scores[name])
+            error = auc_standard_error(auc, n_signal, len(labels) - n_signal)
             eff_b, eff_s, _ = metrics.roc_curve(labels, scores[name])
             curves[name] = (eff_b, eff_s)
         else:
-            auc = sic = math.nan
+            auc = error = sic = math.nan
         finite = scores[name][background & np.isfinite(scores[name])]
         iqr = float(np.subtract(*np.percentile(finite, [75, 25]))) if len(finite) else math.nan
-        figures.append(LearnerFigures(name, kind, learner.frame, auc, sic,
-                                      toy_exact_auc(kind, learner.frame) if exact else None, iqr))
+        figures[name] = LearnerFigures(name, kind, learner.frame, learner.features, auc, error, sic,
+                                       toy_exact_auc(kind, learner.frame) if exact else None, iqr)
     overlaps = []
     # Learners that score the same events select as many: the shared fraction is then symmetric.
     for a, b in itertools.combinations(learners.values(), 2):
         if a.config.kind == b.config.kind and a.frame != b.frame and a.features == b.features:
             top = metrics.top_fraction(scores[a.name][background], q)
+            fa, fb = figures[a.name], figures[b.name]
             overlaps.append(Overlap(a.config.kind, a.name, b.name, a.frame, b.frame, q,
                                     metrics.selection_overlap(scores[a.name][background],
-                                                              scores[b.name][background], q), len(top)))
-    return CoordinateStudy(source=source, events=len(events), learners=figures, overlaps=overlaps, curves=curves)
+                                                              scores[b.name][background], q), len(top),
+                                    fb.auc - fa.auc, math.hypot(fa.auc_error, fb.auc_error)))
+    return CoordinateStudy(source=source, events=len(events), learners=list(figures.values()), overlaps=overlaps,
+                           curves=curves)
 
 
 def _number(value: float | None, digits: int = 3) -> str:
@@ -187,23 +249,28 @@ def markdown(study: CoordinateStudy) -> str:
         f"# Coordinate study: {study.source}", "",
         f"Final models of the stream, scored on {study.events:,} evaluation events{truth}; "
         "an event a learner does not score (NaN, e.g. CWoLA outside its sideband) counts as never selected.", "",
-        "| learner | kind | frame | AUC | exact-model AUC | AUC - exact | max SIC | background score IQR |",
-        "|---|---|---|---|---|---|---|---|",
+        "| learner | kind | frame | AUC | AUC stat. error | exact-model AUC | AUC - exact | max SIC "
+        "| background score IQR |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for f in study.learners:
         gap = None if f.exact_auc is None or math.isnan(f.auc) else f.auc - f.exact_auc
-        lines.append(f"| {f.name} | {f.kind} | {f.frame} | {_number(f.auc)} | {_number(f.exact_auc)} | "
+        lines.append(f"| {f.name} | {f.kind} | {f.frame} | {_number(f.auc)} | {_number(f.auc_error)} | "
+                     f"{_number(f.exact_auc)} | "
                      f"{'-' if gap is None else f'{gap:+.3f}'} | {_number(f.max_sic, 2)} | "
                      f"{_number(f.background_iqr)} |")
     if study.overlaps:
         q = study.overlaps[0].q
         lines += [
             "", f"Top-{q:g} selections on background events: the fraction of the events selected by "
-            "learner a that learner b selects too (1 for a frame-independent score).", "",
-            "| kind | a (frame) | b (frame) | selected by a | shared |", "|---|---|---|---|---|",
+            "learner a that learner b selects too (1 for a frame-independent score); the pair's AUC "
+            "difference beside the statistical error of two such measurements.", "",
+            "| kind | a (frame) | b (frame) | selected by a | shared | AUC b - a | stat. error |",
+            "|---|---|---|---|---|---|---|",
         ]
-        lines += [f"| {o.kind} | {o.a} ({o.frame_a}) | {o.b} ({o.frame_b}) | {o.selected:,} | {o.fraction:.1%} |"
-                  for o in study.overlaps]
+        lines += [f"| {o.kind} | {o.a} ({o.frame_a}) | {o.b} ({o.frame_b}) | {o.selected:,} | {o.fraction:.1%} | "
+                  f"{'-' if math.isnan(o.auc_difference) else f'{o.auc_difference:+.3f}'} | "
+                  f"{_number(o.auc_difference_error)} |" for o in study.overlaps]
     return "\n".join(lines) + "\n"
 
 
@@ -213,11 +280,12 @@ def plot_roc(study: CoordinateStudy, path: str | Path) -> bool:
         return False
     figure = Figure(figsize=(6.4, 4.6), layout="constrained")
     ax = figure.subplots()
-    styles = {"identity": "-", "normal_cdf": "--", "tanh_shift": ":", "log_mass": "--"}
-    colors = {"flow": "tab:blue", "autoencoder": "tab:orange", "cwola": "tab:green"}
-    for f in study.learners:  # colour: learner kind; line style: frame
+    styles = {"identity": "-", "normal_cdf": "--", "tanh_shift": ":", "log_mass": "--", "tau_ratio": ":"}
+    groups: dict[tuple[str, tuple[str, ...]], str] = {}
+    for f in study.learners:  # colour: learner kind and features; line style: frame
+        color = groups.setdefault((f.kind, tuple(f.features)), f"C{len(groups)}")
         eff_b, eff_s = study.curves[f.name]
-        ax.plot(eff_s, 1.0 - eff_b, ls=styles.get(f.frame, "-."), color=colors.get(f.kind),
+        ax.plot(eff_s, 1.0 - eff_b, ls=styles.get(f.frame, "-."), color=color,
                 label=f"{f.name} ({f.frame}) AUC {f.auc:.3f}")
     ax.plot([0, 1], [1, 0], color="grey", lw=0.8, label="random")
     ax.set_xlabel("signal efficiency")
