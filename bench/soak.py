@@ -201,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-gap", type=float, default=3.0, help="seconds of scoring before a kill, at most")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=1800, help="give up after this many seconds")
+    parser.add_argument("--max-growth-mb", type=float, default=32.0,
+                        help="fail if a process's RSS grows more than this after its first quarter (default 32)")
     parser.add_argument("--json", help="write the figures here too")
     parser.add_argument("--run-dir", help="keep the run's files (logs, ledger, checkpoint) here (default: a temporary folder)")
     args = parser.parse_args(argv)
@@ -226,9 +228,13 @@ def main(argv: list[str] | None = None) -> int:
               f"growth {memory.get('growth_mb')} MB")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    ok = result["unaccounted_events"] == 0 and result["unaccounted_frames"] == 0
-    print("OK: zero unaccounted" if ok else "FAILED: unaccounted events")
-    return 0 if ok else 1
+    accounted = result["unaccounted_events"] == 0 and result["unaccounted_frames"] == 0
+    grown = {name: m["growth_mb"] for name, m in result["memory"].items()
+             if m.get("growth_mb") is not None and m["growth_mb"] > args.max_growth_mb}
+    print("OK: zero unaccounted" if accounted else "FAILED: unaccounted events")
+    print(f"OK: no process grew more than {args.max_growth_mb:g} MB after its first quarter" if not grown
+          else f"FAILED: RSS grew more than {args.max_growth_mb:g} MB: {grown}")
+    return 0 if accounted and not grown else 1
 
 
 if __name__ == "__main__":
