@@ -34,17 +34,33 @@ One command, one machine, one run:
    Peaks are measured in the same run: a large float32 torch matmul (2 N^3 FLOPs) and a
    large tensor copy (2 x bytes moved), best of a few, with the scorer's torch threads.
    floor = max(F / peak FLOP/s, bytes / peak bytes/s) per event; the learn row shows
-   the measured events/s as a fraction of the floor's events/s.
+   the measured events/s as a fraction of the floor's events/s;
+7. flow backends -- the lhco preset's flow_m (conditional MAF, affine) and its spline
+   variant built with ``backend = "zuko"`` vs ``"nflows"`` (the default): ``learner.score``
+   and ``learner.learn`` at each frame size, both learners warmed up alike and fed the same
+   frames, rounds alternating in this process; speed-up = zuko events/s / nflows events/s
+   (min over rounds each). The two libraries build different networks from the same
+   options: nflows' MADE has ``blocks`` residual blocks of two dense layers each (and a
+   context layer per block), zuko's ``blocks`` hidden layers, so zuko at the same options
+   does about a third of the multiply-adds. A third side, zuko with ``2 blocks + 1``
+   hidden layers (the same dense multiply-adds per event as nflows, column MAC/ev), tells
+   the library's own speed apart from the smaller network's. A correctness line per
+   backend: ``CHECK_STEPS`` Adam steps on the synthetic stream (frames of 4096), the mean
+   loss of the first and of the last frames, and on a held-out frame the finite fraction
+   of float32 log p, its mean (the held-out NLL in the learner's frame) and its largest
+   difference from the same weights evaluated in float64.
 
 CPU threads: the scorer's default (all cores but three, at least one) unless --threads.
 
-    python -m bench.pipeline [--quick] [--json PATH] [--threads N]
+    python -m bench.pipeline [--quick] [--json PATH] [--threads N] [--only backends]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import itertools
 import math
 import random
 import shutil
@@ -53,7 +69,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +77,7 @@ import torch
 from torch import nn
 
 from bench import hotpaths, quantile, transport
+from streamflow.events import open_source
 from streamflow.learners import FlowConfig, build_learner
 from streamflow.presets import preset
 from streamflow.scorer import cpu_threads, resolve_device
@@ -68,6 +85,10 @@ from streamflow.telemetry import read_jsonl
 
 SIZES = (4096, 65536)
 BIND_TRIES = 3
+TRANSFORMS = ("affine", "spline")
+CHECK_STEPS = 300
+"""Adam steps of each backend's correctness check."""
+CHECK_FRAME = 4096
 
 
 @dataclass(frozen=True)
@@ -109,10 +130,50 @@ class Floor:
     fraction_of_floor: float
 
 
+@dataclass(frozen=True)
+class BackendSpeed:
+    """zuko vs nflows behind the same learner, one call at one frame size (best round each)."""
+
+    transform: str
+    stage: str  # "score" or "learn"
+    zuko: str  # "same options", or "nflows' MACs" (2 blocks + 1 hidden layers)
+    device: str
+    frame_size: int
+    nflows_events_per_s: float
+    zuko_events_per_s: float
+    speedup: float  # zuko events/s / nflows events/s
+    nflows_macs: int  # dense multiply-adds per event, forward
+    zuko_macs: int
+
+
+@dataclass(frozen=True)
+class BackendCheck:
+    """One backend's flow trained on the synthetic stream, then evaluated on a held-out frame."""
+
+    backend: str
+    transform: str
+    params: int
+    steps: int
+    loss_first: float  # mean loss of the first frame learnt
+    loss_last: float  # mean loss of the last LAST_FRAMES frames learnt
+    finite: float  # fraction of held-out events with a finite float32 log p
+    heldout_nll: float  # mean -log p (the score) over the held-out frame, learner's frame
+    float64_max_diff: float  # max |log p float32 - log p float64|, same weights and inputs, nats
+
+    @property
+    def trains(self) -> bool:
+        return self.loss_last < self.loss_first and self.finite == 1.0
+
+
 def stage_of(timing: hotpaths.Timing, n: int) -> Stage:
     best, base = min(timing.target_s), min(timing.baseline_s)
     median = sorted(timing.target_s)[len(timing.target_s) // 2]
     return Stage(timing.name, timing.device, n, n / best, n / base, best / base, median * 1e3)
+
+
+def rounds_of(name: str, n: int, rounds: int) -> int:
+    """Learning a 64k frame takes a second or more: fewer rounds for the slow cases."""
+    return max(3, rounds * 4096 // n) if name.startswith("learn") else rounds
 
 
 def stages(sizes: list[int], device: str, rounds: int) -> list[Stage]:
@@ -121,10 +182,106 @@ def stages(sizes: list[int], device: str, rounds: int) -> list[Stage]:
     for n in sizes:
         names = ["decode", *(f"{k}_{name}" for name in hotpaths.learner_names() for k in ("score", "learn"))]
         for name in names:
-            # learning a 64k frame takes a second or more: fewer rounds for the slow cases
-            r = max(3, rounds * 4096 // n) if name.startswith("learn") else rounds
-            rows.append(stage_of(hotpaths.measure(hotpaths.make_case(name, n, device), r, warmup=1), n))
+            case = hotpaths.make_case(name, n, device)
+            rows.append(stage_of(hotpaths.measure(case, rounds_of(name, n, rounds), warmup=1), n))
     return rows
+
+
+def macs_per_event(model: nn.Module) -> int:
+    """Dense multiply-adds per event of one forward pass: sum of in x out over the linear layers."""
+    return sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear))
+
+
+def lhco_flow() -> FlowConfig:
+    """The lhco preset's flow in the identity frame (flow_m: 4 CATHODE features given mjj)."""
+    return next(c for c in preset(hotpaths.PRESET).learners if isinstance(c, FlowConfig) and c.frame == "identity")
+
+
+def backend_case(kind: str, nflows: FlowConfig, zuko: FlowConfig, n: int,
+                 device: torch.device) -> tuple[hotpaths.Case, int, int]:
+    """``kind`` ("score" or "learn") of the zuko learner (target) vs the nflows one (baseline) on the
+    same frames, and both models' MAC/ev. ``learner.learn`` syncs with the host every step and the
+    scores end on the host, so the times are complete on CUDA too."""
+    learners = [hotpaths.warm_learner(config, n, device) for config in (nflows, zuko)]
+    pool = hotpaths.POOL if kind == "learn" else 1
+    frames = [torch.from_numpy(b.features).to(device) for b in hotpaths.lhco_frames(n, pool, seed=2)]
+    calls = []
+    for learner in learners:
+        feed = itertools.cycle(frames)
+        if kind == "score":
+            calls.append(lambda learner=learner, feed=feed: learner.score(next(feed)).cpu().numpy())
+        else:
+            calls.append(lambda learner=learner, feed=feed: learner.learn(next(feed)))
+    case = hotpaths.Case(f"{kind}_{nflows.name}_{nflows.transform}", calls[1], calls[0], device.type)
+    return case, macs_per_event(learners[0].model), macs_per_event(learners[1].model)
+
+
+def backend_speeds(sizes: list[int], device: torch.device, rounds: int) -> list[BackendSpeed]:
+    """Item 7 of the module docstring: zuko (same options, and nflows' MACs) vs nflows, per frame size."""
+    rows = []
+    for transform in TRANSFORMS:
+        nflows = replace(lhco_flow(), backend="nflows", transform=transform)
+        sides = {"same options": replace(nflows, backend="zuko"),
+                 "nflows' MACs": replace(nflows, backend="zuko", blocks=2 * nflows.blocks + 1)}
+        for n in sizes:
+            for kind in ("score", "learn"):
+                for label, zuko in sides.items():
+                    case, ours, theirs = backend_case(kind, nflows, zuko, n, device)
+                    timing = hotpaths.measure(case, rounds_of(kind, n, rounds), warmup=1)
+                    zuko_s, nflows_s = min(timing.target_s), min(timing.baseline_s)
+                    rows.append(BackendSpeed(transform, kind, label, device.type, n, n / nflows_s, n / zuko_s,
+                                             nflows_s / zuko_s, ours, theirs))
+    return rows
+
+
+LAST_FRAMES = 10
+
+
+def backend_check(config: FlowConfig, device: torch.device, steps: int = CHECK_STEPS) -> BackendCheck:
+    """Train ``config``'s learner on the synthetic stream for ``steps`` Adam steps; check its log p
+    on a held-out frame (finite, and float32 against the same weights in float64)."""
+    learner = build_learner(config, device)
+    source = open_source("synthetic", signal_fraction=0.01, seed=5)
+    learner.bind(source.names)
+    losses = []
+    for batch in source.chunks(CHECK_FRAME):
+        losses.append(learner.learn(torch.from_numpy(batch.features).to(device))["loss"])
+        if learner.totals.steps >= steps:
+            break
+    x = torch.from_numpy(hotpaths.lhco_frames(max(SIZES), 1, seed=6)[0].features).to(device)
+    scores = learner.score(x)
+    density = learner.scorer
+    wide = copy.deepcopy(density).double()
+    with torch.no_grad():
+        z, c = learner.inputs(x), None if learner.context is None else learner.context(x)
+        narrow_lp = density.log_prob(z, c).double()
+        wide_lp = wide.log_prob(z.double(), None if c is None else c.double())
+    both = torch.isfinite(narrow_lp) & torch.isfinite(wide_lp)
+    return BackendCheck(config.backend, config.transform, sum(p.numel() for p in learner.model.parameters()),
+                        learner.totals.steps, losses[0], sum(losses[-LAST_FRAMES:]) / len(losses[-LAST_FRAMES:]),
+                        torch.isfinite(scores).float().mean().item(), scores.double().mean().item(),
+                        (narrow_lp - wide_lp)[both].abs().max().item())
+
+
+def backend_checks(device: torch.device) -> list[BackendCheck]:
+    return [backend_check(replace(lhco_flow(), backend=backend, transform=transform), device)
+            for transform in TRANSFORMS for backend in ("nflows", "zuko")]
+
+
+def print_backends(speeds: list[BackendSpeed], checks: list[BackendCheck]) -> None:
+    print(quantile._table("\nflow backends: zuko vs nflows (default) behind the flow learner, lhco flow_m "
+                          "(events/s of the best round; speed-up = zuko / nflows events/s)", speeds, [
+        ("transform", "transform", ""), ("call", "stage", ""), ("zuko built with", "zuko", ""),
+        ("device", "device", ""), ("frame", "frame_size", ","), ("nflows ev/s", "nflows_events_per_s", ",.0f"),
+        ("zuko ev/s", "zuko_events_per_s", ",.0f"), ("speed-up", "speedup", ".2f"),
+        ("nflows MAC/ev", "nflows_macs", ","), ("zuko MAC/ev", "zuko_macs", ",")]))
+    print(quantile._table(f"\nflow backends: correctness, {CHECK_STEPS} Adam steps on the synthetic stream "
+                          f"(frames of {CHECK_FRAME}), log p on a held-out frame of {max(SIZES):,}", checks, [
+        ("backend", "backend", ""), ("transform", "transform", ""), ("params", "params", ","),
+        ("steps", "steps", ""), ("loss first frame", "loss_first", ".3f"),
+        (f"loss last {LAST_FRAMES}", "loss_last", ".3f"), ("trains", "trains", ""),
+        ("finite log p", "finite", ".1%"), ("held-out NLL", "heldout_nll", ".3f"),
+        ("max |f32 - f64| nats", "float64_max_diff", ".1e")]))
 
 
 def _free_ports(count: int, rng: random.Random) -> int:
@@ -204,9 +361,8 @@ def peaks(device: torch.device) -> tuple[float, float]:
 def flow_floor(config: FlowConfig, device: torch.device, measured: float) -> Floor:
     """The FLOP and memory-traffic floor of one learn step of the flow (module docstring, item 6)."""
     learner = build_learner(config, device)
-    linears = [m for m in learner.model.modules() if isinstance(m, nn.Linear)]
-    macs = sum(m.in_features * m.out_features for m in linears)
-    activations = sum(m.out_features for m in linears)
+    macs = macs_per_event(learner.model)
+    activations = sum(m.out_features for m in learner.model.modules() if isinstance(m, nn.Linear))
     params = sum(p.numel() for p in learner.model.parameters())
     flops = 6.0 * macs
     traffic = 16.0 * activations + 40.0 * params / config.batch_size
@@ -225,6 +381,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: the scorer's, all cores but three, at least one)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda[:N]")
+    parser.add_argument("--only", choices=["backends"], default=None,
+                        help="run only this part: backends = zuko vs nflows behind the flow learner (item 7)")
     args = parser.parse_args(argv)
     torch.set_num_threads(cpu_threads(args.threads or 0))
     device = resolve_device(args.device)
@@ -233,6 +391,15 @@ def main(argv: list[str] | None = None) -> None:
     e2e_frames = 24 if args.quick else 64
     print(f"streamflow pipeline benchmark, {hotpaths.machine()}, torch threads {torch.get_num_threads()}, "
           f"device {device}")
+    figures: dict[str, Any] = {"machine": hotpaths.machine(), "threads": torch.get_num_threads(),
+                               "device": str(device), "quick": args.quick}
+
+    speeds, checks = backend_speeds(list(SIZES), device, rounds), backend_checks(device)
+    print_backends(speeds, checks)
+    figures.update(backends=[asdict(r) for r in speeds], backend_checks=[asdict(r) for r in checks])
+    if args.only == "backends":
+        write_json(args.json, figures)
+        return
 
     moved = transport.run(2_000_000 if args.quick else 10_000_000, list(SIZES), ["tcp"], 1 if args.quick else 3)
     print("\ntransport (tcp loopback, 16 float32 + uint64 id per event, best run)")
@@ -258,7 +425,7 @@ def main(argv: list[str] | None = None) -> None:
         ("events/s", "events_per_s", ",.0f"), ("ms/frame", "frame_ms", ".1f"),
         ("latency p50 ms", "latency_p50_ms", ",.0f"), ("p99 ms", "latency_p99_ms", ",.0f")]))
 
-    flow = next(c for c in preset(hotpaths.PRESET).learners if isinstance(c, FlowConfig))
+    flow = lhco_flow()
     learn = next(r for r in rows if r.stage == f"learn_{flow.name}" and r.frame_size == max(SIZES))
     floor = flow_floor(flow, device, learn.events_per_s)
     print(quantile._table(f"\nfloor of the {flow.name} learn step (see the module docstring)", [floor], [
@@ -268,13 +435,16 @@ def main(argv: list[str] | None = None) -> None:
         ("bound", "bound", ""), ("measured ev/s", "measured_events_per_s", ",.0f"),
         ("of floor", "fraction_of_floor", ".1%")]))
 
-    if args.json:
-        Path(args.json).write_text(json.dumps({
-            "machine": hotpaths.machine(), "threads": torch.get_num_threads(), "device": str(device),
-            "quick": args.quick, "transport": [asdict(r) for r in moved], "stages": [asdict(r) for r in rows],
-            "rolling_quantile": [asdict(r) for r in rolling], "end_to_end": [asdict(r) for r in runs],
-            "flow_learn_floor": asdict(floor),
-        }, indent=2) + "\n")
+    figures.update(transport=[asdict(r) for r in moved], stages=[asdict(r) for r in rows],
+                   rolling_quantile=[asdict(r) for r in rolling], end_to_end=[asdict(r) for r in runs],
+                   flow_learn_floor=asdict(floor))
+    write_json(args.json, figures)
+
+
+def write_json(path: str | None, figures: dict[str, Any]) -> None:
+    """Every figure of the run as JSON at ``path`` (nothing if None)."""
+    if path:
+        Path(path).write_text(json.dumps(figures, indent=2) + "\n")
 
 
 if __name__ == "__main__":
