@@ -13,7 +13,7 @@ import pytest
 
 from streamflow.events import GaussianToy, get_frame
 from streamflow.metrics import auc
-from streamflow.studies.coordinates import toy_exact_auc
+from streamflow.studies.coordinates import auc_standard_error, toy_exact_auc
 from tests.helpers import free_port_block, streamflow
 
 
@@ -31,9 +31,35 @@ def test_exact_toy_aucs_match_exact_scores_on_a_large_sample():
     assert toy_exact_auc("autoencoder", "identity") is None
 
 
+AUC_AGREEMENT_SIGMAS = 3.0
+"""CWoLA's AUCs in two frames must agree within 3 statistical errors of their difference: the DeLong error of
+each AUC on the ~55k evaluation events with ~550 signal (~0.008), combined as for independent measurements
+(~0.011). Both score the same events, so the evaluation sample's own noise in the difference is far smaller (paired
+DeLong: 0.003 for the tau pair, 0.001 for the m pair); what remains is training noise of two separately trained
+networks, which this scale covers: the tau pair's difference over stream seeds 0-3 was -0.026, -0.002, +0.007,
+0.000 (the m pair's -0.004, 0.000, -0.002, -0.002)."""
+
+
+def test_auc_standard_error_is_the_spread_of_the_auc_over_samples():
+    """DeLong's error of one sample against the AUC's spread over 300 samples the size of the LHCO evaluation's
+    signal (550 events), with ties and unscored (NaN) events as CWoLA has."""
+    rng = np.random.default_rng(7)
+    n_s, n_b = 550, 5_000
+    labels = np.r_[np.ones(n_s, np.int8), np.zeros(n_b, np.int8)]
+    aucs, errors = [], []
+    for _ in range(300):
+        scores = np.round(np.r_[rng.normal(1.5, 1, n_s), rng.normal(0, 1, n_b)], 1)
+        scores[rng.random(n_s + n_b) < 0.2] = np.nan
+        aucs.append(auc(labels, scores))
+        errors.append(auc_standard_error(labels, scores))
+    # The std of 300 samples scatters by ~4%, each DeLong error by less.
+    assert np.mean(errors) == pytest.approx(np.std(aucs, ddof=1), rel=0.12)
+
+
 @pytest.mark.timeout(240)
-def test_lhco_flow_selections_differ_between_m_and_log_m(tmp_path, features_file):
-    """Real LHCO background: the flow's top-1% in m and in log m are different events; CWoLA's less so."""
+def test_lhco_flow_selections_differ_between_frames(tmp_path, features_file):
+    """Real LHCO background: the flow's top-1% in m and in log m are different events, CWoLA's less so;
+    in (tau1, tau2) and (tau1, tau21) the flow's differ too; CWoLA's AUC is the same in both frames of each pair."""
     out = tmp_path / "study"
     result = streamflow("coordinates", "--source", str(features_file), "--device", "cpu", "--out", str(out),
                         "--base-port", str(free_port_block()), timeout=230)
@@ -42,15 +68,25 @@ def test_lhco_flow_selections_differ_between_m_and_log_m(tmp_path, features_file
     overlaps = {(o["a"], o["b"]): o for o in study["overlaps"]}
     flow = overlaps[("flow_m", "flow_logm")]
     cwola = overlaps[("cwola", "cwola_logm")]
-    print(f"top-1% background overlap: flow m vs log m {flow['fraction']:.1%}, "
-          f"CWoLA {cwola['fraction']:.1%} ({flow['selected']} events each)")
+    flow_tau, cwola_tau = overlaps[("flow_tau", "flow_tau21")], overlaps[("cwola_tau", "cwola_tau21")]
+    print(f"top-1% background overlap: flow m vs log m {flow['fraction']:.1%}, CWoLA {cwola['fraction']:.1%}; "
+          f"flow tau2 vs tau21 {flow_tau['fraction']:.1%}, CWoLA {cwola_tau['fraction']:.1%} "
+          f"({flow['selected']} events each)")
+    assert len(overlaps) == 4
     assert flow["selected"] > 300  # 1% of the ~55k background events of the file
     assert flow["fraction"] < 0.5
     assert cwola["fraction"] > flow["fraction"]
+    assert flow_tau["fraction"] < 0.9  # measured 63.8%
+    for pair in (cwola, cwola_tau):
+        print(f"{pair['b']} - {pair['a']}: AUC {pair['auc_difference']:+.3f} +- {pair['auc_difference_error']:.3f}")
+        assert 0 < pair["auc_difference_error"] < 0.03
+        assert abs(pair["auc_difference"]) < AUC_AGREEMENT_SIGMAS * pair["auc_difference_error"]
     figures = {f["name"]: f for f in study["learners"]}
-    assert {f["frame"] for f in figures.values()} == {"identity", "log_mass"}
-    assert all(0 < figures[name]["auc"] < 1 for name in ("cwola", "cwola_logm", "flow_m", "flow_logm"))
+    assert {f["frame"] for f in figures.values()} == {"identity", "log_mass", "tau_ratio"}
+    assert figures["flow_tau21"]["features"] == ["mjmin", "delta_m", "tau1_j1", "tau2_j1", "tau1_j2", "tau2_j2"]
+    assert all(0.5 < f["auc"] < 1 for f in figures.values())
     assert "| flow | flow_m (identity) | flow_logm (log_mass) |" in result.stdout
+    assert "| flow | flow_tau (identity) | flow_tau21 (tau_ratio) |" in result.stdout
     assert (out / "roc.png").stat().st_size > 0 and (out / "run" / "scorer.ckpt.pt").exists()
 
 

@@ -16,17 +16,18 @@ the final models of a stream:
   20% for top-1% selections of a flow in m and in log m on LHCO), and the pair's
   AUC difference beside its statistical error.
 
-AUC error (Hanley & McNeil 1982): with A the AUC, n_S signal and n_B background
-events, Q1 = A / (2 - A), Q2 = 2 A^2 / (1 + A),
+AUC error (DeLong et al. 1988): the AUC is the mean of the placements
+V_i = F_B(s_i) (fraction of background below signal event i, ties half) over
+signal, equally of W_j = 1 - F_S(b_j) over background, so over evaluation samples
 
-    se(A)^2 = [A (1 - A) + (n_S - 1)(Q1 - A^2) + (n_B - 1)(Q2 - A^2)] / (n_S n_B),
+    se(AUC)^2 = var_i(V_i) / n_S + var_j(W_j) / n_B,
 
-the spread of the AUC over evaluation samples of this size (exact for exponential
-score distributions, close for others). A pair's difference is given the error of
-two independent measurements, sqrt(se_a^2 + se_b^2): both learners score the same
-events (correlated, a smaller error of the difference) but were trained separately
-(training noise, not in se), so it is the scale on which "the AUCs agree within
-statistical error" is read, not an exact error of the difference.
+computed from midranks (no assumption on the score distributions). A pair's
+difference is given the error of two independent measurements,
+sqrt(se_a^2 + se_b^2): both learners score the same events (correlated, a smaller
+error of the difference) but were trained separately (training noise, not in se),
+so it is the scale on which "the AUCs agree within statistical error" is read,
+not an exact error of the difference.
 
 LHCO menu (:func:`lhco_menu`): the lhco preset's flows in m and log m and its CWoLA
 in both frames, plus a flow (conditional on mjj, as flow_m) and a CWoLA on
@@ -64,6 +65,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from scipy.stats import rankdata
 
 from streamflow import metrics
 from streamflow.checkpoint import load_checkpoint
@@ -101,12 +103,15 @@ def lhco_menu(q: float) -> ScorerConfig:
     return dataclasses.replace(base, learners=tuple(learners), lines=lines)
 
 
-def auc_standard_error(auc: float, n_signal: int, n_background: int) -> float:
-    """Hanley-McNeil standard error of an AUC measured on n_signal + n_background events (module docstring)."""
-    q1, q2 = auc / (2.0 - auc), 2.0 * auc**2 / (1.0 + auc)
-    variance = (auc * (1.0 - auc) + (n_signal - 1) * (q1 - auc**2)
-                + (n_background - 1) * (q2 - auc**2)) / (n_signal * n_background)
-    return math.sqrt(max(variance, 0.0))
+def auc_standard_error(labels: np.ndarray, scores: np.ndarray) -> float:
+    """DeLong standard error of the AUC of ``scores`` (NaN: lowest, as in metrics.auc); see the module docstring."""
+    positive = np.asarray(labels) == 1
+    scores = np.where(np.isnan(scores), -np.inf, np.asarray(scores, np.float64))
+    ranks = rankdata(scores)
+    n_s, n_b = int(positive.sum()), int((~positive).sum())
+    below_signal = (ranks[positive] - rankdata(scores[positive])) / n_b  # V_i
+    above_background = 1.0 - (ranks[~positive] - rankdata(scores[~positive])) / n_s  # W_j
+    return math.sqrt(below_signal.var(ddof=1) / n_s + above_background.var(ddof=1) / n_b)
 
 
 def toy_exact_auc(kind: str, frame: str) -> float | None:
@@ -128,7 +133,7 @@ class LearnerFigures:
     features: tuple[str, ...]
     auc: float
     auc_error: float
-    """Statistical (Hanley-McNeil) standard error of ``auc`` on this evaluation sample."""
+    """Statistical (DeLong) standard error of ``auc`` on this evaluation sample."""
     max_sic: float
     exact_auc: float | None
     background_iqr: float
@@ -215,7 +220,7 @@ def run_study(learners: Mapping[str, TorchLearner], events: EventBatch, *, sourc
         kind = learner.config.kind
         if both_classes:
             auc, sic = metrics.auc(labels, scores[name]), metrics.max_sic(labels, scores[name])
-            error = auc_standard_error(auc, n_signal, len(labels) - n_signal)
+            error = auc_standard_error(labels, scores[name])
             eff_b, eff_s, _ = metrics.roc_curve(labels, scores[name])
             curves[name] = (eff_b, eff_s)
         else:
@@ -290,7 +295,7 @@ def plot_roc(study: CoordinateStudy, path: str | Path) -> bool:
     ax.plot([0, 1], [1, 0], color="grey", lw=0.8, label="random")
     ax.set_xlabel("signal efficiency")
     ax.set_ylabel("background rejection (1 - eff_B)")
-    ax.set_title(f"{study.source}: learners by coordinate frame")
+    ax.set_title(f"{Path(study.source).name}: learners by coordinate frame")
     ax.legend(fontsize=7, loc="lower left")
     figure.savefig(path, dpi=110)
     return True
