@@ -37,7 +37,10 @@ each AUC on the ~55k evaluation events with ~550 signal (~0.008), combined as fo
 (~0.011). Both score the same events, so the evaluation sample's own noise in the difference is far smaller (paired
 DeLong: 0.003 for the tau pair, 0.001 for the m pair); what remains is training noise of two separately trained
 networks, which this scale covers: the tau pair's difference over stream seeds 0-3 was -0.026, -0.002, +0.007,
-0.000 (the m pair's -0.004, 0.000, -0.002, -0.002)."""
+0.000 (the m pair's -0.004, 0.000, -0.002, -0.002). That spread (std 0.014 over four seeds) is the size of the
+evaluation error itself, and seed 0 sits at 2.4 errors, so the tolerance adds it as a second, independent term
+(TRAINING_NOISE): a different CPU's rounding changes the training trajectory, and must not flip the test."""
+TRAINING_NOISE = 0.014
 
 
 def test_auc_standard_error_is_the_spread_of_the_auc_over_samples():
@@ -61,7 +64,8 @@ def test_lhco_flow_selections_differ_between_frames(tmp_path, features_file):
     """Real LHCO background: the flow's top-1% in m and in log m are different events, CWoLA's less so;
     in (tau1, tau2) and (tau1, tau21) the flow's differ too; CWoLA's AUC is the same in both frames of each pair."""
     out = tmp_path / "study"
-    result = streamflow("coordinates", "--source", str(features_file), "--device", "cpu", "--out", str(out),
+    result = streamflow("coordinates", "--source", str(features_file), "--device", "cpu", "--threads", "1",
+                        "--out", str(out),
                         "--base-port", str(free_port_block()), timeout=230)
     assert result.returncode == 0, result.stderr[-3000:]
     study = json.loads((out / "coordinates.json").read_text())
@@ -80,7 +84,8 @@ def test_lhco_flow_selections_differ_between_frames(tmp_path, features_file):
     for pair in (cwola, cwola_tau):
         print(f"{pair['b']} - {pair['a']}: AUC {pair['auc_difference']:+.3f} +- {pair['auc_difference_error']:.3f}")
         assert 0 < pair["auc_difference_error"] < 0.03
-        assert abs(pair["auc_difference"]) < AUC_AGREEMENT_SIGMAS * pair["auc_difference_error"]
+        error = float(np.hypot(pair["auc_difference_error"], TRAINING_NOISE))
+        assert abs(pair["auc_difference"]) < AUC_AGREEMENT_SIGMAS * error
     figures = {f["name"]: f for f in study["learners"]}
     assert {f["frame"] for f in figures.values()} == {"identity", "log_mass", "tau_ratio"}
     assert figures["flow_tau21"]["features"] == ["mjmin", "delta_m", "tau1_j1", "tau2_j1", "tau1_j2", "tau2_j2"]
