@@ -7,8 +7,8 @@ One command, one machine, one run:
 2. decode -- ``wire.decode`` vs ``np.frombuffer`` of the same parts;
 3. score and learn per learner of the lhco preset -- ``learner.score`` / ``learner.learn``
    vs the same network used by the plain library (:mod:`bench.hotpaths`; for the flows
-   the baseline is the nflows MAF of the same size trained by a bare Adam loop on the
-   same frames, minibatches and number of steps);
+   the baseline is a copy of the learner's MAF, of its backend library, trained by a bare
+   Adam loop on the same frames, minibatches and number of steps);
 4. rolling quantile -- per-frame update + value of the exact window and the log
    histogram (:func:`bench.quantile.per_frame`);
 5. end to end -- ``streamflow run`` with its defaults (synthetic LHCO stream, lhco preset,
@@ -19,8 +19,8 @@ One command, one machine, one run:
    wait behind ~2 x CHILD_HWM queued frames, not the work on one frame);
 6. the floor of the flow's learn step on this device:
 
-   FLOPs. Every dense layer of the MAF (nflows MaskedLinear is an nn.Linear whose
-   weight is multiplied by its mask: the zeros cost as much as the rest) costs
+   FLOPs. Every dense layer of the MAF (the MaskedLinear of nflows and of zuko is an
+   nn.Linear whose weight is multiplied by its mask: the zeros cost as much as the rest) costs
    in x out multiply-adds per event forward; the backward pass computes dL/dinput and
    dL/dW, one product of the same size each, so a training step costs 3 x the forward
    multiply-adds, 2 FLOPs each: F = 6 x sum(in x out) per event. Element-wise work
@@ -36,7 +36,7 @@ One command, one machine, one run:
    floor = max(F / peak FLOP/s, bytes / peak bytes/s) per event; the learn row shows
    the measured events/s as a fraction of the floor's events/s;
 7. flow backends -- the lhco preset's flow_m (conditional MAF, affine) and its spline
-   variant built with ``backend = "zuko"`` vs ``"nflows"`` (the default): ``learner.score``
+   variant built with ``backend = "zuko"`` vs ``"nflows"``: ``learner.score``
    and ``learner.learn`` at each frame size, both learners warmed up alike and fed the same
    frames, rounds alternating in this process; speed-up = zuko events/s / nflows events/s
    (min over rounds each). The two libraries build different networks from the same
@@ -226,11 +226,11 @@ def backend_speeds(sizes: list[int], device: torch.device, rounds: int) -> list[
         for n in sizes:
             for kind in ("score", "learn"):
                 for label, zuko in sides.items():
-                    case, ours, theirs = backend_case(kind, nflows, zuko, n, device)
+                    case, nflows_macs, zuko_macs = backend_case(kind, nflows, zuko, n, device)
                     timing = hotpaths.measure(case, rounds_of(kind, n, rounds), warmup=1)
                     zuko_s, nflows_s = min(timing.target_s), min(timing.baseline_s)
                     rows.append(BackendSpeed(transform, kind, label, device.type, n, n / nflows_s, n / zuko_s,
-                                             nflows_s / zuko_s, ours, theirs))
+                                             nflows_s / zuko_s, nflows_macs, zuko_macs))
     return rows
 
 
@@ -269,8 +269,8 @@ def backend_checks(device: torch.device) -> list[BackendCheck]:
 
 
 def print_backends(speeds: list[BackendSpeed], checks: list[BackendCheck]) -> None:
-    print(quantile._table("\nflow backends: zuko vs nflows (default) behind the flow learner, lhco flow_m "
-                          "(events/s of the best round; speed-up = zuko / nflows events/s)", speeds, [
+    print(quantile._table(f"\nflow backends: zuko vs nflows behind the flow learner (default {FlowConfig.backend}), "
+                          "lhco flow_m (events/s of the best round; speed-up = zuko / nflows events/s)", speeds, [
         ("transform", "transform", ""), ("call", "stage", ""), ("zuko built with", "zuko", ""),
         ("device", "device", ""), ("frame", "frame_size", ","), ("nflows ev/s", "nflows_events_per_s", ",.0f"),
         ("zuko ev/s", "zuko_events_per_s", ",.0f"), ("speed-up", "speedup", ".2f"),
