@@ -35,7 +35,7 @@ import zmq
 
 from streamflow.errors import ConfigError, StreamflowError, WireError
 from streamflow.events.batch import EventBatch
-from streamflow.wire import Kind, Message, decode, encode_control, encode_data
+from streamflow.wire import Kind, Message, decode, encode_control, encode_data, restamp
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 DEFAULT_HWM = 64  # frames queued per socket before a send blocks
@@ -190,10 +190,12 @@ class Sender(_SocketPair):
         self._hellos: dict[bytes, str] = {}
         self._acks: dict[bytes, dict[str, Any]] = {}
 
-    def send(self, parts: list[Any], n_events: int, stop_event: threading.Event | None = None) -> bool:
+    def send(self, parts: list[Any], n_events: int, stop_event: threading.Event | None = None,
+             restamp_on_wait: bool = False) -> bool:
         """Send one encoded message (zero-copy), blocking while the queue is full.
 
-        Returns False, without sending, if ``stop_event`` is set while blocked.
+        With ``restamp_on_wait`` a message that had to wait gets the time ZeroMQ took it
+        as its send time. Returns False, without sending, if ``stop_event`` is set while blocked.
         """
         while True:
             start = time.perf_counter()
@@ -203,6 +205,8 @@ class Sender(_SocketPair):
             except zmq.Again:
                 if stop_event is not None and stop_event.is_set():
                     return False
+                if restamp_on_wait:
+                    parts = restamp(parts, time.time_ns())
             finally:
                 self.blocked_s += time.perf_counter() - start
         self.frames += 1
@@ -210,9 +214,14 @@ class Sender(_SocketPair):
         return True
 
     def send_batch(self, batch: EventBatch, stop_event: threading.Event | None = None) -> bool:
-        """Send ``batch`` as the next DATA frame, stamped with its sequence number and send time."""
+        """Send ``batch`` as the next DATA frame, stamped with its sequence number and send time.
+
+        The send time is when the frame entered the transport: the time it waited for a
+        first receiver or for room in a full queue is the producer's, not the pipeline's
+        latency (the producer reports it as blocked time).
+        """
         parts = encode_data(batch, seq=self.frames, stream_id=self.stream_id, send_ns=time.time_ns())
-        return self.send(parts, len(batch), stop_event)
+        return self.send(parts, len(batch), stop_event, restamp_on_wait=True)
 
     def _read_control(self, timeout_ms: int) -> None:
         """Record every HELLO and ACK that arrives within ``timeout_ms``."""

@@ -47,6 +47,8 @@ MAX_LINES = 64  # one bit per trigger line in a uint64
 #: magic, version u16, kind u8, dtype u8, flags u16, stream id u32, seq u64,
 #: send time ns u64, event count u32, feature count u32, schema hash u64, meta length u32.
 HEADER = struct.Struct("<4sHBBHIQQIIQI")
+_SEND_NS = struct.Struct("<Q")
+_SEND_NS_OFFSET = struct.calcsize("<4sHBBHIQ")  # where the send time sits in the header
 
 
 class Kind(enum.IntEnum):
@@ -141,6 +143,13 @@ def _event_parts(batch: EventBatch, kind: Kind, seq: int, stream_id: int, send_n
 @functools.lru_cache(maxsize=64)
 def _cached_hash(names: tuple[str, ...]) -> int:
     return schema_hash(names)
+
+
+def restamp(parts: list[Any], send_ns: int) -> list[Any]:
+    """The encoded message ``parts`` with its header's send time set to ``send_ns`` (the rest shared)."""
+    head = bytearray(parts[0])
+    _SEND_NS.pack_into(head, _SEND_NS_OFFSET, send_ns)
+    return [bytes(head), *parts[1:]]
 
 
 def encode_data(batch: EventBatch, *, seq: int, stream_id: int, send_ns: int) -> list[Any]:

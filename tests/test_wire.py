@@ -18,6 +18,7 @@ from streamflow.wire import (
     encode_control,
     encode_data,
     encode_selection,
+    restamp,
     schema_hash,
 )
 
@@ -57,6 +58,15 @@ def test_data_round_trip(labels: bool) -> None:
     assert msg.schema_hash == schema_hash(NAMES)
     assert_same_batch(msg.batch, batch)
     assert msg.batch.features.shape == (5, 3) and msg.batch.features.flags.c_contiguous
+
+
+def test_restamp_changes_only_the_send_time() -> None:
+    batch = make_batch()
+    parts = encode_data(batch, seq=7, stream_id=3, send_ns=1)
+    msg = decode(as_bytes(restamp(parts, 2**63 + 5)))
+    assert (msg.kind, msg.seq, msg.stream_id, msg.send_ns) == (Kind.DATA, 7, 3, 2**63 + 5)
+    assert_same_batch(msg.batch, batch)
+    assert decode(as_bytes(parts)).send_ns == 1  # the original is untouched
 
 
 def test_selection_round_trip() -> None:
