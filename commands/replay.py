@@ -16,6 +16,7 @@ from typing import Any, Callable
 from commands.common import stop_on_signals
 from streamflow.config import load_toml
 from streamflow.errors import ConfigError
+from streamflow.transport import Curve
 from producers.replay import ReplayConfig, ReplayStats, run_replay
 
 _OPTIONS = ("rate", "frame_size", "signal_fraction", "events", "loop", "seed", "endpoint", "stream_id",
@@ -43,6 +44,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--hwm", type=int, metavar="FRAMES", help="frames queued before sends block (default 64)")
     p.add_argument("--kernel-buffer", type=int, metavar="BYTES",
                    help="cap the OS socket buffers: fewer frames queued beyond --hwm (default: the OS default)")
+    p.add_argument("--curve-secret", metavar="FILE",
+                   help="CURVE-secure the stream with this NAME.key_secret (from `streamflow keys`); "
+                        "needs --curve-authorized")
+    p.add_argument("--curve-authorized", metavar="DIR",
+                   help="folder of the public keys (*.key) of the receivers admitted under CURVE")
     p.set_defaults(func=run)
 
 
@@ -64,6 +70,10 @@ def config_from_args(args: argparse.Namespace) -> ReplayConfig:
         overrides["source"] = args.source
     if "rate" in overrides:
         overrides["rate"] = parse_rate(overrides["rate"])
+    if args.curve_secret or args.curve_authorized:
+        if not (args.curve_secret and args.curve_authorized):
+            raise ConfigError("--curve-secret FILE and --curve-authorized DIR go together")
+        overrides["curve"] = Curve(args.curve_secret, authorized_dir=args.curve_authorized)
     return dataclasses.replace(base, **overrides)
 
 

@@ -38,7 +38,7 @@ from streamflow.sampling import HISTOGRAM_KEY, ContextHistogram
 from streamflow.score_sample import ScoreSample
 from streamflow.scorer import FrameScorer, ScorerConfig
 from streamflow.telemetry import LatencyHistogram, RateMeter, TelemetryReporter
-from streamflow.transport import DEFAULT_ENDPOINT, DEFAULT_HWM, Receiver, Sender, check_endpoint, connect
+from streamflow.transport import DEFAULT_ENDPOINT, DEFAULT_HWM, Curve, Receiver, Sender, check_endpoint, connect
 from streamflow.wire import Kind, Message, encode_selection
 
 
@@ -49,6 +49,7 @@ class ConsumeConfig:
     selections: endpoint the scorer binds to push accepted events to a sink (None: none).
     telemetry: endpoint of a monitor's SUB socket to publish stats to (None: only the JSON lines file).
     idle_timeout: seconds without any frame before the scorer gives up with a clear error.
+    curve: connect to the producer as a CURVE client (None: plain sockets).
     """
 
     scorer: ScorerConfig
@@ -63,6 +64,7 @@ class ConsumeConfig:
     hwm: int = DEFAULT_HWM
     kernel_buffer: int = 0  # bytes of OS socket buffer (0: OS default)
     name: str = "scorer"
+    curve: Curve | None = None
 
     def __post_init__(self) -> None:
         for endpoint in (self.endpoint, self.selections, self.telemetry):
@@ -76,6 +78,8 @@ class ConsumeConfig:
             raise ConfigError(f"high-water mark must be at least 1 frame, got {self.hwm}")
         if self.kernel_buffer < 0:
             raise ConfigError(f"kernel buffer must be >= 0 bytes, got {self.kernel_buffer}")
+        if self.curve is not None and self.curve.is_server:
+            raise ConfigError("the scorer connects: its CURVE config needs the producer's public key file")
 
     @property
     def checkpoint_path(self) -> Path:
@@ -127,7 +131,7 @@ class _ScorerLoop:
         # Counts carried over from a checkpoint, so the ledger reports this run's events only.
         self.base_scored, self.base_learned = self.scorer.events_scored, self.scorer.events_learned
         self.receiver = Receiver(ctx, config.endpoint, name=config.name, hwm=config.hwm,
-                                 kernel_buffer=config.kernel_buffer)
+                                 kernel_buffer=config.kernel_buffer, curve=config.curve)
         self.selections = Sender(ctx, config.selections, hwm=config.hwm) if config.selections else None
         self._pub = connect(ctx, zmq.PUB, config.telemetry) if config.telemetry else None
         self.reporter = TelemetryReporter(

@@ -21,7 +21,7 @@ import zmq
 from streamflow.errors import ConfigError
 from streamflow.events import open_source
 from streamflow.pacing import TokenBucket, frames
-from streamflow.transport import DEFAULT_ENDPOINT, DEFAULT_HWM, EndOfStream, Sender, check_endpoint
+from streamflow.transport import DEFAULT_ENDPOINT, DEFAULT_HWM, Curve, EndOfStream, Sender, check_endpoint
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class ReplayConfig:
     events: stop after this many events (None: the whole source once; forever for
     a generator, or for a file with ``loop``).
     loop: replay a file again and again (ids continue: pass p, row r -> p * n_rows + r).
+    curve: CURVE-secure the sockets, admitting only authorised receivers (None: plain sockets).
     """
 
     source: str = "synthetic"
@@ -47,6 +48,7 @@ class ReplayConfig:
     eos_timeout: float = 10.0
     hwm: int = DEFAULT_HWM
     kernel_buffer: int = 0  # bytes of OS socket buffer (0: OS default; tcp's megabytes add queued frames)
+    curve: Curve | None = None
 
     def __post_init__(self) -> None:
         if self.frame_size < 1:
@@ -65,6 +67,8 @@ class ReplayConfig:
             raise ConfigError(f"high-water mark must be at least 1 frame, got {self.hwm}")
         if self.kernel_buffer < 0:
             raise ConfigError(f"kernel buffer must be >= 0 bytes, got {self.kernel_buffer}")
+        if self.curve is not None and not self.curve.is_server:
+            raise ConfigError("the producer binds: its CURVE config needs an authorised-keys folder")
         check_endpoint(self.endpoint)
 
 
@@ -107,7 +111,7 @@ def run_replay(config: ReplayConfig, stop_event: threading.Event | None = None,
     ctx = zmq.Context()
     try:
         with Sender(ctx, config.endpoint, stream_id=config.stream_id, hwm=config.hwm,
-                    kernel_buffer=config.kernel_buffer) as sender:
+                    kernel_buffer=config.kernel_buffer, curve=config.curve) as sender:
             start = time.perf_counter()
             wait_s = paced_s = 0.0
             stopped = False

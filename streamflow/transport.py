@@ -19,6 +19,11 @@ connection is gone fails at once (EHOSTUNREACH) and the sender forgets it.
 These are library helpers (no process loops): :class:`Sender` and
 :class:`Receiver` wrap the two sides so a producer, scorer or sink loop only calls
 ``send``/``end_stream`` or ``recv``.
+
+Across machines, :class:`Curve` (optional; None keeps plain sockets) secures both
+sockets with ZeroMQ CURVE through pyzmq's ``zmq.auth``: the binding sender is the
+CURVE server and admits only receivers whose public key is in an authorised-keys
+folder; a receiver with any other key fails the handshake and never gets a frame.
 """
 
 from __future__ import annotations
@@ -29,9 +34,12 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
 
 from streamflow.errors import ConfigError, StreamflowError, WireError
 from streamflow.events.batch import EventBatch
@@ -85,13 +93,88 @@ def _ipc_in_use(endpoint: str) -> bool:
     return True
 
 
+_Z85_KEY_CHARS = 40  # a 32-byte Curve25519 key in Z85 text
+
+
+def _read_key_file(path: str) -> tuple[bytes, bytes | None]:
+    """(public, secret or None) from a key file written by ``zmq.auth.create_certificates``."""
+    try:
+        public, secret = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read CURVE key file {path}: {exc}") from None
+    if any(key is not None and len(key) != _Z85_KEY_CHARS for key in (public, secret)):
+        raise ConfigError(f"bad CURVE key file {path}: keys must be {_Z85_KEY_CHARS} Z85 characters")
+    return public, secret
+
+
+@dataclass(frozen=True)
+class Curve:
+    """ZeroMQ CURVE security for one side of a stream, from key files of `streamflow keys`.
+
+    CURVE (Curve25519 key exchange, then every message encrypted and authenticated)
+    is done by libzmq; keys are read and clients vetted by pyzmq's ``zmq.auth``.
+    The binding side (server) gives ``authorized_dir``, a folder of the public keys
+    (``*.key``) of the receivers it admits; the connecting side (client) gives
+    ``server_public_key_file``, the server's public key. Both give their own
+    ``secret_key_file`` (``NAME.key_secret``). Bad or missing files are a ConfigError here.
+    """
+
+    secret_key_file: str
+    authorized_dir: str | None = None
+    server_public_key_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.authorized_dir is None) == (self.server_public_key_file is None):
+            raise ConfigError("CURVE needs either an authorised-keys folder (binding side) or the server's "
+                              "public key file (connecting side), not both or neither")
+        self.keypair()
+        if self.server_public_key_file is not None:
+            _read_key_file(self.server_public_key_file)
+        elif not Path(self.authorized_dir or "").is_dir():
+            raise ConfigError(f"CURVE authorised-keys folder {self.authorized_dir} does not exist")
+        elif not any(Path(self.authorized_dir or "").glob("*.key")):
+            raise ConfigError(f"CURVE authorised-keys folder {self.authorized_dir} holds no public key (*.key)")
+
+    @property
+    def is_server(self) -> bool:
+        return self.authorized_dir is not None
+
+    def keypair(self) -> tuple[bytes, bytes]:
+        """This side's (public, secret) key."""
+        public, secret = _read_key_file(self.secret_key_file)
+        if secret is None:
+            raise ConfigError(f"CURVE key file {self.secret_key_file} holds no secret key "
+                              f"(give the NAME.key_secret file, not NAME.key)")
+        return public, secret
+
+    def secure(self, sock: zmq.Socket, *, binds: bool) -> None:
+        """Set the CURVE options of ``sock`` before it binds (server) or connects (client)."""
+        if binds != self.is_server:
+            raise ConfigError(f"a {'binding' if binds else 'connecting'} socket needs "
+                              f"{'an authorised-keys folder' if binds else 'the server public key file'} for CURVE")
+        sock.curve_publickey, sock.curve_secretkey = self.keypair()
+        if binds:
+            sock.curve_server = True
+        else:
+            sock.curve_serverkey = _read_key_file(self.server_public_key_file or "")[0]
+
+    def authenticator(self, ctx: zmq.Context) -> ThreadAuthenticator:
+        """A started ZAP handler for ``ctx`` admitting only the public keys in ``authorized_dir``."""
+        auth = ThreadAuthenticator(ctx)
+        auth.start()
+        auth.configure_curve(domain="*", location=self.authorized_dir or "")
+        return auth
+
+
 def _open(ctx: zmq.Context, socket_type: int, endpoint: str, hwm: int | None, *, binds: bool,
-          kernel_buffer: int = 0) -> zmq.Socket:
+          kernel_buffer: int = 0, curve: Curve | None = None) -> zmq.Socket:
     check_endpoint(endpoint)
     if binds and endpoint.startswith("ipc://") and _ipc_in_use(endpoint):
         raise ConfigError(f"cannot bind {endpoint}: {_IN_USE}")
     sock = ctx.socket(socket_type)
     sock.linger = 0
+    if curve is not None:
+        curve.secure(sock, binds=binds)
     if hwm is not None:
         sock.sndhwm = hwm
         sock.rcvhwm = hwm
@@ -112,18 +195,19 @@ def _open(ctx: zmq.Context, socket_type: int, endpoint: str, hwm: int | None, *,
 
 
 def bind(ctx: zmq.Context, socket_type: int, endpoint: str, *, hwm: int | None = None,
-         kernel_buffer: int = 0) -> zmq.Socket:
+         kernel_buffer: int = 0, curve: Curve | None = None) -> zmq.Socket:
     """A new socket bound to ``endpoint``; "address in use" and bad endpoints become ConfigError.
 
-    ``kernel_buffer`` > 0 caps the OS send/receive buffers (bytes; 0 keeps the OS default).
+    ``kernel_buffer`` > 0 caps the OS send/receive buffers (bytes; 0 keeps the OS default);
+    ``curve`` makes it a CURVE server (its context needs :meth:`Curve.authenticator`).
     """
-    return _open(ctx, socket_type, endpoint, hwm, binds=True, kernel_buffer=kernel_buffer)
+    return _open(ctx, socket_type, endpoint, hwm, binds=True, kernel_buffer=kernel_buffer, curve=curve)
 
 
 def connect(ctx: zmq.Context, socket_type: int, endpoint: str, *, hwm: int | None = None,
-            kernel_buffer: int = 0) -> zmq.Socket:
-    """A new socket connected to ``endpoint``; a malformed endpoint becomes ConfigError."""
-    return _open(ctx, socket_type, endpoint, hwm, binds=False, kernel_buffer=kernel_buffer)
+            kernel_buffer: int = 0, curve: Curve | None = None) -> zmq.Socket:
+    """A new socket connected to ``endpoint`` (a CURVE client with ``curve``); bad endpoints become ConfigError."""
+    return _open(ctx, socket_type, endpoint, hwm, binds=False, kernel_buffer=kernel_buffer, curve=curve)
 
 
 @dataclass
@@ -166,7 +250,9 @@ class Sender(_SocketPair):
 
     Sends block at the high-water mark (nothing is dropped) but wake every 100 ms to
     honour ``stop_event``; ``blocked_s`` is the time spent in sends, which is almost
-    all waiting for room in the queue (back-pressure from the receivers).
+    all waiting for room in the queue (back-pressure from the receivers). With
+    ``curve`` both sockets are CURVE servers and a ZAP thread on ``ctx`` (stopped by
+    ``close()``) admits only the authorised receivers.
     """
 
     ctx: zmq.Context
@@ -174,21 +260,38 @@ class Sender(_SocketPair):
     stream_id: int = 0
     hwm: int = DEFAULT_HWM
     kernel_buffer: int = 0
+    curve: Curve | None = None
     frames: int = field(default=0, init=False)
     events: int = field(default=0, init=False)
     blocked_s: float = field(default=0.0, init=False)
 
     def __post_init__(self) -> None:
-        self.data = bind(self.ctx, zmq.PUSH, self.endpoint, hwm=self.hwm, kernel_buffer=self.kernel_buffer)
+        self._auth = self.curve.authenticator(self.ctx) if self.curve is not None else None
+        try:
+            self.data = bind(self.ctx, zmq.PUSH, self.endpoint, hwm=self.hwm, kernel_buffer=self.kernel_buffer,
+                             curve=self.curve)
+        except ConfigError:
+            self._stop_auth()
+            raise
         self.data.sndtimeo = _POLL_MS
         try:
-            self.control = bind(self.ctx, zmq.ROUTER, control_endpoint(self.endpoint))
+            self.control = bind(self.ctx, zmq.ROUTER, control_endpoint(self.endpoint), curve=self.curve)
         except ConfigError:
             self.data.close()
+            self._stop_auth()
             raise
         self.control.router_mandatory = 1  # sending to a departed receiver raises EHOSTUNREACH
         self._hellos: dict[bytes, str] = {}
         self._acks: dict[bytes, dict[str, Any]] = {}
+
+    def _stop_auth(self) -> None:
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+
+    def close(self) -> None:
+        super().close()
+        self._stop_auth()
 
     def send(self, parts: list[Any], n_events: int, stop_event: threading.Event | None = None,
              restamp_on_wait: bool = False) -> bool:
@@ -290,6 +393,8 @@ class Receiver(_SocketPair):
     Says HELLO on creation. :meth:`handle` (or :meth:`recv`) decodes a message,
     counts frames, events and rejected (undecodable) messages, and answers an
     END_OF_STREAM with an ACK carrying those counts; it never raises on a bad frame.
+    With ``curve`` both sockets are CURVE clients of the sender, and a receive that
+    finds no frame raises ConfigError if the sender refused this receiver's key.
     """
 
     ctx: zmq.Context
@@ -297,6 +402,7 @@ class Receiver(_SocketPair):
     name: str = "receiver"
     hwm: int = DEFAULT_HWM
     kernel_buffer: int = 0
+    curve: Curve | None = None
     frames: int = field(default=0, init=False)
     events: int = field(default=0, init=False)
     rejected: int = field(default=0, init=False)
@@ -304,10 +410,27 @@ class Receiver(_SocketPair):
     control_linger_ms = 1000  # closing gives a just-sent ACK up to a second to leave
 
     def __post_init__(self) -> None:
-        self.data = connect(self.ctx, zmq.PULL, self.endpoint, hwm=self.hwm, kernel_buffer=self.kernel_buffer)
+        self.data = connect(self.ctx, zmq.PULL, self.endpoint, hwm=self.hwm, kernel_buffer=self.kernel_buffer,
+                            curve=self.curve)
         self._rcvtimeo = -1
-        self.control = connect(self.ctx, zmq.DEALER, control_endpoint(self.endpoint))
+        self.control = connect(self.ctx, zmq.DEALER, control_endpoint(self.endpoint), curve=self.curve)
+        # Under CURVE a sender that refuses our key says so in the handshake; libzmq reports it as an event.
+        self._refusals = (self.data.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+                          if self.curve is not None else None)
         self._say(Kind.HELLO, 0, 0)
+
+    def close(self) -> None:
+        if self._refusals is not None:
+            self.data.disable_monitor()
+            self._refusals.close(linger=0)
+            self._refusals = None
+        super().close()
+
+    def _check_refused(self) -> None:
+        """ConfigError if the sender's authenticator refused this receiver's CURVE key."""
+        if self._refusals is not None and self._refusals.poll(0):
+            raise ConfigError(f"{self.endpoint} refused this receiver's CURVE key: its public key is not in "
+                              f"the producer's authorised-keys folder")
 
     def _say(self, kind: Kind, stream_id: int, seq: int) -> None:
         meta = {"name": self.name, "pid": os.getpid(), "frames": self.frames, "events": self.events,
@@ -346,6 +469,7 @@ class Receiver(_SocketPair):
             try:
                 parts = self.data.recv_multipart(copy=False)
             except zmq.Again:
+                self._check_refused()
                 if deadline is not None and time.monotonic() >= deadline:
                     return None
                 continue

@@ -1,0 +1,146 @@
+"""CURVE-secured streams: `streamflow keys`, an authorised receiver served, a wrong key refused."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from commands.main import main as streamflow_main
+from producers.replay import ReplayConfig, run_replay
+from streamflow.errors import ConfigError
+from streamflow.events.batch import EventBatch
+from streamflow.transport import Curve, Receiver, Sender
+from streamflow.wire import Kind
+from tests.helpers import free_port_block
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def ctx():
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Path:
+    """server, scorer and intruder keypairs; only scorer.key is authorised by the server."""
+    for name in ("server", "scorer", "intruder"):
+        assert streamflow_main(["keys", str(tmp_path / "keys"), "--name", name]) == 0
+    authorized = tmp_path / "authorized"
+    authorized.mkdir()
+    (authorized / "scorer.key").write_bytes((tmp_path / "keys" / "scorer.key").read_bytes())
+    return tmp_path
+
+
+def client(keys: Path, name: str) -> Curve:
+    return Curve(str(keys / "keys" / f"{name}.key_secret"),
+                 server_public_key_file=str(keys / "keys" / "server.key"))
+
+
+def test_keys_command_writes_a_keypair_and_refuses_to_overwrite(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "k"
+    assert streamflow_main(["keys", str(folder), "--name", "node1"]) == 0
+    public, secret = zmq.auth.load_certificate(folder / "node1.key_secret")
+    assert zmq.auth.load_certificate(folder / "node1.key") == (public, None)
+    assert len(public) == len(secret) == 40
+    assert (folder / "node1.key_secret").stat().st_mode & 0o077 == 0
+    before = (folder / "node1.key_secret").read_bytes()
+    capsys.readouterr()
+    assert streamflow_main(["keys", str(folder), "--name", "node1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "refusing to overwrite" in err
+    assert (folder / "node1.key_secret").read_bytes() == before
+
+
+def test_curve_producer_serves_an_authorised_receiver_and_refuses_a_wrong_key(ctx, keys: Path) -> None:
+    endpoint = f"tcp://127.0.0.1:{free_port_block(2)}"
+    server = Curve(str(keys / "keys" / "server.key_secret"), authorized_dir=str(keys / "authorized"))
+    with Sender(ctx, endpoint, curve=server) as sender, \
+            Receiver(ctx, endpoint, name="intruder", curve=client(keys, "intruder")) as intruder:
+        # Only a refused receiver is there: PUSH has no peer, so a frame cannot leave.
+        stop = threading.Event()
+        timer = threading.Timer(1.5, stop.set)
+        timer.start()
+        first = EventBatch(ids=np.arange(3, dtype=np.uint64), features=np.ones((3, 2), np.float32),
+                           names=("a", "b"))
+        assert not sender.send_batch(first, stop)
+        timer.cancel()
+        with Receiver(ctx, endpoint, name="scorer", curve=client(keys, "scorer")) as scorer:
+            rng = np.random.default_rng(1)
+            sent = [EventBatch(ids=np.arange(i * 5, i * 5 + 5, dtype=np.uint64),
+                               features=rng.normal(size=(5, 2)).astype(np.float32), names=("a", "b"))
+                    for i in range(4)]
+            for batch in sent:
+                assert sender.send_batch(batch, stop_event=None)
+            for batch in sent:
+                msg = scorer.recv(timeout_ms=5000)
+                assert msg is not None and msg.batch is not None
+                assert msg.batch.ids.tobytes() == batch.ids.tobytes()
+                assert msg.batch.features.tobytes() == batch.features.tobytes()
+            done = threading.Thread(target=lambda: scorer.recv(timeout_ms=5000))
+            done.start()
+            eos = sender.end_stream(timeout_s=5)
+            done.join(timeout=6)
+            assert list(eos.acks) == [f"scorer (pid {os.getpid()})"]
+            assert eos.acked_events == 20
+        with pytest.raises(ConfigError, match="refused this receiver's CURVE key"):
+            intruder.recv(timeout_ms=1000)
+        assert intruder.frames == 0
+
+
+def test_replay_streams_to_a_curve_receiver(ctx, keys: Path) -> None:
+    endpoint = f"tcp://127.0.0.1:{free_port_block(2)}"
+    config = ReplayConfig(source="gaussian", events=3000, frame_size=1000, endpoint=endpoint, eos_timeout=10,
+                          curve=Curve(str(keys / "keys" / "server.key_secret"),
+                                      authorized_dir=str(keys / "authorized")))
+    result = []
+    producer = threading.Thread(target=lambda: result.append(run_replay(config)))
+    producer.start()
+    with Receiver(ctx, endpoint, name="scorer", curve=client(keys, "scorer")) as scorer:
+        kinds = []
+        while not kinds or kinds[-1] != Kind.END_OF_STREAM:
+            msg = scorer.recv(timeout_ms=10_000)
+            assert msg is not None, "no frame within 10 s"
+            kinds.append(msg.kind)
+        producer.join(timeout=15)
+    assert scorer.events == 3000 and kinds.count(Kind.DATA) == 3
+    assert result and result[0].eos.acked_events == 3000
+
+
+def test_bad_curve_configs_are_one_line_errors(keys: Path) -> None:
+    secret = str(keys / "keys" / "server.key_secret")
+    with pytest.raises(ConfigError, match="cannot read CURVE key file"):
+        Curve(str(keys / "missing.key_secret"), authorized_dir=str(keys / "authorized"))
+    with pytest.raises(ConfigError, match="holds no secret key"):
+        Curve(str(keys / "keys" / "server.key"), authorized_dir=str(keys / "authorized"))
+    with pytest.raises(ConfigError, match="holds no public key"):
+        Curve(secret, authorized_dir=str(keys))
+    with pytest.raises(ConfigError, match="not both or neither"):
+        Curve(secret)
+    with pytest.raises(ConfigError, match="authorised-keys folder"):
+        ReplayConfig(curve=client(keys, "scorer"))
+
+
+def test_replay_and_consume_options_build_the_curve_configs(keys: Path, capsys) -> None:
+    from commands.consume import curve_from_args
+    from commands.main import build_parser
+    from commands.replay import config_from_args
+
+    args = build_parser("replay").parse_args(
+        ["replay", "--curve-secret", str(keys / "keys" / "server.key_secret"),
+         "--curve-authorized", str(keys / "authorized")])
+    assert config_from_args(args).curve == Curve(str(keys / "keys" / "server.key_secret"),
+                                                 authorized_dir=str(keys / "authorized"))
+    args = build_parser("consume").parse_args(
+        ["consume", "--curve-secret", str(keys / "keys" / "scorer.key_secret"),
+         "--curve-server-key", str(keys / "keys" / "server.key")])
+    assert curve_from_args(args) == client(keys, "scorer")
+    assert streamflow_main(["consume", "--curve-secret", str(keys / "keys" / "scorer.key_secret")]) == 2
+    assert capsys.readouterr().err.strip().endswith("--curve-secret FILE and --curve-server-key FILE go together")
