@@ -33,6 +33,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda[:N] (default auto)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: all cores but three, at least one)")
+    p.add_argument("--thresholds", choices=("rank", "global"), default="rank",
+                   help="under torchrun: each rank's lines use its own windows (rank, default) or all ranks "
+                        "sum their windows' histograms each frame and apply one threshold (global; the "
+                        "preset's lines then use the histogram estimator)")
     p.add_argument("--learn-events", type=int, default=0, metavar="N",
                    help="learn once N scored events have accumulated (0: after every frame; default 0)")
     p.add_argument("--selections", metavar="ENDPOINT", default=None,
@@ -66,9 +70,11 @@ def scorer_config(args: argparse.Namespace) -> ScorerConfig:
     if args.config:
         config = ScorerConfig.from_tables(read_toml(args.config).get("scorer", {}), where=f"{args.config}[scorer]")
         config = dataclasses.replace(config, device=args.device) if args.device != "auto" else config
+        if args.thresholds != "rank":
+            config = dataclasses.replace(config, thresholds=args.thresholds)
     else:
         config = preset(args.preset, q=args.q, window=args.window, warmup=args.warmup, device=args.device,
-                        learn_events=args.learn_events)
+                        learn_events=args.learn_events, thresholds=args.thresholds)
     return dataclasses.replace(config, threads=args.threads) if args.threads is not None else config
 
 
@@ -92,7 +98,11 @@ def main(args: argparse.Namespace) -> int:
         kernel_buffer=args.kernel_buffer, curve=curve,
     )
     stats, ledger = run_consume(config, stop_on_signals())
-    print(ledger.render())
+    if stats.rank:
+        print(f"rank {stats.rank}: {stats.events:,d} events in {stats.frames:,d} frames; rank 0 prints the "
+              f"ledger of all ranks")
+    else:
+        print(ledger.render())
     if stats.stopped:
         print("scorer: stopped by signal; checkpoint written", file=sys.stderr)
     return 0

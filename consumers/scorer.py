@@ -17,10 +17,20 @@ learning from them died with the process -- "lost after processing". The frames
 that were still queued in the dead process show up as a sequence gap -- "lost in
 flight". The checkpoint carries both forward, and at END_OF_STREAM the ledger
 accounts for every frame and event the producer sent (streamflow.ledger.account_stream).
+
+Data-parallel (started by torchrun with WORLD_SIZE > 1, see streamflow.distributed):
+every rank pulls its own frames, and the ranks work in rounds -- each round every
+rank processes the frame it received, or an empty one, so that all of them take
+part in every learning step and threshold sum. A round begins with one small sum
+of (has a frame, ended, stopped, idle), so the ranks decide together when the
+stream is over. Per-rank files carry ``-rank<r>`` in their names; rank 0 writes
+the one checkpoint (all ranks resume from it) and the merged ledger, which
+accounts for every frame across the ranks and checks that their weights agree.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,12 +41,22 @@ import numpy as np
 import zmq
 
 from streamflow.checkpoint import load_checkpoint, save_checkpoint
+from streamflow.distributed import Collective, close_collective, init_collective, rank_endpoint, weights_digest
 from streamflow.errors import ConfigError, StreamflowError
+from streamflow.events.batch import EventBatch
 from streamflow.journal import FrameJournal
-from streamflow.ledger import Ledger, SequenceTracker, StreamAccount, account_stream
+from streamflow.ledger import (
+    Ledger,
+    SequenceTracker,
+    StreamAccount,
+    account_stream,
+    merge_sequence_states,
+    seen_runs,
+    stream_totals,
+)
 from streamflow.sampling import HISTOGRAM_KEY, ContextHistogram
 from streamflow.score_sample import ScoreSample
-from streamflow.scorer import FrameScorer, ScorerConfig
+from streamflow.scorer import FrameScorer, ScorerConfig, resolve_device
 from streamflow.telemetry import LatencyHistogram, RateMeter, TelemetryReporter
 from streamflow.transport import DEFAULT_ENDPOINT, DEFAULT_HWM, Curve, Receiver, Sender, check_endpoint, connect
 from streamflow.wire import Kind, Message, encode_selection
@@ -105,16 +125,30 @@ class ConsumeStats:
     lost_after_processing: dict[int, dict[int, int]] = field(default_factory=dict)
     """stream id -> {seq: events} scored by a crashed incarnation after its last checkpoint."""
     accounts: dict[int, StreamAccount] = field(default_factory=dict)
+    sent_totals: dict[int, tuple[int, int]] = field(default_factory=dict)
+    """stream id -> (frames, events) its sender sent, from END_OF_STREAM."""
+    rank: int | None = None
+    """This scorer's rank when data-parallel (rank 0 holds the merged ledger), else None."""
 
 
 class _ScorerLoop:
-    """State of one scorer process; :func:`run_consume` drives it."""
+    """State of one scorer process (or rank); :func:`run_consume` drives it."""
 
-    def __init__(self, config: ConsumeConfig, ctx: zmq.Context) -> None:
+    def __init__(self, config: ConsumeConfig, ctx: zmq.Context, collective: Collective | None = None) -> None:
+        self.collective = collective
+        self.checkpoint_path = config.checkpoint_path  # one checkpoint, whatever the rank
+        if collective is not None:
+            rank = collective.rank
+            config = dataclasses.replace(
+                config, name=f"{config.name}-rank{rank}", scorer=dataclasses.replace(
+                    config.scorer, device=str(collective.device)),
+                selections=rank_endpoint(config.selections, rank) if config.selections else None)
         self.config = config
         self.scorer = FrameScorer(config.scorer)
+        if collective is not None:
+            self.scorer.distribute(collective)
         self.tracker = SequenceTracker()
-        self.stats = ConsumeStats()
+        self.stats = ConsumeStats(rank=None if collective is None else collective.rank)
         self.latency = LatencyHistogram()
         self.rates = RateMeter()
         self.learn_totals: dict[str, dict[str, float]] = {}
@@ -124,7 +158,7 @@ class _ScorerLoop:
         run_dir = Path(config.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         self.journal = FrameJournal(run_dir / f"{config.name}.journal")
-        if config.resume and config.checkpoint_path.exists():
+        if config.resume and self._checkpoint_exists():
             self._resume()
         else:
             self.journal.clear()
@@ -139,30 +173,61 @@ class _ScorerLoop:
             jsonl_path=run_dir / f"telemetry-{config.name}.jsonl",
         )
 
+    @property
+    def leader(self) -> bool:
+        """Writes the checkpoint and the merged ledger: the only scorer, or rank 0."""
+        return self.collective is None or self.collective.rank == 0
+
+    def _checkpoint_exists(self) -> bool:
+        exists = self.checkpoint_path.exists()
+        if self.collective is None:
+            return exists
+        views = self.collective.gather_json(exists)
+        if len(set(views)) > 1:
+            raise ConfigError(f"--resume: {self.checkpoint_path} is visible to ranks "
+                              f"{[r for r, v in enumerate(views) if v]} only: the run folder must be shared")
+        return exists
+
     def _resume(self) -> None:
-        state = load_checkpoint(self.config.checkpoint_path, self.scorer.device)
+        state = load_checkpoint(self.checkpoint_path, self.scorer.device)
         self.scorer.load_state_dict(state["scorer"])
+        self.stats.resumed_from_frame = self.scorer.frames
+        if not self.leader:  # rank 0 carries the stream's account; the others start theirs afresh
+            self.journal.clear()
+            self.checkpoint()
+            return
         self.tracker.load_state_dict(state["sequence"])
         if HISTOGRAM_KEY in state:
             self.mjj = ContextHistogram.from_state(state[HISTOGRAM_KEY])
-        self.stats.resumed_from_frame = self.scorer.frames
         lost = self.stats.lost_after_processing
         for sid, frames in state.get("lost_after_processing", {}).items():
             lost.setdefault(int(sid), {}).update({int(seq): int(n) for seq, n in frames.items()})
-        for sid, frames in self.journal.read().items():  # handled by the dead process after its checkpoint
-            next_seq, _, _ = self.tracker.segment(sid)
-            missing = set(self.tracker.missing_frames().get(sid, []))
-            lost.setdefault(sid, {}).update(
-                {seq: n for seq, n in frames.items() if seq >= next_seq or seq in missing})
+        journals = [self.journal.path]
+        if self.collective is not None:
+            base = self.checkpoint_path.name.removesuffix(".ckpt.pt")
+            journals = sorted(self.journal.path.parent.glob(f"{base}-rank*.journal"))
+        for path in journals:  # frames handled by the dead process(es) after the checkpoint
+            for sid, frames in FrameJournal.read_file(path).items():
+                next_seq, _, _ = self.tracker.segment(sid)
+                missing = set(self.tracker.missing_frames().get(sid, []))
+                lost.setdefault(sid, {}).update(
+                    {seq: n for seq, n in frames.items() if seq >= next_seq or seq in missing})
         self.checkpoint()  # carries the crash window forward before the journal is emptied
 
     def checkpoint(self) -> None:
-        lost = {str(sid): {str(seq): n for seq, n in frames.items()}
-                for sid, frames in self.stats.lost_after_processing.items()}
-        save_checkpoint(self.config.checkpoint_path, {
-            "scorer": self.scorer.state_dict(), "sequence": self.tracker.state_dict(),
-            HISTOGRAM_KEY: self.mjj.state_dict(), "lost_after_processing": lost,
-        })
+        """Save learners, the stream's account and the crash window; empty the journal.
+
+        Data-parallel this is collective: rank 0 saves the union of every rank's account."""
+        sequence = self.tracker.state_dict()
+        if self.collective is not None:
+            sequence, _ = merge_sequence_states(self.collective.gather_json(sequence))
+        if self.leader:
+            lost = {str(sid): {str(seq): n for seq, n in frames.items()}
+                    for sid, frames in self.stats.lost_after_processing.items()}
+            save_checkpoint(self.checkpoint_path, {
+                "scorer": self.scorer.state_dict(), "sequence": sequence,
+                HISTOGRAM_KEY: self.mjj.state_dict(), "lost_after_processing": lost,
+            })
         self.journal.clear()
         self.stats.checkpoints += 1
 
@@ -179,10 +244,7 @@ class _ScorerLoop:
         self.sample.add(batch.labels, result.scores)
         if "mjj" in batch.names:
             self.mjj.add(batch.column("mjj"))
-        for name, stats in result.learn_stats.items():
-            totals = self.learn_totals.setdefault(name, {})
-            for key, value in stats.items():
-                totals[key] = value if key == "loss" else totals.get(key, 0.0) + value
+        self._add_learn_stats(result.learn_stats)
         if self.selections is not None:
             line_scores = np.column_stack(
                 [result.scores[line.learner][accepted] for line in self.config.scorer.lines]
@@ -196,9 +258,17 @@ class _ScorerLoop:
             self.stats.selections_sent += len(accepted)
         self.latency.record(time.time_ns() - msg.send_ns)
         self.journal.record(msg.stream_id, msg.seq, len(batch))
-        every = self.config.checkpoint_every
-        if every and self.scorer.frames % every == 0:
-            self.checkpoint()
+
+    def on_no_frame(self, names: tuple[str, ...]) -> None:
+        """A data-parallel round without a frame here: take part in the others' step with no events."""
+        empty = EventBatch(np.zeros(0, np.uint64), np.zeros((0, len(names)), np.float32), names)
+        self._add_learn_stats(self.scorer.process(empty).learn_stats)
+
+    def _add_learn_stats(self, learn_stats: dict[str, dict[str, float]]) -> None:
+        for name, stats in learn_stats.items():
+            totals = self.learn_totals.setdefault(name, {})
+            for key, value in stats.items():
+                totals[key] = value if key == "loss" else totals.get(key, 0.0) + value
 
     def telemetry(self) -> dict[str, Any]:
         sender = self.selections
@@ -212,13 +282,12 @@ class _ScorerLoop:
         }
 
     def end_of_stream(self, msg: Message) -> None:
-        """Account for every frame and event of the stream the producer just ended."""
-        meta = msg.meta
+        """Account for every frame and event of the stream(s) the producer (or proxy) just ended."""
         self.stats.ended_by_producer = True
-        if isinstance(meta.get("frames"), int) and isinstance(meta.get("events"), int):
-            self.stats.accounts[msg.stream_id] = account_stream(
-                self.tracker, msg.stream_id, meta["frames"], meta["events"],
-                self.stats.lost_after_processing.get(msg.stream_id))
+        self.stats.sent_totals = stream_totals(msg.meta, msg.stream_id)
+        for sid, (frames, events) in self.stats.sent_totals.items():
+            self.stats.accounts[sid] = account_stream(
+                self.tracker, sid, frames, events, self.stats.lost_after_processing.get(sid))
 
     def ledger(self) -> Ledger:
         ledger = Ledger()
@@ -235,7 +304,10 @@ class _ScorerLoop:
                               resumed_from_frame=stats.resumed_from_frame, lines=self.scorer.line_stats(),
                               learners=self.learn_totals, rejected=receiver.rejected,
                               last_rejection=receiver.last_error, lost_after_processing=lost,
-                              streams={sid: a.to_dict() for sid, a in stats.accounts.items()})
+                              streams={sid: a.to_dict() for sid, a in stats.accounts.items()},
+                              frames_seen=seen_runs(self.tracker.state_dict()),
+                              weights_sha256=weights_digest(
+                                  learner.model for learner in self.scorer.learners.values()))
         ledger.notes += [account.render(sid) for sid, account in stats.accounts.items()]
         if receiver.rejected:
             ledger.notes.append(f"rejected {receiver.rejected} messages; last: {receiver.last_error}")
@@ -253,39 +325,142 @@ class _ScorerLoop:
         self.reporter.close()
 
 
+def _alone(loop: _ScorerLoop, stop_event: threading.Event) -> None:
+    """The loop of a scorer on its own: frame by frame until END_OF_STREAM, a stop or the idle timeout."""
+    config = loop.config
+    last_frame = time.monotonic()
+    while not stop_event.is_set():
+        msg = loop.receiver.recv(timeout_ms=200)
+        if msg is None:
+            if time.monotonic() - last_frame > config.idle_timeout:
+                loop.stats.idle_error = (f"no frame from {config.endpoint} for {config.idle_timeout:g} s: "
+                                         "is the producer running?")
+                break
+        elif msg.kind == Kind.END_OF_STREAM:
+            loop.end_of_stream(msg)
+            break
+        elif msg.kind == Kind.DATA:
+            last_frame = time.monotonic()
+            loop.on_frame(msg)
+            every = config.checkpoint_every
+            if every and loop.scorer.frames % every == 0:
+                loop.checkpoint()
+        loop.reporter.maybe_report(loop.telemetry)
+
+
+_ROUND_WAIT_MS = 20
+"""How long a data-parallel rank waits for a frame before joining a round without one."""
+
+
+def _in_rounds(loop: _ScorerLoop, collective: Collective, stop_event: threading.Event) -> None:
+    """The loop of a data-parallel rank: rounds of one frame (or none) per rank, decided together."""
+    import torch
+
+    config = loop.config
+    ended = False
+    names: tuple[str, ...] | None = None
+    last_frame = time.monotonic()
+    rounds = 0
+    while True:
+        msg = None if ended or stop_event.is_set() else loop.receiver.recv(timeout_ms=_ROUND_WAIT_MS)
+        if msg is not None and msg.kind == Kind.END_OF_STREAM:
+            loop.end_of_stream(msg)
+            ended, msg = True, None
+        frame = msg if msg is not None and msg.kind == Kind.DATA else None
+        if frame is not None:
+            names = frame.batch.names
+        idle = time.monotonic() - last_frame > config.idle_timeout
+        votes = collective.sum_(torch.tensor(
+            [frame is not None, ended, stop_event.is_set(), idle, names is None], dtype=torch.int64)).tolist()
+        with_frames, n_ended, n_stopped, n_idle, n_unbound = votes
+        if with_frames:
+            last_frame = time.monotonic()
+            if n_unbound:  # some rank has had no frame yet: it takes the stream's schema from one that has
+                names = tuple(next(n for n in collective.gather_json(names) if n is not None))
+            if frame is not None:
+                loop.on_frame(frame)
+            else:
+                loop.on_no_frame(names)
+            rounds += 1
+            if config.checkpoint_every and rounds % config.checkpoint_every == 0:
+                loop.checkpoint()
+        loop.reporter.maybe_report(loop.telemetry)
+        if n_stopped:
+            break
+        if n_idle == collective.world_size and not with_frames:
+            loop.stats.idle_error = (f"no frame from {config.endpoint} on any of {collective.world_size} ranks "
+                                     f"for {config.idle_timeout:g} s: is the producer running?")
+            break
+        if n_ended == collective.world_size and not with_frames:
+            break
+
+
+def _merged_ledger(loop: _ScorerLoop, collective: Collective, ledger: Ledger) -> Ledger:
+    """Rank 0's account of the whole stream from every rank's ledger (collective; others get theirs back)."""
+    views = collective.gather_json({
+        "stages": [[stage.name, stage.events] for stage in ledger.stages],
+        "sequence": loop.tracker.state_dict(), "weights": ledger.details["weights_sha256"],
+        "lost": {str(sid): {str(seq): n for seq, n in frames.items()}
+                 for sid, frames in loop.stats.lost_after_processing.items()},
+        "sent": {str(sid): list(totals) for sid, totals in loop.stats.sent_totals.items()},
+    })
+    if not loop.leader:
+        return ledger
+    merged = Ledger()
+    for i, (name, _) in enumerate(views[0]["stages"]):
+        merged.add(name, sum(view["stages"][i][1] for view in views),
+                   "; ".join(f"rank {r}: {view['stages'][i][1]:,d}" for r, view in enumerate(views)))
+    sequence, duplicates = merge_sequence_states([view["sequence"] for view in views])
+    tracker = SequenceTracker()
+    tracker.load_state_dict(sequence)
+    lost: dict[int, dict[int, int]] = {}
+    sent: dict[int, tuple[int, int]] = {}
+    for view in views:
+        for sid, frames in view["lost"].items():
+            lost.setdefault(int(sid), {}).update({int(seq): n for seq, n in frames.items()})
+        sent.update({int(sid): (frames, events) for sid, (frames, events) in view["sent"].items()})
+    accounts = {sid: account_stream(tracker, sid, frames, events, lost.get(sid))
+                for sid, (frames, events) in sent.items()}
+    digests = [view["weights"] for view in views]
+    identical = len(set(digests)) == 1
+    merged.details.update(
+        ranks=collective.world_size, duplicate_frames=duplicates, weights_identical=identical,
+        weights_sha256=digests, missing_frames=tracker.missing_frames(),
+        streams={sid: a.to_dict() for sid, a in accounts.items()},
+        lines=ledger.details["lines"], learners=ledger.details["learners"],
+        frames_seen=[seen_runs(view["sequence"]) for view in views],
+    )
+    merged.notes += [account.render(sid) for sid, account in accounts.items()]
+    merged.notes.append(f"{collective.world_size} ranks; frames seen by more than one rank: {duplicates}; "
+                        f"weights identical on all ranks: {'yes' if identical else 'NO'}")
+    merged.notes += ledger.notes[len(loop.stats.accounts):]
+    return merged
+
+
 def run_consume(config: ConsumeConfig, stop_event: threading.Event | None = None) -> tuple[ConsumeStats, Ledger]:
     """Run a scorer until END_OF_STREAM, ``stop_event`` or the idle timeout.
 
     The idle timeout ends the run like the others (checkpoint, ledger), then raises
     its StreamflowError. A producer that comes back before it is picked up
     (ZeroMQ reconnects); its frames, numbered from 0 again, open a new segment.
+    Under torchrun (WORLD_SIZE > 1) this process is one rank of a data-parallel
+    scorer (module docstring); rank 0 returns the merged ledger.
     """
     stop_event = stop_event or threading.Event()
+    collective = init_collective(resolve_device(config.scorer.device))
     ctx = zmq.Context()
     loop = None
     try:
-        loop = _ScorerLoop(config, ctx)
-        last_frame = time.monotonic()
-        while not stop_event.is_set():
-            msg = loop.receiver.recv(timeout_ms=200)
-            if msg is None:
-                if time.monotonic() - last_frame > config.idle_timeout:
-                    loop.stats.idle_error = (f"no frame from {config.endpoint} for {config.idle_timeout:g} s: "
-                                             "is the producer running?")
-                    break
-            elif msg.kind == Kind.END_OF_STREAM:
-                loop.end_of_stream(msg)
-                break
-            elif msg.kind == Kind.DATA:
-                last_frame = time.monotonic()
-                loop.on_frame(msg)
-            loop.reporter.maybe_report(loop.telemetry)
+        loop = _ScorerLoop(config, ctx, collective)
+        if collective is None:
+            _alone(loop, stop_event)
+        else:
+            _in_rounds(loop, collective, stop_event)
         loop.stats.stopped = stop_event.is_set()
-        final_learn = loop.scorer.flush()
-        for name, stats in final_learn.items():
-            loop.learn_totals.setdefault(name, {}).update(loss=stats.get("loss", float("nan")))
+        loop._add_learn_stats({name: {"loss": stats.get("loss", float("nan"))}
+                               for name, stats in loop.scorer.flush().items()})
         loop.checkpoint()
-        loop.sample.save(Path(config.run_dir) / f"scores-{config.name}.npz")
+        loop.sample.save(Path(loop.config.run_dir) / f"scores-{loop.config.name}.npz")
         if loop.selections is not None:
             loop.selections.end_stream(config.eos_timeout)
         loop.reporter.report(loop.telemetry())
@@ -293,7 +468,11 @@ def run_consume(config: ConsumeConfig, stop_event: threading.Event | None = None
         loop.stats.missing_frames = loop.tracker.missing_frames()
         loop.stats.rejected = loop.receiver.rejected
         ledger = loop.ledger()
-        ledger.write(Path(config.run_dir) / f"ledger-{config.name}.json")
+        ledger.write(Path(config.run_dir) / f"ledger-{loop.config.name}.json")
+        if collective is not None:
+            ledger = _merged_ledger(loop, collective, ledger)
+            if loop.leader:
+                ledger.write(Path(config.run_dir) / f"ledger-{config.name}.json")
         if loop.stats.idle_error:
             raise StreamflowError(loop.stats.idle_error)
         return loop.stats, ledger
@@ -301,3 +480,4 @@ def run_consume(config: ConsumeConfig, stop_event: threading.Event | None = None
         if loop is not None:
             loop.close()
         ctx.destroy(linger=0)
+        close_collective(collective)

@@ -24,8 +24,13 @@ class FrameJournal:
 
     def read(self) -> dict[int, dict[int, int]]:
         """stream id -> {seq: events} of every complete line in the journal."""
+        return self.read_file(self.path)
+
+    @staticmethod
+    def read_file(path: Path) -> dict[int, dict[int, int]]:
+        """stream id -> {seq: events} of every complete line in the journal at ``path``."""
         frames: dict[int, dict[int, int]] = {}
-        for line in self.path.read_bytes().split(b"\n")[:-1]:  # the part after the last newline is torn
+        for line in path.read_bytes().split(b"\n")[:-1]:  # the part after the last newline is torn
             fields = line.split()
             if len(fields) == 3 and all(f.isdigit() for f in fields):
                 stream_id, seq, events = map(int, fields)

@@ -115,6 +115,42 @@ class SequenceTracker:
                 "duplicates": self.duplicates, "restarts": self.restarts, "abandoned": self.abandoned}
 
 
+def merge_sequence_states(states: list[dict[str, Any]]) -> tuple[dict[str, Any], int]:
+    """One :meth:`SequenceTracker.state_dict` for trackers that split the same streams between them.
+
+    Data-parallel scorers each see some of a stream's frames; the union is what the
+    stream delivered. Returns the merged state and the number of frames that more
+    than one tracker saw (0 when every frame went to exactly one scorer).
+    """
+    merged: dict[str, Any] = {"streams": {}, "restarts": 0, "abandoned": 0}
+    seen: dict[str, set[int]] = {}
+    events: dict[str, int] = {}
+    arrivals = 0
+    for state in states:
+        merged["restarts"] += int(state.get("restarts", 0))
+        merged["abandoned"] += int(state.get("abandoned", 0))
+        for sid, stream in state.get("streams", {}).items():
+            missing = {seq for a, b in stream["missing"] for seq in range(int(a), int(b))}
+            frames = set(range(int(stream["next_seq"]))) - missing
+            arrivals += len(frames)
+            seen.setdefault(sid, set()).update(frames)
+            events[sid] = events.get(sid, 0) + int(stream["events"])
+    for sid, frames in seen.items():
+        next_seq = max(frames) + 1 if frames else 0
+        merged["streams"][sid] = {"next_seq": next_seq, "missing": _runs(set(range(next_seq)) - frames),
+                                  "frames": len(frames), "events": events[sid]}
+    return merged, arrivals - sum(len(frames) for frames in seen.values())
+
+
+def seen_runs(state: dict[str, Any]) -> dict[str, list[list[int]]]:
+    """stream id -> the frames a tracker saw, as [start, stop) runs (from its state_dict)."""
+    out = {}
+    for sid, stream in state.get("streams", {}).items():
+        missing = {seq for a, b in stream["missing"] for seq in range(int(a), int(b))}
+        out[sid] = _runs(set(range(int(stream["next_seq"]))) - missing)
+    return out
+
+
 def _runs(values: set[int]) -> list[list[int]]:
     """Sorted integers as [start, stop) runs of consecutive values."""
     runs: list[list[int]] = []
@@ -191,6 +227,27 @@ def account_stream(tracker: SequenceTracker, stream_id: int, sent_frames: int, s
     missing = set(tracker.missing_frames().get(stream_id, [])) | set(range(next_seq, sent_frames))
     in_flight = sorted(missing - lost_after.keys())
     return StreamAccount(sent_frames, sent_events, frames, events, lost_after, in_flight)
+
+
+def stream_totals(meta: dict[str, Any], stream_id: int) -> dict[int, tuple[int, int]]:
+    """stream id -> (frames, events) sent, from an END_OF_STREAM's meta.
+
+    A producer's END_OF_STREAM totals its own stream ``stream_id``; a proxy's lists
+    every stream it forwarded under "streams" ({"sid": {"frames": F, "events": E}}).
+    Malformed totals give no entry (the receiver cannot account for that stream).
+    """
+    streams = meta.get("streams")
+    if isinstance(streams, dict):
+        totals = {}
+        for sid, sent in streams.items():
+            if str(sid).isdigit() and isinstance(sent, dict) and _counts(sent):
+                totals[int(sid)] = (sent["frames"], sent["events"])
+        return totals
+    return {stream_id: (meta["frames"], meta["events"])} if _counts(meta) else {}
+
+
+def _counts(sent: dict[str, Any]) -> bool:
+    return isinstance(sent.get("frames"), int) and isinstance(sent.get("events"), int)
 
 
 @dataclass

@@ -64,11 +64,13 @@ def _gaussian_learners(dim: int) -> list[LearnerConfig]:
 
 
 def preset(name: str, q: float = 0.01, window: int = 20_000, warmup: int | None = None,
-           device: str = "auto", learn_events: int = 0, dim: int = 2) -> ScorerConfig:
+           device: str = "auto", learn_events: int = 0, dim: int = 2, thresholds: str = "rank") -> ScorerConfig:
     """The scorer config of preset ``name``: one trigger line at accept fraction ``q`` per learner.
 
     A line accepts nothing until its window is full (``warmup`` None), so the
-    first thresholds already rest on ``window`` scores.
+    first thresholds already rest on ``window`` scores. With ``thresholds`` "global"
+    (data-parallel ranks agreeing on thresholds) the lines use the mergeable
+    histogram estimator, else the exact rolling quantile.
     """
     if name == "lhco":
         learners = _lhco_learners()
@@ -77,10 +79,12 @@ def preset(name: str, q: float = 0.01, window: int = 20_000, warmup: int | None 
     else:
         raise ConfigError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
     lines = tuple(
-        LineConfig(name=learner.name, learner=learner.name, accept=q, window=window, warmup=warmup)
+        LineConfig(name=learner.name, learner=learner.name, accept=q, window=window, warmup=warmup,
+                   estimator="histogram" if thresholds == "global" else "exact")
         for learner in learners
     )
-    return ScorerConfig(learners=tuple(learners), lines=lines, device=device, learn_events=learn_events)
+    return ScorerConfig(learners=tuple(learners), lines=lines, device=device, learn_events=learn_events,
+                        thresholds=thresholds)
 
 
 def preset_for_source(source: str) -> str:

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from streamflow.config import from_dict, to_dict
+from streamflow.distributed import Collective
 from streamflow.errors import ConfigError
 from streamflow.events.batch import EventBatch
 from streamflow.learners import LearnerConfig, TorchLearner, build_learner, learner_config
@@ -38,6 +39,11 @@ class ScorerConfig:
 
     learn_events: 0 learns after every frame; N > 0 learns once N scored events
     have accumulated (all of them, in one call of each learner's ``learn``).
+    thresholds: for data-parallel scorers (streamflow.distributed), "rank": each
+    rank's lines judge against that rank's own window of scores; "global": the
+    ranks sum their lines' window histograms every frame and all apply the
+    threshold of the union of their windows (every line must then use the
+    mergeable "histogram" estimator). Alone, a scorer's windows are its own either way.
     threads: torch's CPU threads; 0 is automatic: all cores but three (kept for
     the producer, the sink and the monitor), at least one. More threads than free
     cores make torch's thread pool spin against the other processes and run many
@@ -49,6 +55,7 @@ class ScorerConfig:
     device: str = "auto"
     learn_events: int = 0
     threads: int = 0
+    thresholds: Literal["rank", "global"] = "rank"
 
     def __post_init__(self) -> None:
         names = [learner.name for learner in self.learners]
@@ -61,6 +68,12 @@ class ScorerConfig:
             raise ConfigError(f"learn_events must be >= 0, got {self.learn_events}")
         if self.threads < 0:
             raise ConfigError(f"threads must be >= 0 (0: automatic), got {self.threads}")
+        if self.thresholds not in ("rank", "global"):
+            raise ConfigError(f"thresholds must be 'rank' or 'global', got {self.thresholds!r}")
+        exact = [line.name for line in self.lines if line.estimator != "histogram"]
+        if self.thresholds == "global" and exact:
+            raise ConfigError(f"global thresholds need estimator = 'histogram' on every line; "
+                              f"line(s) {', '.join(exact)} use the exact one")
 
     @staticmethod
     def from_tables(data: Mapping[str, Any], where: str = "scorer") -> "ScorerConfig":
@@ -77,7 +90,7 @@ class ScorerConfig:
             raise ConfigError(f"{where}: no [[learners]] given")
         rest = from_dict(_ScorerOptions, data, where)
         return ScorerConfig(learners=learners, lines=lines, device=rest.device, learn_events=rest.learn_events,
-                            threads=rest.threads)
+                            threads=rest.threads, thresholds=rest.thresholds)
 
     def to_tables(self) -> dict[str, Any]:
         return {
@@ -86,6 +99,7 @@ class ScorerConfig:
             "device": self.device,
             "learn_events": self.learn_events,
             "threads": self.threads,
+            "thresholds": self.thresholds,
         }
 
 
@@ -94,6 +108,7 @@ class _ScorerOptions:
     device: str = "auto"
     learn_events: int = 0
     threads: int = 0
+    thresholds: str = "rank"
 
 
 def cpu_threads(requested: int) -> int:
@@ -139,6 +154,21 @@ class FrameScorer:
         self._pending: list[torch.Tensor] = []
         self._pending_events = 0
         self._pinned: torch.Tensor | None = None
+        self.collective: Collective | None = None
+
+    def distribute(self, collective: Collective) -> None:
+        """Score and learn as one of ``collective``'s ranks (streamflow.distributed).
+
+        Every learner then steps on all ranks' gradients, and with ``thresholds =
+        "global"`` every line judges against the sum of all ranks' windows. From here
+        on every rank must call :meth:`process` the same number of times (an empty
+        batch when it has no frame) and :meth:`flush` together.
+        """
+        self.collective = collective
+        for learner in self.learners.values():
+            learner.distribute(collective)
+        if self.config.thresholds == "global":
+            self.menu = TriggerMenu(self.config.lines, reduce=collective.sum_counts)
 
     def bind(self, names: Sequence[str]) -> None:
         """Resolve every learner's columns in this stream's schema (once, or when the schema changes)."""
@@ -167,7 +197,7 @@ class FrameScorer:
             device_scores = {name: learner.score(x) for name, learner in self.learners.items()}
         scores = {name: s.float().cpu().numpy() for name, s in device_scores.items()}
         selection = self.menu.select(scores, batch.labels)
-        self.frames += 1
+        self.frames += int(len(batch) > 0)  # a data-parallel rank without a frame processes an empty one
         self.events_scored += len(batch)
         learn_stats = self._learn(x)
         return FrameResult(scores=scores, selection=selection, learn_stats=learn_stats)
@@ -177,13 +207,19 @@ class FrameScorer:
             return self._learn_now(x)
         self._pending.append(x)
         self._pending_events += x.shape[0]
-        if self._pending_events < self.config.learn_events:
+        if self._pending_total() < self.config.learn_events:
             return {}
         return self.flush()
 
+    def _pending_total(self) -> int:
+        """Scored events waiting for a step: this scorer's, or all ranks' (they step together)."""
+        if self.collective is None:
+            return self._pending_events
+        return int(self.collective.totals([self._pending_events])[0])
+
     def flush(self) -> dict[str, dict[str, float]]:
         """Learn from the scored events still waiting for a step (at the end of a stream)."""
-        if not self._pending:
+        if self._pending_total() == 0:
             return {}
         x = torch.cat(self._pending) if len(self._pending) > 1 else self._pending[0]
         self._pending, self._pending_events = [], 0

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from streamflow.config import to_dict
+from streamflow.distributed import Collective, average_gradients
 from streamflow.errors import ConfigError
 from streamflow.events.frames import get_frame
 from streamflow.learners.preprocessing import Preprocessor, column_indices
@@ -179,6 +180,15 @@ class TorchLearner(ABC):
         self._generator = torch.Generator(device=self.device)
         self._generator.manual_seed(config.seed)
         self.totals = Totals()
+        self.collective: Collective | None = None
+        """Set by :meth:`distribute` for a data-parallel scorer."""
+
+    def distribute(self, collective: Collective) -> None:
+        """Learn as one of ``collective``'s ranks: every step from all ranks' gradients, so the
+        copies on the ranks stay identical (see streamflow.distributed)."""
+        self.collective = collective
+        for pre in self.preprocessors:
+            pre.collective = collective
 
     # --- what a subclass provides -------------------------------------------------
 
@@ -261,7 +271,10 @@ class TorchLearner(ABC):
         n_finite, n_kept = torch.stack([finite.sum(), keep.sum()]).tolist()
         tensors = self._training_tensors(x[keep])
         stats = self._steps(tensors, n_kept)
-        stats.update(dropped=x.shape[0] - n_finite, events=n_kept)
+        n_rows = x.shape[0]
+        if self.collective is not None:  # the model learnt from every rank's events: count them all
+            n_rows, n_finite, n_kept = (int(v) for v in self.collective.totals([n_rows, n_finite, n_kept]))
+        stats.update(dropped=n_rows - n_finite, events=n_kept)
         self.totals.add(stats)
         return stats
 
@@ -270,25 +283,31 @@ class TorchLearner(ABC):
         norms: list[float] = []
         skipped = 0
         params = [p for p in self.model.parameters() if p.requires_grad]
-        for _ in range(self.config.steps_per_frame if n else 0):
-            order = torch.randperm(n, generator=self._generator, device=self.device)
-            for index in order.split(self.config.batch_size):
-                self.optimizer.zero_grad(set_to_none=True)
-                loss = self._loss(self.model, *(t[index] for t in tensors))
-                if not loss.requires_grad:  # e.g. every input in a spline's identity tails
-                    skipped += 1
-                    continue
+        batches = [index for _ in range(self.config.steps_per_frame if n else 0)
+                   for index in torch.randperm(n, generator=self._generator, device=self.device)
+                   .split(self.config.batch_size)]
+        for step in range(self._step_count(len(batches))):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self._loss(self.model, *(t[batches[step]] for t in tensors)) if step < len(batches) else None
+            if loss is not None and loss.requires_grad:
                 loss.backward()
-                norm = nn.utils.clip_grad_norm_(params, self.config.grad_clip)
-                # One host sync per step: a non-finite loss or gradient never reaches Adam.
-                loss_value, norm_value = torch.stack([loss.detach(), norm]).tolist()
-                if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
-                    skipped += 1
-                    continue
-                self.optimizer.step()
-                self._update_average()
-                losses.append(loss_value)
-                norms.append(norm_value)
+            else:  # no events this step, or e.g. every input in a spline's identity tails
+                loss = None
+            if self.collective is not None:
+                loss = self._average_step(params, loss, 0 if loss is None else len(batches[step]))
+            if loss is None:
+                skipped += 1
+                continue
+            norm = nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+            # One host sync per step: a non-finite loss or gradient never reaches Adam.
+            loss_value, norm_value = torch.stack([loss.detach(), norm]).tolist()
+            if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
+                skipped += 1
+                continue
+            self.optimizer.step()
+            self._update_average()
+            losses.append(loss_value)
+            norms.append(norm_value)
         self.optimizer.zero_grad(set_to_none=True)
         return {
             "loss": sum(losses) / len(losses) if losses else math.nan,
@@ -296,6 +315,22 @@ class TorchLearner(ABC):
             "steps": len(losses),
             "skipped": skipped,
         }
+
+    def _step_count(self, local: int) -> int:
+        """Minibatch steps this frame: this rank's, or data-parallel the most any rank has."""
+        if self.collective is None:
+            return local
+        return int(self.collective.max_(torch.tensor([local], dtype=torch.int64)).item())
+
+    def _average_step(self, params: list[nn.Parameter], loss: Tensor | None, events: int) -> Tensor | None:
+        """Data-parallel: gradients and loss become event-weighted means over the ranks.
+
+        Returns the mean loss over all ranks' minibatches, or None when no rank had
+        an event this step (every rank then skips it alike)."""
+        assert self.collective is not None
+        local_loss = loss.detach().reshape(1) * events if loss is not None else torch.zeros(1, device=self.device)
+        total, loss_sum = average_gradients(self.collective, params, events, extra=local_loss)
+        return loss_sum[0] / total if total else None
 
     @property
     def scorer(self) -> nn.Module:

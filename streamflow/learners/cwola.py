@@ -87,8 +87,11 @@ class CWoLALearner(TorchLearner):
         r = self.aux(x, "region")
         label = ((r >= lo) & (r < hi)).float()
         n1 = int(label.sum())
-        self.class_counts[0] += len(label) - n1
-        self.class_counts[1] += n1
+        counts = [len(label) - n1, n1]
+        if self.collective is not None:  # the weights follow all ranks' counts, as the gradient does
+            counts = [int(c) for c in self.collective.totals(counts)]
+        self.class_counts[0] += counts[0]
+        self.class_counts[1] += counts[1]
         # w_c = N / (2 N_c): both classes weigh the same in the loss.
         total = sum(self.class_counts)
         w0, w1 = (total / (2 * c) if c else 0.0 for c in self.class_counts)

@@ -18,13 +18,16 @@ Everything is vectorised torch code on the learner's device.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import Tensor
 
 from streamflow.errors import ConfigError
 from streamflow.events.frames import get_frame
+
+if TYPE_CHECKING:
+    from streamflow.distributed import Collective
 
 
 class Preprocessor:
@@ -42,6 +45,8 @@ class Preprocessor:
         self.count = 0
         self.mean = torch.zeros(k, dtype=torch.float64, device=device)
         self.m2 = torch.zeros(k, dtype=torch.float64, device=device)
+        self.collective: Collective | None = None
+        """Set for a data-parallel scorer: the warm-up moments are then those of all ranks' events."""
         self._refresh()
 
     def bind(self, names: Sequence[str]) -> None:
@@ -64,15 +69,33 @@ class Preprocessor:
         return self.frame.forward(x.index_select(1, self.columns), self.features)
 
     def observe(self, y: Tensor) -> None:
-        """Merge the finite rows of framed values ``y`` into the moments, unless frozen."""
+        """Merge the finite rows of framed values ``y`` into the moments, unless frozen.
+
+        Data-parallel (``collective`` set), the batch is the union of every rank's
+        rows: their counts and sums about the current mean (the same on all ranks) are
+        summed across ranks, so all ranks hold the same moments and freeze together.
+        """
         if self.frozen:
             return
         y = y[torch.isfinite(y).all(dim=1)].double()
-        n = y.shape[0]
-        if n == 0:
-            return
-        batch_mean = y.mean(dim=0)
-        batch_m2 = ((y - batch_mean) ** 2).sum(dim=0)
+        if self.collective is None:
+            n = y.shape[0]
+            if n == 0:
+                return
+            batch_mean = y.mean(dim=0)
+            batch_m2 = ((y - batch_mean) ** 2).sum(dim=0)
+        else:
+            shifted = y - self.mean
+            sums = self.collective.sum_(torch.cat([
+                torch.tensor([float(y.shape[0])], dtype=torch.float64, device=y.device),
+                shifted.sum(dim=0), (shifted**2).sum(dim=0)]))
+            n = int(round(float(sums[0])))
+            if n == 0:
+                return
+            k = len(self.features)
+            shift_mean = sums[1: 1 + k] / n
+            batch_mean = self.mean + shift_mean
+            batch_m2 = (sums[1 + k:] - n * shift_mean**2).clamp_min(0.0)
         total = self.count + n
         delta = batch_mean - self.mean
         self.mean = self.mean + delta * (n / total)
