@@ -131,6 +131,10 @@ class ConsumeStats:
     """This scorer's rank when data-parallel (rank 0 holds the merged ledger), else None."""
 
 
+_COUNTERS = ("frames", "events_scored", "events_learned")
+"""FrameScorer's running counts, as its state_dict names them."""
+
+
 class _ScorerLoop:
     """State of one scorer process (or rank); :func:`run_consume` drives it."""
 
@@ -158,12 +162,12 @@ class _ScorerLoop:
         run_dir = Path(config.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         self.journal = FrameJournal(run_dir / f"{config.name}.journal")
+        self.base = self._counters()
+        """Counts carried over from a checkpoint, so the ledger reports this run's events only."""
         if config.resume and self._checkpoint_exists():
             self._resume()
         else:
             self.journal.clear()
-        # Counts carried over from a checkpoint, so the ledger reports this run's events only.
-        self.base_scored, self.base_learned = self.scorer.events_scored, self.scorer.events_learned
         self.receiver = Receiver(ctx, config.endpoint, name=config.name, hwm=config.hwm,
                                  kernel_buffer=config.kernel_buffer, curve=config.curve)
         self.selections = Sender(ctx, config.selections, hwm=config.hwm) if config.selections else None
@@ -172,6 +176,9 @@ class _ScorerLoop:
             config.name, publish=self._pub.send if self._pub else None,
             jsonl_path=run_dir / f"telemetry-{config.name}.jsonl",
         )
+
+    def _counters(self) -> tuple[int, int, int]:
+        return tuple(getattr(self.scorer, key) for key in _COUNTERS)  # type: ignore[return-value]
 
     @property
     def leader(self) -> bool:
@@ -191,6 +198,7 @@ class _ScorerLoop:
     def _resume(self) -> None:
         state = load_checkpoint(self.checkpoint_path, self.scorer.device)
         self.scorer.load_state_dict(state["scorer"])
+        self.base = self._counters()
         self.stats.resumed_from_frame = self.scorer.frames
         if not self.leader:  # rank 0 carries the stream's account; the others start theirs afresh
             self.journal.clear()
@@ -219,13 +227,18 @@ class _ScorerLoop:
 
         Data-parallel this is collective: rank 0 saves the union of every rank's account."""
         sequence = self.tracker.state_dict()
-        if self.collective is not None:
-            sequence, _ = merge_sequence_states(self.collective.gather_json(sequence))
+        scorer = self.scorer.state_dict()
+        if self.collective is not None:  # the stream's account and counts are those of all ranks
+            views = self.collective.gather_json({"sequence": sequence, "counted": [
+                now - base for now, base in zip(self._counters(), self.base)]})
+            sequence, _ = merge_sequence_states([view["sequence"] for view in views])
+            scorer["counters"] = {key: base + sum(view["counted"][i] for view in views)
+                                  for i, (key, base) in enumerate(zip(_COUNTERS, self.base))}
         if self.leader:
             lost = {str(sid): {str(seq): n for seq, n in frames.items()}
                     for sid, frames in self.stats.lost_after_processing.items()}
             save_checkpoint(self.checkpoint_path, {
-                "scorer": self.scorer.state_dict(), "sequence": sequence,
+                "scorer": scorer, "sequence": sequence,
                 HISTOGRAM_KEY: self.mjj.state_dict(), "lost_after_processing": lost,
             })
         self.journal.clear()
@@ -293,8 +306,8 @@ class _ScorerLoop:
         ledger = Ledger()
         stats, receiver = self.stats, self.receiver
         ledger.add("received", receiver.events, f"{receiver.frames} frames; {receiver.rejected} rejected messages")
-        ledger.add("scored", self.scorer.events_scored - self.base_scored, "")
-        ledger.add("learned from", self.scorer.events_learned - self.base_learned,
+        ledger.add("scored", self.scorer.events_scored - self.base[1], "")
+        ledger.add("learned from", self.scorer.events_learned - self.base[2],
                    "every scored event is learned from after its frame")
         ledger.add("accepted", stats.accepted, "by at least one trigger line")
         ledger.add("sent to sink", stats.selections_sent, "" if self.selections else "no sink configured")

@@ -1,0 +1,187 @@
+"""Data-parallel scorers (streamflow.distributed): ranks that stay one model.
+
+The end-to-end test starts 2 scorer ranks with torchrun (gloo, CPU) against one
+producer, as a user would; the others check the pieces: that 2 ranks learning
+from halves of each frame end where one learner on whole frames does, how
+per-rank sequence accounts merge, and the configuration errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from streamflow.distributed import Collective, init_collective, rank_endpoint
+from streamflow.errors import ConfigError
+from streamflow.events import open_source
+from streamflow.ledger import SequenceTracker, merge_sequence_states
+from streamflow.learners import AutoencoderConfig, FlowConfig, build_learner
+from streamflow.presets import preset
+from streamflow.scorer import ScorerConfig
+from tests.helpers import REPO, STREAMFLOW, free_port_block
+
+FRAMES, FRAME_SIZE = 30, 2000
+
+
+def _seen(runs: list[list[int]]) -> set[int]:
+    return {seq for a, b in runs for seq in range(a, b)}
+
+
+@pytest.fixture(scope="module")
+def two_rank_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2 ranks (torchrun, gloo) with global thresholds on one paced Gaussian-toy producer."""
+    run_dir = tmp_path_factory.mktemp("ranks")
+    port = free_port_block(4)
+    endpoint = f"tcp://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    scorers = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+         "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port + 2}",
+         "-m", "commands.main", "consume", "--preset", "gaussian", "--endpoint", endpoint, "--threads", "1",
+         "--window", "4000", "--thresholds", "global", "--hwm", "4", "--checkpoint-every", "5",
+         "--idle-timeout", "60", "--run-dir", str(run_dir)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Paced and with short queues, so that ZeroMQ shares the frames between the two ranks.
+    producer = subprocess.run(
+        [*STREAMFLOW, "replay", "gaussian", "--events", str(FRAMES * FRAME_SIZE), "--frame-size", str(FRAME_SIZE),
+         "--rate", "20000", "--hwm", "4", "--eos-timeout", "120", "--endpoint", endpoint],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    output, _ = scorers.communicate(timeout=180)
+    assert producer.returncode == 0, producer.stderr
+    assert scorers.returncode == 0, output[-3000:]
+    assert "weights identical on all ranks: yes" in output
+    return run_dir
+
+
+def test_two_ranks_process_every_frame_once(two_rank_run: Path) -> None:
+    """Every frame the producer sent was processed by exactly one rank, and the merged ledger says so."""
+    ranks = [json.loads((two_rank_run / f"ledger-scorer-rank{r}.json").read_text()) for r in (0, 1)]
+    seen = [_seen(rank["frames_seen"]["0"]) for rank in ranks]
+    assert all(seen), "each rank should get some of the frames"
+    assert seen[0].isdisjoint(seen[1])
+    assert seen[0] | seen[1] == set(range(FRAMES))
+    assert sum(rank["stages"][0]["events"] for rank in ranks) == FRAMES * FRAME_SIZE
+    merged = json.loads((two_rank_run / "ledger-scorer.json").read_text())
+    stream = merged["streams"]["0"]
+    assert (stream["processed_frames"], stream["processed_events"]) == (FRAMES, FRAMES * FRAME_SIZE)
+    assert stream["unaccounted_frames"] == 0 and not stream["lost_in_flight"]["frames"]
+    assert merged["duplicate_frames"] == 0
+
+
+def test_two_ranks_hold_one_model_and_one_checkpoint(two_rank_run: Path) -> None:
+    """Weights bit-identical on both ranks after the stream; rank 0 wrote the only checkpoint."""
+    digests = [json.loads((two_rank_run / f"ledger-scorer-rank{r}.json").read_text())["weights_sha256"]
+               for r in (0, 1)]
+    assert digests[0] == digests[1]
+    assert json.loads((two_rank_run / "ledger-scorer.json").read_text())["weights_identical"] is True
+    assert sorted(p.name for p in two_rank_run.glob("*.ckpt.pt")) == ["scorer.ckpt.pt"]
+    state = torch.load(two_rank_run / "scorer.ckpt.pt", weights_only=True)
+    assert state["scorer"]["counters"]["frames"] == FRAMES  # the counts of both ranks
+    assert state["scorer"]["counters"]["events_learned"] == FRAMES * FRAME_SIZE
+
+
+def test_global_thresholds_are_equal_on_both_ranks(two_rank_run: Path) -> None:
+    lines = [json.loads((two_rank_run / f"ledger-scorer-rank{r}.json").read_text())["lines"] for r in (0, 1)]
+    assert [line["name"] for line in lines[0]] == [line["name"] for line in lines[1]]
+    for mine, theirs in zip(*lines):
+        assert np.isfinite(mine["threshold"]), f"line {mine['name']} never left its warm-up"
+        assert mine["threshold"] == theirs["threshold"]
+        assert mine["judged"] > 0 and theirs["judged"] > 0
+
+
+# --- two ranks on halves of each frame = one learner on whole frames ------------------------------
+
+def _learners() -> list:
+    features = ("x0", "x1")
+    return [FlowConfig(name="flow", features=features, warmup_events=1500, batch_size=4096, ema_decay=0.0),
+            AutoencoderConfig(name="ae", features=features, warmup_events=1500, batch_size=4096, ema_decay=0.0)]
+
+
+def _frames() -> list:
+    source = open_source("gaussian", seed=3)
+    return [batch for _, batch in zip(range(4), source.chunks(1000))]
+
+
+def _train(configs: list, frames: list, collective: Collective | None = None) -> dict[str, dict]:
+    learners = [build_learner(config, "cpu") for config in configs]
+    for learner in learners:
+        learner.bind(frames[0].names)
+        if collective is not None:
+            learner.distribute(collective)
+    for batch in frames:
+        x = torch.from_numpy(batch.features)
+        if collective is not None:  # rank r learns from its half of the frame
+            x = x.chunk(collective.world_size)[collective.rank]
+        for learner in learners:
+            learner.learn(x)
+    return {learner.name: {k: v.clone() for k, v in learner.model.state_dict().items()} for learner in learners}
+
+
+def _rank_main(rank: int, port: int, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        torch.set_num_threads(1)
+        weights = _train(_learners(), _frames(), Collective(rank, 2, torch.device("cpu")))
+        torch.save(weights, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_on_halves_learn_what_one_learner_learns_on_wholes(tmp_path: Path) -> None:
+    mp.spawn(_rank_main, args=(free_port_block(1), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    alone = _train(_learners(), _frames())
+    for name in alone:
+        for key, value in alone[name].items():
+            assert torch.equal(ranks[0][name][key], ranks[1][name][key]), f"{name}.{key} differs between ranks"
+            # Same gradient up to the order of float sums: the weights agree to rounding.
+            torch.testing.assert_close(ranks[0][name][key], value, rtol=1e-4, atol=1e-5)
+
+
+# --- pieces ---------------------------------------------------------------------------------------
+
+def test_sequence_accounts_merge_into_the_union() -> None:
+    trackers = [SequenceTracker(), SequenceTracker()]
+    for seq in range(10):
+        trackers[seq % 3 == 0].observe(0, seq, 100)
+    merged, duplicates = merge_sequence_states([t.state_dict() for t in trackers])
+    assert duplicates == 0
+    assert merged["streams"]["0"] == {"next_seq": 10, "missing": [], "frames": 10, "events": 1000}
+    trackers[1].observe(0, 4, 100)  # frame 4 seen by both ranks; frame 10 never
+    trackers[0].observe(0, 11, 100)
+    merged, duplicates = merge_sequence_states([t.state_dict() for t in trackers])
+    assert duplicates == 1
+    assert merged["streams"]["0"]["missing"] == [[10, 11]]
+
+
+def test_rank_endpoints_do_not_collide() -> None:
+    assert rank_endpoint("tcp://127.0.0.1:6000", 0) == "tcp://127.0.0.1:6000"
+    assert rank_endpoint("tcp://127.0.0.1:6000", 1) == "tcp://127.0.0.1:6002"  # 6001: rank 0's control
+    assert rank_endpoint("ipc:///tmp/sel", 3) == "ipc:///tmp/sel-rank3"
+    with pytest.raises(ConfigError, match="rank 2"):
+        rank_endpoint("tcp://127.0.0.1:65533", 2)
+
+
+def test_global_thresholds_need_histogram_lines() -> None:
+    exact = preset("gaussian")
+    with pytest.raises(ConfigError, match="global thresholds need estimator = 'histogram'"):
+        ScorerConfig(learners=exact.learners, lines=exact.lines, thresholds="global")
+    assert {line.estimator for line in preset("gaussian", thresholds="global").lines} == {"histogram"}
+
+
+def test_a_rank_without_torchrun_variables_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(ConfigError, match="start the ranks with torchrun"):
+        init_collective(torch.device("cpu"))
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert init_collective(torch.device("cpu")) is None
