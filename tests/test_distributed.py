@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,10 +37,8 @@ def _seen(runs: list[list[int]]) -> set[int]:
     return {seq for a, b in runs for seq in range(a, b)}
 
 
-@pytest.fixture(scope="module")
-def two_rank_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """2 ranks (torchrun, gloo) with global thresholds on one paced Gaussian-toy producer."""
-    run_dir = tmp_path_factory.mktemp("ranks")
+def _run_ranks(run_dir: Path, *extra: str) -> str:
+    """2 ranks (torchrun, gloo) with global thresholds on one paced Gaussian-toy producer; their output."""
     port = free_port_block(4)
     endpoint = f"tcp://127.0.0.1:{port}"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
@@ -48,7 +47,7 @@ def two_rank_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
          "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port + 2}",
          "-m", "commands.main", "consume", "--preset", "gaussian", "--endpoint", endpoint, "--threads", "1",
          "--window", "4000", "--thresholds", "global", "--hwm", "4", "--checkpoint-every", "5",
-         "--idle-timeout", "60", "--run-dir", str(run_dir)],
+         "--idle-timeout", "60", "--run-dir", str(run_dir), *extra],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     # Paced and with short queues, so that ZeroMQ shares the frames between the two ranks.
     producer = subprocess.run(
@@ -59,6 +58,13 @@ def two_rank_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert producer.returncode == 0, producer.stderr
     assert scorers.returncode == 0, output[-3000:]
     assert "weights identical on all ranks: yes" in output
+    return output
+
+
+@pytest.fixture(scope="module")
+def two_rank_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("ranks")
+    _run_ranks(run_dir)
     return run_dir
 
 
@@ -96,6 +102,19 @@ def test_global_thresholds_are_equal_on_both_ranks(two_rank_run: Path) -> None:
         assert np.isfinite(mine["threshold"]), f"line {mine['name']} never left its warm-up"
         assert mine["threshold"] == theirs["threshold"]
         assert mine["judged"] > 0 and theirs["judged"] > 0
+
+
+def test_all_ranks_resume_from_rank_0s_checkpoint(two_rank_run: Path, tmp_path: Path) -> None:
+    """A second stream with --resume: both ranks start from the one checkpoint, which then counts both streams."""
+    run_dir = tmp_path / "resumed"
+    shutil.copytree(two_rank_run, run_dir)
+    _run_ranks(run_dir, "--resume")
+    for r in (0, 1):
+        assert json.loads((run_dir / f"ledger-scorer-rank{r}.json").read_text())["resumed_from_frame"] == FRAMES
+    state = torch.load(run_dir / "scorer.ckpt.pt", weights_only=True)
+    assert state["scorer"]["counters"]["frames"] == 2 * FRAMES
+    merged = json.loads((run_dir / "ledger-scorer.json").read_text())
+    assert merged["stages"][0]["events"] == FRAMES * FRAME_SIZE  # this run's events only
 
 
 # --- two ranks on halves of each frame = one learner on whole frames ------------------------------
