@@ -129,6 +129,8 @@ class ConsumeStats:
     """stream id -> (frames, events) its sender sent, from END_OF_STREAM."""
     rank: int | None = None
     """This scorer's rank when data-parallel (rank 0 holds the merged ledger), else None."""
+    busy: tuple[float, float] | None = None
+    """Wall-clock times (s since the epoch) of the first frame's arrival and the last frame's end."""
 
 
 _COUNTERS = ("frames", "events_scored", "events_learned")
@@ -246,6 +248,7 @@ class _ScorerLoop:
 
     def on_frame(self, msg: Message) -> None:
         batch = msg.batch
+        started = self.stats.busy[0] if self.stats.busy else time.time()
         self.tracker.observe(msg.stream_id, msg.seq, len(batch))
         result = self.scorer.process(batch)
         selection = result.selection
@@ -271,6 +274,7 @@ class _ScorerLoop:
             self.stats.selections_sent += len(accepted)
         self.latency.record(time.time_ns() - msg.send_ns)
         self.journal.record(msg.stream_id, msg.seq, len(batch))
+        self.stats.busy = (started, time.time())
 
     def on_no_frame(self, names: tuple[str, ...]) -> None:
         """A data-parallel round without a frame here: take part in the others' step with no events."""
@@ -318,7 +322,8 @@ class _ScorerLoop:
                               learners=self.learn_totals, rejected=receiver.rejected,
                               last_rejection=receiver.last_error, lost_after_processing=lost,
                               streams={sid: a.to_dict() for sid, a in stats.accounts.items()},
-                              frames_seen=seen_runs(self.tracker.state_dict()),
+                              frames_seen=seen_runs(self.tracker.state_dict()), busy=stats.busy,
+                              rate=_rate(receiver.events, stats.busy),
                               weights_sha256=weights_digest(
                                   learner.model for learner in self.scorer.learners.values()))
         ledger.notes += [account.render(sid) for sid, account in stats.accounts.items()]
@@ -416,6 +421,7 @@ def _merged_ledger(loop: _ScorerLoop, collective: Collective, ledger: Ledger) ->
         "lost": {str(sid): {str(seq): n for seq, n in frames.items()}
                  for sid, frames in loop.stats.lost_after_processing.items()},
         "sent": {str(sid): list(totals) for sid, totals in loop.stats.sent_totals.items()},
+        "busy": loop.stats.busy,
     })
     if not loop.leader:
         return ledger
@@ -436,18 +442,26 @@ def _merged_ledger(loop: _ScorerLoop, collective: Collective, ledger: Ledger) ->
                 for sid, (frames, events) in sent.items()}
     digests = [view["weights"] for view in views]
     identical = len(set(digests)) == 1
+    spans = [view["busy"] for view in views if view["busy"]]
+    busy = (min(a for a, _ in spans), max(b for _, b in spans)) if spans else None
     merged.details.update(
         ranks=collective.world_size, duplicate_frames=duplicates, weights_identical=identical,
         weights_sha256=digests, missing_frames=tracker.missing_frames(),
         streams={sid: a.to_dict() for sid, a in accounts.items()},
         lines=ledger.details["lines"], learners=ledger.details["learners"],
         frames_seen=[seen_runs(view["sequence"]) for view in views],
+        busy=busy, rate=_rate(merged.stages[0].events, busy),
     )
     merged.notes += [account.render(sid) for sid, account in accounts.items()]
     merged.notes.append(f"{collective.world_size} ranks; frames seen by more than one rank: {duplicates}; "
                         f"weights identical on all ranks: {'yes' if identical else 'NO'}")
     merged.notes += ledger.notes[len(loop.stats.accounts):]
     return merged
+
+
+def _rate(events: int, busy: tuple[float, float] | None) -> float | None:
+    """Events per second from the first frame's arrival to the last frame's end (None: no frames)."""
+    return events / (busy[1] - busy[0]) if busy and busy[1] > busy[0] else None
 
 
 def run_consume(config: ConsumeConfig, stop_event: threading.Event | None = None) -> tuple[ConsumeStats, Ledger]:

@@ -1,1 +1,1 @@
-"""Processes that send events: the replay producer."""
+"""Processes that send events: the replay producer, and the proxy that joins several senders."""

@@ -341,13 +341,22 @@ class Sender(_SocketPair):
             if msg.kind == Kind.ACK:
                 self._acks[routing_id] = msg.meta
 
-    def end_stream(self, timeout_s: float = 10.0, interval_s: float = 0.1) -> EndOfStream:
+    def end_stream(self, timeout_s: float = 10.0, interval_s: float = 0.1,
+                   streams: dict[int, tuple[int, int]] | None = None) -> EndOfStream:
         """Send END_OF_STREAM until every receiver that said HELLO (at least one) acknowledged it.
 
-        Raises HandshakeError naming the silent receivers after ``timeout_s``.
+        ``streams`` (stream id -> (frames, events)) is for a sender that forwards other
+        senders' streams (a proxy): the END_OF_STREAM meta then also carries each
+        stream's totals under "streams" (read by :func:`streamflow.ledger.stream_totals`),
+        since its own counts mix them. Raises HandshakeError naming the silent receivers
+        after ``timeout_s``.
         """
-        eos = encode_control(Kind.END_OF_STREAM, stream_id=self.stream_id, seq=self.frames,
-                             meta={"frames": self.frames, "events": self.events}, send_ns=time.time_ns())
+        meta: dict[str, Any] = {"frames": self.frames, "events": self.events}
+        if streams is not None:
+            meta["streams"] = {str(sid): {"frames": frames, "events": events}
+                               for sid, (frames, events) in streams.items()}
+        eos = encode_control(Kind.END_OF_STREAM, stream_id=self.stream_id, seq=self.frames, meta=meta,
+                             send_ns=time.time_ns())
         start = time.monotonic()
         sent = 0
         while True:
