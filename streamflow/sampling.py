@@ -30,7 +30,7 @@ import torch
 
 from streamflow.checkpoint import load_checkpoint
 from streamflow.errors import ConfigError
-from streamflow.learners import FlowLearner, build_learner, learner_config
+from streamflow.learners import FlowLearner, learner_from_state
 from streamflow.selections import SelectedEvents, SelectionWriter
 
 HISTOGRAM_KEY = "context_histogram"
@@ -185,9 +185,7 @@ def load_flow(state: Mapping[str, Any], name: str | None = None, device: str | t
         raise ConfigError(f"checkpoint has no learner {name!r} (it has {', '.join(learners)})")
     elif name not in conditional:
         raise ConfigError(f"learner {name!r} is not a flow with a context: sampling needs one conditional on mjj")
-    learner = build_learner(learner_config(dict(learners[name]["config"]), where=f"checkpoint learner {name!r}"),
-                            device)
-    learner.load_state_dict(learners[name])
+    learner = learner_from_state(learners[name], device, where=f"checkpoint learner {name!r}")
     assert isinstance(learner, FlowLearner)
     return learner
 

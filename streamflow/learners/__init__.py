@@ -17,6 +17,7 @@ from streamflow.learners.registry import (
     LearnerConfig,
     build_learner,
     learner_config,
+    learner_from_state,
     load_learner,
     save_learner,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "Window",
     "build_learner",
     "learner_config",
+    "learner_from_state",
     "load_learner",
     "save_learner",
 ]

@@ -61,8 +61,13 @@ def load_learner(path: str | Path, device: str | torch.device = "cpu") -> TorchL
         raise ConfigError(f"learner checkpoint not found: {path}") from None
     except Exception as exc:  # torch raises many kinds for a file that is not a checkpoint
         raise ConfigError(f"{path}: not a learner checkpoint ({type(exc).__name__})") from None
+    return learner_from_state(state, device, where=str(path))
+
+
+def learner_from_state(state: Any, device: str | torch.device = "cpu", where: str = "learner") -> TorchLearner:
+    """A trained learner rebuilt from its ``state_dict()`` (alone, or one of a scorer checkpoint's)."""
     if not isinstance(state, dict) or "config" not in state:
-        raise ConfigError(f"{path}: not a learner checkpoint")
-    learner = build_learner(learner_config(state["config"], where=str(path)), device)
+        raise ConfigError(f"{where}: not a learner checkpoint")
+    learner = build_learner(learner_config(dict(state["config"]), where=where), device)
     learner.load_state_dict(state)
     return learner

@@ -71,9 +71,9 @@ from streamflow import metrics
 from streamflow.checkpoint import load_checkpoint
 from streamflow.errors import ConfigError
 from streamflow.events import EventBatch
-from streamflow.learners import TorchLearner
+from streamflow.learners import TorchLearner, learner_from_state
 from streamflow.presets import preset
-from streamflow.scorer import FrameScorer, ScorerConfig
+from streamflow.scorer import ScorerConfig
 
 LIKELIHOOD_RATIO_AUC = 0.5 * (1.0 + math.erf(1.0 / math.sqrt(2.0)))
 """Phi(1): the exact likelihood ratio's AUC on the d = 2 toy, in every frame."""
@@ -180,12 +180,11 @@ class CoordinateStudy:
 def load_learners(checkpoint: str | Path, device: str = "cpu") -> dict[str, TorchLearner]:
     """The trained learners of a scorer checkpoint (``streamflow run`` / ``consume``), by name."""
     state = load_checkpoint(checkpoint, device)
-    if not isinstance(state.get("scorer"), dict) or "config" not in state["scorer"]:
-        raise ConfigError(f"{checkpoint}: not a scorer checkpoint (no scorer config in it)")
-    config = ScorerConfig.from_tables(state["scorer"]["config"], where=f"{checkpoint} scorer")
-    scorer = FrameScorer(ScorerConfig(config.learners, config.lines, device=device, threads=config.threads))
-    scorer.load_state_dict(state["scorer"])
-    return scorer.learners
+    learners = state["scorer"].get("learners") if isinstance(state.get("scorer"), dict) else None
+    if not isinstance(learners, dict) or not learners:
+        raise ConfigError(f"{checkpoint}: not a scorer checkpoint (no learners in it)")
+    return {name: learner_from_state(learner, device, where=f"{checkpoint} learner {name!r}")
+            for name, learner in learners.items()}
 
 
 def score_events(learners: Mapping[str, TorchLearner], events: EventBatch) -> dict[str, np.ndarray]:
