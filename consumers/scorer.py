@@ -52,6 +52,7 @@ from streamflow.ledger import (
     account_stream,
     merge_sequence_states,
     seen_runs,
+    stream_receivers,
     stream_totals,
 )
 from streamflow.sampling import HISTOGRAM_KEY, ContextHistogram
@@ -127,8 +128,12 @@ class ConsumeStats:
     accounts: dict[int, StreamAccount] = field(default_factory=dict)
     sent_totals: dict[int, tuple[int, int]] = field(default_factory=dict)
     """stream id -> (frames, events) its sender sent, from END_OF_STREAM."""
+    receivers: int = 1
+    """How many receivers shared the stream(s), from END_OF_STREAM (data-parallel ranks count each)."""
     rank: int | None = None
     """This scorer's rank when data-parallel (rank 0 holds the merged ledger), else None."""
+    selections_by_stream: dict[int, tuple[int, int]] = field(default_factory=dict)
+    """stream id -> (SELECTION frames, accepted events) sent to the sink, for its END_OF_STREAM."""
     busy: tuple[float, float] | None = None
     """Wall-clock times (s since the epoch) of the first frame's arrival and the last frame's end."""
 
@@ -272,6 +277,8 @@ class _ScorerLoop:
             )
             self.selections.send(parts, len(accepted))
             self.stats.selections_sent += len(accepted)
+            frames, events = self.stats.selections_by_stream.get(msg.stream_id, (0, 0))
+            self.stats.selections_by_stream[msg.stream_id] = (frames + 1, events + len(accepted))
         self.latency.record(time.time_ns() - msg.send_ns)
         self.journal.record(msg.stream_id, msg.seq, len(batch))
         self.stats.busy = (started, time.time())
@@ -302,9 +309,11 @@ class _ScorerLoop:
         """Account for every frame and event of the stream(s) the producer (or proxy) just ended."""
         self.stats.ended_by_producer = True
         self.stats.sent_totals = stream_totals(msg.meta, msg.stream_id)
+        self.stats.receivers = stream_receivers(msg.meta)
         for sid, (frames, events) in self.stats.sent_totals.items():
             self.stats.accounts[sid] = account_stream(
-                self.tracker, sid, frames, events, self.stats.lost_after_processing.get(sid))
+                self.tracker, sid, frames, events, self.stats.lost_after_processing.get(sid),
+                self.stats.receivers - 1)
 
     def ledger(self) -> Ledger:
         ledger = Ledger()
@@ -421,7 +430,7 @@ def _merged_ledger(loop: _ScorerLoop, collective: Collective, ledger: Ledger) ->
         "lost": {str(sid): {str(seq): n for seq, n in frames.items()}
                  for sid, frames in loop.stats.lost_after_processing.items()},
         "sent": {str(sid): list(totals) for sid, totals in loop.stats.sent_totals.items()},
-        "busy": loop.stats.busy,
+        "receivers": loop.stats.receivers, "busy": loop.stats.busy,
     })
     if not loop.leader:
         return ledger
@@ -438,7 +447,8 @@ def _merged_ledger(loop: _ScorerLoop, collective: Collective, ledger: Ledger) ->
         for sid, frames in view["lost"].items():
             lost.setdefault(int(sid), {}).update({int(seq): n for seq, n in frames.items()})
         sent.update({int(sid): (frames, events) for sid, (frames, events) in view["sent"].items()})
-    accounts = {sid: account_stream(tracker, sid, frames, events, lost.get(sid))
+    others = max(view["receivers"] for view in views) - collective.world_size  # receivers beside the ranks
+    accounts = {sid: account_stream(tracker, sid, frames, events, lost.get(sid), max(0, others))
                 for sid, (frames, events) in sent.items()}
     digests = [view["weights"] for view in views]
     identical = len(set(digests)) == 1
@@ -489,7 +499,7 @@ def run_consume(config: ConsumeConfig, stop_event: threading.Event | None = None
         loop.checkpoint()
         loop.sample.save(Path(loop.config.run_dir) / f"scores-{loop.config.name}.npz")
         if loop.selections is not None:
-            loop.selections.end_stream(config.eos_timeout)
+            loop.selections.end_stream(config.eos_timeout, streams=loop.stats.selections_by_stream)
         loop.reporter.report(loop.telemetry())
         loop.stats.sequence = loop.tracker.summary()
         loop.stats.missing_frames = loop.tracker.missing_frames()

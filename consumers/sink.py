@@ -9,7 +9,9 @@ SIGINT and SIGTERM all end with a final flush and the ledger.
 The sequence tracker is committed to the file with every flush, so a sink
 restarted after ``kill -9`` appends to the file and sees the frames the dead sink
 held unflushed, or had queued, as a sequence gap; at END_OF_STREAM the ledger
-compares the scorer's count of selections sent with the rows in the file.
+compares the sender's count of selections sent with the rows in the file, for
+every stream the END_OF_STREAM totals (a proxy that merges several scorers'
+selection streams totals each; streamflow.ledger.stream_totals).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 import zmq
 
 from streamflow.errors import ConfigError, StreamflowError
-from streamflow.ledger import Ledger, SequenceTracker, StreamAccount, account_stream
+from streamflow.ledger import Ledger, SequenceTracker, StreamAccount, account_stream, stream_receivers, stream_totals
 from streamflow.selections import SelectedEvents, SelectionWriter
 from streamflow.telemetry import LatencyHistogram, RateMeter, TelemetryReporter
 from streamflow.transport import Receiver, check_endpoint, connect
@@ -89,8 +91,7 @@ def run_sink(config: SinkConfig, stop_event: threading.Event | None = None,
     stats, tracker, rates = SinkStats(), SequenceTracker(), RateMeter()
     latency = LatencyHistogram()
     writer: SelectionWriter | None = None
-    account: StreamAccount | None = None
-    account_stream_id = 0
+    accounts: dict[int, StreamAccount] = {}
     error: str | None = None
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -114,10 +115,11 @@ def run_sink(config: SinkConfig, stop_event: threading.Event | None = None,
                     break
             elif msg.kind == Kind.END_OF_STREAM:
                 stats.ended_by_scorer = True
-                if writer is not None and isinstance(msg.meta.get("frames"), int):
+                if writer is not None:
                     writer.flush()  # the account compares the sender's totals with committed rows
-                    account_stream_id = msg.stream_id
-                    account = account_stream(tracker, msg.stream_id, msg.meta["frames"], msg.meta["events"])
+                    others = stream_receivers(msg.meta) - 1
+                    accounts = {sid: account_stream(tracker, sid, frames, events, other_receivers=others)
+                                for sid, (frames, events) in stream_totals(msg.meta, msg.stream_id).items()}
                 break
             elif msg.kind == Kind.SELECTION:
                 last = time.monotonic()
@@ -156,11 +158,11 @@ def run_sink(config: SinkConfig, stop_event: threading.Event | None = None,
                + (f"; {stats.unwritten} not written (write failed)" if stats.unwritten else ""))
     ledger.details.update(sequence=tracker.summary(), missing_frames=tracker.missing_frames(),
                           rows_at_start=stats.rows_at_start, unwritten=stats.unwritten, rejected=receiver.rejected,
-                          stream=account.to_dict() if account else None)
+                          streams={sid: a.to_dict() for sid, a in accounts.items()},  # "stream": the only one's
+                          stream=next(iter(accounts.values())).to_dict() if len(accounts) == 1 else None)
     if stats.rows_at_start:
         ledger.notes.append(f"appended to {stats.rows_at_start:,d} rows a previous sink committed")
-    if account is not None:
-        ledger.notes.append(account.render(account_stream_id) + " (processed = committed to the file)")
+    ledger.notes += [account.render(sid) + " (processed = committed to the file)" for sid, account in accounts.items()]
     if error:
         ledger.notes.append(f"ended: {error}")
     ledger.write(run_dir / f"ledger-{config.name}.json")

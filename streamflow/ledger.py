@@ -9,7 +9,9 @@ arriving sequence number to a :class:`SequenceTracker`, which counts
 
 With the sender's END_OF_STREAM totals, :func:`account_stream` places every
 frame and event: processed, lost after processing (a crashed receiver's work
-since its last checkpoint, known from its journal), or lost in flight.
+since its last checkpoint, known from its journal), or lost in flight -- or,
+when the sender says several receivers share its stream (PUSH fair-queues the
+frames between them), taken by the other receivers.
 The :class:`Ledger` is the end-of-run account, stage by stage, with the reason
 for every difference; it is written to the run folder and printed.
 """
@@ -172,9 +174,15 @@ class StreamAccount:
     but the learning from them lost) -- sequence numbers from its journal;
     lost_in_flight: never arrived at a live receiver (in the dead process's queue
     or socket buffers when it was killed) -- the sequence numbers the tracker found
-    missing that the journal does not hold. Events of lost-in-flight frames are what
-    remains of the sender's total. ``unaccounted_frames`` = sent frames minus all of
-    the above: zero unless the sequence numbers contradict the sender's count.
+    missing that the journal does not hold;
+    elsewhere: those same frames when ``other_receivers`` > 0, i.e. the stream was
+    shared: PUSH gave them to the other receivers, so they are not called lost.
+    Per receiver a genuine loss cannot then be told from another receiver's share:
+    the totals are checked by the sender's END_OF_STREAM acknowledgements (each
+    receiver's ACK carries its frames and events) and, for data-parallel ranks, by
+    the merged account of their union. Events of the unseen frames are what remains
+    of the sender's total. ``unaccounted_frames`` = sent frames minus all of the
+    above: zero unless the sequence numbers contradict the sender's count.
     """
 
     sent_frames: int
@@ -183,19 +191,29 @@ class StreamAccount:
     processed_events: int
     lost_after_processing: dict[int, int]
     lost_in_flight: list[int]
+    elsewhere: list[int] = field(default_factory=list)
+    other_receivers: int = 0
 
     @property
     def lost_after_processing_events(self) -> int:
         return sum(self.lost_after_processing.values())
 
     @property
-    def lost_in_flight_events(self) -> int:
+    def _unseen_events(self) -> int:
         return self.sent_events - self.processed_events - self.lost_after_processing_events
+
+    @property
+    def lost_in_flight_events(self) -> int:
+        return 0 if self.other_receivers else self._unseen_events
+
+    @property
+    def elsewhere_events(self) -> int:
+        return self._unseen_events if self.other_receivers else 0
 
     @property
     def unaccounted_frames(self) -> int:
         return (self.sent_frames - self.processed_frames - len(self.lost_after_processing)
-                - len(self.lost_in_flight))
+                - len(self.lost_in_flight) - len(self.elsewhere))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -204,29 +222,36 @@ class StreamAccount:
             "lost_after_processing": {"frames": sorted(self.lost_after_processing),
                                       "events": self.lost_after_processing_events},
             "lost_in_flight": {"frames": self.lost_in_flight, "events": self.lost_in_flight_events},
+            "taken_by_other_receivers": {"receivers": self.other_receivers, "frames": self.elsewhere,
+                                         "events": self.elsewhere_events},
             "unaccounted_frames": self.unaccounted_frames,
         }
 
     def render(self, stream_id: int) -> str:
+        unseen = (f"taken by the other {self.other_receivers} receiver(s) {self.elsewhere_events:,d} events "
+                  f"({len(self.elsewhere):,d} frames)" if self.other_receivers else
+                  f"lost in flight {self.lost_in_flight_events:,d} ({len(self.lost_in_flight)} frames)")
         return (f"stream {stream_id}: sent {self.sent_events:,d} events in {self.sent_frames:,d} frames = "
                 f"processed {self.processed_events:,d} + lost after processing "
-                f"{self.lost_after_processing_events:,d} ({len(self.lost_after_processing)} frames) + lost in "
-                f"flight {self.lost_in_flight_events:,d} ({len(self.lost_in_flight)} frames); "
+                f"{self.lost_after_processing_events:,d} ({len(self.lost_after_processing)} frames) + {unseen}; "
                 f"unaccounted frames {self.unaccounted_frames}")
 
 
 def account_stream(tracker: SequenceTracker, stream_id: int, sent_frames: int, sent_events: int,
-                   lost_after_processing: dict[int, int] | None = None) -> StreamAccount:
+                   lost_after_processing: dict[int, int] | None = None, other_receivers: int = 0) -> StreamAccount:
     """The account of one stream from the tracker's segment and the sender's END_OF_STREAM totals.
 
     Frames the sender sent after the last one that arrived (none, when END_OF_STREAM
-    arrived on the same pipe) count as lost in flight too.
+    arrived on the same pipe) count as lost in flight too -- or, with
+    ``other_receivers`` > 0 (see :func:`stream_receivers`), as taken by them.
     """
     lost_after = dict(lost_after_processing or {})
     next_seq, frames, events = tracker.segment(stream_id)
     missing = set(tracker.missing_frames().get(stream_id, [])) | set(range(next_seq, sent_frames))
-    in_flight = sorted(missing - lost_after.keys())
-    return StreamAccount(sent_frames, sent_events, frames, events, lost_after, in_flight)
+    unseen = sorted(missing - lost_after.keys())
+    if other_receivers > 0:
+        return StreamAccount(sent_frames, sent_events, frames, events, lost_after, [], unseen, other_receivers)
+    return StreamAccount(sent_frames, sent_events, frames, events, lost_after, unseen)
 
 
 def stream_totals(meta: dict[str, Any], stream_id: int) -> dict[int, tuple[int, int]]:
@@ -244,6 +269,15 @@ def stream_totals(meta: dict[str, Any], stream_id: int) -> dict[int, tuple[int, 
                 totals[int(sid)] = (sent["frames"], sent["events"])
         return totals
     return {stream_id: (meta["frames"], meta["events"])} if _counts(meta) else {}
+
+
+def stream_receivers(meta: dict[str, Any]) -> int:
+    """How many receivers shared the stream(s), from an END_OF_STREAM's meta ("receivers").
+
+    At least 1 (the one reading it); 1 when absent or malformed (a sender from before the count).
+    """
+    receivers = meta.get("receivers")
+    return max(1, receivers) if isinstance(receivers, int) else 1
 
 
 def _counts(sent: dict[str, Any]) -> bool:

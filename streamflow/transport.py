@@ -345,21 +345,27 @@ class Sender(_SocketPair):
                    streams: dict[int, tuple[int, int]] | None = None) -> EndOfStream:
         """Send END_OF_STREAM until every receiver that said HELLO (at least one) acknowledged it.
 
-        ``streams`` (stream id -> (frames, events)) is for a sender that forwards other
-        senders' streams (a proxy): the END_OF_STREAM meta then also carries each
-        stream's totals under "streams" (read by :func:`streamflow.ledger.stream_totals`),
-        since its own counts mix them. Raises HandshakeError naming the silent receivers
-        after ``timeout_s``.
+        The meta carries this sender's "frames" and "events" and "receivers": how many
+        receivers (said HELLO and are still connected) share the stream, so that each
+        can tell the frames PUSH gave the others from lost ones
+        (:func:`streamflow.ledger.stream_receivers`); the message is encoded afresh for
+        every repeat, since HELLOs can still arrive. ``streams`` (stream id -> (frames,
+        events)) is for a sender that forwards other senders' streams (a proxy): the
+        meta then also carries each stream's totals under "streams" (read by
+        :func:`streamflow.ledger.stream_totals`), since its own counts mix them.
+        Raises HandshakeError naming the silent receivers after ``timeout_s``.
         """
         meta: dict[str, Any] = {"frames": self.frames, "events": self.events}
         if streams is not None:
             meta["streams"] = {str(sid): {"frames": frames, "events": events}
                                for sid, (frames, events) in streams.items()}
-        eos = encode_control(Kind.END_OF_STREAM, stream_id=self.stream_id, seq=self.frames, meta=meta,
-                             send_ns=time.time_ns())
         start = time.monotonic()
         sent = 0
+        self._read_control(0)
+        self._forget_departed()
         while True:
+            eos = encode_control(Kind.END_OF_STREAM, stream_id=self.stream_id, seq=self.frames,
+                                 meta={**meta, "receivers": len(self._hellos)}, send_ns=time.time_ns())
             try:
                 self.data.send_multipart(eos, flags=zmq.NOBLOCK)
                 sent += 1

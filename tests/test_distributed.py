@@ -80,7 +80,14 @@ def test_two_ranks_process_every_frame_once(two_rank_run: Path) -> None:
     stream = merged["streams"]["0"]
     assert (stream["processed_frames"], stream["processed_events"]) == (FRAMES, FRAMES * FRAME_SIZE)
     assert stream["unaccounted_frames"] == 0 and not stream["lost_in_flight"]["frames"]
+    assert stream["taken_by_other_receivers"] == {"receivers": 0, "frames": [], "events": 0}  # the union: all ranks
     assert merged["duplicate_frames"] == 0
+    # Each rank's own account says the other rank took the frames it did not see, not that they were lost.
+    for rank, theirs in zip(ranks, seen[::-1]):
+        account = rank["streams"]["0"]
+        assert account["lost_in_flight"] == {"frames": [], "events": 0}
+        assert account["taken_by_other_receivers"] == {"receivers": 1, "frames": sorted(theirs),
+                                                       "events": len(theirs) * FRAME_SIZE}
 
 
 def test_two_ranks_hold_one_model_and_one_checkpoint(two_rank_run: Path) -> None:

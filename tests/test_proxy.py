@@ -190,7 +190,8 @@ def test_idle_upstreams_end_the_proxy_and_its_receivers_get_end_of_stream(ctx) -
 
 
 def test_selection_streams_of_two_scorers_merge_into_one_sink(ctx, tmp_path: Path) -> None:
-    """Two scorers that split stream 0 send disjoint sequence numbers of it; one sink gets them all."""
+    """Two scorers that split streams 1 and 2 send disjoint sequence numbers of each; one sink gets them all
+    and accounts for every stream from the proxy's per-stream totals."""
     up1, up2, down = endpoints(3)
     proxy = ProxyThread(ProxyConfig(upstream=(up1, up2), endpoint=down, idle_timeout=20))
     sink: list = []
@@ -200,22 +201,27 @@ def test_selection_streams_of_two_scorers_merge_into_one_sink(ctx, tmp_path: Pat
     source = GaussianToy(seed=3).chunks(64)
     eos_results: list = []
     with Sender(ctx, up1) as scorer_a, Sender(ctx, up2) as scorer_b:
-        for seq in range(10):
-            batch = next(source).take(np.arange(seq))  # frame seq accepted seq events
-            parts = encode_selection(batch, np.ones(seq, np.uint64), np.zeros((seq, 1), np.float32), ["ae"],
-                                     seq=seq, stream_id=0, send_ns=time.time_ns())
-            assert (scorer_a if seq % 2 else scorer_b).send(parts, seq)
+        for sid in (1, 2):
+            for seq in range(10):
+                batch = next(source).take(np.arange(seq))  # frame seq accepted seq events
+                parts = encode_selection(batch, np.ones(seq, np.uint64), np.zeros((seq, 1), np.float32), ["ae"],
+                                         seq=seq, stream_id=sid, send_ns=time.time_ns())
+                assert (scorer_a if (seq + sid) % 2 else scorer_b).send(parts, seq)
         enders = [end_in_thread(scorer_a, eos_results), end_in_thread(scorer_b, eos_results)]
         sink_thread.join(30)
         for ender in enders:
             ender.join(25)
     stats = proxy.join()
-    assert isinstance(stats, ProxyStats) and stats.streams() == {0: (10, 45)}
-    assert sink and sink[0][0].written == 45
+    assert isinstance(stats, ProxyStats) and stats.streams() == {1: (10, 45), 2: (10, 45)}
+    assert sink and sink[0][0].written == 90
     rows, _ = read_selections(tmp_path / "selections.h5")
     assert np.unique(rows.seq).tolist() == list(range(1, 10))  # frame 0 accepted nothing
-    account = json.loads((tmp_path / "ledger-sink.json").read_text())["stream"]
-    assert account["processed_frames"] == 10 and account["unaccounted_frames"] == 0
+    ledger = json.loads((tmp_path / "ledger-sink.json").read_text())
+    assert ledger["stream"] is None  # more than one stream: see "streams"
+    for account in (ledger["streams"][sid] for sid in ("1", "2")):
+        assert (account["sent_frames"], account["processed_frames"], account["processed_events"]) == (10, 10, 45)
+        assert account["unaccounted_frames"] == 0 and not account["lost_in_flight"]["frames"]
+        assert account["taken_by_other_receivers"]["receivers"] == 0  # the sink is the proxy's only receiver
 
 
 def test_a_blocked_downstream_blocks_the_producer_and_nothing_is_dropped(ctx) -> None:
@@ -358,7 +364,8 @@ def scorer_ledgers(run_dirs: list[Path]) -> list[dict[str, Any]]:
 
 def processed_seqs(account: dict[str, Any]) -> set[int]:
     """The sequence numbers a scorer processed: all it was told were sent, less those it did not get."""
-    gone = set(account["lost_in_flight"]["frames"]) | set(account["lost_after_processing"]["frames"])
+    gone = {seq for key in ("lost_in_flight", "lost_after_processing", "taken_by_other_receivers")
+            for seq in account[key]["frames"]}
     return set(range(account["sent_frames"])) - gone
 
 
@@ -407,3 +414,10 @@ def test_two_producers_through_a_proxy_into_two_scorers_account_for_every_event(
         seqs = [processed_seqs(a) for a in accounts]
         assert [len(s) for s in seqs] == [a["processed_frames"] for a in accounts]
         assert not seqs[0] & seqs[1] and seqs[0] | seqs[1] == set(range(frames))
+        # Neither scorer calls the other's share lost: each says the other receiver took it.
+        for mine, theirs, their_seqs in zip(accounts, accounts[::-1], seqs[::-1]):
+            assert mine["lost_in_flight"] == {"frames": [], "events": 0}
+            assert mine["taken_by_other_receivers"] == {"receivers": 1, "frames": sorted(their_seqs),
+                                                        "events": theirs["processed_events"]}
+    for ledger in ledgers:
+        assert any("taken by the other 1 receiver(s)" in note for note in ledger["notes"])

@@ -21,7 +21,7 @@ from streamflow.transport import (
     connect,
     control_endpoint,
 )
-from streamflow.wire import Kind, encode_data
+from streamflow.wire import Kind, decode, encode_data
 
 
 def batch(start: int, n: int) -> EventBatch:
@@ -87,11 +87,12 @@ def test_a_failed_control_bind_releases_the_data_socket(ctx: zmq.Context, tmp_pa
             time.sleep(0.05)
 
 
-def consume(receiver: Receiver, got: list[EventBatch]) -> None:
+def consume(receiver: Receiver, got: list[EventBatch], ends: list[dict]) -> None:
     while True:
         msg = receiver.recv(timeout_ms=5000)
         assert msg is not None, "receiver starved"
         if msg.kind == Kind.END_OF_STREAM:
+            ends.append(msg.meta)
             return
         got.append(EventBatch(msg.batch.ids.copy(), msg.batch.features.copy(), msg.batch.names))
 
@@ -101,7 +102,8 @@ def test_every_receiver_gets_and_acknowledges_end_of_stream(ctx: zmq.Context) ->
     sender = Sender(ctx, endpoint, stream_id=4, hwm=4)
     receivers = [Receiver(ctx, endpoint, name=f"r{i}") for i in range(3)]
     got: list[list[EventBatch]] = [[] for _ in receivers]
-    threads = [threading.Thread(target=consume, args=(r, g)) for r, g in zip(receivers, got)]
+    ends: list[dict] = []
+    threads = [threading.Thread(target=consume, args=(r, g, ends)) for r, g in zip(receivers, got)]
     for t in threads:
         t.start()
     for i in range(30):
@@ -111,11 +113,40 @@ def test_every_receiver_gets_and_acknowledges_end_of_stream(ctx: zmq.Context) ->
         t.join(5)
     assert sorted(name.split()[0] for name in eos.acks) == ["r0", "r1", "r2"]
     assert eos.acked_events == sender.events == 300
+    assert ends == [{"frames": 30, "events": 300, "receivers": 3}] * 3  # each knows the stream was shared
     ids = np.sort(np.concatenate([b.ids for g in got for b in g]))
     np.testing.assert_array_equal(ids, np.arange(300))
     for r, g in zip(receivers, got):
         assert (r.frames, r.events) == (len(g), 10 * len(g))
         r.close()
+    sender.close()
+
+
+def test_end_of_stream_counts_the_receivers_that_said_hello_so_far(ctx: zmq.Context) -> None:
+    """The repeated END_OF_STREAM is encoded afresh: a HELLO that arrives during the handshake is counted."""
+    endpoint = "inproc://late"
+    sender = Sender(ctx, endpoint, stream_id=2)
+    silent = ctx.socket(zmq.PULL)  # takes its share of the messages but never says HELLO
+    silent.connect(endpoint)
+    assert sender.send_batch(batch(0, 5))
+    assert silent.poll(5000) and decode(silent.recv_multipart()).kind == Kind.DATA
+    results: list = []
+    ender = threading.Thread(target=lambda: results.append(sender.end_stream(timeout_s=10)))
+    ender.start()
+    assert silent.poll(5000)
+    first = decode(silent.recv_multipart()).meta
+    late = Receiver(ctx, endpoint, name="late")
+    time.sleep(1.0)  # ten rounds of the handshake: the sender has read the HELLO
+    metas = []
+    while silent.poll(0):
+        metas.append(decode(silent.recv_multipart()).meta)
+    msg = late.recv(timeout_ms=5000)
+    ender.join(10)
+    assert first == {"frames": 1, "events": 5, "receivers": 0}
+    assert metas and metas[-1] == {"frames": 1, "events": 5, "receivers": 1}
+    assert msg is not None and msg.kind == Kind.END_OF_STREAM and len(results[0].acks) == 1
+    late.close()
+    silent.close(linger=0)
     sender.close()
 
 
