@@ -1,10 +1,14 @@
-"""Pieces every process subcommand shares: stopping cleanly on signals."""
+"""Pieces the process subcommands share: stopping cleanly on signals, CURVE options."""
 
 from __future__ import annotations
 
+import argparse
 import signal
 import threading
 from typing import Any
+
+from streamflow.errors import ConfigError
+from streamflow.transport import Curve
 
 
 def stop_on_signals() -> threading.Event:
@@ -22,3 +26,33 @@ def stop_on_signals() -> threading.Event:
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
     return stop
+
+
+def curve_options(p: argparse.ArgumentParser, connects_to: str, binds: str | None) -> None:
+    """--curve-secret, --curve-server-key (towards ``connects_to``) and, for a process that also
+    binds a socket for others (``binds``), --curve-authorized."""
+    p.add_argument("--curve-secret", metavar="FILE",
+                   help="this process's NAME.key_secret (from `streamflow keys`) for CURVE")
+    p.add_argument("--curve-server-key", metavar="FILE",
+                   help=f"the public key (NAME.key) of the {connects_to}: connect to it under CURVE")
+    if binds is not None:
+        p.add_argument("--curve-authorized", metavar="DIR",
+                       help=f"folder of the public keys (*.key) admitted to {binds} under CURVE")
+
+
+def curves_from_args(args: argparse.Namespace) -> tuple[Curve | None, Curve | None]:
+    """(client, server) CURVE configs of the options :func:`curve_options` added (None: plain).
+
+    The client secures the connection to the sender this process reads; the server the
+    socket it binds for its own receivers. Both use this process's one keypair.
+    """
+    authorized = getattr(args, "curve_authorized", None)
+    if not (args.curve_server_key or authorized):
+        if args.curve_secret:
+            raise ConfigError("--curve-secret needs --curve-server-key FILE and/or --curve-authorized DIR")
+        return None, None
+    if not args.curve_secret:
+        raise ConfigError("--curve-server-key and --curve-authorized need --curve-secret FILE (this process's key)")
+    client = Curve(args.curve_secret, server_public_key_file=args.curve_server_key) if args.curve_server_key else None
+    server = Curve(args.curve_secret, authorized_dir=authorized) if authorized else None
+    return client, server

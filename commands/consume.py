@@ -8,10 +8,9 @@ import sys
 
 from typing import TYPE_CHECKING
 
-from commands.common import stop_on_signals
+from commands.common import curve_options, curves_from_args, stop_on_signals
 from streamflow.config import read_toml
-from streamflow.errors import ConfigError
-from streamflow.transport import DEFAULT_ENDPOINT, DEFAULT_HWM, Curve
+from streamflow.transport import DEFAULT_ENDPOINT, DEFAULT_HWM
 
 if TYPE_CHECKING:
     from streamflow.scorer import ScorerConfig
@@ -55,10 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kernel-buffer", type=int, default=0, metavar="BYTES",
                    help="cap the OS socket buffers: fewer frames queued, lower latency, smaller crash window "
                         "(default 0: the OS default)")
-    p.add_argument("--curve-secret", metavar="FILE",
-                   help="connect under CURVE with this NAME.key_secret (from `streamflow keys`); "
-                        "needs --curve-server-key")
-    p.add_argument("--curve-server-key", metavar="FILE", help="the producer's public key (its NAME.key) for CURVE")
+    curve_options(p, connects_to="producer (or proxy)", binds="the --selections socket (the sinks' keys)")
     p.set_defaults(func=main)
 
 
@@ -78,24 +74,15 @@ def scorer_config(args: argparse.Namespace) -> ScorerConfig:
     return dataclasses.replace(config, threads=args.threads) if args.threads is not None else config
 
 
-def curve_from_args(args: argparse.Namespace) -> Curve | None:
-    """The CURVE client config of --curve-secret/--curve-server-key (None: plain sockets)."""
-    if not (args.curve_secret or args.curve_server_key):
-        return None
-    if not (args.curve_secret and args.curve_server_key):
-        raise ConfigError("--curve-secret FILE and --curve-server-key FILE go together")
-    return Curve(args.curve_secret, server_public_key_file=args.curve_server_key)
-
-
 def main(args: argparse.Namespace) -> int:
     from consumers.scorer import ConsumeConfig, run_consume
 
-    curve = curve_from_args(args)
+    curve, selections_curve = curves_from_args(args)
     config = ConsumeConfig(
         scorer=scorer_config(args), endpoint=args.endpoint, selections=args.selections,
         telemetry=args.telemetry, run_dir=args.run_dir, checkpoint_every=args.checkpoint_every,
         resume=args.resume, idle_timeout=args.idle_timeout, name=args.name, hwm=args.hwm,
-        kernel_buffer=args.kernel_buffer, curve=curve,
+        kernel_buffer=args.kernel_buffer, curve=curve, selections_curve=selections_curve,
     )
     stats, ledger = run_consume(config, stop_on_signals())
     if stats.rank:

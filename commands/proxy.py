@@ -12,10 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from commands.common import stop_on_signals
+from commands.common import curve_options, curves_from_args, stop_on_signals
 from producers.proxy import DEFAULT_PROXY_ENDPOINT, ProxyConfig, ProxyError, ProxyStats, run_proxy
-from streamflow.errors import ConfigError
-from streamflow.transport import DEFAULT_HWM, Curve
+from streamflow.transport import DEFAULT_HWM
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -42,27 +41,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "(default proxy)")
     p.add_argument("--run-dir", default=None, metavar="DIR",
                    help="write the ledger here as ledger-NAME.json (default: print only)")
-    p.add_argument("--curve-secret", metavar="FILE",
-                   help="this proxy's NAME.key_secret (from `streamflow keys`) for CURVE on either side")
-    p.add_argument("--curve-server-key", metavar="FILE",
-                   help="the upstream senders' public key (their NAME.key): read them under CURVE")
-    p.add_argument("--curve-authorized", metavar="DIR",
-                   help="folder of the public keys (*.key) of the receivers admitted downstream under CURVE")
+    curve_options(p, connects_to="upstream senders", binds="the proxy's downstream socket")
     p.set_defaults(func=main)
-
-
-def curves_from_args(args: argparse.Namespace) -> tuple[Curve | None, Curve | None]:
-    """(upstream client, downstream server) CURVE configs of the --curve-* options (None: plain)."""
-    if not (args.curve_server_key or args.curve_authorized):
-        if args.curve_secret:
-            raise ConfigError("--curve-secret needs --curve-server-key FILE (upstream) and/or "
-                              "--curve-authorized DIR (downstream)")
-        return None, None
-    if not args.curve_secret:
-        raise ConfigError("--curve-server-key and --curve-authorized need --curve-secret FILE (this proxy's key)")
-    upstream = Curve(args.curve_secret, server_public_key_file=args.curve_server_key) if args.curve_server_key else None
-    downstream = Curve(args.curve_secret, authorized_dir=args.curve_authorized) if args.curve_authorized else None
-    return upstream, downstream
 
 
 def config_from_args(args: argparse.Namespace) -> ProxyConfig:

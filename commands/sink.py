@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from commands.common import stop_on_signals
+from commands.common import curve_options, curves_from_args, stop_on_signals
 from consumers.sink import DEFAULT_SELECTIONS_ENDPOINT, SinkConfig, run_sink
 from streamflow.config import read_toml
 
@@ -22,12 +22,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--idle-timeout", type=float, default=120.0, metavar="S",
                    help="give up after S seconds without selections (default 120)")
     p.add_argument("--run-config", metavar="TOML", help="a run config to store in the file's attributes")
+    curve_options(p, connects_to="scorer's selections socket (or proxy)", binds=None)
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
+    curve, _ = curves_from_args(args)
     config = SinkConfig(endpoint=args.endpoint, output=args.output, telemetry=args.telemetry,
-                        run_dir=args.run_dir, flush_interval=args.flush_interval, idle_timeout=args.idle_timeout)
+                        run_dir=args.run_dir, flush_interval=args.flush_interval, idle_timeout=args.idle_timeout,
+                        curve=curve)
     run_config = read_toml(args.run_config) if args.run_config else None
     _, ledger = run_sink(config, stop_on_signals(), run_config=run_config)
     print(ledger.render())

@@ -71,6 +71,7 @@ class ConsumeConfig:
     telemetry: endpoint of a monitor's SUB socket to publish stats to (None: only the JSON lines file).
     idle_timeout: seconds without any frame before the scorer gives up with a clear error.
     curve: connect to the producer as a CURVE client (None: plain sockets).
+    selections_curve: serve the selections socket under CURVE, admitting only authorised sinks.
     """
 
     scorer: ScorerConfig
@@ -86,6 +87,7 @@ class ConsumeConfig:
     kernel_buffer: int = 0  # bytes of OS socket buffer (0: OS default)
     name: str = "scorer"
     curve: Curve | None = None
+    selections_curve: Curve | None = None
 
     def __post_init__(self) -> None:
         for endpoint in (self.endpoint, self.selections, self.telemetry):
@@ -101,6 +103,10 @@ class ConsumeConfig:
             raise ConfigError(f"kernel buffer must be >= 0 bytes, got {self.kernel_buffer}")
         if self.curve is not None and self.curve.is_server:
             raise ConfigError("the scorer connects: its CURVE config needs the producer's public key file")
+        if self.selections_curve is not None and not self.selections_curve.is_server:
+            raise ConfigError("the scorer binds its selections socket: its CURVE config needs an authorised-keys folder")
+        if self.selections_curve is not None and self.selections is None:
+            raise ConfigError("a CURVE config for the selections socket needs a selections endpoint (--selections)")
 
     @property
     def checkpoint_path(self) -> Path:
@@ -177,7 +183,8 @@ class _ScorerLoop:
             self.journal.clear()
         self.receiver = Receiver(ctx, config.endpoint, name=config.name, hwm=config.hwm,
                                  kernel_buffer=config.kernel_buffer, curve=config.curve)
-        self.selections = Sender(ctx, config.selections, hwm=config.hwm) if config.selections else None
+        self.selections = (Sender(ctx, config.selections, hwm=config.hwm, curve=config.selections_curve)
+                           if config.selections else None)
         self._pub = connect(ctx, zmq.PUB, config.telemetry) if config.telemetry else None
         self.reporter = TelemetryReporter(
             config.name, publish=self._pub.send if self._pub else None,

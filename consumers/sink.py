@@ -29,7 +29,7 @@ from streamflow.errors import ConfigError, StreamflowError
 from streamflow.ledger import Ledger, SequenceTracker, StreamAccount, account_stream, stream_receivers, stream_totals
 from streamflow.selections import SelectedEvents, SelectionWriter
 from streamflow.telemetry import LatencyHistogram, RateMeter, TelemetryReporter
-from streamflow.transport import Receiver, check_endpoint, connect
+from streamflow.transport import Curve, Receiver, check_endpoint, connect
 from streamflow.wire import Kind, Message
 
 DEFAULT_SELECTIONS_ENDPOINT = "tcp://127.0.0.1:5557"
@@ -40,6 +40,7 @@ class SinkConfig:
     """Where selections come from and go.
 
     run_config: a JSON-able description of the run, stored as the file's ``config`` attribute.
+    curve: connect to the scorer's selections socket as a CURVE client (None: plain sockets).
     """
 
     endpoint: str = DEFAULT_SELECTIONS_ENDPOINT
@@ -49,6 +50,7 @@ class SinkConfig:
     flush_interval: float = 1.0
     idle_timeout: float = 120.0
     name: str = "sink"
+    curve: Curve | None = None
 
     def __post_init__(self) -> None:
         for endpoint in (self.endpoint, self.telemetry):
@@ -56,6 +58,8 @@ class SinkConfig:
                 check_endpoint(endpoint)
         if not self.flush_interval > 0:
             raise ConfigError(f"flush interval must be positive seconds, got {self.flush_interval}")
+        if self.curve is not None and self.curve.is_server:
+            raise ConfigError("the sink connects: its CURVE config needs the scorer's public key file")
 
 
 @dataclass
@@ -98,7 +102,7 @@ def run_sink(config: SinkConfig, stop_event: threading.Event | None = None,
     pub = connect(ctx, zmq.PUB, config.telemetry) if config.telemetry else None
     reporter = TelemetryReporter(config.name, publish=pub.send if pub else None,
                                  jsonl_path=run_dir / f"telemetry-{config.name}.jsonl")
-    receiver = Receiver(ctx, config.endpoint, name=config.name)
+    receiver = Receiver(ctx, config.endpoint, name=config.name, curve=config.curve)
 
     def telemetry() -> dict[str, Any]:
         return {"frames": stats.frames, "events": stats.events_in, **rates.rates(),

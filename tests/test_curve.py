@@ -128,19 +128,55 @@ def test_bad_curve_configs_are_one_line_errors(keys: Path) -> None:
         ReplayConfig(curve=client(keys, "scorer"))
 
 
-def test_replay_and_consume_options_build_the_curve_configs(keys: Path, capsys) -> None:
-    from commands.consume import curve_from_args
+def test_replay_consume_and_sink_options_build_the_curve_configs(keys: Path, capsys) -> None:
+    from commands.common import curves_from_args
     from commands.main import build_parser
     from commands.replay import config_from_args
 
-    args = build_parser("replay").parse_args(
-        ["replay", "--curve-secret", str(keys / "keys" / "server.key_secret"),
-         "--curve-authorized", str(keys / "authorized")])
-    assert config_from_args(args).curve == Curve(str(keys / "keys" / "server.key_secret"),
-                                                 authorized_dir=str(keys / "authorized"))
+    secret, authorized = str(keys / "keys" / "server.key_secret"), str(keys / "authorized")
+    args = build_parser("replay").parse_args(["replay", "--curve-secret", secret, "--curve-authorized", authorized])
+    assert config_from_args(args).curve == Curve(secret, authorized_dir=authorized)
+    scorer_secret = str(keys / "keys" / "scorer.key_secret")
     args = build_parser("consume").parse_args(
-        ["consume", "--curve-secret", str(keys / "keys" / "scorer.key_secret"),
-         "--curve-server-key", str(keys / "keys" / "server.key")])
-    assert curve_from_args(args) == client(keys, "scorer")
-    assert streamflow_main(["consume", "--curve-secret", str(keys / "keys" / "scorer.key_secret")]) == 2
-    assert capsys.readouterr().err.strip().endswith("--curve-secret FILE and --curve-server-key FILE go together")
+        ["consume", "--curve-secret", scorer_secret, "--curve-server-key", str(keys / "keys" / "server.key"),
+         "--curve-authorized", authorized])
+    assert curves_from_args(args) == (client(keys, "scorer"), Curve(scorer_secret, authorized_dir=authorized))
+    args = build_parser("sink").parse_args(
+        ["sink", "--curve-secret", scorer_secret, "--curve-server-key", str(keys / "keys" / "server.key")])
+    assert curves_from_args(args) == (client(keys, "scorer"), None)
+    assert streamflow_main(["consume", "--curve-secret", scorer_secret]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "--curve-secret needs --curve-server-key FILE and/or --curve-authorized DIR")
+    assert streamflow_main(["consume", "--curve-authorized", authorized, "--idle-timeout", "1"]) == 2
+    assert capsys.readouterr().err.strip().endswith("need --curve-secret FILE (this process's key)")
+
+
+def test_a_secured_selections_socket_serves_an_authorised_sink_only(ctx, keys: Path, tmp_path: Path) -> None:
+    """The scorer -> sink hop under CURVE: the authorised sink writes every selection, a wrong key gets none."""
+    from consumers.scorer import ConsumeConfig
+    from consumers.sink import SinkConfig, run_sink
+    from streamflow.presets import preset
+    from streamflow.wire import encode_selection
+
+    with pytest.raises(ConfigError, match="needs a selections endpoint"):
+        ConsumeConfig(scorer=preset("gaussian"), selections_curve=Curve(
+            str(keys / "keys" / "server.key_secret"), authorized_dir=str(keys / "authorized")))
+    endpoint = f"tcp://127.0.0.1:{free_port_block(2)}"
+    server = Curve(str(keys / "keys" / "server.key_secret"), authorized_dir=str(keys / "authorized"))
+    done: list = []
+    sink = threading.Thread(target=lambda: done.append(run_sink(SinkConfig(
+        endpoint=endpoint, run_dir=str(tmp_path / "sink"), idle_timeout=20, curve=client(keys, "scorer")))))
+    with Sender(ctx, endpoint, curve=server) as scorer, \
+            Receiver(ctx, endpoint, name="intruder", curve=client(keys, "intruder")) as intruder:
+        sink.start()
+        batch = EventBatch(np.arange(5, dtype=np.uint64), np.ones((5, 2), np.float32), ("x0", "x1"))
+        for seq in range(3):
+            assert scorer.send(encode_selection(batch, np.ones(5, np.uint64), np.zeros((5, 1), np.float32),
+                                                ["ae"], seq=seq, stream_id=0, send_ns=0), 5)
+        scorer.end_stream(15, streams={0: (3, 15)})
+        with pytest.raises(ConfigError, match="refused this receiver's CURVE key"):
+            intruder.recv(timeout_ms=2000)
+    sink.join(30)
+    stats, ledger = done[0]
+    assert stats.written == 15
+    assert ledger.details["stream"]["unaccounted_frames"] == 0

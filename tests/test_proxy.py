@@ -342,7 +342,7 @@ def test_cli_idle_timeout_prints_the_ledger_then_one_line(ctx, tmp_path: Path) -
     (["--from", "tcp://127.0.0.1:5565"], "the proxy cannot bind tcp://127.0.0.1:5565: it is also one of its upstreams"),
     (["--from", "tcp://127.0.0.1:5555", "--idle-timeout", "0"], "idle timeout must be positive seconds, got 0.0"),
     (["--from", "tcp://127.0.0.1:5555", "--curve-authorized", "keys"],
-     "--curve-server-key and --curve-authorized need --curve-secret FILE (this proxy's key)"),
+     "--curve-server-key and --curve-authorized need --curve-secret FILE (this process's key)"),
 ])
 def test_bad_options_are_one_line_errors(args: list[str], message: str, capsys) -> None:
     assert streamflow_main(["proxy", *args]) == 2
