@@ -45,7 +45,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", default=".", help="folder for checkpoint, telemetry and ledger (default .)")
     p.add_argument("--name", default="scorer", help="this scorer's name in files and telemetry (default scorer)")
     p.add_argument("--checkpoint-every", type=int, default=200, metavar="FRAMES",
-                   help="checkpoint every N frames, and always at exit (0: only at exit; default 200)")
+                   help="checkpoint every N frames (under torchrun: rounds of up to one frame per rank), "
+                        "and always at exit (0: only at exit; default 200)")
     p.add_argument("--resume", action="store_true", help="start from the run folder's checkpoint if there is one")
     p.add_argument("--idle-timeout", type=float, default=60.0, metavar="S",
                    help="give up after S seconds without a frame (default 60)")

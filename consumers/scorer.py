@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import zmq
 
 from streamflow.checkpoint import load_checkpoint, save_checkpoint
@@ -57,8 +58,9 @@ from streamflow.ledger import (
 )
 from streamflow.sampling import HISTOGRAM_KEY, ContextHistogram
 from streamflow.score_sample import ScoreSample
-from streamflow.scorer import FrameScorer, ScorerConfig, resolve_device
+from streamflow.scorer import FrameScorer, ScorerConfig, line_figures, resolve_device
 from streamflow.telemetry import LatencyHistogram, RateMeter, TelemetryReporter
+from streamflow.trigger import LineStats
 from streamflow.transport import DEFAULT_ENDPOINT, DEFAULT_HWM, Curve, Receiver, Sender, check_endpoint, connect
 from streamflow.wire import Kind, Message, encode_selection
 
@@ -151,8 +153,11 @@ _COUNTERS = ("frames", "events_scored", "events_learned")
 class _ScorerLoop:
     """State of one scorer process (or rank); :func:`run_consume` drives it."""
 
-    def __init__(self, config: ConsumeConfig, ctx: zmq.Context, collective: Collective | None = None) -> None:
+    def __init__(self, config: ConsumeConfig, ctx: zmq.Context, collective: Collective | None = None,
+                 stop_event: threading.Event | None = None) -> None:
         self.collective = collective
+        self.stop_event = stop_event
+        """Set by a signal: a send blocked on a full selections queue gives up."""
         self.checkpoint_path = config.checkpoint_path  # one checkpoint, whatever the rank
         if collective is not None:
             rank = collective.rank
@@ -214,8 +219,7 @@ class _ScorerLoop:
         self.scorer.load_state_dict(state["scorer"])
         self.base = self._counters()
         self.stats.resumed_from_frame = self.scorer.frames
-        if not self.leader:  # rank 0 carries the stream's account; the others start theirs afresh
-            self.journal.clear()
+        if not self.leader:  # rank 0 carries the stream's account (and reads this rank's journal)
             self.checkpoint()
             return
         self.tracker.load_state_dict(state["sequence"])
@@ -242,19 +246,23 @@ class _ScorerLoop:
         Data-parallel this is collective: rank 0 saves the union of every rank's account."""
         sequence = self.tracker.state_dict()
         scorer = self.scorer.state_dict()
-        if self.collective is not None:  # the stream's account and counts are those of all ranks
+        mjj = self.mjj.state_dict()
+        if self.collective is not None:  # the stream's account, counts and mjj are those of all ranks
             views = self.collective.gather_json({"sequence": sequence, "counted": [
                 now - base for now, base in zip(self._counters(), self.base)]})
             sequence, _ = merge_sequence_states([view["sequence"] for view in views])
             scorer["counters"] = {key: base + sum(view["counted"][i] for view in views)
                                   for i, (key, base) in enumerate(zip(_COUNTERS, self.base))}
+            summed = self.collective.sum_counts(np.append(self.mjj.counts, self.mjj.outside))
+            mjj.update(counts=torch.from_numpy(summed[:-1]), outside=int(summed[-1]))
         if self.leader:
             lost = {str(sid): {str(seq): n for seq, n in frames.items()}
                     for sid, frames in self.stats.lost_after_processing.items()}
             save_checkpoint(self.checkpoint_path, {
-                "scorer": scorer, "sequence": sequence,
-                HISTOGRAM_KEY: self.mjj.state_dict(), "lost_after_processing": lost,
+                "scorer": scorer, "sequence": sequence, HISTOGRAM_KEY: mjj, "lost_after_processing": lost,
             })
+        if self.collective is not None:  # no rank forgets its frames before rank 0 has saved them
+            self.collective.barrier()
         self.journal.clear()
         self.stats.checkpoints += 1
 
@@ -272,7 +280,7 @@ class _ScorerLoop:
         self.sample.add(batch.labels, result.scores)
         if "mjj" in batch.names:
             self.mjj.add(batch.column("mjj"))
-        self._add_learn_stats(result.learn_stats)
+        self.add_learn_stats(result.learn_stats)
         if self.selections is not None:
             line_scores = np.column_stack(
                 [result.scores[line.learner][accepted] for line in self.config.scorer.lines]
@@ -282,7 +290,7 @@ class _ScorerLoop:
                 tuple(line.name for line in self.config.scorer.lines),
                 seq=msg.seq, stream_id=msg.stream_id, send_ns=msg.send_ns,
             )
-            self.selections.send(parts, len(accepted))
+            self.selections.send(parts, len(accepted), self.stop_event)
             self.stats.selections_sent += len(accepted)
             frames, events = self.stats.selections_by_stream.get(msg.stream_id, (0, 0))
             self.stats.selections_by_stream[msg.stream_id] = (frames + 1, events + len(accepted))
@@ -293,13 +301,28 @@ class _ScorerLoop:
     def on_no_frame(self, names: tuple[str, ...]) -> None:
         """A data-parallel round without a frame here: take part in the others' step with no events."""
         empty = EventBatch(np.zeros(0, np.uint64), np.zeros((0, len(names)), np.float32), names)
-        self._add_learn_stats(self.scorer.process(empty).learn_stats)
+        self.add_learn_stats(self.scorer.process(empty, counted=False).learn_stats)
 
-    def _add_learn_stats(self, learn_stats: dict[str, dict[str, float]]) -> None:
+    def add_learn_stats(self, learn_stats: dict[str, dict[str, float]]) -> None:
+        """Fold one learning call's stats into the running totals (the last loss, summed counts)."""
         for name, stats in learn_stats.items():
             totals = self.learn_totals.setdefault(name, {})
             for key, value in stats.items():
                 totals[key] = value if key == "loss" else totals.get(key, 0.0) + value
+
+    def end_selections(self, timeout_s: float) -> None:
+        """END_OF_STREAM to the sink(s), with the totals per stream that a sink accounts against.
+
+        When scorers split the producer's stream, a sink sees this scorer's share of
+        the producer's sequence numbers: the totals are then the producer's frames (the
+        others' are "taken by the other receivers", as for the scorer) and this
+        scorer's accepted events."""
+        assert self.selections is not None
+        streams, shared = self.stats.selections_by_stream, self.stats.receivers
+        if shared > 1:
+            streams = {sid: (self.stats.sent_totals[sid][0], events) for sid, (_, events) in streams.items()
+                       if sid in self.stats.sent_totals}
+        self.selections.end_stream(timeout_s, streams=streams, shared_by=shared if shared > 1 else None)
 
     def telemetry(self) -> dict[str, Any]:
         sender = self.selections
@@ -384,17 +407,19 @@ def _alone(loop: _ScorerLoop, stop_event: threading.Event) -> None:
 
 _ROUND_WAIT_MS = 20
 """How long a data-parallel rank waits for a frame before joining a round without one."""
+END_GRACE_S = 5.0
+"""Once one rank has END_OF_STREAM, the ranks stop after this long without a frame anywhere: a
+rank that joined after the producer's handshake ended never gets an END_OF_STREAM of its own."""
 
 
 def _in_rounds(loop: _ScorerLoop, collective: Collective, stop_event: threading.Event) -> None:
     """The loop of a data-parallel rank: rounds of one frame (or none) per rank, decided together."""
-    import torch
-
     config = loop.config
     ended = False
     names: tuple[str, ...] | None = None
     last_frame = time.monotonic()
     rounds = 0
+    some_ended = False
     while True:
         msg = None if ended or stop_event.is_set() else loop.receiver.recv(timeout_ms=_ROUND_WAIT_MS)
         if msg is not None and msg.kind == Kind.END_OF_STREAM:
@@ -403,10 +428,12 @@ def _in_rounds(loop: _ScorerLoop, collective: Collective, stop_event: threading.
         frame = msg if msg is not None and msg.kind == Kind.DATA else None
         if frame is not None:
             names = frame.batch.names
-        idle = time.monotonic() - last_frame > config.idle_timeout
+        quiet_s = time.monotonic() - last_frame
+        idle, over = quiet_s > config.idle_timeout, some_ended and quiet_s > END_GRACE_S
         votes = collective.sum_(torch.tensor(
-            [frame is not None, ended, stop_event.is_set(), idle, names is None], dtype=torch.int64)).tolist()
-        with_frames, n_ended, n_stopped, n_idle, n_unbound = votes
+            [frame is not None, ended, stop_event.is_set(), idle, names is None, over], dtype=torch.int64)).tolist()
+        with_frames, n_ended, n_stopped, n_idle, n_unbound, n_over = votes
+        some_ended = n_ended > 0
         if with_frames:
             last_frame = time.monotonic()
             if n_unbound:  # some rank has had no frame yet: it takes the stream's schema from one that has
@@ -425,7 +452,7 @@ def _in_rounds(loop: _ScorerLoop, collective: Collective, stop_event: threading.
             loop.stats.idle_error = (f"no frame from {config.endpoint} on any of {collective.world_size} ranks "
                                      f"for {config.idle_timeout:g} s: is the producer running?")
             break
-        if n_ended == collective.world_size and not with_frames:
+        if (n_ended == collective.world_size or n_over == collective.world_size) and not with_frames:
             break
 
 
@@ -437,7 +464,7 @@ def _merged_ledger(loop: _ScorerLoop, collective: Collective, ledger: Ledger) ->
         "lost": {str(sid): {str(seq): n for seq, n in frames.items()}
                  for sid, frames in loop.stats.lost_after_processing.items()},
         "sent": {str(sid): list(totals) for sid, totals in loop.stats.sent_totals.items()},
-        "receivers": loop.stats.receivers, "busy": loop.stats.busy,
+        "receivers": loop.stats.receivers, "busy": loop.stats.busy, "lines": loop.scorer.line_stats(),
     })
     if not loop.leader:
         return ledger
@@ -465,14 +492,16 @@ def _merged_ledger(loop: _ScorerLoop, collective: Collective, ledger: Ledger) ->
         ranks=collective.world_size, duplicate_frames=duplicates, weights_identical=identical,
         weights_sha256=digests, missing_frames=tracker.missing_frames(),
         streams={sid: a.to_dict() for sid, a in accounts.items()},
-        lines=ledger.details["lines"], learners=ledger.details["learners"],
+        lines=[line_figures(LineStats.combined([LineStats.from_dict(view["lines"][i]) for view in views]))
+               for i in range(len(views[0]["lines"]))],
+        learners=ledger.details["learners"],
         frames_seen=[seen_runs(view["sequence"]) for view in views],
         busy=busy, rate=_rate(merged.stages[0].events, busy),
     )
     merged.notes += [account.render(sid) for sid, account in accounts.items()]
     merged.notes.append(f"{collective.world_size} ranks; frames seen by more than one rank: {duplicates}; "
                         f"weights identical on all ranks: {'yes' if identical else 'NO'}")
-    merged.notes += ledger.notes[len(loop.stats.accounts):]
+    merged.notes += [note for note in ledger.notes if not note.startswith("stream ")]
     return merged
 
 
@@ -495,28 +524,28 @@ def run_consume(config: ConsumeConfig, stop_event: threading.Event | None = None
     ctx = zmq.Context()
     loop = None
     try:
-        loop = _ScorerLoop(config, ctx, collective)
+        loop = _ScorerLoop(config, ctx, collective, stop_event)
         if collective is None:
             _alone(loop, stop_event)
         else:
             _in_rounds(loop, collective, stop_event)
         loop.stats.stopped = stop_event.is_set()
-        loop._add_learn_stats({name: {"loss": stats.get("loss", float("nan"))}
-                               for name, stats in loop.scorer.flush().items()})
+        loop.add_learn_stats({name: {"loss": stats.get("loss", float("nan"))}
+                              for name, stats in loop.scorer.flush().items()})
         loop.checkpoint()
         loop.sample.save(Path(loop.config.run_dir) / f"scores-{loop.config.name}.npz")
-        if loop.selections is not None:
-            loop.selections.end_stream(config.eos_timeout, streams=loop.stats.selections_by_stream)
         loop.reporter.report(loop.telemetry())
         loop.stats.sequence = loop.tracker.summary()
         loop.stats.missing_frames = loop.tracker.missing_frames()
         loop.stats.rejected = loop.receiver.rejected
         ledger = loop.ledger()
         ledger.write(Path(config.run_dir) / f"ledger-{loop.config.name}.json")
-        if collective is not None:
+        if collective is not None:  # the last collective: a rank's own handshake below may fail alone
             ledger = _merged_ledger(loop, collective, ledger)
             if loop.leader:
                 ledger.write(Path(config.run_dir) / f"ledger-{config.name}.json")
+        if loop.selections is not None:
+            loop.end_selections(config.eos_timeout)
         if loop.stats.idle_error:
             raise StreamflowError(loop.stats.idle_error)
         return loop.stats, ledger

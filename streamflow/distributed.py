@@ -5,18 +5,23 @@ its own frames (ZeroMQ fair-queues them), scores them with its copy of the
 learners, and learns from them. The copies stay one model because every rank
 takes the same optimizer steps from the same gradient:
 
-    g = (sum_r n_r g_r) / (sum_r n_r)
+    g = (sum_r w_r g_r) / (sum_r w_r)
 
-where g_r is rank r's mean gradient over its n_r events of the step's minibatch
-(a rank without events that step adds zeros). Everything that shapes a step is
-summed the same way -- the warm-up moments of the standardisation, the CWoLA
-class counts, the number of minibatches -- so after every step the weights are
-bit-identical on all ranks (checked at the end of a run from their digest).
+where g_r is rank r's mean gradient over its minibatch of the step and w_r that
+minibatch's weight (its events, or for CWoLA the sum of the class weights that
+normalise its loss; a rank without events that step adds zeros). Everything else
+that shapes a step is agreed too -- the warm-up moments of the standardisation
+and the CWoLA class counts are summed, the number of minibatches is the largest
+any rank has -- so after every step the weights are bit-identical on all ranks
+(checked at the end of a run from their digest). A parameter no rank has a
+gradient for gets a zero gradient (Adam's momentum still moves it, as it would
+not alone; no learner here has such parameters).
 
 This module holds the collective operations only; :class:`Collective` wraps an
 initialised ``torch.distributed`` process group (gloo on the CPU, NCCL on CUDA).
-Nothing is pickled: structured data (stream schemas, sequence accounts) crosses
-ranks as JSON in uint8 tensors.
+streamflow pickles nothing between ranks: structured data (stream schemas,
+sequence accounts) crosses as JSON in uint8 tensors. (torchrun's own rendezvous
+store does unpickle what it stores: keep its port on a trusted network.)
 """
 
 from __future__ import annotations
@@ -67,6 +72,10 @@ class Collective:
         """Sum an int64 array over the ranks (the trigger's histogram windows); a new array."""
         return self.sum_(torch.from_numpy(np.ascontiguousarray(counts, dtype=np.int64)).clone()).cpu().numpy()
 
+    def barrier(self) -> None:
+        """Wait until every rank has arrived here."""
+        dist.barrier()
+
     def totals(self, values: Iterable[float]) -> list[float]:
         """Sums over the ranks of a few numbers (counts), as floats."""
         return self.sum_(torch.tensor(list(values), dtype=torch.float64)).tolist()
@@ -84,24 +93,25 @@ class Collective:
         return [json.loads(bytes(p[: int(s.item())].cpu().numpy())) for p, s in zip(parts, sizes)]
 
 
-def average_gradients(collective: Collective, params: list[nn.Parameter], events: int,
-                      extra: Tensor) -> tuple[int, Tensor]:
-    """Replace each gradient by the event-weighted mean over the ranks; (total events, summed ``extra``).
+def average_gradients(collective: Collective, params: list[nn.Parameter], weight: Tensor,
+                      extra: Tensor) -> tuple[float, Tensor]:
+    """Replace each gradient by the weighted mean over the ranks; (total weight, summed ``extra``).
 
-    The caller's gradients are means over its ``events`` (zero events: no gradient,
-    counted as zeros); ``extra`` (e.g. the loss times the events) is summed alongside,
-    so a step costs one all-reduce of one flat buffer.
+    The caller's gradients are means over its minibatch of total ``weight`` (its
+    events, or the sum of their loss weights; zero: no gradient, counted as zeros);
+    ``extra`` (e.g. the loss times the weight) is summed alongside, so a step costs
+    one all-reduce of one flat buffer.
     """
     device, dtype = params[0].device, params[0].dtype
-    flat = [p.grad.reshape(-1) * events if p.grad is not None and events else
-            torch.zeros(p.numel(), device=device, dtype=dtype) for p in params]
-    buffer = collective.sum_(torch.cat(flat + [extra.to(device, dtype).reshape(-1),
-                                               torch.tensor([float(events)], device=device, dtype=dtype)]))
-    total = int(round(float(buffer[-1])))
+    weight = weight.to(device, dtype).reshape(1)
+    flat = [p.grad.reshape(-1) * weight if p.grad is not None else torch.zeros(p.numel(), device=device, dtype=dtype)
+            for p in params]
+    buffer = collective.sum_(torch.cat(flat + [extra.to(device, dtype).reshape(-1), weight]))
+    total = float(buffer[-1])
     offset = 0
     for p in params:
         chunk = buffer[offset: offset + p.numel()].view_as(p)
-        p.grad = chunk / total if total else torch.zeros_like(p)
+        p.grad = chunk / total if total > 0 else torch.zeros_like(p)
         offset += p.numel()
     return total, buffer[offset:-1]
 

@@ -132,8 +132,7 @@ def merge_sequence_states(states: list[dict[str, Any]]) -> tuple[dict[str, Any],
         merged["restarts"] += int(state.get("restarts", 0))
         merged["abandoned"] += int(state.get("abandoned", 0))
         for sid, stream in state.get("streams", {}).items():
-            missing = {seq for a, b in stream["missing"] for seq in range(int(a), int(b))}
-            frames = set(range(int(stream["next_seq"]))) - missing
+            frames = _seen_frames(stream)
             arrivals += len(frames)
             seen.setdefault(sid, set()).update(frames)
             events[sid] = events.get(sid, 0) + int(stream["events"])
@@ -146,11 +145,13 @@ def merge_sequence_states(states: list[dict[str, Any]]) -> tuple[dict[str, Any],
 
 def seen_runs(state: dict[str, Any]) -> dict[str, list[list[int]]]:
     """stream id -> the frames a tracker saw, as [start, stop) runs (from its state_dict)."""
-    out = {}
-    for sid, stream in state.get("streams", {}).items():
-        missing = {seq for a, b in stream["missing"] for seq in range(int(a), int(b))}
-        out[sid] = _runs(set(range(int(stream["next_seq"]))) - missing)
-    return out
+    return {sid: _runs(_seen_frames(stream)) for sid, stream in state.get("streams", {}).items()}
+
+
+def _seen_frames(stream: dict[str, Any]) -> set[int]:
+    """The sequence numbers a tracker's stream state saw: below next_seq and not missing."""
+    missing = {seq for a, b in stream["missing"] for seq in range(int(a), int(b))}
+    return set(range(int(stream["next_seq"]))) - missing
 
 
 def _runs(values: set[int]) -> list[list[int]]:

@@ -30,7 +30,7 @@ from streamflow.distributed import Collective
 from streamflow.errors import ConfigError
 from streamflow.events.batch import EventBatch
 from streamflow.learners import LearnerConfig, TorchLearner, build_learner, learner_config
-from streamflow.trigger import LineConfig, Selection, TriggerMenu
+from streamflow.trigger import LineConfig, LineStats, Selection, TriggerMenu
 
 
 @dataclass(frozen=True)
@@ -127,6 +127,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def line_figures(stats: LineStats) -> dict[str, Any]:
+    """A line's stats as telemetry and ledgers show them: counts, q, achieved fraction, eff_S, eff_B, SIC."""
+    return {**stats.to_dict(), "q": stats.target, "achieved": stats.accept_fraction, "warm": stats.judged > 0}
+
+
 @dataclass
 class FrameResult:
     """What one frame produced: every learner's scores (host arrays) and the trigger's decision."""
@@ -189,15 +194,18 @@ class FrameScorer:
         staging.numpy()[...] = features
         return staging.to(self.device, non_blocking=True)
 
-    def process(self, batch: EventBatch) -> FrameResult:
-        """Test-then-train on one frame; returns the host scores and the trigger's selection."""
+    def process(self, batch: EventBatch, *, counted: bool = True) -> FrameResult:
+        """Test-then-train on one frame; returns the host scores and the trigger's selection.
+
+        ``counted`` False: a data-parallel round without a frame on this rank (an empty
+        batch that takes part in the others' step), not counted as a frame."""
         self.bind(batch.names)
         x = self.to_device(batch.features)
         with torch.no_grad():
             device_scores = {name: learner.score(x) for name, learner in self.learners.items()}
         scores = {name: s.float().cpu().numpy() for name, s in device_scores.items()}
         selection = self.menu.select(scores, batch.labels)
-        self.frames += int(len(batch) > 0)  # a data-parallel rank without a frame processes an empty one
+        self.frames += int(counted)
         self.events_scored += len(batch)
         learn_stats = self._learn(x)
         return FrameResult(scores=scores, selection=selection, learn_stats=learn_stats)
@@ -209,7 +217,7 @@ class FrameScorer:
         self._pending_events += x.shape[0]
         if self._pending_total() < self.config.learn_events:
             return {}
-        return self.flush()
+        return self._learn_pending()
 
     def _pending_total(self) -> int:
         """Scored events waiting for a step: this scorer's, or all ranks' (they step together)."""
@@ -221,6 +229,9 @@ class FrameScorer:
         """Learn from the scored events still waiting for a step (at the end of a stream)."""
         if self._pending_total() == 0:
             return {}
+        return self._learn_pending()
+
+    def _learn_pending(self) -> dict[str, dict[str, float]]:
         x = torch.cat(self._pending) if len(self._pending) > 1 else self._pending[0]
         self._pending, self._pending_events = [], 0
         return self._learn_now(x)
@@ -231,10 +242,7 @@ class FrameScorer:
 
     def line_stats(self) -> list[dict[str, Any]]:
         """Every trigger line's running figures, JSON-ready: target q, achieved fraction, eff_S, eff_B, SIC."""
-        return [
-            {**stats.to_dict(), "q": stats.target, "achieved": stats.accept_fraction, "warm": stats.judged > 0}
-            for stats in self.menu.stats()
-        ]
+        return [line_figures(stats) for stats in self.menu.stats()]
 
     def state_dict(self) -> dict[str, Any]:
         """What a resume needs: learners, counters and the config (trigger windows warm up again)."""

@@ -342,7 +342,8 @@ class Sender(_SocketPair):
                 self._acks[routing_id] = msg.meta
 
     def end_stream(self, timeout_s: float = 10.0, interval_s: float = 0.1,
-                   streams: dict[int, tuple[int, int]] | None = None) -> EndOfStream:
+                   streams: dict[int, tuple[int, int]] | None = None,
+                   shared_by: int | None = None) -> EndOfStream:
         """Send END_OF_STREAM until every receiver that said HELLO (at least one) acknowledged it.
 
         The meta carries this sender's "frames" and "events" and "receivers": how many
@@ -353,7 +354,9 @@ class Sender(_SocketPair):
         events)) is for a sender that forwards other senders' streams (a proxy): the
         meta then also carries each stream's totals under "streams" (read by
         :func:`streamflow.ledger.stream_totals`), since its own counts mix them.
-        Raises HandshakeError naming the silent receivers after ``timeout_s``.
+        ``shared_by`` replaces the receiver count, for a sender whose stream is one
+        share of a stream split upstream (a scorer's selections, when several scorers
+        split the producer's stream). Raises HandshakeError naming the silent receivers after ``timeout_s``.
         """
         meta: dict[str, Any] = {"frames": self.frames, "events": self.events}
         if streams is not None:
@@ -365,7 +368,8 @@ class Sender(_SocketPair):
         self._forget_departed()
         while True:
             eos = encode_control(Kind.END_OF_STREAM, stream_id=self.stream_id, seq=self.frames,
-                                 meta={**meta, "receivers": len(self._hellos)}, send_ns=time.time_ns())
+                                 meta={**meta, "receivers": shared_by or max(1, len(self._hellos))},
+                                 send_ns=time.time_ns())
             try:
                 self.data.send_multipart(eos, flags=zmq.NOBLOCK)
                 sent += 1

@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,7 @@ from streamflow.distributed import Collective, init_collective, rank_endpoint
 from streamflow.errors import ConfigError
 from streamflow.events import open_source
 from streamflow.ledger import SequenceTracker, merge_sequence_states
-from streamflow.learners import AutoencoderConfig, FlowConfig, build_learner
+from streamflow.learners import AutoencoderConfig, CWoLAConfig, FlowConfig, build_learner
 from streamflow.presets import preset
 from streamflow.scorer import ScorerConfig
 from tests.helpers import REPO, STREAMFLOW, free_port_block
@@ -124,12 +126,78 @@ def test_all_ranks_resume_from_rank_0s_checkpoint(two_rank_run: Path, tmp_path: 
     assert merged["stages"][0]["events"] == FRAMES * FRAME_SIZE  # this run's events only
 
 
+def _kill_job(pid: int) -> None:
+    """kill -9 of a torchrun job: its ranks (torchrun starts them in sessions of their own), then torchrun."""
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    for child in map(int, children):
+        os.kill(child, signal.SIGKILL)
+    os.kill(pid, signal.SIGKILL)
+
+
+def test_ranks_killed_mid_stream_resume_and_name_every_lost_frame(tmp_path: Path) -> None:
+    """kill -9 of the whole torchrun job, restart with --resume: every frame processed or named as lost.
+
+    Rank 0 reads every rank's journal: the frames any rank scored after the last
+    checkpoint are "lost after processing"; those queued in the dead ranks are "lost
+    in flight"; the merged account leaves nothing unaccounted."""
+    events, frame = 200_000, 500
+    port = free_port_block(4)
+    endpoint, run_dir = f"tcp://127.0.0.1:{port}", tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+    def ranks(log: str, *extra: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
+             "--rdzv-endpoint", f"127.0.0.1:{port + 2}", "-m", "commands.main", "consume", "--preset", "gaussian",
+             "--endpoint", endpoint, "--threads", "1", "--window", "2000", "--checkpoint-every", "5",
+             "--run-dir", str(run_dir), *extra], cwd=REPO, env=env, stdout=open(tmp_path / log, "w"),
+            stderr=subprocess.STDOUT)
+
+    def journals() -> dict[int, int]:
+        return {seq: n for path in run_dir.glob("scorer-rank*.journal")
+                for line in path.read_text().splitlines() for _, seq, n in [map(int, line.split())]}
+
+    producer = subprocess.Popen(
+        [*STREAMFLOW, "replay", "gaussian", "--events", str(events), "--frame-size", str(frame), "--hwm", "4",
+         "--rate", "20000", "--endpoint", endpoint, "--eos-timeout", "120"], cwd=REPO, env=env,
+        stdout=open(tmp_path / "producer.log", "w"), stderr=subprocess.STDOUT)
+    first = ranks("first.log")
+    try:
+        deadline = time.monotonic() + 120
+        while not ((run_dir / "scorer.ckpt.pt").exists() and journals()):
+            assert time.monotonic() < deadline, (tmp_path / "first.log").read_text()[-2000:]
+            time.sleep(0.02)
+        _kill_job(first.pid)
+        first.wait(10)
+        scored_after_checkpoint = journals()
+        assert producer.poll() is None, "the stream ended before the kill: make it longer"
+        second = ranks("second.log", "--resume")
+        assert second.wait(150) == 0, ((tmp_path / "second.log").read_text()[-3000:]
+                                       + (tmp_path / "producer.log").read_text())
+        assert producer.wait(60) == 0, (tmp_path / "producer.log").read_text()
+    finally:
+        for proc in (first, producer):
+            if proc.poll() is None:
+                proc.kill()
+    merged = json.loads((run_dir / "ledger-scorer.json").read_text())
+    account = merged["streams"]["0"]
+    after, in_flight = account["lost_after_processing"], account["lost_in_flight"]
+    assert after["frames"] == sorted(scored_after_checkpoint)
+    assert after["events"] == sum(scored_after_checkpoint.values())
+    assert account["unaccounted_frames"] == 0 and merged["duplicate_frames"] == 0
+    assert account["processed_frames"] + len(after["frames"]) + len(in_flight["frames"]) == events // frame
+    assert account["processed_events"] + after["events"] + in_flight["events"] == events
+    assert merged["weights_identical"] is True
+
+
 # --- two ranks on halves of each frame = one learner on whole frames ------------------------------
 
 def _learners() -> list:
     features = ("x0", "x1")
     return [FlowConfig(name="flow", features=features, warmup_events=1500, batch_size=4096, ema_decay=0.0),
-            AutoencoderConfig(name="ae", features=features, warmup_events=1500, batch_size=4096, ema_decay=0.0)]
+            AutoencoderConfig(name="ae", features=features, warmup_events=1500, batch_size=4096, ema_decay=0.0),
+            CWoLAConfig(name="cwola", features=features, region_feature="sample", signal_region=(0.5, 1.5),
+                        sideband=(-0.5, 1.5), warmup_events=1500, batch_size=4096, ema_decay=0.0)]
 
 
 def _frames() -> list:

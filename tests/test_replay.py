@@ -99,7 +99,7 @@ def assert_stream(messages: list[Message], eos: Message, want: EventBatch, frame
     assert got.ids.tobytes() == want.ids.tobytes()
     assert got.features.tobytes() == want.features.tobytes()
     assert got.labels is not None and got.labels.tobytes() == want.labels.tobytes()
-    assert eos.meta == {"frames": len(messages), "events": len(want)}
+    assert eos.meta == {"frames": len(messages), "events": len(want), "receivers": 1}
 
 
 def test_file_replay_over_tcp_is_byte_exact(features_file: Path) -> None:

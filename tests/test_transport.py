@@ -135,17 +135,18 @@ def test_end_of_stream_counts_the_receivers_that_said_hello_so_far(ctx: zmq.Cont
     ender.start()
     assert silent.poll(5000)
     first = decode(silent.recv_multipart()).meta
-    late = Receiver(ctx, endpoint, name="late")
-    time.sleep(1.0)  # ten rounds of the handshake: the sender has read the HELLO
+    late = [Receiver(ctx, endpoint, name=f"late{i}") for i in range(2)]
+    time.sleep(1.0)  # ten rounds of the handshake: the sender has read the HELLOs
     metas = []
     while silent.poll(0):
         metas.append(decode(silent.recv_multipart()).meta)
-    msg = late.recv(timeout_ms=5000)
+    msgs = [receiver.recv(timeout_ms=5000) for receiver in late]
     ender.join(10)
-    assert first == {"frames": 1, "events": 5, "receivers": 0}
-    assert metas and metas[-1] == {"frames": 1, "events": 5, "receivers": 1}
-    assert msg is not None and msg.kind == Kind.END_OF_STREAM and len(results[0].acks) == 1
-    late.close()
+    assert first == {"frames": 1, "events": 5, "receivers": 1}  # no HELLO yet: at least the one it sends to
+    assert metas and metas[-1] == {"frames": 1, "events": 5, "receivers": 2}
+    assert all(msg is not None and msg.kind == Kind.END_OF_STREAM for msg in msgs) and len(results[0].acks) == 2
+    for receiver in late:
+        receiver.close()
     silent.close(linger=0)
     sender.close()
 

@@ -294,7 +294,8 @@ class TorchLearner(ABC):
             else:  # no events this step, or e.g. every input in a spline's identity tails
                 loss = None
             if self.collective is not None:
-                loss = self._average_step(params, loss, 0 if loss is None else len(batches[step]))
+                weight = self._step_weight(*(t[batches[step]] for t in tensors)) if loss is not None else None
+                loss = self._average_step(params, loss, weight)
             if loss is None:
                 skipped += 1
                 continue
@@ -322,15 +323,22 @@ class TorchLearner(ABC):
             return local
         return int(self.collective.max_(torch.tensor([local], dtype=torch.int64)).item())
 
-    def _average_step(self, params: list[nn.Parameter], loss: Tensor | None, events: int) -> Tensor | None:
-        """Data-parallel: gradients and loss become event-weighted means over the ranks.
+    def _step_weight(self, *batch: Tensor) -> Tensor:
+        """What ``_loss`` averages over, so ranks combine as one minibatch: its events by default."""
+        return torch.tensor(float(batch[0].shape[0]), device=self.device)
+
+    def _average_step(self, params: list[nn.Parameter], loss: Tensor | None, weight: Tensor | None) -> Tensor | None:
+        """Data-parallel: gradients and loss become weighted means over the ranks' minibatches.
 
         Returns the mean loss over all ranks' minibatches, or None when no rank had
         an event this step (every rank then skips it alike)."""
         assert self.collective is not None
-        local_loss = loss.detach().reshape(1) * events if loss is not None else torch.zeros(1, device=self.device)
-        total, loss_sum = average_gradients(self.collective, params, events, extra=local_loss)
-        return loss_sum[0] / total if total else None
+        if loss is None or weight is None:
+            weight, local_loss = torch.zeros((), device=self.device), torch.zeros(1, device=self.device)
+        else:
+            local_loss = loss.detach().reshape(1) * weight
+        total, loss_sum = average_gradients(self.collective, params, weight, extra=local_loss)
+        return loss_sum[0] / total if total > 0 else None
 
     @property
     def scorer(self) -> nn.Module:

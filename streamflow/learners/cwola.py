@@ -104,6 +104,9 @@ class CWoLALearner(TorchLearner):
         losses = nn.functional.binary_cross_entropy_with_logits(logit, label, reduction="none")
         return (weight * losses).sum() / weight.sum()
 
+    def _step_weight(self, *batch: Tensor) -> Tensor:
+        return batch[2].sum()  # the loss is normalised by the class weights, not the event count
+
     def _extra_state(self) -> dict[str, Any]:
         return {"class_counts": list(self.class_counts)}
 

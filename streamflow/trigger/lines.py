@@ -9,8 +9,8 @@ table via :func:`streamflow.config.load_toml`); its running bookkeeping is a
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Literal
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, ClassVar, Literal, Mapping, Sequence
 
 from streamflow.errors import ConfigError
 from streamflow.trigger.rolling import RollingQuantile
@@ -109,6 +109,21 @@ class LineStats:
     def sic(self) -> float:
         eff_b = self.eff_b
         return self.eff_s / math.sqrt(eff_b) if eff_b > 0 else math.nan
+
+    COUNTS: ClassVar[tuple[str, ...]] = ("seen", "skipped", "judged", "accepted", "signal_judged",
+                                         "signal_accepted", "background_judged", "background_accepted")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LineStats:
+        """The stats ``to_dict`` wrote (derived figures are recomputed, not read)."""
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
+
+    @classmethod
+    def combined(cls, parts: Sequence[LineStats]) -> LineStats:
+        """One line's stats over several scorers (data-parallel ranks): counts summed, the
+        first part's threshold (under global thresholds all ranks apply the same)."""
+        first = parts[0]
+        return replace(first, **{key: sum(getattr(part, key) for part in parts) for key in cls.COUNTS})
 
     def to_dict(self) -> dict[str, float | int | str]:
         """Counts and derived figures, JSON-ready (NaN where undefined)."""
