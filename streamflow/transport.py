@@ -122,17 +122,24 @@ class Curve:
     secret_key_file: str
     authorized_dir: str | None = None
     server_public_key_file: str | None = None
+    _keys: tuple[bytes, bytes, bytes | None] = field(init=False, repr=False, compare=False)
+    """(public, secret, server public or None), read once here: every socket gets the same keys."""
 
     def __post_init__(self) -> None:
         if (self.authorized_dir is None) == (self.server_public_key_file is None):
             raise ConfigError("CURVE needs either an authorised-keys folder (binding side) or the server's "
                               "public key file (connecting side), not both or neither")
-        self.keypair()
-        if self.server_public_key_file is not None:
-            _read_key_file(self.server_public_key_file)
-        elif not Path(self.authorized_dir or "").is_dir():
+        public, secret = _read_key_file(self.secret_key_file)
+        if secret is None:
+            raise ConfigError(f"CURVE key file {self.secret_key_file} holds no secret key "
+                              f"(give the NAME.key_secret file, not NAME.key)")
+        server = _read_key_file(self.server_public_key_file)[0] if self.server_public_key_file is not None else None
+        object.__setattr__(self, "_keys", (public, secret, server))
+        if self.authorized_dir is None:
+            return
+        if not Path(self.authorized_dir).is_dir():
             raise ConfigError(f"CURVE authorised-keys folder {self.authorized_dir} does not exist")
-        elif not any(Path(self.authorized_dir or "").glob("*.key")):
+        if not any(Path(self.authorized_dir).glob("*.key")):
             raise ConfigError(f"CURVE authorised-keys folder {self.authorized_dir} holds no public key (*.key)")
 
     @property
@@ -141,11 +148,7 @@ class Curve:
 
     def keypair(self) -> tuple[bytes, bytes]:
         """This side's (public, secret) key."""
-        public, secret = _read_key_file(self.secret_key_file)
-        if secret is None:
-            raise ConfigError(f"CURVE key file {self.secret_key_file} holds no secret key "
-                              f"(give the NAME.key_secret file, not NAME.key)")
-        return public, secret
+        return self._keys[0], self._keys[1]
 
     def secure(self, sock: zmq.Socket, *, binds: bool) -> None:
         """Set the CURVE options of ``sock`` before it binds (server) or connects (client)."""
@@ -156,7 +159,7 @@ class Curve:
         if binds:
             sock.curve_server = True
         else:
-            sock.curve_serverkey = _read_key_file(self.server_public_key_file or "")[0]
+            sock.curve_serverkey = self._keys[2]
 
     def authenticator(self, ctx: zmq.Context) -> ThreadAuthenticator:
         """A started ZAP handler for ``ctx`` admitting only the public keys in ``authorized_dir``."""
