@@ -22,10 +22,14 @@ Data-parallel (started by torchrun with WORLD_SIZE > 1, see streamflow.distribut
 every rank pulls its own frames, and the ranks work in rounds -- each round every
 rank processes the frame it received, or an empty one, so that all of them take
 part in every learning step and threshold sum. A round begins with one small sum
-of (has a frame, ended, stopped, idle), so the ranks decide together when the
-stream is over. Per-rank files carry ``-rank<r>`` in their names; rank 0 writes
+of (has a frame, ended, stopped, idle, schema unknown, quiet since another rank
+ended), so the ranks decide together when the stream is over. Per-rank files carry ``-rank<r>`` in their names; rank 0 writes
 the one checkpoint (all ranks resume from it) and the merged ledger, which
 accounts for every frame across the ranks and checks that their weights agree.
+Each rank's SequenceTracker sees the other ranks' frames as gaps: it remembers up
+to MAX_TRACKED_MISSING of them (streamflow.ledger; 1M frames, about 4 billion
+events at 4096 a frame, per stream) -- beyond that the merged account can no
+longer tell other ranks' frames from losses.
 """
 
 from __future__ import annotations
