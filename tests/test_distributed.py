@@ -8,6 +8,7 @@ per-rank sequence accounts merge, and the configuration errors.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -23,13 +24,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from streamflow.distributed import Collective, init_collective, rank_endpoint
+from streamflow.distributed import Collective, init_collective, rank_endpoint, weights_digest
 from streamflow.errors import ConfigError
 from streamflow.events import open_source
 from streamflow.ledger import SequenceTracker, merge_sequence_states
 from streamflow.learners import AutoencoderConfig, CWoLAConfig, FlowConfig, build_learner
 from streamflow.presets import preset
-from streamflow.scorer import ScorerConfig
+from streamflow.events.batch import EventBatch
+from streamflow.scorer import FrameScorer, ScorerConfig
 from tests.helpers import REPO, STREAMFLOW, free_port_block
 
 FRAMES, FRAME_SIZE = 30, 2000
@@ -239,6 +241,42 @@ def test_two_ranks_on_halves_learn_what_one_learner_learns_on_wholes(tmp_path: P
             assert torch.equal(ranks[0][name][key], ranks[1][name][key]), f"{name}.{key} differs between ranks"
             # Same gradient up to the order of float sums: the weights agree to rounding.
             torch.testing.assert_close(ranks[0][name][key], value, rtol=1e-4, atol=1e-5)
+
+
+def _uneven_rank_main(rank: int, port: int, out_dir: str) -> None:
+    """A FrameScorer rank that gets 3 frames (rank 0) or 1 frame (rank 1), learning every 2,500 events."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        config = dataclasses.replace(preset("gaussian", window=500), learn_events=2500, threads=1, device="cpu")
+        scorer = FrameScorer(config)
+        collective = Collective(rank, 2, torch.device("cpu"))
+        scorer.distribute(collective)
+        frames = _frames()
+        mine = frames[:3] if rank == 0 else frames[3:]
+        for step in range(3):  # rounds: a rank without a frame joins with an empty batch
+            if step < len(mine):
+                scorer.process(mine[step])
+            else:
+                scorer.process(EventBatch(np.zeros(0, np.uint64), np.zeros((0, len(mine[0].names)), np.float32),
+                                          mine[0].names), counted=False)
+        scorer.flush()
+        torch.save({"frames": scorer.frames, "learned": scorer.events_learned,
+                    "digest": weights_digest(learner.model for learner in scorer.learners.values()),
+                    "steps": {name: learner.totals.steps for name, learner in scorer.learners.items()}},
+                   Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_with_uneven_frames_and_accumulated_steps_stay_one_model(tmp_path: Path) -> None:
+    """learn_events > 0 with ranks that get different numbers of frames: no rank waits for ever, all step
+    together (the accumulated events are counted over all ranks) and end bit-identical."""
+    mp.spawn(_uneven_rank_main, args=(free_port_block(1), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert [r["frames"] for r in ranks] == [3, 1]
+    assert ranks[0]["digest"] == ranks[1]["digest"]
+    assert ranks[0]["steps"] == ranks[1]["steps"] and all(ranks[0]["steps"].values())
+    assert ranks[0]["learned"] + ranks[1]["learned"] == 4000  # every scored event learnt from, once
 
 
 # --- pieces ---------------------------------------------------------------------------------------
