@@ -36,6 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="under torchrun: each rank's lines use its own windows (rank, default) or all ranks "
                         "sum their windows' histograms each frame and apply one threshold (global; the "
                         "preset's lines then use the histogram estimator)")
+    p.add_argument("--threshold-sync", type=int, default=1, metavar="FRAMES",
+                   help="with --thresholds global: sum the ranks' histograms every N rounds (default 1)")
     p.add_argument("--learn-events", type=int, default=0, metavar="N",
                    help="learn once N scored events have accumulated (0: after every frame; default 0)")
     p.add_argument("--selections", metavar="ENDPOINT", default=None,
@@ -72,6 +74,8 @@ def scorer_config(args: argparse.Namespace) -> ScorerConfig:
     else:
         config = preset(args.preset, q=args.q, window=args.window, warmup=args.warmup, device=args.device,
                         learn_events=args.learn_events, thresholds=args.thresholds)
+    if args.threshold_sync != 1:
+        config = dataclasses.replace(config, threshold_sync=args.threshold_sync)
     return dataclasses.replace(config, threads=args.threads) if args.threads is not None else config
 
 

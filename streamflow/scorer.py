@@ -44,6 +44,8 @@ class ScorerConfig:
     ranks sum their lines' window histograms every frame and all apply the
     threshold of the union of their windows (every line must then use the
     mergeable "histogram" estimator). Alone, a scorer's windows are its own either way.
+    threshold_sync: global thresholds sum the histograms every this many frames
+    (rounds), reusing the sum in between.
     threads: torch's CPU threads; 0 is automatic: all cores but three (kept for
     the producer, the sink and the monitor), at least one. More threads than free
     cores make torch's thread pool spin against the other processes and run many
@@ -56,6 +58,7 @@ class ScorerConfig:
     learn_events: int = 0
     threads: int = 0
     thresholds: Literal["rank", "global"] = "rank"
+    threshold_sync: int = 1
 
     def __post_init__(self) -> None:
         names = [learner.name for learner in self.learners]
@@ -68,6 +71,8 @@ class ScorerConfig:
             raise ConfigError(f"learn_events must be >= 0, got {self.learn_events}")
         if self.threads < 0:
             raise ConfigError(f"threads must be >= 0 (0: automatic), got {self.threads}")
+        if self.threshold_sync < 1:
+            raise ConfigError(f"threshold_sync must be at least 1 frame, got {self.threshold_sync}")
         if self.thresholds not in ("rank", "global"):
             raise ConfigError(f"thresholds must be 'rank' or 'global', got {self.thresholds!r}")
         exact = [line.name for line in self.lines if line.estimator != "histogram"]
@@ -90,7 +95,8 @@ class ScorerConfig:
             raise ConfigError(f"{where}: no [[learners]] given")
         rest = from_dict(_ScorerOptions, data, where)
         return ScorerConfig(learners=learners, lines=lines, device=rest.device, learn_events=rest.learn_events,
-                            threads=rest.threads, thresholds=rest.thresholds)
+                            threads=rest.threads, thresholds=rest.thresholds,
+                            threshold_sync=rest.threshold_sync)
 
     def to_tables(self) -> dict[str, Any]:
         return {
@@ -100,6 +106,7 @@ class ScorerConfig:
             "learn_events": self.learn_events,
             "threads": self.threads,
             "thresholds": self.thresholds,
+            "threshold_sync": self.threshold_sync,
         }
 
 
@@ -109,6 +116,7 @@ class _ScorerOptions:
     learn_events: int = 0
     threads: int = 0
     thresholds: str = "rank"
+    threshold_sync: int = 1
 
 
 def cpu_threads(requested: int) -> int:
@@ -173,7 +181,8 @@ class FrameScorer:
         for learner in self.learners.values():
             learner.distribute(collective)
         if self.config.thresholds == "global":
-            self.menu = TriggerMenu(self.config.lines, reduce=collective.sum_counts)
+            self.menu = TriggerMenu(self.config.lines, reduce=collective.sum_counts,
+                                    reduce_every=self.config.threshold_sync)
 
     def bind(self, names: Sequence[str]) -> None:
         """Resolve every learner's columns in this stream's schema (once, or when the schema changes)."""

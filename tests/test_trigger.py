@@ -197,6 +197,21 @@ def test_histogram_lines_of_two_scorers_agree_on_the_union_threshold() -> None:
     assert len(union) > 40_000  # both windows full
 
 
+def test_shared_thresholds_can_be_summed_every_k_frames() -> None:
+    """reduce_every = 3: one all-reduce per 3 frames, and the frames in between reuse that sum."""
+    line = LineConfig("ae1", "ae", 0.01, window=4_000, warmup=1_000, estimator="histogram")
+    sums: list[np.ndarray] = []
+    menu = TriggerMenu([line], reduce=lambda local: sums.append(local.copy()) or local, reduce_every=3)
+    rng = np.random.default_rng(3)
+    thresholds = [menu.select({"ae": rng.exponential(size=1000) * (1 + i)}).thresholds[0] for i in range(7)]
+    assert len(sums) == 3  # frames 0, 3 and 6
+    assert np.isnan(thresholds[1]) and np.isnan(thresholds[2])  # frame 0's sum was taken before any score
+    assert thresholds[4] == thresholds[5] == quantile_from_counts(sums[1][0], 0.99, LogBinning())
+    assert thresholds[6] > thresholds[5]  # a fresh sum takes the rising scores in
+    with pytest.raises(ConfigError, match="reduce_every"):
+        TriggerMenu([line], reduce=lambda local: local, reduce_every=0)
+
+
 def test_line_configs_load_from_toml(tmp_path) -> None:
     path = tmp_path / "trigger.toml"
     path.write_text(

@@ -26,7 +26,10 @@ a function that all-reduces (sums) an int64 array across scorers, e.g.
 the window histograms of all histogram lines into one (lines, bins) array,
 reduces it and takes every histogram line's threshold (and warm-up count) from
 the sum, so all scorers apply the same thresholds: those of the union of their
-windows. Exact lines always use their own scorer's window.
+windows. With ``reduce_every`` K > 1 the sum is taken every K frames and reused
+in between (fewer all-reduces; the shared thresholds then lag by up to K - 1
+frames, equally on every scorer, since all call ``select`` in step). Exact
+lines always use their own scorer's window.
 """
 
 from __future__ import annotations
@@ -75,7 +78,7 @@ class Selection:
 class TriggerMenu:
     """Runs trigger lines over frames of scores; see the module docstring for the rules."""
 
-    def __init__(self, lines: Sequence[LineConfig], reduce: Reduce | None = None) -> None:
+    def __init__(self, lines: Sequence[LineConfig], reduce: Reduce | None = None, reduce_every: int = 1) -> None:
         lines = tuple(lines)
         if not 1 <= len(lines) <= MAX_LINES:
             raise ConfigError(f"trigger menu: needs 1 to {MAX_LINES} lines, got {len(lines)}")
@@ -83,8 +86,13 @@ class TriggerMenu:
         duplicate = next((name for name in names if names.count(name) > 1), None)
         if duplicate is not None:
             raise ConfigError(f"trigger menu: line name {duplicate!r} appears more than once")
+        if reduce_every < 1:
+            raise ConfigError(f"trigger menu: reduce_every must be at least 1 frame, got {reduce_every}")
         self.lines = lines
         self._reduce = reduce
+        self._reduce_every = reduce_every
+        self._frames = 0
+        self._summed: np.ndarray | None = None
         self._estimators = [line.make_estimator() for line in lines]
         self._stats = [LineStats(line.name, line.learner, line.accept) for line in lines]
         self._shared = [i for i, e in enumerate(self._estimators) if isinstance(e, RollingHistogramQuantile)]
@@ -145,7 +153,11 @@ class TriggerMenu:
         out = np.full(len(self.lines), np.nan)
         local = range(len(self.lines))
         if self._reduce is not None and self._shared:
-            summed = np.asarray(self._reduce(self.window_counts()))
+            if self._frames % self._reduce_every == 0:
+                self._summed = np.asarray(self._reduce(self.window_counts()))
+            self._frames += 1
+            summed = self._summed
+            assert summed is not None
             for row, i in enumerate(self._shared):
                 if summed[row].sum() >= self.lines[i].warmup_events:
                     out[i] = self._estimators[i].value_from(summed[row])
