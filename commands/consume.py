@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from commands.common import curve_options, curves_from_args, stop_on_signals
 from streamflow.config import read_toml
+from streamflow.errors import ConfigError
 from streamflow.transport import DEFAULT_ENDPOINT, DEFAULT_HWM
 
 if TYPE_CHECKING:
@@ -32,6 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda[:N] (default auto)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: all cores but three, at least one)")
+    p.add_argument("--ranks", type=int, default=1, metavar="K",
+                   help="run K data-parallel scorer ranks on this machine that hold one model (gloo on CPU, "
+                        "NCCL on CUDA); across machines use torchrun (default 1)")
     p.add_argument("--thresholds", choices=("rank", "global"), default="rank",
                    help="under torchrun: each rank's lines use its own windows (rank, default) or all ranks "
                         "sum their windows' histograms each frame and apply one threshold (global; the "
@@ -81,6 +85,7 @@ def scorer_config(args: argparse.Namespace) -> ScorerConfig:
 
 def main(args: argparse.Namespace) -> int:
     from consumers.scorer import ConsumeConfig, run_consume
+    from streamflow.distributed import launched_ranks
 
     curve, selections_curve = curves_from_args(args)
     config = ConsumeConfig(
@@ -89,7 +94,18 @@ def main(args: argparse.Namespace) -> int:
         resume=args.resume, idle_timeout=args.idle_timeout, name=args.name, hwm=args.hwm,
         kernel_buffer=args.kernel_buffer, curve=curve, selections_curve=selections_curve,
     )
+    if args.ranks < 1:
+        raise ConfigError(f"--ranks must be at least 1, got {args.ranks}")
+    launched = launched_ranks()
+    if launched > 1 and args.ranks not in (1, launched):
+        raise ConfigError(f"started as one of {launched} ranks (WORLD_SIZE), so --ranks {args.ranks} does not apply")
+    if args.ranks > 1 and launched == 1:  # the config is valid: start the ranks, each runs this command
+        from consumers.ranks import run_local_ranks
+
+        return run_local_ranks([sys.executable, "-m", "commands.main", *args.argv], args.ranks)
     stats, ledger = run_consume(config, stop_on_signals())
+    if stats.idle_error:  # a rank beside rank 0, which has reported it
+        return 2
     if stats.rank:
         print(f"rank {stats.rank}: {stats.events:,d} events in {stats.frames:,d} frames; rank 0 prints the "
               f"ledger of all ranks")

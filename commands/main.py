@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(chosen if chosen in SUBCOMMANDS else None)
     args = parser.parse_args(argv)
+    args.argv = argv  # the command line as given, for a subcommand that starts copies of itself
     try:
         return int(args.func(args) or 0)
     except StreamflowError as exc:

@@ -521,7 +521,8 @@ def run_consume(config: ConsumeConfig, stop_event: threading.Event | None = None
     its StreamflowError. A producer that comes back before it is picked up
     (ZeroMQ reconnects); its frames, numbered from 0 again, open a new segment.
     Under torchrun (WORLD_SIZE > 1) this process is one rank of a data-parallel
-    scorer (module docstring); rank 0 returns the merged ledger.
+    scorer (module docstring); rank 0 returns the merged ledger and raises the idle
+    timeout, the other ranks return with ``stats.idle_error`` set.
     """
     stop_event = stop_event or threading.Event()
     collective = init_collective(resolve_device(config.scorer.device))
@@ -550,7 +551,7 @@ def run_consume(config: ConsumeConfig, stop_event: threading.Event | None = None
                 ledger.write(Path(config.run_dir) / f"ledger-{config.name}.json")
         if loop.selections is not None:
             loop.end_selections(config.eos_timeout)
-        if loop.stats.idle_error:
+        if loop.stats.idle_error and loop.leader:  # the ranks decided it together: rank 0 says it
             raise StreamflowError(loop.stats.idle_error)
         return loop.stats, ledger
     finally:

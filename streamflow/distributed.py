@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -170,3 +171,13 @@ def rank_endpoint(endpoint: str, rank: int) -> str:
             raise ConfigError(f"endpoint {endpoint!r}: rank {rank} would need port {int(port) + 2 * rank} + 1")
         return f"{base}:{int(port) + 2 * rank}"
     return f"{endpoint}-rank{rank}"
+
+
+def local_group_env(ranks: int) -> list[dict[str, str]]:
+    """The torchrun-style environment of each of ``ranks`` processes on this machine (a free port on
+    127.0.0.1 for the rendezvous), for starting them without torchrun."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return [{"RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(ranks), "LOCAL_WORLD_SIZE": str(ranks),
+             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)} for r in range(ranks)]

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from commands.main import main as streamflow_main
 from streamflow.distributed import Collective, init_collective, rank_endpoint, weights_digest
 from streamflow.errors import ConfigError
 from streamflow.events import open_source
@@ -126,6 +127,34 @@ def test_all_ranks_resume_from_rank_0s_checkpoint(two_rank_run: Path, tmp_path: 
     assert state["scorer"]["counters"]["frames"] == 2 * FRAMES
     merged = json.loads((run_dir / "ledger-scorer.json").read_text())
     assert merged["stages"][0]["events"] == FRAMES * FRAME_SIZE  # this run's events only
+
+
+def test_consume_ranks_starts_the_ranks_itself_and_errors_stay_one_line(tmp_path: Path) -> None:
+    """`streamflow consume --ranks 2`: the same ranks without torchrun; a shared error is said once."""
+    port = free_port_block(2)
+    endpoint = f"tcp://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    scorers = subprocess.Popen(
+        [*STREAMFLOW, "consume", "--ranks", "2", "--preset", "gaussian", "--endpoint", endpoint, "--threads", "1",
+         "--window", "4000", "--hwm", "4", "--run-dir", str(tmp_path / "run")],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    producer = subprocess.run(
+        [*STREAMFLOW, "replay", "gaussian", "--events", "40000", "--frame-size", "2000", "--rate", "20000",
+         "--hwm", "4", "--eos-timeout", "60", "--endpoint", endpoint], cwd=REPO, env=env, capture_output=True,
+        text=True, timeout=120)
+    out, err = scorers.communicate(timeout=120)
+    assert producer.returncode == 0 and scorers.returncode == 0, err[-2000:]
+    merged = json.loads((tmp_path / "run" / "ledger-scorer.json").read_text())
+    assert merged["ranks"] == 2 and merged["weights_identical"] is True
+    assert merged["streams"]["0"]["processed_events"] == 40000 and "rank 1:" in out
+    idle = subprocess.run(
+        [*STREAMFLOW, "consume", "--ranks", "2", "--preset", "gaussian", "--endpoint", f"tcp://127.0.0.1:{port}",
+         "--idle-timeout", "2", "--threads", "1", "--run-dir", str(tmp_path / "idle")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert idle.returncode == 2
+    assert idle.stderr.strip().splitlines() == [
+        f"streamflow consume: error: no frame from tcp://127.0.0.1:{port} on any of 2 ranks for 2 s: "
+        "is the producer running?"]
 
 
 def _kill_job(pid: int) -> None:
@@ -310,10 +339,14 @@ def test_global_thresholds_need_histogram_lines() -> None:
     assert {line.estimator for line in preset("gaussian", thresholds="global").lines} == {"histogram"}
 
 
-def test_a_rank_without_torchrun_variables_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_rank_without_torchrun_variables_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.delenv("RANK", raising=False)
     with pytest.raises(ConfigError, match="start the ranks with torchrun"):
         init_collective(torch.device("cpu"))
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert init_collective(torch.device("cpu")) is None
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert streamflow_main(["consume", "--ranks", "3", "--preset", "gaussian"]) == 2
+    assert capsys.readouterr().err.strip() == ("streamflow consume: error: started as one of 2 ranks (WORLD_SIZE), "
+                                               "so --ranks 3 does not apply")
