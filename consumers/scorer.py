@@ -65,7 +65,16 @@ from streamflow.score_sample import ScoreSample
 from streamflow.scorer import FrameScorer, ScorerConfig, line_figures, resolve_device
 from streamflow.telemetry import LatencyHistogram, RateMeter, TelemetryReporter
 from streamflow.trigger import LineStats
-from streamflow.transport import DEFAULT_ENDPOINT, DEFAULT_HWM, Curve, Receiver, Sender, check_endpoint, connect
+from streamflow.transport import (
+    DEFAULT_ENDPOINT,
+    DEFAULT_HWM,
+    Curve,
+    Receiver,
+    Sender,
+    check_endpoint,
+    check_queue_options,
+    connect,
+)
 from streamflow.wire import Kind, Message, encode_selection
 
 
@@ -103,10 +112,7 @@ class ConsumeConfig:
             raise ConfigError(f"checkpoint_every must be >= 0 frames, got {self.checkpoint_every}")
         if not self.idle_timeout > 0:
             raise ConfigError(f"idle timeout must be positive seconds, got {self.idle_timeout}")
-        if self.hwm < 1:
-            raise ConfigError(f"high-water mark must be at least 1 frame, got {self.hwm}")
-        if self.kernel_buffer < 0:
-            raise ConfigError(f"kernel buffer must be >= 0 bytes, got {self.kernel_buffer}")
+        check_queue_options(self.hwm, self.kernel_buffer)
         if self.curve is not None and self.curve.is_server:
             raise ConfigError("the scorer connects: its CURVE config needs the producer's public key file")
         if self.selections_curve is not None and not self.selections_curve.is_server:
@@ -148,6 +154,17 @@ class ConsumeStats:
     """stream id -> (SELECTION frames, accepted events) sent to the sink, for its END_OF_STREAM."""
     busy: tuple[float, float] | None = None
     """Wall-clock times (s since the epoch) of the first frame's arrival and the last frame's end."""
+
+
+def _lost_json(lost: dict[int, dict[int, int]]) -> dict[str, dict[str, int]]:
+    """Frames lost after processing (stream id -> {seq: events}) with JSON's string keys."""
+    return {str(sid): {str(seq): n for seq, n in frames.items()} for sid, frames in lost.items()}
+
+
+def _add_lost(into: dict[int, dict[int, int]], saved: dict[str, dict[str, int]]) -> None:
+    """Merge what :func:`_lost_json` wrote (a checkpoint's, or another rank's) into ``into``."""
+    for sid, frames in saved.items():
+        into.setdefault(int(sid), {}).update({int(seq): int(n) for seq, n in frames.items()})
 
 
 _COUNTERS = ("frames", "events_scored", "events_learned")
@@ -230,18 +247,18 @@ class _ScorerLoop:
         if HISTOGRAM_KEY in state:
             self.mjj = ContextHistogram.from_state(state[HISTOGRAM_KEY])
         lost = self.stats.lost_after_processing
-        for sid, frames in state.get("lost_after_processing", {}).items():
-            lost.setdefault(int(sid), {}).update({int(seq): int(n) for seq, n in frames.items()})
+        _add_lost(lost, state.get("lost_after_processing", {}))
         journals = [self.journal.path]
         if self.collective is not None:
             base = self.checkpoint_path.name.removesuffix(".ckpt.pt")
             journals = sorted(self.journal.path.parent.glob(f"{base}-rank*.journal"))
+        missing = self.tracker.missing_frames()
         for path in journals:  # frames handled by the dead process(es) after the checkpoint
             for sid, frames in FrameJournal.read_file(path).items():
                 next_seq, _, _ = self.tracker.segment(sid)
-                missing = set(self.tracker.missing_frames().get(sid, []))
+                gaps = set(missing.get(sid, []))
                 lost.setdefault(sid, {}).update(
-                    {seq: n for seq, n in frames.items() if seq >= next_seq or seq in missing})
+                    {seq: n for seq, n in frames.items() if seq >= next_seq or seq in gaps})
         self.checkpoint()  # carries the crash window forward before the journal is emptied
 
     def checkpoint(self) -> None:
@@ -260,10 +277,9 @@ class _ScorerLoop:
             summed = self.collective.sum_counts(np.append(self.mjj.counts, self.mjj.outside))
             mjj.update(counts=torch.from_numpy(summed[:-1]), outside=int(summed[-1]))
         if self.leader:
-            lost = {str(sid): {str(seq): n for seq, n in frames.items()}
-                    for sid, frames in self.stats.lost_after_processing.items()}
             save_checkpoint(self.checkpoint_path, {
-                "scorer": scorer, "sequence": sequence, HISTOGRAM_KEY: mjj, "lost_after_processing": lost,
+                "scorer": scorer, "sequence": sequence, HISTOGRAM_KEY: mjj,
+                "lost_after_processing": _lost_json(self.stats.lost_after_processing),
             })
         if self.collective is not None:  # no rank forgets its frames before rank 0 has saved them
             self.collective.barrier()
@@ -465,8 +481,7 @@ def _merged_ledger(loop: _ScorerLoop, collective: Collective, ledger: Ledger) ->
     views = collective.gather_json({
         "stages": [[stage.name, stage.events] for stage in ledger.stages],
         "sequence": loop.tracker.state_dict(), "weights": ledger.details["weights_sha256"],
-        "lost": {str(sid): {str(seq): n for seq, n in frames.items()}
-                 for sid, frames in loop.stats.lost_after_processing.items()},
+        "lost": _lost_json(loop.stats.lost_after_processing),
         "sent": {str(sid): list(totals) for sid, totals in loop.stats.sent_totals.items()},
         "receivers": loop.stats.receivers, "busy": loop.stats.busy, "lines": loop.scorer.line_stats(),
     })
@@ -482,8 +497,7 @@ def _merged_ledger(loop: _ScorerLoop, collective: Collective, ledger: Ledger) ->
     lost: dict[int, dict[int, int]] = {}
     sent: dict[int, tuple[int, int]] = {}
     for view in views:
-        for sid, frames in view["lost"].items():
-            lost.setdefault(int(sid), {}).update({int(seq): n for seq, n in frames.items()})
+        _add_lost(lost, view["lost"])
         sent.update({int(sid): (frames, events) for sid, (frames, events) in view["sent"].items()})
     others = max(view["receivers"] for view in views) - collective.world_size  # receivers beside the ranks
     accounts = {sid: account_stream(tracker, sid, frames, events, lost.get(sid), max(0, others))

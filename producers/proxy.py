@@ -32,7 +32,17 @@ import zmq
 
 from streamflow.errors import ConfigError, StreamflowError
 from streamflow.ledger import Ledger, stream_totals
-from streamflow.transport import DEFAULT_HWM, Curve, EndOfStream, HandshakeError, Receiver, Sender, check_endpoint
+from streamflow.transport import (
+    DEFAULT_HWM,
+    Curve,
+    EndOfStream,
+    HandshakeError,
+    Receiver,
+    Sender,
+    check_endpoint,
+    check_queue_options,
+    check_stream_id,
+)
 from streamflow.wire import Kind, Message
 
 DEFAULT_PROXY_ENDPOINT = "tcp://127.0.0.1:5565"
@@ -74,12 +84,8 @@ class ProxyConfig:
             raise ConfigError(f"upstream {repeated[0]} is given twice: each sender is read once")
         if self.endpoint in self.upstream:
             raise ConfigError(f"the proxy cannot bind {self.endpoint}: it is also one of its upstreams")
-        if not 0 <= self.stream_id < 2**32:
-            raise ConfigError(f"stream id must be in [0, 2^32), got {self.stream_id}")
-        if self.hwm < 1:
-            raise ConfigError(f"high-water mark must be at least 1 frame, got {self.hwm}")
-        if self.kernel_buffer < 0:
-            raise ConfigError(f"kernel buffer must be >= 0 bytes, got {self.kernel_buffer}")
+        check_stream_id(self.stream_id)
+        check_queue_options(self.hwm, self.kernel_buffer)
         if not self.eos_timeout > 0:
             raise ConfigError(f"END_OF_STREAM timeout must be positive seconds, got {self.eos_timeout}")
         if not self.idle_timeout > 0:

@@ -21,7 +21,16 @@ import zmq
 from streamflow.errors import ConfigError
 from streamflow.events import open_source
 from streamflow.pacing import TokenBucket, frames
-from streamflow.transport import DEFAULT_ENDPOINT, DEFAULT_HWM, Curve, EndOfStream, Sender, check_endpoint
+from streamflow.transport import (
+    DEFAULT_ENDPOINT,
+    DEFAULT_HWM,
+    Curve,
+    EndOfStream,
+    Sender,
+    check_endpoint,
+    check_queue_options,
+    check_stream_id,
+)
 
 
 @dataclass(frozen=True)
@@ -59,14 +68,10 @@ class ReplayConfig:
             raise ConfigError(f"signal fraction must be in [0, 1], got {self.signal_fraction}")
         if self.events is not None and self.events < 1:
             raise ConfigError(f"events must be at least 1, got {self.events}")
-        if not 0 <= self.stream_id < 2**32:
-            raise ConfigError(f"stream id must be in [0, 2^32), got {self.stream_id}")
+        check_stream_id(self.stream_id)
         if not self.eos_timeout > 0:
             raise ConfigError(f"END_OF_STREAM timeout must be positive seconds, got {self.eos_timeout}")
-        if self.hwm < 1:
-            raise ConfigError(f"high-water mark must be at least 1 frame, got {self.hwm}")
-        if self.kernel_buffer < 0:
-            raise ConfigError(f"kernel buffer must be >= 0 bytes, got {self.kernel_buffer}")
+        check_queue_options(self.hwm, self.kernel_buffer)
         if self.curve is not None and not self.curve.is_server:
             raise ConfigError("the producer binds: its CURVE config needs an authorised-keys folder")
         check_endpoint(self.endpoint)

@@ -106,7 +106,7 @@ class SequenceTracker:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._streams = {
             int(sid): _StreamState(next_seq=int(s["next_seq"]),
-                                   missing={seq for a, b in s["missing"] for seq in range(int(a), int(b))},
+                                   missing=_expand_runs(s["missing"]),
                                    frames=int(s["frames"]), events=int(s["events"]))
             for sid, s in state.get("streams", {}).items()
         }
@@ -150,8 +150,12 @@ def seen_runs(state: dict[str, Any]) -> dict[str, list[list[int]]]:
 
 def _seen_frames(stream: dict[str, Any]) -> set[int]:
     """The sequence numbers a tracker's stream state saw: below next_seq and not missing."""
-    missing = {seq for a, b in stream["missing"] for seq in range(int(a), int(b))}
-    return set(range(int(stream["next_seq"]))) - missing
+    return set(range(int(stream["next_seq"]))) - _expand_runs(stream["missing"])
+
+
+def _expand_runs(runs: list[list[int]]) -> set[int]:
+    """The integers of [start, stop) runs (what :func:`_runs` wrote)."""
+    return {value for start, stop in runs for value in range(int(start), int(stop))}
 
 
 def _runs(values: set[int]) -> list[list[int]]:

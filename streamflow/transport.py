@@ -69,6 +69,20 @@ def check_endpoint(endpoint: str) -> str:
     return endpoint
 
 
+def check_queue_options(hwm: int, kernel_buffer: int) -> None:
+    """ConfigError unless the high-water mark is at least 1 frame and the OS buffer >= 0 bytes."""
+    if hwm < 1:
+        raise ConfigError(f"high-water mark must be at least 1 frame, got {hwm}")
+    if kernel_buffer < 0:
+        raise ConfigError(f"kernel buffer must be >= 0 bytes, got {kernel_buffer}")
+
+
+def check_stream_id(stream_id: int) -> None:
+    """ConfigError unless ``stream_id`` fits the wire header's u32."""
+    if not 0 <= stream_id < 2**32:
+        raise ConfigError(f"stream id must be in [0, 2^32), got {stream_id}")
+
+
 def control_endpoint(endpoint: str) -> str:
     """The control endpoint that goes with a data endpoint: tcp port + 1, ipc/inproc name + ".ctl"."""
     check_endpoint(endpoint)

@@ -288,13 +288,14 @@ class TorchLearner(ABC):
                    .split(self.config.batch_size)]
         for step in range(self._step_count(len(batches))):
             self.optimizer.zero_grad(set_to_none=True)
-            loss = self._loss(self.model, *(t[batches[step]] for t in tensors)) if step < len(batches) else None
+            batch = tuple(t[batches[step]] for t in tensors) if step < len(batches) else None
+            loss = self._loss(self.model, *batch) if batch is not None else None
             if loss is not None and loss.requires_grad:
                 loss.backward()
             else:  # no events this step, or e.g. every input in a spline's identity tails
                 loss = None
             if self.collective is not None:
-                weight = self._step_weight(*(t[batches[step]] for t in tensors)) if loss is not None else None
+                weight = self._step_weight(*batch) if loss is not None and batch is not None else None
                 loss = self._average_step(params, loss, weight)
             if loss is None:
                 skipped += 1
