@@ -5,7 +5,7 @@ one of :data:`MUTATIONS`: random bytes, truncated/dropped/extra parts, a wrong
 magic, version, kind, dtype or flags, a huge declared event or feature count,
 a size that disagrees with its count, broken meta JSON):
 
-1. decoder: every message goes through :func:`streamflow.wire.decode`; it must
+1. decoder: every message goes through :func:`streamflow.stream.wire.decode`; it must
    raise WireError, never anything else (a "crash"). A mutation that happens to
    leave a valid message is counted apart and not used further.
 2. scorer loop: a bare sender (the producer's sockets) sends the rejected
@@ -36,8 +36,8 @@ import zmq
 from streamflow.errors import WireError
 from streamflow.events import GaussianToy
 from streamflow.events.batch import EventBatch
-from streamflow.transport import Sender
-from streamflow.wire import HEADER, decode, encode_data
+from streamflow.stream.transport import Sender
+from streamflow.stream.wire import HEADER, decode, encode_data
 
 SMALL_SCORER_TOML = """
 [scorer]
@@ -60,7 +60,7 @@ window = 5000
 """
 """A one-learner scorer (a small autoencoder on the Gaussian toy): fast on a CPU, for fault runs."""
 
-# Header field offsets (see streamflow.wire.HEADER: "<4sHBBHIQQIIQI").
+# Header field offsets (see streamflow.stream.wire.HEADER: "<4sHBBHIQQIIQI").
 _VERSION, _KIND, _DTYPE, _FLAGS, _N, _F, _META_LEN = 4, 6, 7, 8, 30, 34, 46
 
 Parts = list[bytes]
@@ -190,7 +190,7 @@ def scorer_stage(garbage: list[tuple[str, Parts]], valid_every: int, frame_size:
     deadline = time.monotonic() + timeout
     sender = Sender(ctx, f"ipc://{run_dir}/data", hwm=64)
     scorer = subprocess.Popen(
-        [sys.executable, "-m", "commands.main", "consume", "--config", str(toml), "--endpoint", sender.endpoint,
+        [sys.executable, "-m", "streamflow.cli.main", "consume", "--config", str(toml), "--endpoint", sender.endpoint,
          "--run-dir", str(run_dir), "--idle-timeout", str(timeout), "--checkpoint-every", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )

@@ -12,7 +12,7 @@ decode            ``wire.decode`` of a DATA frame with labels       ``np.frombuf
                   (header, meta, sizes checked; zero-copy views)    labels buffers (nothing checked)
 score_<learner>   ``learner.score(x)`` of each learner of the lhco  the learner's own network (a copy: same size,
                   preset on a raw 16-column stream frame: columns,  same weights) called directly on ready
-                  coordinate frame, standardisation, NaN mask       standardised tensors: nflows MAF ``log_prob``,
+                  coordinates, standardisation, NaN mask       standardised tensors: nflows MAF ``log_prob``,
                                                                     or the torch MLP forward (CWoLA logit,
                                                                     autoencoder reconstruction error)
 quantile          ``RollingQuantile.update(frame)`` + ``value()``   ring-buffer write + ``np.partition`` of the
@@ -60,10 +60,10 @@ from torch import Tensor, nn
 from streamflow.events import open_source
 from streamflow.events.batch import EventBatch
 from streamflow.learners import CWoLAConfig, FlowConfig, LearnerConfig, TorchLearner, build_learner
-from streamflow.presets import preset
-from streamflow.scorer import resolve_device
+from streamflow.scoring.presets import preset
+from streamflow.scoring.frame_scorer import resolve_device
 from streamflow.trigger import RollingQuantile, TriggerMenu
-from streamflow.wire import decode, encode_data
+from streamflow.stream.wire import decode, encode_data
 
 FACTOR = 3.0
 """A case fails CI when its ratio is more than FACTOR times the committed one."""

@@ -79,9 +79,9 @@ from torch import nn
 from bench import hotpaths, quantile, transport
 from streamflow.events import open_source
 from streamflow.learners import FlowConfig, build_learner
-from streamflow.presets import preset
-from streamflow.scorer import cpu_threads, resolve_device
-from streamflow.telemetry import read_jsonl
+from streamflow.scoring.presets import preset
+from streamflow.scoring.frame_scorer import cpu_threads, resolve_device
+from streamflow.ops.telemetry import read_jsonl
 
 SIZES = (4096, 65536)
 BIND_TRIES = 3
@@ -250,7 +250,7 @@ def backend_check(config: FlowConfig, device: torch.device, steps: int = CHECK_S
             break
     x = torch.from_numpy(hotpaths.lhco_frames(max(SIZES), 1, seed=6)[0].features).to(device)
     scores = learner.score(x)
-    density = learner.scorer
+    density = learner.scoring_model
     wide = copy.deepcopy(density).double()
     with torch.no_grad():
         z, c = learner.inputs(x), None if learner.context is None else learner.context(x)
@@ -305,7 +305,7 @@ def _free_ports(count: int, rng: random.Random) -> int:
 def end_to_end(frame_size: int, events: int, workdir: Path, threads: int | None) -> EndToEnd:
     """Run ``streamflow run`` and read its scorer's telemetry lines."""
     run_dir = workdir / f"run-{frame_size}"
-    command = [sys.executable, "-m", "commands.main", "run", "--events", str(events), "--frame-size",
+    command = [sys.executable, "-m", "streamflow.cli.main", "run", "--events", str(events), "--frame-size",
                str(frame_size), "--run-dir", str(run_dir), "--no-report"]
     if threads is not None:
         command += ["--threads", str(threads)]

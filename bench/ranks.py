@@ -1,6 +1,6 @@
 """Scorer throughput with 1 and with K data-parallel ranks (torchrun), same stream, same machine.
 
-For each rank count the bench starts ``torchrun --nproc-per-node K -m commands.main
+For each rank count the bench starts ``torchrun --nproc-per-node K -m streamflow.cli.main
 consume`` (with K = 1 torchrun still launches it, so both sides pay the same start-up and
 the single rank runs the ordinary, collective-free loop) and one producer replaying the
 synthetic LHCO stream at its maximum rate into it, then reads the scorer's ledger: the
@@ -56,7 +56,7 @@ def run_ranks(ranks: int, threads: int, events: int, frame_size: int, preset: st
     scorers = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks),
          "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port + 2}",
-         "-m", "commands.main", "consume", "--preset", preset, "--endpoint", endpoint, "--device", device,
+         "-m", "streamflow.cli.main", "consume", "--preset", preset, "--endpoint", endpoint, "--device", device,
          "--threads", str(threads), "--hwm", "8", "--checkpoint-every", "0", "--run-dir", str(run_dir)],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     source = "gaussian" if preset == "gaussian" else "synthetic"

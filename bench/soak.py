@@ -37,7 +37,7 @@ from pathlib import Path
 
 from bench.fuzz import SMALL_SCORER_TOML
 
-STREAMFLOW = [sys.executable, "-m", "commands.main"]
+STREAMFLOW = [sys.executable, "-m", "streamflow.cli.main"]
 LONG_LIVED_S = 30.0  # the RSS growth bound applies to processes that lived at least this long
 
 

@@ -3,9 +3,9 @@
 For each transport (tcp loopback, ipc) and frame size, two separate processes
 move the same payload -- ids uint64[n] + features float32[n, 16] per frame:
 
-- ``streamflow``: a :class:`~streamflow.transport.Sender` encodes DATA frames
+- ``streamflow``: a :class:`~streamflow.stream.transport.Sender` encodes DATA frames
   (header + meta, ids, features: three parts, zero-copy) and ends with the
-  END_OF_STREAM handshake; a :class:`~streamflow.transport.Receiver` decodes each
+  END_OF_STREAM handshake; a :class:`~streamflow.stream.transport.Receiver` decodes each
   frame into numpy views (and does nothing else).
 - ``pyzmq``: a bare PUSH sends one zero-copy buffer of the same size per frame; a
   bare PULL receives it without copying; an empty message ends the run.
@@ -36,8 +36,8 @@ import numpy as np
 import zmq
 
 from streamflow.events.batch import EventBatch
-from streamflow.transport import DEFAULT_HWM, Receiver, Sender
-from streamflow.wire import Kind
+from streamflow.stream.transport import DEFAULT_HWM, Receiver, Sender
+from streamflow.stream.wire import Kind
 
 N_FEATURES = 16
 MODES = ("streamflow", "pyzmq")

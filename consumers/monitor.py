@@ -3,7 +3,7 @@
 The monitor *binds* the telemetry endpoint (default tcp://127.0.0.1:5559) and
 every process of a run connects a PUB socket to it, so processes can come and go
 in any order. Each JSON message is folded into a
-:class:`~streamflow.monitor.MonitorState`; the state is drawn four times a
+:class:`~streamflow.ops.dashboard.MonitorState`; the state is drawn four times a
 second with one :class:`rich.live.Live` on a terminal, or printed as one plain
 line every ``interval`` seconds otherwise (a pipe, a log file, ``plain=True``).
 
@@ -29,8 +29,8 @@ import zmq
 from rich.console import Console
 from rich.live import Live
 
-from streamflow.monitor import MonitorState, plain_line, render
-from streamflow.transport import bind
+from streamflow.ops.dashboard import MonitorState, plain_line, render
+from streamflow.stream.transport import bind
 
 DEFAULT_TELEMETRY_ENDPOINT = "tcp://127.0.0.1:5559"
 LIVE_REFRESH_S = 0.25  # the dashboard is redrawn 4 times a second

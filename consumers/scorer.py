@@ -1,7 +1,7 @@
 """The scorer process: PULL frames, test-then-train, trigger, push selections to the sink.
 
 Per frame: decode (zero-copy), check its sequence number, hand it to
-:class:`streamflow.scorer.FrameScorer` (score with every learner, select, learn),
+:class:`streamflow.scoring.frame_scorer.FrameScorer` (score with every learner, select, learn),
 send the frame's accepted events as one SELECTION message (empty ones too: the
 sink counts frames by them), record the frame's latency from the producer's send
 time, checkpoint every ``checkpoint_every`` frames, and publish telemetry about
@@ -10,13 +10,13 @@ loop the same way: a last learning step, a checkpoint, the selections stream
 ended with its own handshake, and the ledger (the idle timeout then exits with its
 one-line error).
 
-Crashes: every handled frame is appended to a journal (streamflow.journal),
+Crashes: every handled frame is appended to a journal (streamflow.stream.journal),
 emptied at each checkpoint. A scorer restarted with ``resume`` after ``kill -9``
 reads the journal: those frames were scored (their selections sent) but the
 learning from them died with the process -- "lost after processing". The frames
 that were still queued in the dead process show up as a sequence gap -- "lost in
 flight". The checkpoint carries both forward, and at END_OF_STREAM the ledger
-accounts for every frame and event the producer sent (streamflow.ledger.account_stream).
+accounts for every frame and event the producer sent (streamflow.stream.ledger.account_stream).
 
 Data-parallel (started by torchrun with WORLD_SIZE > 1, see streamflow.distributed):
 every rank pulls its own frames, and the ranks work in rounds -- each round every
@@ -27,7 +27,7 @@ ended), so the ranks decide together when the stream is over. Per-rank files car
 the one checkpoint (all ranks resume from it) and the merged ledger, which
 accounts for every frame across the ranks and checks that their weights agree.
 Each rank's SequenceTracker sees the other ranks' frames as gaps: it remembers up
-to MAX_TRACKED_MISSING of them (streamflow.ledger; 1M frames, about 4 billion
+to MAX_TRACKED_MISSING of them (streamflow.stream.ledger; 1M frames, about 4 billion
 events at 4096 a frame, per stream) -- beyond that the merged account can no
 longer tell other ranks' frames from losses.
 """
@@ -45,12 +45,12 @@ import numpy as np
 import torch
 import zmq
 
-from streamflow.checkpoint import load_checkpoint, save_checkpoint
+from streamflow.scoring.checkpoint import load_checkpoint, save_checkpoint
 from streamflow.distributed import Collective, close_collective, init_collective, rank_endpoint, weights_digest
 from streamflow.errors import ConfigError, StreamflowError
 from streamflow.events.batch import EventBatch
-from streamflow.journal import FrameJournal
-from streamflow.ledger import (
+from streamflow.stream.journal import FrameJournal
+from streamflow.stream.ledger import (
     Ledger,
     SequenceTracker,
     StreamAccount,
@@ -60,12 +60,12 @@ from streamflow.ledger import (
     stream_receivers,
     stream_totals,
 )
-from streamflow.sampling import HISTOGRAM_KEY, ContextHistogram
-from streamflow.score_sample import ScoreSample
-from streamflow.scorer import FrameScorer, ScorerConfig, line_figures, resolve_device
-from streamflow.telemetry import LatencyHistogram, RateMeter, TelemetryReporter
+from streamflow.analysis.sampling import HISTOGRAM_KEY, ContextHistogram
+from streamflow.scoring.score_buffer import ScoreBuffer
+from streamflow.scoring.frame_scorer import FrameScorer, ScorerConfig, line_figures, resolve_device
+from streamflow.ops.telemetry import LatencyHistogram, RateMeter, TelemetryReporter
 from streamflow.trigger import LineStats
-from streamflow.transport import (
+from streamflow.stream.transport import (
     DEFAULT_ENDPOINT,
     DEFAULT_HWM,
     Curve,
@@ -75,7 +75,7 @@ from streamflow.transport import (
     check_queue_options,
     connect,
 )
-from streamflow.wire import Kind, Message, encode_selection
+from streamflow.stream.wire import Kind, Message, encode_selection
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,7 @@ class _ScorerLoop:
         self.latency = LatencyHistogram()
         self.rates = RateMeter()
         self.learn_totals: dict[str, dict[str, float]] = {}
-        self.sample = ScoreSample(tuple(self.scorer.learners))
+        self.sample = ScoreBuffer(tuple(self.scorer.learners))
         self.mjj = ContextHistogram("mjj")
         """The streamed mjj, checkpointed so that `streamflow sample` draws mjj as the stream had it."""
         run_dir = Path(config.run_dir)

@@ -11,7 +11,7 @@ restarted after ``kill -9`` appends to the file and sees the frames the dead sin
 held unflushed, or had queued, as a sequence gap; at END_OF_STREAM the ledger
 compares the sender's count of selections sent with the rows in the file, for
 every stream the END_OF_STREAM totals (a proxy that merges several scorers'
-selection streams totals each; streamflow.ledger.stream_totals).
+selection streams totals each; streamflow.stream.ledger.stream_totals).
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ import numpy as np
 import zmq
 
 from streamflow.errors import ConfigError, StreamflowError
-from streamflow.ledger import Ledger, SequenceTracker, StreamAccount, account_stream, stream_receivers, stream_totals
-from streamflow.selections import SelectedEvents, SelectionWriter
-from streamflow.telemetry import LatencyHistogram, RateMeter, TelemetryReporter
-from streamflow.transport import Curve, Receiver, check_endpoint, connect
-from streamflow.wire import Kind, Message
+from streamflow.stream.ledger import Ledger, SequenceTracker, StreamAccount, account_stream, stream_receivers, stream_totals
+from streamflow.stream.selections import SelectedEvents, SelectionWriter
+from streamflow.ops.telemetry import LatencyHistogram, RateMeter, TelemetryReporter
+from streamflow.stream.transport import Curve, Receiver, check_endpoint, connect
+from streamflow.stream.wire import Kind, Message
 
 DEFAULT_SELECTIONS_ENDPOINT = "tcp://127.0.0.1:5557"
 

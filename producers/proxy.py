@@ -4,11 +4,11 @@ Why not ``zmq.proxy``: it forwards END_OF_STREAM like any message, so the first
 producer to finish would end a scorer that still has another producer's frames
 coming, and with PUSH fair-queueing only one scorer would hear it. Instead the
 proxy is a receiver to each upstream sender -- it says HELLO and acknowledges that
-sender's END_OF_STREAM itself (:class:`~streamflow.transport.Receiver`) -- and one
+sender's END_OF_STREAM itself (:class:`~streamflow.stream.transport.Receiver`) -- and one
 sender to its downstream receivers. Only when every upstream has ended does it run
 the downstream handshake, with each stream's forwarded totals in the END_OF_STREAM
 meta, so every scorer can account for the events of every stream
-(:func:`streamflow.ledger.stream_totals`).
+(:func:`streamflow.stream.ledger.stream_totals`).
 
 DATA and SELECTION messages travel with their original parts (zero-copy): stream
 id, sequence number and send time stay the producer's, so latency is still
@@ -31,8 +31,8 @@ from typing import Iterable
 import zmq
 
 from streamflow.errors import ConfigError, StreamflowError
-from streamflow.ledger import Ledger, stream_totals
-from streamflow.transport import (
+from streamflow.stream.ledger import Ledger, stream_totals
+from streamflow.stream.transport import (
     DEFAULT_HWM,
     Curve,
     EndOfStream,
@@ -43,7 +43,7 @@ from streamflow.transport import (
     check_queue_options,
     check_stream_id,
 )
-from streamflow.wire import Kind, Message
+from streamflow.stream.wire import Kind, Message
 
 DEFAULT_PROXY_ENDPOINT = "tcp://127.0.0.1:5565"
 _POLL_MS = 100  # how often a quiet proxy looks at its stop flag and idle clock

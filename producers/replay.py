@@ -20,8 +20,8 @@ import zmq
 
 from streamflow.errors import ConfigError
 from streamflow.events import open_source
-from streamflow.pacing import TokenBucket, frames
-from streamflow.transport import (
+from streamflow.stream.pacing import TokenBucket, frames
+from streamflow.stream.transport import (
     DEFAULT_ENDPOINT,
     DEFAULT_HWM,
     Curve,

@@ -19,6 +19,9 @@ from streamflow.errors import ConfigError
 
 T = TypeVar("T")
 
+RENAMED_KEYS = {"frame": "coordinates", "model_frame": "model_coordinates", "context_frame": "context_coordinates"}
+"""Keys of earlier versions -> their names now: an old key is an error that names the new one."""
+
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     """Build dataclass ``cls`` from a plain mapping, recursing into nested dataclasses."""
@@ -27,6 +30,9 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
+    renamed = [key for key in unknown if RENAMED_KEYS.get(key) in fields]
+    if renamed:
+        raise ConfigError(f"{where or cls.__name__}: key {renamed[0]!r} is now called {RENAMED_KEYS[renamed[0]]!r}")
     if unknown:
         raise ConfigError(
             f"{where or cls.__name__}: unknown key {unknown[0]!r} (known: {', '.join(sorted(fields))})"

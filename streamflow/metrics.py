@@ -13,7 +13,7 @@ events, not only of the scored ones.
   S / sqrt(B) of a signal.
 - selection overlap: of the fraction q most anomalous events by score a, the
   fraction that are also among the q most anomalous by score b (the source paper:
-  about 20% for top-1% selections of a flow in two coordinate frames on LHCO).
+  about 20% for top-1% selections of a flow in two coordinate maps on LHCO).
 """
 
 from __future__ import annotations

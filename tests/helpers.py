@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-STREAMFLOW = [sys.executable, "-m", "commands.main"]
+STREAMFLOW = [sys.executable, "-m", "streamflow.cli.main"]
 
 
 def free_port_block(size: int = 5) -> int:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import zmq
 
-from streamflow.transport import Receiver
-from streamflow.wire import Kind
+from streamflow.stream.transport import Receiver
+from streamflow.stream.wire import Kind
 from tests.helpers import REPO, STREAMFLOW, free_port_block
 
 FRAME = 4096

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import pytest
 
 from bench.hotpaths import FACTOR, FRAME, case_names, committed_ratio, machine, make_case, time_call
-from streamflow.scorer import resolve_device
+from streamflow.scoring.frame_scorer import resolve_device
 
 ROUNDS = 25
 WARMUP = 2

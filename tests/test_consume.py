@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamflow.checkpoint import load_checkpoint
+from streamflow.scoring.checkpoint import load_checkpoint
 from streamflow.config import read_toml
 from streamflow.events import GaussianToy
-from streamflow.scorer import FrameScorer, ScorerConfig
+from streamflow.scoring.frame_scorer import FrameScorer, ScorerConfig
 from tests.helpers import REPO, STREAMFLOW, free_port_block, streamflow
 
 SCORER_TOML = """
@@ -38,7 +38,7 @@ hidden = {hidden}
 kind = "flow"
 name = "flow"
 features = ["x0", "x1"]
-frame = "tanh_shift"
+coordinates = "tanh_shift"
 hidden = 16
 warmup_events = 2000
 

@@ -11,9 +11,9 @@ import json
 import numpy as np
 import pytest
 
-from streamflow.events import GaussianToy, get_frame
+from streamflow.events import GaussianToy, get_coordinates
 from streamflow.metrics import auc
-from streamflow.studies.coordinates import auc_standard_error, toy_exact_auc
+from streamflow.analysis.coordinate_study import auc_standard_error, toy_exact_auc
 from tests.helpers import free_port_block, streamflow
 
 
@@ -26,7 +26,7 @@ def test_exact_toy_aucs_match_exact_scores_on_a_large_sample():
     assert auc(labels, x.sum(axis=1)) == pytest.approx(toy_exact_auc("cwola", "tanh_shift"), abs=3e-3)
     density = (x**2).sum(axis=1) / 2  # -log p_X up to a constant
     assert auc(labels, density) == pytest.approx(toy_exact_auc("flow", "identity"), abs=3e-3)
-    jacobian = get_frame("tanh_shift").log_abs_det_jacobian(torch.from_numpy(x), ["x0", "x1"]).numpy()
+    jacobian = get_coordinates("tanh_shift").log_abs_det_jacobian(torch.from_numpy(x), ["x0", "x1"]).numpy()
     assert auc(labels, density + jacobian) == pytest.approx(toy_exact_auc("flow", "tanh_shift"), abs=3e-3)
     assert toy_exact_auc("autoencoder", "identity") is None
 
@@ -87,7 +87,7 @@ def test_lhco_flow_selections_differ_between_frames(tmp_path, features_file):
         error = float(np.hypot(pair["auc_difference_error"], TRAINING_NOISE))
         assert abs(pair["auc_difference"]) < AUC_AGREEMENT_SIGMAS * error
     figures = {f["name"]: f for f in study["learners"]}
-    assert {f["frame"] for f in figures.values()} == {"identity", "log_mass", "tau_ratio"}
+    assert {f["coordinates"] for f in figures.values()} == {"identity", "log_mass", "tau_ratio"}
     assert figures["flow_tau21"]["features"] == ["mjmin", "delta_m", "tau1_j1", "tau2_j1", "tau1_j2", "tau2_j2"]
     assert all(0.5 < f["auc"] < 1 for f in figures.values())
     assert "| flow | flow_m (identity) | flow_logm (log_mass) |" in result.stdout

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import zmq
 
-from commands.main import main as streamflow_main
+from streamflow.cli.main import main as streamflow_main
 from producers.replay import ReplayConfig, run_replay
 from streamflow.errors import ConfigError
 from streamflow.events.batch import EventBatch
-from streamflow.transport import Curve, Receiver, Sender
-from streamflow.wire import Kind
+from streamflow.stream.transport import Curve, Receiver, Sender
+from streamflow.stream.wire import Kind
 from tests.helpers import free_port_block
 
 pytestmark = pytest.mark.timeout(60)
@@ -129,9 +129,9 @@ def test_bad_curve_configs_are_one_line_errors(keys: Path) -> None:
 
 
 def test_replay_consume_and_sink_options_build_the_curve_configs(keys: Path, capsys) -> None:
-    from commands.common import curves_from_args
-    from commands.main import build_parser
-    from commands.replay import config_from_args
+    from streamflow.cli.common import curves_from_args
+    from streamflow.cli.main import build_parser
+    from streamflow.cli.replay import config_from_args
 
     secret, authorized = str(keys / "keys" / "server.key_secret"), str(keys / "authorized")
     args = build_parser("replay").parse_args(["replay", "--curve-secret", secret, "--curve-authorized", authorized])
@@ -155,8 +155,8 @@ def test_a_secured_selections_socket_serves_an_authorised_sink_only(ctx, keys: P
     """The scorer -> sink hop under CURVE: the authorised sink writes every selection, a wrong key gets none."""
     from consumers.scorer import ConsumeConfig
     from consumers.sink import SinkConfig, run_sink
-    from streamflow.presets import preset
-    from streamflow.wire import encode_selection
+    from streamflow.scoring.presets import preset
+    from streamflow.stream.wire import encode_selection
 
     with pytest.raises(ConfigError, match="needs a selections endpoint"):
         ConsumeConfig(scorer=preset("gaussian"), selections_curve=Curve(

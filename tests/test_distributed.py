@@ -24,15 +24,15 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from commands.main import main as streamflow_main
+from streamflow.cli.main import main as streamflow_main
 from streamflow.distributed import Collective, init_collective, rank_endpoint, weights_digest
 from streamflow.errors import ConfigError
 from streamflow.events import open_source
-from streamflow.ledger import SequenceTracker, merge_sequence_states
+from streamflow.stream.ledger import SequenceTracker, merge_sequence_states
 from streamflow.learners import AutoencoderConfig, CWoLAConfig, FlowConfig, build_learner
-from streamflow.presets import preset
+from streamflow.scoring.presets import preset
 from streamflow.events.batch import EventBatch
-from streamflow.scorer import FrameScorer, ScorerConfig
+from streamflow.scoring.frame_scorer import FrameScorer, ScorerConfig
 from tests.helpers import REPO, STREAMFLOW, free_port_block
 
 FRAMES, FRAME_SIZE = 30, 2000
@@ -50,7 +50,7 @@ def _run_ranks(run_dir: Path, *extra: str) -> str:
     scorers = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
          "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port + 2}",
-         "-m", "commands.main", "consume", "--preset", "gaussian", "--endpoint", endpoint, "--threads", "1",
+         "-m", "streamflow.cli.main", "consume", "--preset", "gaussian", "--endpoint", endpoint, "--threads", "1",
          "--window", "4000", "--thresholds", "global", "--hwm", "4", "--checkpoint-every", "5",
          "--idle-timeout", "60", "--run-dir", str(run_dir), *extra],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -179,7 +179,7 @@ def test_ranks_killed_mid_stream_resume_and_name_every_lost_frame(tmp_path: Path
     def ranks(log: str, *extra: str) -> subprocess.Popen:
         return subprocess.Popen(
             [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
-             "--rdzv-endpoint", f"127.0.0.1:{port + 2}", "-m", "commands.main", "consume", "--preset", "gaussian",
+             "--rdzv-endpoint", f"127.0.0.1:{port + 2}", "-m", "streamflow.cli.main", "consume", "--preset", "gaussian",
              "--endpoint", endpoint, "--threads", "1", "--window", "2000", "--checkpoint-every", "5",
              "--run-dir", str(run_dir), *extra], cwd=REPO, env=env, stdout=open(tmp_path / log, "w"),
             stderr=subprocess.STDOUT)

@@ -25,15 +25,15 @@ import torch
 import zmq
 
 from bench.fuzz import MUTATIONS, SMALL_SCORER_TOML, valid_frame
-from streamflow.checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
+from streamflow.scoring.checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
 from streamflow.errors import ConfigError
 from streamflow.events import GaussianToy
 from streamflow.events.batch import EventBatch
-from streamflow.journal import FrameJournal
-from streamflow.ledger import SequenceTracker, account_stream
-from streamflow.selections import read_selections
-from streamflow.transport import Sender
-from streamflow.wire import encode_selection
+from streamflow.stream.journal import FrameJournal
+from streamflow.stream.ledger import SequenceTracker, account_stream
+from streamflow.stream.selections import read_selections
+from streamflow.stream.transport import Sender
+from streamflow.stream.wire import encode_selection
 from tests.helpers import REPO, STREAMFLOW, free_port_block, streamflow
 
 pytestmark = pytest.mark.timeout(120)

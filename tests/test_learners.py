@@ -34,7 +34,7 @@ CONFIGS = {
     "flow-zuko-spline": {"kind": "flow", "features": ["x0", "x1"], "backend": "zuko", "transform": "spline"},
     "flow-zuko-affine-conditional": {"kind": "flow", "features": ["x0", "x1"], "backend": "zuko", "context": "x2"},
     "cwola": {"kind": "cwola", "features": ["x0", "x1", "x2"], **CWOLA_TOY},
-    "autoencoder": {"kind": "autoencoder", "features": ["x0", "x1", "x2"], "frame": "tanh_shift"},
+    "autoencoder": {"kind": "autoencoder", "features": ["x0", "x1", "x2"], "coordinates": "tanh_shift"},
 }  # fmt: skip
 
 
@@ -107,7 +107,7 @@ def test_an_empty_frame_learns_nothing(name: str) -> None:
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_a_step_with_non_finite_loss_is_skipped(name: str) -> None:
-    learner = make(name, frame="identity")  # tanh would map the huge values to 1
+    learner = make(name, coordinates="identity")  # tanh would map the huge values to 1
     learner.learn(frame(seed=1))
     before = weights(learner)
     x = frame(n=300, seed=4)
@@ -159,8 +159,8 @@ def test_checkpoint_of_another_config_is_refused() -> None:
     state = make("flow-affine").state_dict()
     with pytest.raises(ConfigError, match="hidden"):
         make("flow-affine", hidden=32).load_state_dict(state)
-    with pytest.raises(ConfigError, match="frame"):
-        make("flow-affine", frame="normal_cdf").load_state_dict(state)
+    with pytest.raises(ConfigError, match="coordinates"):
+        make("flow-affine", coordinates="normal_cdf").load_state_dict(state)
     with pytest.raises(ConfigError, match="'flow' learner"):
         make("autoencoder").load_state_dict(state)
     with pytest.raises(ConfigError, match="not a streamflow learner checkpoint"):
@@ -199,7 +199,7 @@ def test_configs_from_toml() -> None:
     kind = "flow"
     features = ["mjmin", "delta_m", "tau21_jmin", "tau21_jmax"]
     context = "mjj"
-    frame = "log_mass"
+    coordinates = "log_mass"
     transform = "spline"
     train_where = { feature = "mjj", low = 3300.0, high = 3700.0, outside = true }
 
@@ -222,7 +222,7 @@ def test_configs_from_toml() -> None:
         ({"features": ["x0"]}, "kind must be one of"),
         ({"kind": "gan"}, "kind must be one of"),
         ({"kind": "flow", "hiden": 3}, "unknown key 'hiden'"),
-        ({"kind": "flow", "frame": "polar"}, "unknown coordinate frame 'polar'"),
+        ({"kind": "flow", "coordinates": "polar"}, "unknown coordinates 'polar'"),
         ({"kind": "flow", "backend": "pyro"}, "'pyro' is not one of"),
         ({"kind": "flow", "lr": -1.0}, "lr must be > 0"),
         ({"kind": "flow", "features": ["a", "a"]}, "listed twice"),
@@ -270,7 +270,7 @@ def test_standardisation_freezes_after_the_warm_up() -> None:
     frozen = learner.inputs.state_dict()
     learner.learn(frame(seed=3) * 10)
     assert torch.equal(learner.inputs.state_dict()["mean"], frozen["mean"])
-    # The moments are those of the framed events seen (batched merge = one pass).
+    # The moments are those of the in_coordinates events seen (batched merge = one pass).
     y = torch.tanh(torch.cat([frame(seed=1), frame(seed=2)])[:, :3].double() + 2)
     assert torch.allclose(frozen["mean"], y.mean(0), atol=1e-5)
     assert torch.allclose((frozen["m2"] / 3999).sqrt(), y.std(0), atol=1e-5)
@@ -279,7 +279,7 @@ def test_standardisation_freezes_after_the_warm_up() -> None:
 def test_flow_samples_come_back_in_physical_units() -> None:
     # Log-normal "masses": Gaussian in the log_mass frame, where the flow learns.
     names = ("mj1", "mj2")
-    learner = build_learner(learner_config({"kind": "flow", "features": list(names), "frame": "log_mass", **SMALL}))
+    learner = build_learner(learner_config({"kind": "flow", "features": list(names), "coordinates": "log_mass", **SMALL}))
     learner.bind(names)
     masses = torch.exp(frame(n=20000, seed=1)[:, :2] * 0.3) * torch.tensor([100.0, 500.0])
     for chunk in masses.split(2000):
@@ -293,7 +293,7 @@ def test_flow_samples_come_back_in_physical_units() -> None:
 
 
 def test_flow_samples_outside_a_bounded_frame_are_redrawn() -> None:
-    learner = make("flow-affine", frame="tanh_shift")
+    learner = make("flow-affine", coordinates="tanh_shift")
     for seed in range(10):
         learner.learn(frame(seed=seed))
     samples = learner.sample(2000)
@@ -314,8 +314,8 @@ def test_conditional_flow_sample_needs_one_context_per_sample() -> None:
 def test_model_frame_reports_the_density_in_the_frame() -> None:
     """A flow learning in x and reporting in y = tanh(x + 2) scores -log p_Y(y) = -log p_X(x) + log|dy/dx|."""
     in_x = make("flow-affine")
-    in_y = make("flow-affine", frame="tanh_shift", model_frame="identity")
-    assert isinstance(in_y, FlowLearner) and in_y.frame == "tanh_shift"
+    in_y = make("flow-affine", coordinates="tanh_shift", model_coordinates="identity")
+    assert isinstance(in_y, FlowLearner) and in_y.coordinates == "tanh_shift"
     for seed in (1, 2):
         x = frame(seed=seed)
         in_x.learn(x)

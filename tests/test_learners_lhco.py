@@ -35,10 +35,10 @@ def column(frames: list[EventBatch], name: str) -> np.ndarray:
     return np.concatenate([b.column(name) for b in frames])
 
 
-@pytest.mark.parametrize("frame", ["identity", "log_mass"])
+@pytest.mark.parametrize("coordinates", ["identity", "log_mass"])
 def test_conditional_flow_trains_a_pass_without_diverging(frames: list[EventBatch], frame: str) -> None:
     assert 0.005 < np.concatenate([b.labels for b in frames]).mean() < 0.015
-    learner = build_learner(learner_config({"kind": "flow", "context": "mjj", "frame": frame}))
+    learner = build_learner(learner_config({"kind": "flow", "context": "mjj", "coordinates": frame}))
     assert learner.features == ("mjmin", "delta_m", "tau21_jmin", "tau21_jmax")
     history, scores = stream(learner, frames)
     assert np.isfinite(scores).all()

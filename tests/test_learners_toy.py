@@ -66,21 +66,21 @@ def heldout_scores(learner: TorchLearner) -> tuple[np.ndarray, np.ndarray]:
     return labels, learner.score(x).numpy()
 
 
-@pytest.mark.parametrize("frame", ["identity", "normal_cdf", "tanh_shift"])
+@pytest.mark.parametrize("coordinates", ["identity", "normal_cdf", "tanh_shift"])
 def test_cwola_learns_the_likelihood_ratio_in_every_frame(frame: str) -> None:
-    learner = stream({**CWOLA, "frame": frame}, n_events=300_000)
+    learner = stream({**CWOLA, "coordinates": frame}, n_events=300_000)
     assert auc(*heldout_scores(learner)) == pytest.approx(0.841, abs=TOLERANCE)
 
 
 def test_flow_density_score_in_the_identity_frame() -> None:
-    learner = stream({**FLOW_AFFINE, "frame": "identity"}, n_events=200_000)
+    learner = stream({**FLOW_AFFINE, "coordinates": "identity"}, n_events=200_000)
     assert auc(*heldout_scores(learner)) == pytest.approx(0.696, abs=TOLERANCE)
 
 
 @pytest.mark.slow
 def test_flow_density_score_in_the_tanh_frame() -> None:
     """Learnt in y = tanh(x + 2), where the background piles up against y = 1: a spline flow."""
-    learner = stream({**FLOW_SPLINE, "frame": "tanh_shift"}, n_events=200_000)
+    learner = stream({**FLOW_SPLINE, "coordinates": "tanh_shift"}, n_events=200_000)
     assert auc(*heldout_scores(learner)) == pytest.approx(0.175, abs=TOLERANCE)
 
 
@@ -99,16 +99,16 @@ def test_flow_density_in_the_normal_cdf_frame_is_flat() -> None:
     asserted is that the score hardly separates signal from background: the mean
     gap is 1 nat in the identity frame (E|x_S|^2/2 - E|x_B|^2/2), 0 here.
     """
-    learner = stream({**FLOW_SPLINE, "frame": "normal_cdf"}, n_events=200_000)
+    learner = stream({**FLOW_SPLINE, "coordinates": "normal_cdf"}, n_events=200_000)
     labels, scores = heldout_scores(learner)
     assert abs(mean_score_gap(labels, scores)) < 0.15
     assert np.subtract(*np.percentile(scores[labels == 0], [75, 25])) < 0.3  # identity frame: 1.07
 
 
-@pytest.mark.parametrize(("frame", "expected_auc"), [("tanh_shift", 0.175), ("normal_cdf", None)])
+@pytest.mark.parametrize(("coordinates", "expected_auc"), [("tanh_shift", 0.175), ("normal_cdf", None)])
 def test_flow_learning_in_x_reports_the_density_in_its_frame(frame: str, expected_auc: float | None) -> None:
-    """model_frame: the flow learns p_X and scores -log p_Y = -log p_X + log|det dy/dx|."""
-    learner = stream({**FLOW_AFFINE, "frame": frame, "model_frame": "identity"}, n_events=200_000)
+    """model_coordinates: the flow learns p_X and scores -log p_Y = -log p_X + log|det dy/dx|."""
+    learner = stream({**FLOW_AFFINE, "coordinates": frame, "model_coordinates": "identity"}, n_events=200_000)
     labels, scores = heldout_scores(learner)
     if expected_auc is None:
         assert abs(mean_score_gap(labels, scores)) < 0.05

@@ -1,4 +1,4 @@
-"""Stream accounts (streamflow.ledger): a stream shared by several receivers is not called lost.
+"""Stream accounts (streamflow.stream.ledger): a stream shared by several receivers is not called lost.
 
 PUSH fair-queues a sender's frames between its receivers, so each sees only its
 share; the sender's END_OF_STREAM says how many receivers there were, and a
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from streamflow.ledger import SequenceTracker, account_stream, merge_sequence_states, stream_receivers
+from streamflow.stream.ledger import SequenceTracker, account_stream, merge_sequence_states, stream_receivers
 
 EVENTS = [100 + seq for seq in range(12)]  # frame seq carried 100 + seq events
 

@@ -18,11 +18,11 @@ import pytest
 import zmq
 from rich.console import Console
 
-import commands.main
+import streamflow.cli.main
 from consumers.monitor import run_monitor
 from streamflow.errors import ConfigError
-from streamflow.monitor import MonitorState, plain_line, render, sparkline, warnings
-from streamflow.telemetry import TelemetryReporter, read_jsonl
+from streamflow.ops.dashboard import MonitorState, plain_line, render, sparkline, warnings
+from streamflow.ops.telemetry import TelemetryReporter, read_jsonl
 
 LHCO_LINES = ("flow_m", "flow_logm", "cwola", "ae")
 WARMUP = 10_000
@@ -279,7 +279,7 @@ def test_bad_or_busy_endpoints_are_one_line_config_errors():
 
 
 # `streamflow monitor` through the real entry point, with only this subcommand registered.
-MONITOR_CLI = [sys.executable, "-c", "import sys, commands.main as m; m.SUBCOMMANDS = ('monitor',); "
+MONITOR_CLI = [sys.executable, "-c", "import sys, streamflow.cli.main as m; m.SUBCOMMANDS = ('monitor',); "
                "sys.exit(m.main())", "monitor"]
 
 
@@ -338,8 +338,8 @@ def test_plain_mode_through_a_pipe_prints_a_line_per_interval():
 
 
 def test_cli_rejects_non_positive_seconds_in_one_line(monkeypatch, capsys):
-    monkeypatch.setattr(commands.main, "SUBCOMMANDS", ("monitor",))
-    assert commands.main.main(["monitor", "--duration", "0"]) == 2
+    monkeypatch.setattr(streamflow.cli.main, "SUBCOMMANDS", ("monitor",))
+    assert streamflow.cli.main.main(["monitor", "--duration", "0"]) == 2
     assert capsys.readouterr().err == "streamflow monitor: error: --duration must be positive seconds, got 0\n"
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from streamflow.events import open_source
-from streamflow.selections import read_selections
-from streamflow.telemetry import read_jsonl
+from streamflow.stream.selections import read_selections
+from streamflow.ops.telemetry import read_jsonl
 from tests.helpers import free_port_block, streamflow
 
 

@@ -21,15 +21,15 @@ import numpy as np
 import pytest
 import zmq
 
-from commands.main import build_parser, main as streamflow_main
+from streamflow.cli.main import build_parser, main as streamflow_main
 from consumers.sink import SinkConfig, run_sink
 from producers.proxy import ProxyConfig, ProxyError, ProxyStats, run_proxy
 from streamflow.events import GaussianToy
 from streamflow.events.batch import EventBatch
-from streamflow.ledger import stream_totals
-from streamflow.selections import read_selections
-from streamflow.transport import Curve, Receiver, Sender
-from streamflow.wire import Kind, decode, encode_data, encode_selection
+from streamflow.stream.ledger import stream_totals
+from streamflow.stream.selections import read_selections
+from streamflow.stream.transport import Curve, Receiver, Sender
+from streamflow.stream.wire import Kind, decode, encode_data, encode_selection
 from tests.helpers import REPO, STREAMFLOW, free_port_block
 from tests.test_faults import start, wait_for
 

@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 import zmq
 
-from commands.main import build_parser, main
-from commands.replay import config_from_args
+from streamflow.cli.main import build_parser, main
+from streamflow.cli.replay import config_from_args
 from producers.replay import ReplayConfig, run_replay
 from streamflow.config import load_toml
 from streamflow.errors import ConfigError
 from streamflow.events import EventBatch, open_source
-from streamflow.transport import Receiver
-from streamflow.wire import Kind, Message
+from streamflow.stream.transport import Receiver
+from streamflow.stream.wire import Kind, Message
 
 
 def free_tcp_endpoint() -> str:
@@ -40,7 +40,7 @@ def free_tcp_endpoint() -> str:
 
 
 def streamflow(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "commands.main", "replay", *args],
+    return subprocess.Popen([sys.executable, "-m", "streamflow.cli.main", "replay", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -190,7 +190,7 @@ def assert_one_line_error(code: int, err: str, problem: str) -> None:
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], problem: str, busy_endpoint: str) -> None:
     args = [busy_endpoint if a == "BUSY" else a for a in args]
-    result = subprocess.run([sys.executable, "-m", "commands.main", "replay", *args],
+    result = subprocess.run([sys.executable, "-m", "streamflow.cli.main", "replay", *args],
                             capture_output=True, text=True, timeout=60)
     assert_one_line_error(result.returncode, result.stderr, problem)
 

@@ -9,17 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import commands.main
+import streamflow.cli.main
 from streamflow.errors import StreamflowError
-from streamflow.report import make_report
-from streamflow.selections import SelectedEvents, SelectionWriter
-from streamflow.telemetry import encode_stats
+from streamflow.ops.report import make_report
+from streamflow.stream.selections import SelectedEvents, SelectionWriter
+from streamflow.ops.telemetry import encode_stats
 from tests.test_monitor import pipeline_messages
 
 TOY_LINES = ("flow_identity", "ae_identity", "cwola_identity")
-TOY_LEARNERS = [{"name": "flow_identity", "kind": "flow", "frame": "identity"},
-                {"name": "ae_identity", "kind": "autoencoder", "frame": "identity"},
-                {"name": "cwola_identity", "kind": "cwola", "frame": "identity"}]
+TOY_LEARNERS = [{"name": "flow_identity", "kind": "flow", "coordinates": "identity"},
+                {"name": "ae_identity", "kind": "autoencoder", "coordinates": "identity"},
+                {"name": "cwola_identity", "kind": "cwola", "coordinates": "identity"}]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -133,13 +133,13 @@ def test_report_errors_are_one_line(tmp_path, case, message, monkeypatch, capsys
         (tmp_path / "telemetry-scorer.jsonl").write_text("")
     with pytest.raises(StreamflowError, match=message):
         make_report(run_dir)
-    monkeypatch.setattr(commands.main, "SUBCOMMANDS", ("report",))
-    assert commands.main.main(["report", str(run_dir)]) == 2
+    monkeypatch.setattr(streamflow.cli.main, "SUBCOMMANDS", ("report",))
+    assert streamflow.cli.main.main(["report", str(run_dir)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("streamflow report: error: ") and err.count("\n") == 1
 
 
 def test_report_command_prints_the_markdown_path(toy_run, monkeypatch, capsys):
-    monkeypatch.setattr(commands.main, "SUBCOMMANDS", ("report",))
-    assert commands.main.main(["report", str(toy_run[0])]) == 0
+    monkeypatch.setattr(streamflow.cli.main, "SUBCOMMANDS", ("report",))
+    assert streamflow.cli.main.main(["report", str(toy_run[0])]) == 0
     assert capsys.readouterr().out == f"{toy_run[0] / 'report.md'}\n"

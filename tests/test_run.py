@@ -13,7 +13,7 @@ import h5py
 import pexpect
 import pytest
 
-from streamflow.telemetry import read_jsonl
+from streamflow.ops.telemetry import read_jsonl
 from tests.helpers import REPO, STREAMFLOW, free_port_block
 
 SMALL_MENU = ("--learners", "cwola,ae", "--device", "cpu")
@@ -75,7 +75,7 @@ def test_sigint_mid_stream_stops_every_process_with_files_flushed(tmp_path):
 def test_monitor_in_a_terminal_shows_live_rates_and_accept_fractions(tmp_path):
     run_dir = tmp_path / "run"
     child = pexpect.spawn(
-        sys.executable, ["-m", "commands.main", "run", "--events", "5000000", *SMALL_MENU, "--no-report",
+        sys.executable, ["-m", "streamflow.cli.main", "run", "--events", "5000000", *SMALL_MENU, "--no-report",
                          "--run-dir", str(run_dir), "--base-port", str(free_port_block())],
         cwd=str(REPO), dimensions=(24, 80), encoding="utf-8", timeout=150,
     )

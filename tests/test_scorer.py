@@ -16,16 +16,16 @@ import torch
 from streamflow.events import GaussianToy
 from streamflow.events.batch import EventBatch
 from streamflow.learners import learner_config
-from streamflow.scorer import FrameScorer, ScorerConfig
+from streamflow.scoring.frame_scorer import FrameScorer, ScorerConfig
 from streamflow.trigger import LineConfig
 
 FEATURES = ["x0", "x1"]
 REFERENCE = {"feature": "sample", "low": -0.5, "high": 0.5}
 SMALL = {"features": FEATURES, "warmup_events": 500, "batch_size": 256}
 LEARNERS = (
-    {"kind": "cwola", "name": "cwola", "frame": "normal_cdf", "region_feature": "sample",
+    {"kind": "cwola", "name": "cwola", "coordinates": "normal_cdf", "region_feature": "sample",
      "signal_region": [0.5, 1.5], "sideband": [-0.5, 1.5], **SMALL},
-    {"kind": "flow", "name": "flow", "frame": "tanh_shift", "train_where": REFERENCE, "hidden": 16, **SMALL},
+    {"kind": "flow", "name": "flow", "coordinates": "tanh_shift", "train_where": REFERENCE, "hidden": 16, **SMALL},
     {"kind": "autoencoder", "name": "ae", "train_where": REFERENCE, **SMALL},
 )  # fmt: skip
 FRAME = 1000

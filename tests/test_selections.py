@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from streamflow.errors import StreamflowError
-from streamflow.selections import SelectedEvents, SelectionWriter, read_selections
+from streamflow.stream.selections import SelectedEvents, SelectionWriter, read_selections
 
 NAMES = ("mjj", "mjmin")
 LINES = ("flow", "cwola")

@@ -12,7 +12,7 @@ import zmq
 
 from streamflow.errors import ConfigError
 from streamflow.events.batch import EventBatch
-from streamflow.transport import (
+from streamflow.stream.transport import (
     HandshakeError,
     Receiver,
     Sender,
@@ -21,7 +21,7 @@ from streamflow.transport import (
     connect,
     control_endpoint,
 )
-from streamflow.wire import Kind, decode, encode_data
+from streamflow.stream.wire import Kind, decode, encode_data
 
 
 def batch(start: int, n: int) -> EventBatch:

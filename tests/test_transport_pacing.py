@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from streamflow.events.batch import EventBatch
-from streamflow.pacing import TokenBucket, frames
+from streamflow.stream.pacing import TokenBucket, frames
 
 
 def batches(sizes: list[int]) -> list[EventBatch]:

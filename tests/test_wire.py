@@ -10,7 +10,7 @@ import zmq
 
 from streamflow.errors import WireError
 from streamflow.events.batch import EventBatch
-from streamflow.wire import (
+from streamflow.stream.wire import (
     HEADER,
     MAX_META_BYTES,
     Kind,

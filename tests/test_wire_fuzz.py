@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from streamflow.errors import WireError
 from streamflow.events.batch import EventBatch
-from streamflow.wire import HEADER, Kind, decode, encode_control, encode_data, encode_selection
+from streamflow.stream.wire import HEADER, Kind, decode, encode_control, encode_data, encode_selection
 
 FUZZ = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

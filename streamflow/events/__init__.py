@@ -1,8 +1,8 @@
-"""Event sources and schema: LHCO files, generators, derived features, coordinate frames.
+"""Event sources and schema: LHCO files, generators, derived features, coordinate maps.
 
 Names are loaded on first use (PEP 562), so a process that only moves frames
 (the producer, the sink, the monitor) never pays for importing torch, which the
-coordinate frames need.
+coordinate maps need.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from streamflow.events.batch import EventBatch, EventSource
 from streamflow.events.schema import LHCO_FILE_COLUMNS, LHCO_NAMES
 
 _LAZY = {
-    "FRAME_NAMES": "frames", "Frame": "frames", "apply_frame": "frames", "get_frame": "frames",
+    "COORDINATE_NAMES": "coordinates", "CoordinateMap": "coordinates", "apply_coordinates": "coordinates", "get_coordinates": "coordinates",
     "GaussianToy": "gaussian", "InjectedSource": "injection", "LHCOFeaturesFile": "lhco_features",
     "LHCORawFile": "lhco_raw", "LoopedSource": "sources", "open_source": "sources",
     "SyntheticLHCO": "synthetic", "SyntheticShapes": "synthetic",

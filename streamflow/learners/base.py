@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from streamflow.config import to_dict
 from streamflow.distributed import Collective, average_gradients
 from streamflow.errors import ConfigError
-from streamflow.events.frames import get_frame
+from streamflow.events.coordinates import get_coordinates
 from streamflow.learners.preprocessing import Preprocessor, column_indices
 
 CATHODE_FEATURES: tuple[str, ...] = ("mjmin", "delta_m", "tau21_jmin", "tau21_jmax")
@@ -78,7 +78,7 @@ class LearnerConfigBase:
     kind: str
     name: str = ""
     features: tuple[str, ...] = CATHODE_FEATURES
-    frame: str = "identity"
+    coordinates: str = "identity"
     train_where: Window | None = None
     warmup_events: int = 5000
     lr: float = 1e-3
@@ -98,7 +98,7 @@ class LearnerConfigBase:
             raise ConfigError(f"{self.kind}: features must not be empty")
         if len(set(self.features)) != len(self.features):
             raise ConfigError(f"{self.kind}: features listed twice in {list(self.features)}")
-        get_frame(self.frame)
+        get_coordinates(self.coordinates)
         positive = {"lr": self.lr, "batch_size": self.batch_size, "grad_clip": self.grad_clip}
         for key, value in positive.items():
             if not value > 0:
@@ -117,7 +117,7 @@ class Learner(Protocol):
     name: str
     kind: str
     features: tuple[str, ...]
-    frame: str
+    coordinates: str
     device: torch.device
     config: Any
 
@@ -159,9 +159,9 @@ class TorchLearner(ABC):
         self.config = config
         self.device = torch.device(device)
         self.features = config.features
-        self.frame = config.frame
-        self.name = config.name or f"{config.kind}-{config.frame}"
-        self.inputs = Preprocessor(config.features, self._input_frame(), config.warmup_events, self.device)
+        self.coordinates = config.coordinates
+        self.name = config.name or f"{config.kind}-{config.coordinates}"
+        self.inputs = Preprocessor(config.features, self._input_coordinates(), config.warmup_events, self.device)
         self.preprocessors: list[Preprocessor] = [self.inputs]
         self.aux_features: dict[str, str] = {}
         """Raw stream columns the learner reads besides its preprocessed ones (role -> name)."""
@@ -174,9 +174,9 @@ class TorchLearner(ABC):
             torch.manual_seed(config.seed)
             self.model = self._build_model().to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
-        self.average = copy.deepcopy(self.model).requires_grad_(False) if config.ema_decay > 0 else None
+        self.ema_model = copy.deepcopy(self.model).requires_grad_(False) if config.ema_decay > 0 else None
         """The weight average that scores events, or None to score with ``model``."""
-        self._average_updates = 0
+        self._ema_updates = 0
         self._generator = torch.Generator(device=self.device)
         self._generator.manual_seed(config.seed)
         self.totals = Totals()
@@ -208,9 +208,9 @@ class TorchLearner(ABC):
     def _loss(self, model: nn.Module, *batch: Tensor) -> Tensor:
         """Scalar loss of ``model`` on one minibatch of the training tensors."""
 
-    def _input_frame(self) -> str:
-        """The coordinate frame the model sees its inputs in: the learner's frame by default."""
-        return self.config.frame
+    def _input_coordinates(self) -> str:
+        """The coordinates the model sees its inputs in: the learner's own by default."""
+        return self.config.coordinates
 
     def _learnable(self, x: Tensor) -> Tensor:
         """Rows this learner can learn from at all (beyond train_where); all by default."""
@@ -253,7 +253,7 @@ class TorchLearner(ABC):
         if x.shape[0] == 0:  # some flow libraries cannot evaluate an empty batch
             return torch.empty(0, device=self.device)
         with torch.no_grad():
-            scores = self._score(self.scorer, x).float()
+            scores = self._score(self.scoring_model, x).float()
             finite = torch.isfinite(x.index_select(1, self._used)).all(dim=1)
             return torch.where(finite, scores, torch.full_like(scores, math.nan))
 
@@ -264,7 +264,7 @@ class TorchLearner(ABC):
         x = self._check(x)
         finite = torch.isfinite(x.index_select(1, self._used)).all(dim=1)
         for pre in self.preprocessors:
-            finite &= torch.isfinite(pre.framed(x)).all(dim=1)
+            finite &= torch.isfinite(pre.in_coordinates(x)).all(dim=1)
         keep = finite & self._learnable(x)
         if self.config.train_where is not None:
             keep &= self.config.train_where.contains(self.aux(x, "train_where"))
@@ -307,7 +307,7 @@ class TorchLearner(ABC):
                 skipped += 1
                 continue
             self.optimizer.step()
-            self._update_average()
+            self._update_ema()
             losses.append(loss_value)
             norms.append(norm_value)
         self.optimizer.zero_grad(set_to_none=True)
@@ -342,18 +342,18 @@ class TorchLearner(ABC):
         return loss_sum[0] / total if total > 0 else None
 
     @property
-    def scorer(self) -> nn.Module:
+    def scoring_model(self) -> nn.Module:
         """The module that scores: the weight average if there is one, else the trained model."""
-        return self.model if self.average is None else self.average
+        return self.model if self.ema_model is None else self.ema_model
 
-    def _update_average(self) -> None:
-        if self.average is None:
+    def _update_ema(self) -> None:
+        if self.ema_model is None:
             return
-        self._average_updates += 1
-        t = self._average_updates
+        self._ema_updates += 1
+        t = self._ema_updates
         weight = 1.0 - min(self.config.ema_decay, (1 + t) / (10 + t))
         with torch.no_grad():
-            for avg, new in zip(self.average.parameters(), self.model.parameters()):
+            for avg, new in zip(self.ema_model.parameters(), self.model.parameters()):
                 avg.lerp_(new, weight)
 
     def _check(self, x: Tensor) -> Tensor:
@@ -373,8 +373,8 @@ class TorchLearner(ABC):
             "kind": self.kind,
             "config": to_dict(self.config),
             "model": self.model.state_dict(),
-            "average": None if self.average is None else self.average.state_dict(),
-            "average_updates": self._average_updates,
+            "average": None if self.ema_model is None else self.ema_model.state_dict(),
+            "average_updates": self._ema_updates,
             "optimizer": self.optimizer.state_dict(),
             "preprocessing": [pre.state_dict() for pre in self.preprocessors],
             "extra": self._extra_state(),
@@ -396,9 +396,9 @@ class TorchLearner(ABC):
                     f"this learner {ours.get(key)!r}"
                 )
         self.model.load_state_dict(state["model"])
-        if self.average is not None:
-            self.average.load_state_dict(state["average"])
-        self._average_updates = int(state["average_updates"])
+        if self.ema_model is not None:
+            self.ema_model.load_state_dict(state["average"])
+        self._ema_updates = int(state["average_updates"])
         self.optimizer.load_state_dict(state["optimizer"])
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.lr

@@ -12,7 +12,7 @@ The region feature is not an input. Trained with class weights from the running
 class counts (each class weighs half of the loss), the optimal h is
 p_SR(x) / (p_SR(x) + p_SB(x)), so the score logit h = log p_SR(x)/p_SB(x) is
 monotone in the likelihood ratio of signal to background (for a narrow resonance
-in the SR) and, unlike a density, does not depend on the coordinate frame: the
+in the SR) and, unlike a density, does not depend on the coordinates: the
 Jacobian of a change of coordinates cancels in the ratio.
 
 The Gaussian toy uses the same learner "data vs reference": region_feature =

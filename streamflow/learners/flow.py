@@ -1,8 +1,8 @@
 """Normalizing-flow learner: score = -log p(y | context), the density in the learner's frame.
 
-The flow models z, the standardised features in the learner's coordinate frame
+The flow models z, the standardised features in the learner's coordinates
 y = T(x) (see preprocessing.py), optionally conditional on a context feature c
-(mjj for LHCO, itself put through ``context_frame`` -- log by default -- and
+(mjj for LHCO, itself put through ``context_coordinates`` -- log by default -- and
 standardised). Because z = (y - mu) / sigma is affine,
 
     score = -log p_Y(y | c) = -log p_Z(z | c) + sum_j log sigma_j,
@@ -12,7 +12,7 @@ p_Y(y) = p_X(x) |dx/dy|, so the same events rank differently in different frames
 That is the point of the coordinate study, not a bug; a likelihood ratio (CWoLA)
 does not have this dependence.
 
-``model_frame`` lets the flow learn in other coordinates u = T_m(x) than the ones
+``model_coordinates`` lets the flow learn in other coordinates u = T_m(x) than the ones
 it reports in, y = T(x), by the exact change of variables
 
     log p_Y(y) = log p_U(u) + log|det dT_m/dx| - log|det dT/dx|
@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from streamflow.errors import ConfigError
-from streamflow.events.frames import get_frame
+from streamflow.events.coordinates import get_coordinates
 from streamflow.learners.base import LearnerConfigBase, TorchLearner
 from streamflow.learners.flow_backends import Density, build_density
 from streamflow.learners.preprocessing import Preprocessor
@@ -52,16 +52,16 @@ class FlowConfig(LearnerConfigBase):
     """A masked autoregressive flow (see flow_backends.py for the layers).
 
     context: a stream feature the density is conditional on (e.g. "mjj"), or None.
-    context_frame: the coordinate frame of the context before standardisation.
-    model_frame: the frame the flow learns in, if not ``frame`` (see FlowLearner).
+    context_coordinates: the coordinates of the context before standardisation.
+    model_coordinates: the frame the flow learns in, if not ``frame`` (see FlowLearner).
     """
 
     kind: Literal["flow"] = "flow"
     backend: Literal["nflows", "zuko"] = "nflows"
     transform: Literal["affine", "spline"] = "affine"
     context: str | None = None
-    context_frame: str = "log_mass"
-    model_frame: str | None = None
+    context_coordinates: str = "log_mass"
+    model_coordinates: str | None = None
     transforms: int = 4
     hidden: int = 64
     blocks: int = 2
@@ -70,9 +70,9 @@ class FlowConfig(LearnerConfigBase):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        get_frame(self.context_frame)
-        if self.model_frame is not None:
-            get_frame(self.model_frame)
+        get_coordinates(self.context_coordinates)
+        if self.model_coordinates is not None:
+            get_coordinates(self.model_coordinates)
         if self.context is not None and self.context in self.features:
             raise ConfigError(f"flow: context {self.context!r} is also an input feature")
         for key in ("transforms", "hidden", "blocks"):
@@ -93,16 +93,16 @@ class FlowLearner(TorchLearner):
 
     def __init__(self, config: FlowConfig, device: str | torch.device = "cpu") -> None:
         super().__init__(config, device)
-        self._report_frame = None if self._input_frame() == config.frame else get_frame(config.frame)
+        self._report_coordinates = None if self._input_coordinates() == config.coordinates else get_coordinates(config.coordinates)
         self.context: Preprocessor | None = None
         if config.context is not None:
             self.context = Preprocessor(
-                (config.context,), config.context_frame, config.warmup_events, self.device
+                (config.context,), config.context_coordinates, config.warmup_events, self.device
             )
             self.preprocessors.append(self.context)
 
-    def _input_frame(self) -> str:
-        return self.config.model_frame or self.config.frame
+    def _input_coordinates(self) -> str:
+        return self.config.model_coordinates or self.config.coordinates
 
     def _build_model(self) -> nn.Module:
         config: FlowConfig = self.config
@@ -114,10 +114,10 @@ class FlowLearner(TorchLearner):
     def _score(self, model: nn.Module, x: Tensor) -> Tensor:
         density: Density = model  # type: ignore[assignment]
         log_p = density.log_prob(self.inputs(x), self._context(x)) - self.inputs.log_scale
-        if self._report_frame is not None:
+        if self._report_coordinates is not None:
             raw = x.index_select(1, self.inputs.columns)
-            log_p = log_p + self.inputs.frame.log_abs_det_jacobian(raw, self.features)
-            log_p = log_p - self._report_frame.log_abs_det_jacobian(raw, self.features)
+            log_p = log_p + self.inputs.coordinates.log_abs_det_jacobian(raw, self.features)
+            log_p = log_p - self._report_coordinates.log_abs_det_jacobian(raw, self.features)
         return -log_p
 
     def _training_tensors(self, x: Tensor) -> tuple[Tensor, ...]:
@@ -151,7 +151,7 @@ class FlowLearner(TorchLearner):
             if values.shape[0] != n:
                 raise ConfigError(f"sample: {values.shape[0]} context values for {n} samples")
             c = self.context.encode(torch.from_numpy(values).to(self.device))
-        density: Density = self.scorer  # type: ignore[assignment]
+        density: Density = self.scoring_model  # type: ignore[assignment]
         with torch.no_grad():
             x = self.inputs.decode(density.sample(n, c))
             for _ in range(SAMPLE_ROUNDS):

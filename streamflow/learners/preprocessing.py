@@ -1,7 +1,7 @@
 """A learner's view of the stream: select columns, change coordinates, standardise.
 
     x (stream, F columns) --select--> x_k (k named columns)
-                          --frame---> y = T(x_k)           (streamflow.events.frames)
+                          --coordinates--> y = T(x_k)           (streamflow.events.coordinates)
                           --scale---> z = (y - mu) / sigma
 
 mu and sigma are the running mean and standard deviation of y over the events
@@ -24,20 +24,20 @@ import torch
 from torch import Tensor
 
 from streamflow.errors import ConfigError
-from streamflow.events.frames import get_frame
+from streamflow.events.coordinates import get_coordinates
 
 if TYPE_CHECKING:
     from streamflow.distributed import Collective
 
 
 class Preprocessor:
-    """Columns ``features`` of the stream, in coordinate frame ``frame``, standardised."""
+    """Columns ``features`` of the stream, in coordinates ``coordinates``, standardised."""
 
-    def __init__(self, features: Sequence[str], frame: str, warmup_events: int, device: torch.device) -> None:
+    def __init__(self, features: Sequence[str], coordinates: str, warmup_events: int, device: torch.device) -> None:
         if not features:
             raise ConfigError("a learner needs at least one feature")
         self.features = tuple(features)
-        self.frame = get_frame(frame)
+        self.coordinates = get_coordinates(coordinates)
         self.warmup_events = warmup_events
         self.device = device
         k = len(self.features)
@@ -64,12 +64,12 @@ class Preprocessor:
         """True once the warm-up is over and mu, sigma no longer move."""
         return self.count >= self.warmup_events
 
-    def framed(self, x: Tensor) -> Tensor:
+    def in_coordinates(self, x: Tensor) -> Tensor:
         """y = T(selected columns of x), float32."""
-        return self.frame.forward(x.index_select(1, self.columns), self.features)
+        return self.coordinates.forward(x.index_select(1, self.columns), self.features)
 
     def observe(self, y: Tensor) -> None:
-        """Merge the finite rows of framed values ``y`` into the moments, unless frozen.
+        """Merge the finite rows of in_coordinates values ``y`` into the moments, unless frozen.
 
         Data-parallel (``collective`` set), the batch is the union of every rank's
         rows: their counts and sums about the current mean (the same on all ranks) are
@@ -118,17 +118,17 @@ class Preprocessor:
 
     def fit(self, x: Tensor) -> Tensor:
         """z for stream rows x, after merging them into the moments during the warm-up."""
-        y = self.framed(x)
+        y = self.in_coordinates(x)
         self.observe(y)
         return (y - self._mu) / self._sigma
 
     def encode(self, values: Tensor) -> Tensor:
         """z for physical values of the selected columns, values[n, k]."""
-        return (self.frame.forward(values, self.features) - self._mu) / self._sigma
+        return (self.coordinates.forward(values, self.features) - self._mu) / self._sigma
 
     def decode(self, z: Tensor) -> Tensor:
         """Physical values of the selected columns for standardised z (inverse scale, inverse frame)."""
-        return self.frame.inverse(z * self._sigma + self._mu, self.features)
+        return self.coordinates.inverse(z * self._sigma + self._mu, self.features)
 
     def state_dict(self) -> dict[str, Any]:
         return {"count": self.count, "mean": self.mean.clone(), "m2": self.m2.clone()}

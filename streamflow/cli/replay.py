@@ -13,10 +13,10 @@ import sys
 import time
 from typing import Any, Callable
 
-from commands.common import stop_on_signals
+from streamflow.cli.common import stop_on_signals
 from streamflow.config import load_toml
 from streamflow.errors import ConfigError
-from streamflow.transport import Curve
+from streamflow.stream.transport import Curve
 from producers.replay import ReplayConfig, ReplayStats, run_replay
 
 _OPTIONS = ("rate", "frame_size", "signal_fraction", "events", "loop", "seed", "endpoint", "stream_id",

@@ -2,11 +2,11 @@
 
 import numpy as np
 
-from streamflow.score_sample import ScoreSample
+from streamflow.scoring.score_buffer import ScoreBuffer
 
 
 def test_keeps_last_events_in_stream_order(tmp_path):
-    sample = ScoreSample(("a", "b"), capacity=10)
+    sample = ScoreBuffer(("a", "b"), capacity=10)
     for start in range(0, 27, 9):
         ids = np.arange(start, start + 9)
         sample.add((ids % 2).astype(np.int8), {"a": ids.astype(np.float32), "b": -ids.astype(np.float32)})
@@ -20,6 +20,6 @@ def test_keeps_last_events_in_stream_order(tmp_path):
 
 
 def test_frame_larger_than_capacity():
-    sample = ScoreSample(("a",), capacity=4)
+    sample = ScoreBuffer(("a",), capacity=4)
     sample.add(np.ones(7, np.int8), {"a": np.arange(7, dtype=np.float32)})
     assert np.array_equal(sample.arrays()["a"], [3, 4, 5, 6])

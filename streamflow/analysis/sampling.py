@@ -28,10 +28,10 @@ from typing import Any, Mapping, Protocol, Sequence
 import numpy as np
 import torch
 
-from streamflow.checkpoint import load_checkpoint
+from streamflow.scoring.checkpoint import load_checkpoint
 from streamflow.errors import ConfigError
 from streamflow.learners import FlowLearner, learner_from_state
-from streamflow.selections import SelectedEvents, SelectionWriter
+from streamflow.stream.selections import SelectedEvents, SelectionWriter
 
 HISTOGRAM_KEY = "context_histogram"
 """Top-level checkpoint key of the streamed context's histogram."""
@@ -151,7 +151,7 @@ class WarmupGaussian:
         if flow.context.count < 2:
             raise ConfigError(f"learner {flow.name!r} has seen no events: nothing to sample")
         self.context = flow.context
-        self.description = (f"Gaussian in {flow.config.context_frame}({flow.config.context}) with the moments of "
+        self.description = (f"Gaussian in {flow.config.context_coordinates}({flow.config.context}) with the moments of "
                             f"the flow's first {flow.context.count} events (no histogram in the checkpoint)")
 
     def _bounds(self, r: MassRange) -> tuple[float, float]:
@@ -266,7 +266,7 @@ def sample_checkpoint(path: str | Path, n: int, ranges: Sequence[MassRange] = DE
 
 
 def write_samples(path: str | Path, samples: Samples) -> None:
-    """Write ``samples`` in the selections-file layout (streamflow.selections), replacing ``path``.
+    """Write ``samples`` in the selections-file layout (streamflow.stream.selections), replacing ``path``.
 
     One "line" per range: bit i set = drawn in range i; scores are NaN (not scored);
     ids count the samples; seq is 0; labels -1 (no truth); ``samples.meta`` is the config attribute.

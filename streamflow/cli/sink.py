@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from commands.common import curve_options, curves_from_args, stop_on_signals
+from streamflow.cli.common import curve_options, curves_from_args, stop_on_signals
 from consumers.sink import DEFAULT_SELECTIONS_ENDPOINT, SinkConfig, run_sink
 from streamflow.config import read_toml
 

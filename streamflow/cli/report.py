@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from streamflow.report import make_report
+from streamflow.ops.report import make_report
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

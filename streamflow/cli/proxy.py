@@ -12,9 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from commands.common import curve_options, curves_from_args, stop_on_signals
+from streamflow.cli.common import curve_options, curves_from_args, stop_on_signals
 from producers.proxy import DEFAULT_PROXY_ENDPOINT, ProxyConfig, ProxyError, ProxyStats, run_proxy
-from streamflow.transport import DEFAULT_HWM
+from streamflow.stream.transport import DEFAULT_HWM
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -1,6 +1,6 @@
 """Entry point of the `streamflow` console script.
 
-Each subcommand lives in its own module under ``commands/`` and exposes
+Each subcommand lives in its own module under ``streamflow.cli/`` and exposes
 ``add_parser(subparsers)``, which registers its options and sets ``func``.
 A :class:`~streamflow.errors.StreamflowError` becomes one line on stderr and
 exit code 2; Ctrl-C exits with 130. A user never sees a traceback for their mistake.
@@ -28,7 +28,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in SUBCOMMANDS:
         if only is None or name == only:
-            importlib.import_module(f"commands.{name}").add_parser(sub)
+            importlib.import_module(f"streamflow.cli.{name}").add_parser(sub)
     return parser
 
 

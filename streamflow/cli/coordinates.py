@@ -2,7 +2,7 @@
 
 Streams the source through the real pipeline (producer, scorer and sink processes,
 as ``streamflow run``, no monitor), then loads the scorer's final checkpoint and
-scores an evaluation sample with every learner (streamflow.studies.coordinates):
+scores an evaluation sample with every learner (streamflow.analysis.coordinate_study):
 
 - Gaussian toy: the ``gaussian`` preset (flow, autoencoder and CWoLA in the
   identity, normal_cdf and tanh_shift frames); evaluation on held-out toy events
@@ -39,7 +39,7 @@ LHCO_SIGNAL_FRACTION = 0.01
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "coordinates", help="the coordinate study: learners in several frames, AUC/SIC and selection overlaps",
-        description="Stream a source through the pipeline with learners in several coordinate frames, then "
+        description="Stream a source through the pipeline with learners in several coordinate maps, then "
                     "compare their AUC, SIC and top-q selections (and, for the Gaussian toy, the exact AUCs).",
     )
     p.add_argument("--source", default="gaussian",
@@ -86,10 +86,10 @@ def evaluation_events(args: argparse.Namespace, signal_fraction: float | None) -
 
 
 def main(args: argparse.Namespace) -> int:
-    from commands.run import CHILD_HWM, EOS_TIMEOUT_S, RunConfig, RunOptions, run_pipeline
+    from streamflow.cli.run import CHILD_HWM, EOS_TIMEOUT_S, RunConfig, RunOptions, run_pipeline
     from producers.replay import ReplayConfig
-    from streamflow.presets import preset
-    from streamflow.studies import coordinates
+    from streamflow.scoring.presets import preset
+    from streamflow.analysis import coordinates
 
     _check(args)
     toy = args.source == "gaussian"

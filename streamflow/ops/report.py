@@ -12,7 +12,7 @@ Inputs, all written by the run's processes (each optional but the telemetry):
   only accepted events, so ROC and SIC curves can only come from this sample.
 - ``selections.h5``: the accepted events (counts per line, signal among them).
 - ``run.json`` (or the selections file's ``config``): the run config, which says
-  the source and each learner's kind and coordinate frame.
+  the source and each learner's kind and coordinates.
 
 A random classifier has eff_S = eff_B: its ROC is the diagonal and its SIC at
 accept fraction q is sqrt(q). On the Gaussian toy (background N(0, I2), signal
@@ -38,9 +38,9 @@ from matplotlib.ticker import LogFormatter
 
 from streamflow import metrics
 from streamflow.errors import StreamflowError
-from streamflow.monitor import fmt_count, fmt_fraction, fmt_ms, fmt_value, kind_of, lookup, number, problems
-from streamflow.selections import SelectedEvents, read_selections
-from streamflow.telemetry import read_jsonl
+from streamflow.ops.dashboard import fmt_count, fmt_fraction, fmt_ms, fmt_value, kind_of, lookup, number, problems
+from streamflow.stream.selections import SelectedEvents, read_selections
+from streamflow.ops.telemetry import read_jsonl
 
 FIGURES_DIR = "figures"
 SIC_MIN_BACKGROUND = 10  # SIC points need this many background events passing, else eff_B is noise
@@ -296,7 +296,7 @@ def exact_auc(run: RunData, learner: str) -> float | None:
     if config.get("kind") == "cwola":
         return EXACT_AUC_LIKELIHOOD_RATIO
     if config.get("kind") == "flow":
-        return EXACT_AUC_DENSITY.get(str(config.get("frame", "identity")))
+        return EXACT_AUC_DENSITY.get(str(config.get("coordinates", "identity")))
     return None
 
 

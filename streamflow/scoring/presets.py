@@ -10,7 +10,7 @@ reference sample) in the identity, normal-CDF and tanh(x + 2) frames; the
 density learners learn the reference (background-only) sample. Tuned so that a
 300k-event stream reaches the paper's analytic AUCs (tests/test_toy_pipeline.py):
 
-- each flow learns in x (``model_frame`` identity, where the background is a
+- each flow learns in x (``model_coordinates`` identity, where the background is a
   Gaussian an affine MAF fits exactly) and reports -log p in its own frame through
   the exact Jacobian, so the three flows differ only by the coordinate effect the
   study is about, not by how hard a frame is to learn in; batches of 256 give
@@ -32,17 +32,17 @@ from streamflow.learners import (
     LearnerConfig,
     Window,
 )
-from streamflow.scorer import ScorerConfig
+from streamflow.scoring.frame_scorer import ScorerConfig
 from streamflow.trigger import LineConfig
 
 PRESETS = ("lhco", "gaussian")
-TOY_FRAMES = {"identity": "identity", "cdf": "normal_cdf", "tanh": "tanh_shift"}
+TOY_COORDINATES = {"identity": "identity", "cdf": "normal_cdf", "tanh": "tanh_shift"}
 
 
 def _lhco_learners() -> list[LearnerConfig]:
     return [
-        FlowConfig(name="flow_m", features=CATHODE_FEATURES, context="mjj", frame="identity"),
-        FlowConfig(name="flow_logm", features=CATHODE_FEATURES, context="mjj", frame="log_mass"),
+        FlowConfig(name="flow_m", features=CATHODE_FEATURES, context="mjj", coordinates="identity"),
+        FlowConfig(name="flow_logm", features=CATHODE_FEATURES, context="mjj", coordinates="log_mass"),
         CWoLAConfig(name="cwola", features=CATHODE_FEATURES),
         AutoencoderConfig(name="ae", features=CATHODE_FEATURES),
     ]
@@ -52,12 +52,12 @@ def _gaussian_learners(dim: int) -> list[LearnerConfig]:
     features = tuple(f"x{i}" for i in range(dim))
     reference = Window("sample", -0.5, 0.5)
     learners: list[LearnerConfig] = []
-    for short, frame in TOY_FRAMES.items():
+    for short, frame in TOY_COORDINATES.items():
         learners += [
-            FlowConfig(name=f"flow_{short}", features=features, frame=frame, train_where=reference,
-                       model_frame="identity", batch_size=256),
-            AutoencoderConfig(name=f"ae_{short}", features=features, frame=frame, train_where=reference),
-            CWoLAConfig(name=f"cwola_{short}", features=features, frame=frame, region_feature="sample",
+            FlowConfig(name=f"flow_{short}", features=features, coordinates=frame, train_where=reference,
+                       model_coordinates="identity", batch_size=256),
+            AutoencoderConfig(name=f"ae_{short}", features=features, coordinates=frame, train_where=reference),
+            CWoLAConfig(name=f"cwola_{short}", features=features, coordinates=frame, region_feature="sample",
                         signal_region=(0.5, 1.5), sideband=(-0.5, 1.5), lr=1e-3, batch_size=256),
         ]
     return learners

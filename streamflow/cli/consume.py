@@ -8,13 +8,13 @@ import sys
 
 from typing import TYPE_CHECKING
 
-from commands.common import curve_options, curves_from_args, stop_on_signals
+from streamflow.cli.common import curve_options, curves_from_args, stop_on_signals
 from streamflow.config import read_toml
 from streamflow.errors import ConfigError
-from streamflow.transport import DEFAULT_ENDPOINT, DEFAULT_HWM
+from streamflow.stream.transport import DEFAULT_ENDPOINT, DEFAULT_HWM
 
 if TYPE_CHECKING:
-    from streamflow.scorer import ScorerConfig
+    from streamflow.scoring.frame_scorer import ScorerConfig
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -67,8 +67,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def scorer_config(args: argparse.Namespace) -> ScorerConfig:
     """The scorer's learners and lines: the config file's [scorer] table, else the preset."""
-    from streamflow.presets import preset
-    from streamflow.scorer import ScorerConfig
+    from streamflow.scoring.presets import preset
+    from streamflow.scoring.frame_scorer import ScorerConfig
 
     if args.config:
         config = ScorerConfig.from_tables(read_toml(args.config).get("scorer", {}), where=f"{args.config}[scorer]")
@@ -102,7 +102,7 @@ def main(args: argparse.Namespace) -> int:
     if args.ranks > 1 and launched == 1:  # the config is valid: start the ranks, each runs this command
         from consumers.ranks import run_local_ranks
 
-        return run_local_ranks([sys.executable, "-m", "commands.main", *args.argv], args.ranks)
+        return run_local_ranks([sys.executable, "-m", "streamflow.cli.main", *args.argv], args.ranks)
     stats, ledger = run_consume(config, stop_on_signals())
     if stats.idle_error:  # a rank beside rank 0, which has reported it
         return 2

@@ -2,10 +2,10 @@
 
 The study (DESIGN.md, "Science in one page"):
 
-1. stream events through a :class:`~streamflow.scorer.FrameScorer` (test-then-train,
+1. stream events through a :class:`~streamflow.scoring.frame_scorer.FrameScorer` (test-then-train,
    each event seen once) whose conditional flow learns p(x | mjj); keep a histogram
    of mjj beside it; the checkpoint (flow + histogram) is all that survives;
-2. sample the checkpoint in the signal region and the sidebands (streamflow.sampling);
+2. sample the checkpoint in the signal region and the sidebands (streamflow.analysis.sampling);
 3. run the same offline CWoLA bump hunt twice -- on the real stream events in those
    ranges and on the samples -- and score held-out *real* events with truth labels.
 
@@ -44,14 +44,14 @@ import torch
 from matplotlib.figure import Figure
 
 from streamflow import metrics
-from streamflow.checkpoint import load_checkpoint, save_checkpoint
+from streamflow.scoring.checkpoint import load_checkpoint, save_checkpoint
 from streamflow.config import to_dict
 from streamflow.errors import ConfigError
 from streamflow.events import EventBatch, InjectedSource, open_source
 from streamflow.events.chunking import check_chunk_size, rebatch
 from streamflow.learners import CATHODE_FEATURES, CWoLAConfig, CWoLALearner, FlowLearner
-from streamflow.sampling import HISTOGRAM_KEY, ContextHistogram, MassRange, Samples, sample_checkpoint, write_samples
-from streamflow.scorer import FrameScorer, ScorerConfig
+from streamflow.analysis.sampling import HISTOGRAM_KEY, ContextHistogram, MassRange, Samples, sample_checkpoint, write_samples
+from streamflow.scoring.frame_scorer import FrameScorer, ScorerConfig
 
 CONTROL = "real background only (control)"
 ID_BYTES = 8  # a uint64 event id on the wire, beside 4 bytes per float32 feature
@@ -252,7 +252,7 @@ def train_checkpoint(config: ScorerConfig, source: Any, hunt: HuntConfig, path: 
 
 def flow_bytes(flow: FlowLearner) -> int:
     """Bytes of the weights that score and sample (the compressed copy itself, float32)."""
-    return sum(p.numel() * p.element_size() for p in flow.scorer.parameters())
+    return sum(p.numel() * p.element_size() for p in flow.scoring_model.parameters())
 
 
 @dataclass

@@ -28,16 +28,16 @@ from typing import Any, Callable
 
 from typing import TYPE_CHECKING
 
-from commands.replay import parse_rate
+from streamflow.cli.replay import parse_rate
 from consumers.sink import SinkConfig, run_sink
 from producers.replay import ReplayConfig, run_replay
 from streamflow.config import from_dict, read_toml, to_dict
 from streamflow.errors import ConfigError, StreamflowError
-from streamflow.ledger import Ledger
-from streamflow.telemetry import RateMeter, TelemetryReporter
+from streamflow.stream.ledger import Ledger
+from streamflow.ops.telemetry import RateMeter, TelemetryReporter
 
 if TYPE_CHECKING:  # torch-heavy: imported where used, so the producer and sink processes stay light
-    from streamflow.scorer import ScorerConfig
+    from streamflow.scoring.frame_scorer import ScorerConfig
 
 DEFAULT_EVENTS = 1_000_000
 CHILD_HWM = 4  # frames queued per socket: bounds latency and the drain after a stop
@@ -109,8 +109,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def build_config(args: argparse.Namespace) -> RunConfig:
     """The run config: the TOML file's tables, then the command-line options on top."""
-    from streamflow.presets import preset, preset_for_source
-    from streamflow.scorer import ScorerConfig
+    from streamflow.scoring.presets import preset, preset_for_source
+    from streamflow.scoring.frame_scorer import ScorerConfig
 
     tables = read_toml(args.config) if args.config else {}
     where = args.config or "run"
@@ -176,7 +176,7 @@ def _child(role: str, target: Callable[..., Any], *args: Any) -> None:
 def _produce(config: ReplayConfig, run_dir: str, telemetry: str, stop: threading.Event) -> None:
     import zmq
 
-    from streamflow.transport import connect
+    from streamflow.stream.transport import connect
 
     ctx = zmq.Context()
     pub = connect(ctx, zmq.PUB, telemetry)
@@ -305,7 +305,7 @@ def main(args: argparse.Namespace) -> int:
     print(ledger.render())
     failed = {role: code for role, code in codes.items() if code != 0}
     if config.run.report and not failed:
-        from streamflow.report import make_report
+        from streamflow.ops.report import make_report
 
         print(f"report: {make_report(run_dir)}")
     print(f"run folder: {run_dir}")

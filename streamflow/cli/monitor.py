@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from commands.common import stop_on_signals
+from streamflow.cli.common import stop_on_signals
 from consumers.monitor import DEFAULT_TELEMETRY_ENDPOINT, run_monitor
 from streamflow.errors import ConfigError
 

@@ -1,7 +1,7 @@
 """The live monitor's logic: telemetry messages -> a dashboard (rich) or one plain line.
 
 Every process of a run (producer, scorer(s), sink) publishes a small JSON stats
-message about twice a second (:mod:`streamflow.telemetry`). :class:`MonitorState`
+message about twice a second (:mod:`streamflow.ops.telemetry`). :class:`MonitorState`
 folds them into the latest view of each process, with a short history of each
 learner's loss (for sparklines) and of each process's blocked time (to tell
 whether it is growing). :func:`render` draws that state as a dashboard that fits

@@ -8,7 +8,7 @@ import threading
 from typing import Any
 
 from streamflow.errors import ConfigError
-from streamflow.transport import Curve
+from streamflow.stream.transport import Curve
 
 
 def stop_on_signals() -> threading.Event:

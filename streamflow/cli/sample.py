@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from streamflow.sampling import DEFAULT_RANGES, MassRange, sample_checkpoint, write_samples
+    from streamflow.analysis.sampling import DEFAULT_RANGES, MassRange, sample_checkpoint, write_samples
 
     ranges = [MassRange(lo, hi) for lo, hi in args.mjj_range] if args.mjj_range else DEFAULT_RANGES
     flow, samples = sample_checkpoint(args.checkpoint, args.events, ranges, learner=args.learner, seed=args.seed)

@@ -1,4 +1,4 @@
-"""The coordinate study: the same online learners in several coordinate frames, side by side.
+"""The coordinate study: the same online learners in several coordinate maps, side by side.
 
 A density score depends on the coordinates the features are written in,
 p_Y(y) = p_X(x) / |det dy/dx|, so a flow (or an autoencoder) picks different "most
@@ -68,12 +68,12 @@ from matplotlib.figure import Figure
 from scipy.stats import rankdata
 
 from streamflow import metrics
-from streamflow.checkpoint import load_checkpoint
+from streamflow.scoring.checkpoint import load_checkpoint
 from streamflow.errors import ConfigError
 from streamflow.events import EventBatch
 from streamflow.learners import TorchLearner, learner_from_state
-from streamflow.presets import preset
-from streamflow.scorer import ScorerConfig
+from streamflow.scoring.presets import preset
+from streamflow.scoring.frame_scorer import ScorerConfig
 
 LIKELIHOOD_RATIO_AUC = 0.5 * (1.0 + math.erf(1.0 / math.sqrt(2.0)))
 """Phi(1): the exact likelihood ratio's AUC on the d = 2 toy, in every frame."""
@@ -95,9 +95,9 @@ def lhco_menu(q: float) -> ScorerConfig:
     flow_tau = dataclasses.replace(flow_m, name="flow_tau", features=TAU_FEATURES)
     cwola_tau = dataclasses.replace(cwola, name="cwola_tau", features=TAU_FEATURES)
     learners = [c for c in base.learners if c.kind == "flow"] + [
-        cwola, dataclasses.replace(cwola, name=f"{cwola.name}_logm", frame="log_mass"),
-        flow_tau, dataclasses.replace(flow_tau, name="flow_tau21", frame="tau_ratio"),
-        cwola_tau, dataclasses.replace(cwola_tau, name="cwola_tau21", frame="tau_ratio"),
+        cwola, dataclasses.replace(cwola, name=f"{cwola.name}_logm", coordinates="log_mass"),
+        flow_tau, dataclasses.replace(flow_tau, name="flow_tau21", coordinates="tau_ratio"),
+        cwola_tau, dataclasses.replace(cwola_tau, name="cwola_tau21", coordinates="tau_ratio"),
     ]
     lines = tuple(dataclasses.replace(base.lines[0], name=c.name, learner=c.name) for c in learners)
     return dataclasses.replace(base, learners=tuple(learners), lines=lines)
@@ -129,7 +129,7 @@ class LearnerFigures:
 
     name: str
     kind: str
-    frame: str
+    coordinates: str
     features: tuple[str, ...]
     auc: float
     auc_error: float
@@ -148,8 +148,8 @@ class Overlap:
     kind: str
     a: str
     b: str
-    frame_a: str
-    frame_b: str
+    coordinates_a: str
+    coordinates_b: str
     q: float
     fraction: float
     selected: int
@@ -226,15 +226,15 @@ def run_study(learners: Mapping[str, TorchLearner], events: EventBatch, *, sourc
             auc = error = sic = math.nan
         finite = scores[name][background & np.isfinite(scores[name])]
         iqr = float(np.subtract(*np.percentile(finite, [75, 25]))) if len(finite) else math.nan
-        figures[name] = LearnerFigures(name, kind, learner.frame, learner.features, auc, error, sic,
-                                       toy_exact_auc(kind, learner.frame) if exact else None, iqr)
+        figures[name] = LearnerFigures(name, kind, learner.coordinates, learner.features, auc, error, sic,
+                                       toy_exact_auc(kind, learner.coordinates) if exact else None, iqr)
     overlaps = []
     # Learners that score the same events select as many: the shared fraction is then symmetric.
     for a, b in itertools.combinations(learners.values(), 2):
-        if a.config.kind == b.config.kind and a.frame != b.frame and a.features == b.features:
+        if a.config.kind == b.config.kind and a.coordinates != b.coordinates and a.features == b.features:
             top = metrics.top_fraction(scores[a.name][background], q)
             fa, fb = figures[a.name], figures[b.name]
-            overlaps.append(Overlap(a.config.kind, a.name, b.name, a.frame, b.frame, q,
+            overlaps.append(Overlap(a.config.kind, a.name, b.name, a.coordinates, b.coordinates, q,
                                     metrics.selection_overlap(scores[a.name][background],
                                                               scores[b.name][background], q), len(top),
                                     fb.auc - fa.auc, math.hypot(fa.auc_error, fb.auc_error)))
@@ -259,7 +259,7 @@ def markdown(study: CoordinateStudy) -> str:
     ]
     for f in study.learners:
         gap = None if f.exact_auc is None or math.isnan(f.auc) else f.auc - f.exact_auc
-        lines.append(f"| {f.name} | {f.kind} | {f.frame} | {_number(f.auc)} | {_number(f.auc_error)} | "
+        lines.append(f"| {f.name} | {f.kind} | {f.coordinates} | {_number(f.auc)} | {_number(f.auc_error)} | "
                      f"{_number(f.exact_auc)} | "
                      f"{'-' if gap is None else f'{gap:+.3f}'} | {_number(f.max_sic, 2)} | "
                      f"{_number(f.background_iqr)} |")
@@ -272,7 +272,7 @@ def markdown(study: CoordinateStudy) -> str:
             "| kind | a (frame) | b (frame) | selected by a | shared | AUC b - a | stat. error |",
             "|---|---|---|---|---|---|---|",
         ]
-        lines += [f"| {o.kind} | {o.a} ({o.frame_a}) | {o.b} ({o.frame_b}) | {o.selected:,} | {o.fraction:.1%} | "
+        lines += [f"| {o.kind} | {o.a} ({o.coordinates_a}) | {o.b} ({o.coordinates_b}) | {o.selected:,} | {o.fraction:.1%} | "
                   f"{'-' if math.isnan(o.auc_difference) else f'{o.auc_difference:+.3f}'} | "
                   f"{_number(o.auc_difference_error)} |" for o in study.overlaps]
     return "\n".join(lines) + "\n"
@@ -289,12 +289,12 @@ def plot_roc(study: CoordinateStudy, path: str | Path) -> bool:
     for f in study.learners:  # colour: learner kind and features; line style: frame
         color = groups.setdefault((f.kind, tuple(f.features)), f"C{len(groups)}")
         eff_b, eff_s = study.curves[f.name]
-        ax.plot(eff_s, 1.0 - eff_b, ls=styles.get(f.frame, "-."), color=color,
-                label=f"{f.name} ({f.frame}) AUC {f.auc:.3f}")
+        ax.plot(eff_s, 1.0 - eff_b, ls=styles.get(f.coordinates, "-."), color=color,
+                label=f"{f.name} ({f.coordinates}) AUC {f.auc:.3f}")
     ax.plot([0, 1], [1, 0], color="grey", lw=0.8, label="random")
     ax.set_xlabel("signal efficiency")
     ax.set_ylabel("background rejection (1 - eff_B)")
-    ax.set_title(f"{Path(study.source).name}: learners by coordinate frame")
+    ax.set_title(f"{Path(study.source).name}: learners by coordinates")
     ax.legend(fontsize=7, loc="lower left")
     figure.savefig(path, dpi=110)
     return True

@@ -43,7 +43,7 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from streamflow.errors import ConfigError, StreamflowError, WireError
 from streamflow.events.batch import EventBatch
-from streamflow.wire import Kind, Message, decode, encode_control, encode_data, restamp
+from streamflow.stream.wire import Kind, Message, decode, encode_control, encode_data, restamp
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 DEFAULT_HWM = 64  # frames queued per socket before a send blocks
@@ -366,11 +366,11 @@ class Sender(_SocketPair):
         The meta carries this sender's "frames" and "events" and "receivers": how many
         receivers (said HELLO and are still connected) share the stream, so that each
         can tell the frames PUSH gave the others from lost ones
-        (:func:`streamflow.ledger.stream_receivers`); the message is encoded afresh for
+        (:func:`streamflow.stream.ledger.stream_receivers`); the message is encoded afresh for
         every repeat, since HELLOs can still arrive. ``streams`` (stream id -> (frames,
         events)) is for a sender that forwards other senders' streams (a proxy): the
         meta then also carries each stream's totals under "streams" (read by
-        :func:`streamflow.ledger.stream_totals`), since its own counts mix them.
+        :func:`streamflow.stream.ledger.stream_totals`), since its own counts mix them.
         ``shared_by`` replaces the receiver count, for a sender whose stream is one
         share of a stream split upstream (a scorer's selections, when several scorers
         split the producer's stream). Raises HandshakeError naming the silent receivers after ``timeout_s``.

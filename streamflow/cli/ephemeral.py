@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from streamflow.scorer import ScorerConfig
+    from streamflow.scoring.frame_scorer import ScorerConfig
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -56,8 +56,8 @@ def scorer_config(args: argparse.Namespace) -> ScorerConfig:
     """The [scorer] table of --config, else the lhco preset's flow (--learner, default flow_m) alone."""
     from streamflow.config import read_toml
     from streamflow.errors import ConfigError
-    from streamflow.presets import preset
-    from streamflow.scorer import ScorerConfig
+    from streamflow.scoring.presets import preset
+    from streamflow.scoring.frame_scorer import ScorerConfig
 
     if args.config:
         config = ScorerConfig.from_tables(read_toml(args.config).get("scorer", {}), where=f"{args.config}[scorer]")
@@ -74,7 +74,7 @@ def scorer_config(args: argparse.Namespace) -> ScorerConfig:
 
 
 def main(args: argparse.Namespace) -> int:
-    from streamflow.studies.ephemeral import HuntConfig, StreamSpec, run_study
+    from streamflow.analysis.ephemeral_study import HuntConfig, StreamSpec, run_study
 
     spec = StreamSpec(args.source, signal_fraction=args.signal_fraction, events=args.events,
                       test_fraction=args.test_fraction, test_events=args.test_events, seed=args.seed)

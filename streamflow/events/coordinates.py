@@ -57,7 +57,7 @@ def _check(x: Tensor, names: Sequence[str]) -> None:
         raise ConfigError(f"frame input has shape {list(x.shape)} but {len(names)} column names")
 
 
-class Frame:
+class CoordinateMap:
     """An invertible coordinate map of named feature columns.
 
     Subclasses implement ``forward``, ``inverse`` and ``log_abs_det_jacobian``
@@ -76,10 +76,10 @@ class Frame:
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        return f"Frame({self.name!r})"
+        return f"CoordinateMap({self.name!r})"
 
 
-class IdentityFrame(Frame):
+class IdentityMap(CoordinateMap):
     """y = x."""
 
     name = "identity"
@@ -97,7 +97,7 @@ class IdentityFrame(Frame):
         return x.new_zeros(x.shape[0])
 
 
-class ElementwiseFrame(Frame):
+class ElementwiseMap(CoordinateMap):
     """y = f(x) on every column, with inverse g and log |f'(x)| given."""
 
     def __init__(
@@ -134,7 +134,7 @@ def _mass_mask(names: tuple[str, ...], device: torch.device) -> Tensor:
     return torch.tensor([is_mass_column(n) for n in names], device=device)
 
 
-class LogMassFrame(Frame):
+class LogMassMap(CoordinateMap):
     """y = log(max(x, MASS_FLOOR)) on mass-like columns, identity elsewhere."""
 
     name = "log_mass"
@@ -158,7 +158,7 @@ class LogMassFrame(Frame):
         return torch.where(mask, -torch.log(x.clamp(min=MASS_FLOOR)), torch.zeros_like(x)).sum(dim=1)
 
 
-class TauRatioFrame(Frame):
+class TauRatioMap(CoordinateMap):
     """tau2_jX -> tau2/(tau1 + eps), tau3_jX -> tau3/(tau2 + eps); tau1_jX kept."""
 
     name = "tau_ratio"
@@ -205,17 +205,17 @@ class TauRatioFrame(Frame):
 _SQRT2 = math.sqrt(2.0)
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
-_FRAMES: dict[str, Frame] = {
-    "identity": IdentityFrame(),
-    "log_mass": LogMassFrame(),
-    "tau_ratio": TauRatioFrame(),
-    "normal_cdf": ElementwiseFrame(
+_FRAMES: dict[str, CoordinateMap] = {
+    "identity": IdentityMap(),
+    "log_mass": LogMassMap(),
+    "tau_ratio": TauRatioMap(),
+    "normal_cdf": ElementwiseMap(
         "normal_cdf",
         f=lambda x: 0.5 * (1.0 + torch.erf(x / _SQRT2)),
         g=lambda y: _SQRT2 * torch.erfinv(2.0 * y - 1.0),
         log_df=lambda x: -0.5 * x * x - _LOG_SQRT_2PI,
     ),
-    "tanh_shift": ElementwiseFrame(
+    "tanh_shift": ElementwiseMap(
         "tanh_shift",
         f=lambda x: torch.tanh(x + 2.0),
         g=lambda y: torch.atanh(y) - 2.0,
@@ -224,18 +224,18 @@ _FRAMES: dict[str, Frame] = {
     ),
 }
 
-FRAME_NAMES: tuple[str, ...] = tuple(_FRAMES)
+COORDINATE_NAMES: tuple[str, ...] = tuple(_FRAMES)
 
 
-def get_frame(name: str) -> Frame:
+def get_coordinates(name: str) -> CoordinateMap:
     """The frame called ``name``; ConfigError listing the valid names otherwise."""
     try:
         return _FRAMES[name]
     except (KeyError, TypeError):
-        raise ConfigError(f"unknown coordinate frame {name!r} (valid: {', '.join(FRAME_NAMES)})") from None
+        raise ConfigError(f"unknown coordinates {name!r} (valid: {', '.join(COORDINATE_NAMES)})") from None
 
 
-def apply_frame(name: str, x: np.ndarray, names: Sequence[str]) -> np.ndarray:
+def apply_coordinates(name: str, x: np.ndarray, names: Sequence[str]) -> np.ndarray:
     """numpy convenience: frame ``name`` applied to x[n, k] with column ``names`` (dtype kept)."""
     x = np.require(x, requirements=["C", "W"])  # torch wants a writable buffer; copies only if needed
-    return get_frame(name).forward(torch.from_numpy(x), list(names)).numpy()
+    return get_coordinates(name).forward(torch.from_numpy(x), list(names)).numpy()

@@ -15,7 +15,7 @@ from typing import Mapping
 import numpy as np
 
 
-class ScoreSample:
+class ScoreBuffer:
     """Ring buffer of (label, score per learner) for the last ``capacity`` labelled events."""
 
     def __init__(self, learners: tuple[str, ...], capacity: int = 200_000) -> None:

@@ -1,0 +1,1 @@
+"""The analysis layer: sampling a trained flow and the studies (coordinates, ephemeral learning)."""

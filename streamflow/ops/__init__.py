@@ -1,0 +1,1 @@
+"""The operations layer: telemetry, the dashboard's logic and the run report."""
