@@ -89,7 +89,7 @@ def main(args: argparse.Namespace) -> int:
     from streamflow.cli.run import CHILD_HWM, EOS_TIMEOUT_S, RunConfig, RunOptions, run_pipeline
     from producers.replay import ReplayConfig
     from streamflow.scoring.presets import preset
-    from streamflow.analysis import coordinates
+    from streamflow.analysis import coordinate_study as coordinates
 
     _check(args)
     toy = args.source == "gaussian"
