@@ -28,7 +28,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     if not isinstance(data, dict):
         raise ConfigError(f"{where or cls.__name__}: expected a table, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     renamed = [key for key in unknown if RENAMED_KEYS.get(key) in fields]
     if renamed:
@@ -51,7 +51,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
 def _coerce(hint: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return from_dict(hint, value, where)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:

@@ -78,7 +78,8 @@ class InjectedSource:
     def _thinned(self) -> Iterator[EventBatch]:
         seen = 0  # events of the thinned pool so far
         for batch in self._source.chunks(READ_EVENTS):
-            in_pool = batch.labels == self._thinned_label
+            assert batch.labels is not None  # a thinned source is labelled (checked when built)
+            in_pool: np.ndarray = batch.labels == self._thinned_label
             count = int(in_pool.sum())
             keep = ~in_pool
             keep[in_pool] = self._keep[seen : seen + count]

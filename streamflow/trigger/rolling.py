@@ -607,7 +607,7 @@ class RollingQuantile:
     def update(self, values: np.ndarray) -> None:
         """Add a frame of values in order; non-finite ones are skipped."""
         values = np.ascontiguousarray(values, dtype=np.float64).reshape(-1)
-        _run(*self._args(), values, self.level, _NO_OUT, False)
+        _run(*self._args(), values, self.level, _NO_OUT, False)  # type: ignore[call-arg]
 
     def value(self) -> float:
         """The quantile of the current window (``np.quantile`` 'linear' rule); NaN if empty."""
@@ -625,5 +625,5 @@ def rolling_quantile(values: np.ndarray, window: int, level: float, band: int | 
     q = RollingQuantile(window, level, band)
     values = np.ascontiguousarray(values, dtype=np.float64).reshape(-1)
     out = np.empty(values.shape[0], dtype=np.float64)
-    _run(*q._args(), values, q.level, out, True)
+    _run(*q._args(), values, q.level, out, True)  # type: ignore[call-arg]
     return out
