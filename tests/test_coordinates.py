@@ -97,7 +97,7 @@ def test_lhco_flow_selections_differ_between_frames(tmp_path, features_file):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--source", "no-such-source"], "no-such-source: no such file"),
-    (["--q", "0"], "--q must be in (0, 1]"),
+    (["--q", "0"], "--q 0.0: trigger line"),
     (["--events", "0"], "--events must be at least 1"),
     (["--source", "gaussian", "--signal-fraction", "0.1"], "--signal-fraction is for LHCO streams"),
 ])  # fmt: skip
