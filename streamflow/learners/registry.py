@@ -12,7 +12,6 @@ A learner's TOML table names its kind, which selects the config dataclass::
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,22 +38,6 @@ def learner_config(data: dict[str, Any], where: str = "learner") -> LearnerConfi
 def build_learner(config: LearnerConfig, device: str | torch.device = "cpu") -> TorchLearner:
     """A fresh learner for ``config`` on ``device`` (bind it to a stream before use)."""
     return KINDS[config.kind](config, device)
-
-
-def save_learner(learner: TorchLearner, path: str | Path) -> None:
-    """Write the learner's checkpoint (readable with torch.load(weights_only=True))."""
-    torch.save(learner.state_dict(), Path(path))
-
-
-def load_learner(path: str | Path, device: str | torch.device = "cpu") -> TorchLearner:
-    """The learner saved at ``path``, rebuilt from the config inside the checkpoint."""
-    try:
-        state = torch.load(Path(path), map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise ConfigError(f"learner checkpoint not found: {path}") from None
-    except Exception as exc:  # torch raises many kinds for a file that is not a checkpoint
-        raise ConfigError(f"{path}: not a learner checkpoint ({type(exc).__name__})") from None
-    return learner_from_state(state, device, where=str(path))
 
 
 def learner_from_state(state: Any, device: str | torch.device = "cpu", where: str = "learner") -> TorchLearner:
