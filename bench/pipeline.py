@@ -194,7 +194,8 @@ def macs_per_event(model: nn.Module) -> int:
 
 def lhco_flow() -> FlowConfig:
     """The lhco preset's flow in the identity frame (flow_m: 4 CATHODE features given mjj)."""
-    return next(c for c in preset(hotpaths.PRESET).learners if isinstance(c, FlowConfig) and c.frame == "identity")
+    learners = preset(hotpaths.PRESET).learners
+    return next(c for c in learners if isinstance(c, FlowConfig) and c.coordinates == "identity")
 
 
 def backend_case(kind: str, nflows: FlowConfig, zuko: FlowConfig, n: int,
