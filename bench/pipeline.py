@@ -59,8 +59,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import itertools
+import json
 import math
 import random
 import shutil
@@ -79,9 +79,9 @@ from torch import nn
 from bench import hotpaths, quantile, transport
 from streamflow.events import open_source
 from streamflow.learners import FlowConfig, build_learner
-from streamflow.scoring.presets import preset
-from streamflow.scoring.frame_scorer import cpu_threads, resolve_device
 from streamflow.ops.telemetry import read_jsonl
+from streamflow.scoring.frame_scorer import cpu_threads, resolve_device
+from streamflow.scoring.presets import preset
 
 SIZES = (4096, 65536)
 BIND_TRIES = 3

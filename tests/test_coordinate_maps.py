@@ -73,7 +73,8 @@ def test_log_abs_det_jacobian_matches_autograd(name: str) -> None:
     x = base if name in ("identity", "log_mass", "tau_ratio") else torch.randn(4, 6, dtype=torch.float64)
     coordinates = get_coordinates(name)
     expected = torch.stack(
-        [torch.linalg.slogdet(torch.autograd.functional.jacobian(lambda r: coordinates.forward(r[None], names)[0], row))[1]
+        [torch.linalg.slogdet(
+            torch.autograd.functional.jacobian(lambda r: coordinates.forward(r[None], names)[0], row))[1]
          for row in x]
     )
     torch.testing.assert_close(coordinates.log_abs_det_jacobian(x, names), expected)

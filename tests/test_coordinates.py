@@ -11,9 +11,9 @@ import json
 import numpy as np
 import pytest
 
+from streamflow.analysis.coordinate_study import auc_standard_error, toy_exact_auc
 from streamflow.events import GaussianToy, get_coordinates
 from streamflow.metrics import auc
-from streamflow.analysis.coordinate_study import auc_standard_error, toy_exact_auc
 from tests.helpers import free_port_block, streamflow
 
 

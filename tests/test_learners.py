@@ -116,7 +116,7 @@ def test_a_step_with_non_finite_loss_is_skipped(name: str) -> None:
     assert all(torch.isfinite(w).all() for w in after)
     if stats["skipped"]:
         assert stats["steps"] == 0
-        assert all(torch.equal(a, b) for a, b in zip(after, before)), "a skipped step touched the weights"
+        assert all(torch.equal(a, b) for a, b in zip(after, before, strict=True)), "a skipped step touched the weights"
     else:  # a bounded loss (CWoLA's cross-entropy saturates): the clipped step is harmless
         assert learner.config.kind == "cwola"
 
@@ -129,7 +129,7 @@ def test_skipped_steps_are_counted_and_leave_weights_alone(monkeypatch: pytest.M
     stats = learner.learn(frame(seed=2))
     assert stats["steps"] == 0 and stats["skipped"] == math.ceil(2000 / SMALL["batch_size"])
     assert math.isnan(stats["loss"])
-    assert all(torch.equal(a, b) for a, b in zip(weights(learner), before))
+    assert all(torch.equal(a, b) for a, b in zip(weights(learner), before, strict=True))
     assert learner.totals.skipped == stats["skipped"]
 
 
@@ -275,7 +275,9 @@ def test_standardisation_freezes_after_the_warm_up() -> None:
 def test_flow_samples_come_back_in_physical_units() -> None:
     # Log-normal "masses": Gaussian in the log_mass frame, where the flow learns.
     names = ("mj1", "mj2")
-    learner = build_learner(learner_config({"kind": "flow", "features": list(names), "coordinates": "log_mass", **SMALL}))
+    learner = build_learner(
+        learner_config({"kind": "flow", "features": list(names), "coordinates": "log_mass", **SMALL})
+    )
     learner.bind(names)
     masses = torch.exp(frame(n=20000, seed=1)[:, :2] * 0.3) * torch.tensor([100.0, 500.0])
     for chunk in masses.split(2000):
