@@ -139,3 +139,16 @@ def test_consume_config_and_preset_together_is_an_error(tmp_path: Path) -> None:
 def test_run_empty_learners_option_is_an_error_not_all_learners() -> None:
     with pytest.raises(ConfigError, match="--learners"):
         run.build_config(parse("run", "--learners", ""))
+
+
+def test_ephemeral_flow_training_options_reach_the_preset_flow_and_a_config_files_flows(tmp_path: Path) -> None:
+    preset_flow = ephemeral.scorer_config(parse("ephemeral")).learners[0]
+    assert (preset_flow.steps_per_frame, preset_flow.batch_size) == (ephemeral.PRESET_STEPS_PER_FRAME,
+                                                                     ephemeral.PRESET_BATCH_SIZE)
+    toml = tmp_path / "run.toml"
+    toml.write_text(FILE_MENU.replace('context = "mjj"', 'context = "mjj"\nsteps_per_frame = 3'))
+    file_flow = ephemeral.scorer_config(parse("ephemeral", "--config", str(toml))).learners[0]
+    assert (file_flow.steps_per_frame, file_flow.batch_size) == (3, 1024)  # the file's, and FlowConfig's default
+    given = ephemeral.scorer_config(parse("ephemeral", "--config", str(toml), "--steps-per-frame", "7",
+                                          "--batch-size", "64")).learners[0]
+    assert (given.steps_per_frame, given.batch_size) == (7, 64)
