@@ -59,8 +59,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import itertools
+import json
 import math
 import random
 import shutil
@@ -79,9 +79,9 @@ from torch import nn
 from bench import hotpaths, quantile, transport
 from streamflow.events import open_source
 from streamflow.learners import FlowConfig, build_learner
-from streamflow.scoring.presets import preset
-from streamflow.scoring.frame_scorer import cpu_threads, resolve_device
 from streamflow.ops.telemetry import read_jsonl
+from streamflow.scoring.frame_scorer import cpu_threads, resolve_device
+from streamflow.scoring.presets import preset
 
 SIZES = (4096, 65536)
 BIND_TRIES = 3
@@ -194,7 +194,8 @@ def macs_per_event(model: nn.Module) -> int:
 
 def lhco_flow() -> FlowConfig:
     """The lhco preset's flow in the identity frame (flow_m: 4 CATHODE features given mjj)."""
-    return next(c for c in preset(hotpaths.PRESET).learners if isinstance(c, FlowConfig) and c.frame == "identity")
+    learners = preset(hotpaths.PRESET).learners
+    return next(c for c in learners if isinstance(c, FlowConfig) and c.coordinates == "identity")
 
 
 def backend_case(kind: str, nflows: FlowConfig, zuko: FlowConfig, n: int,

@@ -13,14 +13,15 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import zmq
 
 from streamflow.errors import ConfigError
 from streamflow.events import open_source
-from streamflow.stream.pacing import TokenBucket, frames
+from streamflow.events.chunking import first_events
+from streamflow.stream.pacing import TokenBucket
 from streamflow.stream.transport import (
     DEFAULT_ENDPOINT,
     DEFAULT_HWM,
@@ -120,7 +121,7 @@ def run_replay(config: ReplayConfig, stop_event: threading.Event | None = None,
             start = time.perf_counter()
             wait_s = paced_s = 0.0
             stopped = False
-            for frame in frames(source.chunks(config.frame_size), config.frame_size, config.events):
+            for frame in first_events(source.chunks(config.frame_size), config.events):
                 paced_s += pacer.acquire(len(frame))
                 stopped = stop_event is not None and stop_event.is_set()
                 if stopped or not sender.send_batch(frame, stop_event):

@@ -3,7 +3,8 @@
 Each part owns its config dataclass (a learner's, a trigger line's, a run's);
 this module only turns plain TOML tables into them, strictly: an unknown key,
 a missing required key or a value of the wrong type is a :class:`ConfigError`
-that names the key.
+that names the key. A field typed as a union of dataclasses that each carry a
+literal ``kind`` (the learner configs) takes the one the table's ``kind`` names.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
         )
     kwargs = {}
     for name, value in data.items():
-        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}" if where else name)
+        kwargs[name] = coerce(hints[name], value, f"{where}.{name}" if where else name)
     try:
         return cls(**kwargs)
     except TypeError as exc:  # a required key is missing
@@ -48,7 +49,8 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
         raise ConfigError(f"{where or cls.__name__}: {exc}") from None
 
 
-def _coerce(hint: Any, value: Any, where: str) -> Any:
+def coerce(hint: Any, value: Any, where: str) -> Any:
+    """``value`` (plain TOML data) as type ``hint``, strictly; ``where`` names it in errors."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
@@ -56,12 +58,20 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        kinds = _kinds(args)
+        if kinds:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: expected a table, got {type(value).__name__}")
+            kind = value.get("kind")
+            if kind not in kinds:
+                raise ConfigError(f"{where}: kind must be one of {', '.join(map(repr, kinds))}, got {kind!r}")
+            return from_dict(kinds[kind], value, where)
         errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
-                return _coerce(arg, value, where)
+                return coerce(arg, value, where)
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
@@ -75,9 +85,9 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
-            return tuple(_coerce(a, v, where) for a, v in zip(args, value))
+            return tuple(coerce(a, v, where) for a, v in zip(args, value, strict=True))
         item = args[0] if args else Any
-        items = [_coerce(item, v, where) for v in value]
+        items = [coerce(item, v, where) for v in value]
         return tuple(items) if origin is tuple else items
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -88,6 +98,19 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     if hint is int and isinstance(value, bool):
         raise ConfigError(f"{where}: expected int, got {value!r}")
     return value
+
+
+def _kinds(union: tuple[Any, ...]) -> dict[str, type]:
+    """A union of dataclasses told apart by a ``kind: Literal["name"]`` field: {name: class}; else {}."""
+    kinds = {}
+    for member in union:
+        if member is type(None):
+            continue
+        hint = typing.get_type_hints(member).get("kind") if dataclasses.is_dataclass(member) else None
+        if typing.get_origin(hint) is not typing.Literal or len(typing.get_args(hint)) != 1:
+            return {}
+        kinds[typing.get_args(hint)[0]] = member
+    return kinds
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamflow.scoring.checkpoint import load_checkpoint
-from streamflow.config import read_toml
+from streamflow.config import from_dict, read_toml
 from streamflow.events import GaussianToy
+from streamflow.scoring.checkpoint import load_checkpoint
 from streamflow.scoring.frame_scorer import FrameScorer, ScorerConfig
 from tests.helpers import REPO, STREAMFLOW, free_port_block, streamflow
 
@@ -144,7 +144,7 @@ def test_resume_goes_on_from_the_checkpoint(first_run, tmp_path) -> None:
     config_path = scorer_toml(tmp_path)
     before = load_checkpoint(run_dir / "scorer.ckpt.pt")["scorer"]
     # What the checkpointed models score on the first frame of the next stream (another seed).
-    config = ScorerConfig.from_tables(read_toml(config_path)["scorer"])
+    config = from_dict(ScorerConfig, read_toml(config_path)["scorer"])
     next_frame = next(GaussianToy(seed=1).chunks(FRAME))
     from_checkpoint, fresh = FrameScorer(config), FrameScorer(config)
     from_checkpoint.load_state_dict(before)

@@ -11,9 +11,9 @@ import json
 import numpy as np
 import pytest
 
+from streamflow.analysis.coordinate_study import auc_standard_error, toy_exact_auc
 from streamflow.events import GaussianToy, get_coordinates
 from streamflow.metrics import auc
-from streamflow.analysis.coordinate_study import auc_standard_error, toy_exact_auc
 from tests.helpers import free_port_block, streamflow
 
 
@@ -97,7 +97,7 @@ def test_lhco_flow_selections_differ_between_frames(tmp_path, features_file):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--source", "no-such-source"], "no-such-source: no such file"),
-    (["--q", "0"], "--q must be in (0, 1]"),
+    (["--q", "0"], "--q 0.0: trigger line"),
     (["--events", "0"], "--events must be at least 1"),
     (["--source", "gaussian", "--signal-fraction", "0.1"], "--signal-fraction is for LHCO streams"),
 ])  # fmt: skip

@@ -36,9 +36,9 @@ def column(frames: list[EventBatch], name: str) -> np.ndarray:
 
 
 @pytest.mark.parametrize("coordinates", ["identity", "log_mass"])
-def test_conditional_flow_trains_a_pass_without_diverging(frames: list[EventBatch], frame: str) -> None:
+def test_conditional_flow_trains_a_pass_without_diverging(frames: list[EventBatch], coordinates: str) -> None:
     assert 0.005 < np.concatenate([b.labels for b in frames]).mean() < 0.015
-    learner = build_learner(learner_config({"kind": "flow", "context": "mjj", "coordinates": frame}))
+    learner = build_learner(learner_config({"kind": "flow", "context": "mjj", "coordinates": coordinates}))
     assert learner.features == ("mjmin", "delta_m", "tau21_jmin", "tau21_jmax")
     history, scores = stream(learner, frames)
     assert np.isfinite(scores).all()

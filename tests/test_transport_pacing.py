@@ -1,4 +1,4 @@
-"""Pacing: exact-size frames and a token bucket that holds the average event rate."""
+"""The producer's frames (events.chunking: exact size, an event limit) and the token bucket that paces them."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import time
 import numpy as np
 import pytest
 
+from streamflow.errors import ConfigError
 from streamflow.events.batch import EventBatch
-from streamflow.stream.pacing import TokenBucket, frames
+from streamflow.events.chunking import first_events, rebatch
+from streamflow.stream.pacing import TokenBucket
 
 
 def batches(sizes: list[int]) -> list[EventBatch]:
@@ -24,7 +26,7 @@ def batches(sizes: list[int]) -> list[EventBatch]:
 @pytest.mark.parametrize("sizes", [[10] * 5, [3, 7, 1, 25, 4], [1] * 23, [50], [0, 9, 0, 12]])
 @pytest.mark.parametrize("size", [1, 4, 10, 64])
 def test_frames_have_the_exact_size_and_keep_every_event_in_order(sizes: list[int], size: int) -> None:
-    out = list(frames(batches(sizes), size))
+    out = list(rebatch(batches(sizes), size))
     total = sum(sizes)
     assert [len(f) for f in out] == [size] * (total // size) + ([total % size] if total % size else [])
     joined = EventBatch.concatenate(out)
@@ -33,21 +35,37 @@ def test_frames_have_the_exact_size_and_keep_every_event_in_order(sizes: list[in
     assert joined.labels is not None and len(joined.labels) == total
 
 
-@pytest.mark.parametrize("limit", [1, 9, 10, 11, 37])
-def test_frames_stop_after_the_event_limit(limit: int) -> None:
-    out = list(frames(batches([10] * 10), 10, limit))
+@pytest.mark.parametrize("limit", [0, 1, 9, 10, 11, 37])
+def test_frames_stop_after_the_event_limit_without_drawing_more(limit: int) -> None:
+    drawn = []
+
+    def endless():
+        start = 0
+        while True:
+            drawn.append(start)
+            yield batches([start + 10])[0].take(slice(start, start + 10))
+            start += 10
+
+    out = list(first_events(endless(), limit))
     assert sum(len(f) for f in out) == limit
-    assert EventBatch.concatenate(out).ids.tolist() == list(range(limit))
+    assert (EventBatch.concatenate(out).ids.tolist() if out else []) == list(range(limit))
+    assert len(drawn) == -(-limit // 10)  # not one batch more than the limit needs
+
+
+def test_first_events_without_a_limit_is_every_batch() -> None:
+    source = batches([3, 5])
+    assert list(first_events(source, None)) == source
 
 
 def test_frames_of_the_right_size_pass_through_uncopied() -> None:
     source = batches([8, 8])
-    assert [f is s for f, s in zip(frames(source, 8), source)] == [True, True]
+    out = list(rebatch(source, 8))
+    assert [np.shares_memory(f.features, s.features) for f, s in zip(out, source, strict=True)] == [True, True]
 
 
 def test_frame_size_must_be_positive() -> None:
-    with pytest.raises(ValueError, match="at least 1"):
-        next(frames(batches([3]), 0))
+    with pytest.raises(ConfigError, match="chunk size must be a positive integer"):
+        next(rebatch(batches([3]), 0))
 
 
 class FakeClock:

@@ -7,14 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from streamflow.config import from_dict, load_toml
+from streamflow.config import coerce, from_dict, read_toml
 from streamflow.errors import ConfigError, StreamflowError
 from streamflow.trigger import (
     MAX_LINES,
     LineConfig,
-    MenuConfig,
-    RollingQuantile,
     LogBinning,
+    RollingQuantile,
     TriggerMenu,
     quantile_from_counts,
     rank_error_bound,
@@ -216,25 +215,24 @@ def test_line_configs_load_from_toml(tmp_path) -> None:
     path = tmp_path / "trigger.toml"
     path.write_text(
         """
-[trigger]
-[[trigger.lines]]
+[[scorer.lines]]
 name = "flow_1pc"
 learner = "flow"
 accept = 0.01
 window = 200000
 warmup = 50000
 
-[[trigger.lines]]
+[[scorer.lines]]
 name = "cwola_1pc"
 learner = "cwola"
 accept = 0.01
 estimator = "histogram"
 """
     )
-    config = load_toml(MenuConfig, path, "trigger")
-    assert config.lines[0] == LineConfig("flow_1pc", "flow", 0.01, window=200_000, warmup=50_000)
-    assert config.lines[1].warmup_events == config.lines[1].window == 100_000
-    menu = TriggerMenu.from_config(config)
+    lines = coerce(tuple[LineConfig, ...], read_toml(path)["scorer"]["lines"], "scorer.lines")  # as ScorerConfig
+    assert lines[0] == LineConfig("flow_1pc", "flow", 0.01, window=200_000, warmup=50_000)
+    assert lines[1].warmup_events == lines[1].window == 100_000
+    menu = TriggerMenu(lines)  # as FrameScorer
     assert [line.name for line in menu.lines] == ["flow_1pc", "cwola_1pc"]
 
 

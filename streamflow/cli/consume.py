@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
-
 from typing import TYPE_CHECKING
 
 from streamflow.cli.common import curve_options, curves_from_args, stop_on_signals
+from streamflow.cli.scorer_options import add_scorer_options, apply_scorer_options, scorer_menu
 from streamflow.config import read_toml
 from streamflow.errors import ConfigError
 from streamflow.stream.transport import DEFAULT_ENDPOINT, DEFAULT_HWM
@@ -25,25 +24,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", metavar="TOML", help="a run config: its [scorer] table (learners, lines) "
                    "replaces the preset")
-    p.add_argument("--preset", default="lhco", help="built-in menu when no --config: lhco or gaussian (default lhco)")
-    p.add_argument("--q", type=float, default=0.01, help="accept fraction of each preset line (default 0.01)")
-    p.add_argument("--window", type=int, default=20_000, help="rolling-quantile window in events (default 20000)")
-    p.add_argument("--warmup", type=int, default=None, help="events before a line accepts anything (default: window)")
+    p.add_argument("--preset", help="built-in menu instead of --config: lhco or gaussian (default lhco)")
     p.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help=f"producer data endpoint (default {DEFAULT_ENDPOINT})")
-    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda[:N] (default auto)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: all cores but three, at least one)")
     p.add_argument("--ranks", type=int, default=1, metavar="K",
                    help="run K data-parallel scorer ranks on this machine that hold one model (gloo on CPU, "
                         "NCCL on CUDA); across machines use torchrun (default 1)")
-    p.add_argument("--thresholds", choices=("rank", "global"), default="rank",
-                   help="under torchrun: each rank's lines use its own windows (rank, default) or all ranks "
-                        "sum their windows' histograms each frame and apply one threshold (global; the "
-                        "preset's lines then use the histogram estimator)")
-    p.add_argument("--threshold-sync", type=int, default=1, metavar="FRAMES",
-                   help="with --thresholds global: sum the ranks' histograms every N rounds (default 1)")
-    p.add_argument("--learn-events", type=int, default=0, metavar="N",
-                   help="learn once N scored events have accumulated (0: after every frame; default 0)")
+    add_scorer_options(p, "q", "window", "warmup", "device", "threads", "thresholds", "threshold_sync",
+                       "learn_events", note="; given, it replaces the --config file's or the preset's value")
     p.add_argument("--selections", metavar="ENDPOINT", default=None,
                    help="bind here and push accepted events to a sink (default: none)")
     p.add_argument("--telemetry", metavar="ENDPOINT", default=None,
@@ -66,21 +53,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def scorer_config(args: argparse.Namespace) -> ScorerConfig:
-    """The scorer's learners and lines: the config file's [scorer] table, else the preset."""
-    from streamflow.scoring.presets import preset
-    from streamflow.scoring.frame_scorer import ScorerConfig
-
-    if args.config:
-        config = ScorerConfig.from_tables(read_toml(args.config).get("scorer", {}), where=f"{args.config}[scorer]")
-        config = dataclasses.replace(config, device=args.device) if args.device != "auto" else config
-        if args.thresholds != "rank":
-            config = dataclasses.replace(config, thresholds=args.thresholds)
-    else:
-        config = preset(args.preset, q=args.q, window=args.window, warmup=args.warmup, device=args.device,
-                        learn_events=args.learn_events, thresholds=args.thresholds)
-    if args.threshold_sync != 1:
-        config = dataclasses.replace(config, threshold_sync=args.threshold_sync)
-    return dataclasses.replace(config, threads=args.threads) if args.threads is not None else config
+    """The scorer's learners and lines: the --config file's [scorer] table or the preset, then the options."""
+    if args.config and args.preset:
+        raise ConfigError("--config and --preset both choose the menu: give one")
+    table = read_toml(args.config).get("scorer", {}) if args.config else None
+    menu = scorer_menu(args.preset, table, f"{args.config}[scorer]", "lhco", args.thresholds)
+    return apply_scorer_options(menu, args)
 
 
 def main(args: argparse.Namespace) -> int:

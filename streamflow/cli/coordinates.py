@@ -20,20 +20,23 @@ folder with the checkpoint is its ``run`` subfolder) and prints the table.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from streamflow.cli.scorer_options import add_scorer_options, apply_scorer_options
 from streamflow.errors import ConfigError, StreamflowError
 
 if TYPE_CHECKING:  # torch-heavy: imported where used (fast start-up)
     from streamflow.events import EventBatch
+    from streamflow.scoring.frame_scorer import ScorerConfig
 
 TOY_EVENTS = 300_000
 GENERATOR_EVAL_EVENTS = 200_000
 LHCO_SIGNAL_FRACTION = 0.01
+STUDY_Q = 0.01
+"""The trigger lines' accept fraction, and the top fraction whose selections are compared, without --q."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -52,11 +55,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--signal-fraction", type=float,
                    help=f"LHCO streams: signal fraction (default {LHCO_SIGNAL_FRACTION}); the toy has its own")
     p.add_argument("--seed", type=int, default=0, help="seed of the stream (evaluation: seed + 1)")
-    p.add_argument("--q", type=float, default=0.01, help="selection fraction compared between frames "
-                                                        "(default 0.01)")
     p.add_argument("--out", help="output folder (default runs/coordinates-<date-time>)")
-    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda[:N]")
-    p.add_argument("--threads", type=int, default=0, help="the scorer's torch CPU threads (0: automatic)")
+    add_scorer_options(p, "q", "device", "threads", note="; --q is also the selection fraction compared "
+                       f"between coordinates (default {STUDY_Q})")
     p.add_argument("--base-port", type=int, default=5555, help="first of five local tcp ports (default 5555)")
     p.set_defaults(func=main)
 
@@ -66,8 +67,6 @@ def _check(args: argparse.Namespace) -> None:
         value = getattr(args, key)
         if value is not None and value < 1:
             raise ConfigError(f"--{key.replace('_', '-')} must be at least 1, got {value}")
-    if not 0 < args.q <= 1:
-        raise ConfigError(f"--q must be in (0, 1], got {args.q}")
     if args.source == "gaussian" and args.signal_fraction is not None:
         raise ConfigError("--signal-fraction is for LHCO streams; the toy's signal is 10% of its data sample")
 
@@ -85,22 +84,33 @@ def evaluation_events(args: argparse.Namespace, signal_fraction: float | None) -
     return events if args.events is None else events.take(slice(0, args.events))
 
 
-def main(args: argparse.Namespace) -> int:
-    from streamflow.cli.run import CHILD_HWM, EOS_TIMEOUT_S, RunConfig, RunOptions, run_pipeline
-    from producers.replay import ReplayConfig
+def scorer_config(args: argparse.Namespace) -> ScorerConfig:
+    """The study's menu (the gaussian preset for the toy, else coordinate_study.lhco_menu) at
+    :data:`STUDY_Q`, then the options given (--q: every line's accept fraction)."""
+    from streamflow.analysis.coordinate_study import lhco_menu
     from streamflow.scoring.presets import preset
+
+    menu = preset("gaussian", q=STUDY_Q) if args.source == "gaussian" else lhco_menu(STUDY_Q)
+    return apply_scorer_options(menu, args)
+
+
+def main(args: argparse.Namespace) -> int:
+    from producers.replay import ReplayConfig
     from streamflow.analysis import coordinate_study as coordinates
+    from streamflow.cli.run import CHILD_HWM, EOS_TIMEOUT_S, RunConfig, RunOptions, run_pipeline
 
     _check(args)
+    scorer = scorer_config(args)
+    q = STUDY_Q if args.q is None else args.q  # the lines' accept fraction, as scorer_config set it
     toy = args.source == "gaussian"
     signal_fraction = None if toy else (LHCO_SIGNAL_FRACTION if args.signal_fraction is None
                                         else args.signal_fraction)
     events = evaluation_events(args, signal_fraction)  # also checks the source before any process starts
-    scorer = preset("gaussian", q=args.q) if toy else coordinates.lhco_menu(args.q)
-    scorer = dataclasses.replace(scorer, device=args.device, threads=args.threads)
-    out = Path(args.out or Path("runs") / time.strftime("coordinates-%Y%m%d-%H%M%S"))
+    out = Path(args.out) if args.out is not None else Path("runs") / time.strftime("coordinates-%Y%m%d-%H%M%S")
     run = RunOptions(run_dir=str(out / "run"), base_port=args.base_port, monitor=False, report=False)
-    stream_events = args.events or (TOY_EVENTS if args.source in ("gaussian", "synthetic") else None)
+    stream_events = args.events
+    if stream_events is None and args.source in ("gaussian", "synthetic"):
+        stream_events = TOY_EVENTS
     replay = ReplayConfig(source=args.source, events=stream_events, frame_size=args.frame_size,
                           signal_fraction=signal_fraction, seed=args.seed, endpoint=run.endpoint(0),
                           hwm=CHILD_HWM, eos_timeout=EOS_TIMEOUT_S)
@@ -111,7 +121,7 @@ def main(args: argparse.Namespace) -> int:
         raise StreamflowError("pipeline failed: " + ", ".join(f"{r} exited with {c}" for r, c in failed.items()))
     streamed_s = time.monotonic() - started
     learners = coordinates.load_learners(Path(run.run_dir) / "scorer.ckpt.pt")
-    study = coordinates.run_study(learners, events, source=args.source, q=args.q, exact=toy)
+    study = coordinates.run_study(learners, events, source=args.source, q=q, exact=toy)
     table = coordinates.markdown(study)
     (out / "coordinates.md").write_text(table)
     (out / "coordinates.json").write_text(json.dumps(

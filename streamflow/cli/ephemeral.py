@@ -7,8 +7,15 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from streamflow.cli.scorer_options import add_scorer_options, apply_scorer_options, scorer_menu
+
 if TYPE_CHECKING:
     from streamflow.scoring.frame_scorer import ScorerConfig
+
+PRESET_STEPS_PER_FRAME = 32
+"""Passes of the preset flow over each frame here: the lhco preset's 1 leaves it far from converged after a
+short stream."""
+PRESET_BATCH_SIZE = 256
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,12 +45,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--learner", default=None,
                    help="the flow to train and sample (default: flow_m of the lhco preset; with --config or "
                         "--checkpoint, the first flow with a context)")
-    p.add_argument("--steps-per-frame", type=int, default=32,
-                   help="preset flow: passes over each frame before the next one (default 32; the lhco preset's 1 "
-                        "leaves the flow far from converged after a short stream)")
-    p.add_argument("--batch-size", type=int, default=256, help="preset flow: minibatch size (default 256)")
+    p.add_argument("--steps-per-frame", type=int, default=None,
+                   help=f"passes of the flow(s) over each frame before the next one (default: "
+                        f"{PRESET_STEPS_PER_FRAME} for the preset flow -- the lhco preset's 1 leaves it far "
+                        f"from converged after a short stream --, else the --config file's value)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"the flow(s)' minibatch size (default: {PRESET_BATCH_SIZE} for the preset flow, "
+                        f"else the --config file's value)")
     p.add_argument("--frame-size", type=int, default=1000, help="events per frame (default 1000)")
-    p.add_argument("--device", default="auto", help="scorer device: auto, cpu or cuda[:N] (default auto)")
+    add_scorer_options(p, "device", note="; given, it replaces the --config file's value")
     p.add_argument("--samples", type=int, default=None,
                    help="events to sample (default: as many as the stream had in the SR and sidebands)")
     p.add_argument("--epochs", type=int, default=20, help="CWoLA training epochs (default 20)")
@@ -53,24 +63,33 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def scorer_config(args: argparse.Namespace) -> ScorerConfig:
-    """The [scorer] table of --config, else the lhco preset's flow (--learner, default flow_m) alone."""
+    """The [scorer] table of --config, else the lhco preset's flow (--learner, default flow_m) alone, trained
+    with more passes over each frame in smaller batches (:data:`PRESET_STEPS_PER_FRAME`, :data:`PRESET_BATCH_SIZE`);
+    then the options given (--steps-per-frame and --batch-size: every flow's)."""
     from streamflow.config import read_toml
     from streamflow.errors import ConfigError
     from streamflow.scoring.presets import preset
-    from streamflow.scoring.frame_scorer import ScorerConfig
 
+    steps, batch = args.steps_per_frame, args.batch_size
     if args.config:
-        config = ScorerConfig.from_tables(read_toml(args.config).get("scorer", {}), where=f"{args.config}[scorer]")
-        return dataclasses.replace(config, device=args.device) if args.device != "auto" else config
-    full = preset("lhco", device=args.device)
-    name = args.learner or "flow_m"
-    flows = [c for c in full.learners if c.kind == "flow"]
-    chosen = [c for c in flows if c.name == name]
-    if not chosen:
-        raise ConfigError(f"the lhco preset has no flow {name!r} (its flows: {', '.join(c.name for c in flows)})")
-    learner = dataclasses.replace(chosen[0], steps_per_frame=args.steps_per_frame, batch_size=args.batch_size)
-    lines = tuple(line for line in full.lines if line.learner == name)
-    return dataclasses.replace(full, learners=(learner,), lines=lines)
+        menu = scorer_menu(None, read_toml(args.config).get("scorer", {}), f"{args.config}[scorer]", "lhco")
+    else:
+        full = preset("lhco")
+        name = "flow_m" if args.learner is None else args.learner
+        flows = [c for c in full.learners if c.kind == "flow"]
+        chosen = [c for c in flows if c.name == name]
+        if not chosen:
+            raise ConfigError(f"the lhco preset has no flow {name!r} (its flows: {', '.join(c.name for c in flows)})")
+        menu = dataclasses.replace(full, learners=(chosen[0],),
+                                   lines=tuple(line for line in full.lines if line.learner == name))
+        steps = PRESET_STEPS_PER_FRAME if steps is None else steps
+        batch = PRESET_BATCH_SIZE if batch is None else batch
+    learners = tuple(
+        dataclasses.replace(c, steps_per_frame=c.steps_per_frame if steps is None else steps,
+                            batch_size=c.batch_size if batch is None else batch) if c.kind == "flow" else c
+        for c in menu.learners
+    )
+    return apply_scorer_options(dataclasses.replace(menu, learners=learners), args)
 
 
 def main(args: argparse.Namespace) -> int:

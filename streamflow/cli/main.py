@@ -15,7 +15,9 @@ import sys
 from streamflow import __version__
 from streamflow.errors import StreamflowError
 
-SUBCOMMANDS = ("replay", "proxy", "consume", "sink", "run", "monitor", "report", "sample", "ephemeral", "coordinates", "keys")
+SUBCOMMANDS = (
+    "replay", "proxy", "consume", "sink", "run", "monitor", "report", "sample", "ephemeral", "coordinates", "keys",
+)
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

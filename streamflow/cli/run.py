@@ -22,19 +22,19 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from typing import TYPE_CHECKING
-
-from streamflow.cli.replay import parse_rate
 from consumers.sink import SinkConfig, run_sink
 from producers.replay import ReplayConfig, run_replay
+from streamflow.cli.replay import parse_rate
+from streamflow.cli.scorer_options import add_scorer_options, apply_scorer_options, scorer_menu
 from streamflow.config import from_dict, read_toml, to_dict
 from streamflow.errors import ConfigError, StreamflowError
-from streamflow.stream.ledger import Ledger
 from streamflow.ops.telemetry import RateMeter, TelemetryReporter
+from streamflow.stream.ledger import Ledger
 
 if TYPE_CHECKING:  # torch-heavy: imported where used, so the producer and sink processes stay light
     from streamflow.scoring.frame_scorer import ScorerConfig
@@ -75,9 +75,6 @@ class RunConfig:
     replay: ReplayConfig
     scorer: ScorerConfig
 
-    def to_tables(self) -> dict[str, Any]:
-        return {"run": to_dict(self.run), "replay": to_dict(self.replay), "scorer": self.scorer.to_tables()}
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -95,9 +92,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="seed of the source and the injection (default 0)")
     p.add_argument("--preset", help="learner menu: lhco or gaussian (default: the one that fits the source)")
     p.add_argument("--learners", help="comma-separated learner names of the preset to keep (default: all)")
-    p.add_argument("--q", type=float, help="accept fraction of every line (default 0.01)")
-    p.add_argument("--device", help="auto (CUDA if present), cpu or cuda[:N] (default auto)")
-    p.add_argument("--threads", type=int, help="the scorer's torch CPU threads (default: all cores but three)")
+    add_scorer_options(p, "q", "device", "threads", note="; given, it replaces the --config file's value")
     p.add_argument("--run-dir", help="run folder (default runs/<date-time>)")
     p.add_argument("--base-port", type=int, help="first of five local tcp ports (default 5555)")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
@@ -109,8 +104,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def build_config(args: argparse.Namespace) -> RunConfig:
     """The run config: the TOML file's tables, then the command-line options on top."""
-    from streamflow.scoring.presets import preset, preset_for_source
-    from streamflow.scoring.frame_scorer import ScorerConfig
+    from streamflow.scoring.presets import preset_for_source
 
     tables = read_toml(args.config) if args.config else {}
     where = args.config or "run"
@@ -125,16 +119,10 @@ def build_config(args: argparse.Namespace) -> RunConfig:
             and args.signal_fraction is None:
         replay_table["signal_fraction"] = None  # the toy's own 10%-of-background signal
     replay = from_dict(ReplayConfig, replay_table, f"{where}[replay]")
-    if "scorer" in tables and args.preset is None:
-        scorer = ScorerConfig.from_tables(tables["scorer"], where=f"{where}[scorer]")
-    else:
-        scorer = preset(args.preset or preset_for_source(replay.source), q=args.q or 0.01)
-    if args.learners:
+    scorer = scorer_menu(args.preset, tables.get("scorer"), f"{where}[scorer]", preset_for_source(replay.source))
+    if args.learners is not None:
         scorer = _keep_learners(scorer, args.learners.split(","))
-    if args.device:
-        scorer = dataclasses.replace(scorer, device=args.device)
-    if args.threads is not None:
-        scorer = dataclasses.replace(scorer, threads=args.threads)
+    scorer = apply_scorer_options(scorer, args)
     run_overrides = {"run_dir": args.run_dir, "base_port": args.base_port, "duration": args.duration}
     run = dataclasses.replace(run, **{k: v for k, v in run_overrides.items() if v is not None})
     if args.no_monitor:
@@ -222,7 +210,7 @@ def run_pipeline(config: RunConfig, *, console_monitor: Callable[..., Any] | Non
 
     run, run_dir = config.run, Path(config.run.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "run.json").write_text(json.dumps(config.to_tables(), indent=2, default=str) + "\n")
+    (run_dir / "run.json").write_text(json.dumps(to_dict(config), indent=2, default=str) + "\n")
     telemetry = run.endpoint(4)
     sink = SinkConfig(endpoint=run.endpoint(2), telemetry=telemetry, run_dir=str(run_dir))
     scorer = ConsumeConfig(scorer=config.scorer, endpoint=run.endpoint(0), selections=run.endpoint(2),
@@ -230,7 +218,7 @@ def run_pipeline(config: RunConfig, *, console_monitor: Callable[..., Any] | Non
                            hwm=CHILD_HWM, kernel_buffer=CHILD_KERNEL_BUFFER)
     stop = threading.Event()
     children = {
-        "sink": _start("sink", functools.partial(run_sink, run_config=config.to_tables()), sink),
+        "sink": _start("sink", functools.partial(run_sink, run_config=to_dict(config)), sink),
         "scorer": _start("scorer", run_consume, scorer),
         "producer": _start("producer", _produce, config.replay, str(run_dir), telemetry),
     }

@@ -14,7 +14,7 @@ from streamflow.events.batch import EventBatch, EventSource
 from streamflow.events.schema import LHCO_FILE_COLUMNS, LHCO_NAMES
 
 _LAZY = {
-    "COORDINATE_NAMES": "coordinates", "CoordinateMap": "coordinates", "apply_coordinates": "coordinates", "get_coordinates": "coordinates",
+    "COORDINATE_NAMES": "coordinates", "CoordinateMap": "coordinates", "get_coordinates": "coordinates",
     "GaussianToy": "gaussian", "InjectedSource": "injection", "LHCOFeaturesFile": "lhco_features",
     "LHCORawFile": "lhco_raw", "LoopedSource": "sources", "open_source": "sources",
     "SyntheticLHCO": "synthetic", "SyntheticShapes": "synthetic",

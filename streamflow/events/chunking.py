@@ -2,7 +2,8 @@
 
 Every source's ``chunks(chunk_size)`` yields batches of exactly ``chunk_size``
 events (the last of a finite stream may be shorter), whatever sizes it reads or
-draws internally: ``rebatch`` does the cutting.
+draws internally: ``rebatch`` does the cutting. ``first_events`` caps a stream
+(the producer's ``events``).
 
 A generator draws events in fixed blocks of ``BLOCK`` events; block b uses its own
 random stream ``default_rng([seed, b])``. Event i is therefore a function of
@@ -12,7 +13,7 @@ same events with the same ids (a counter from 0).
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -56,6 +57,24 @@ def rebatch(batches: Iterable[EventBatch], chunk_size: int) -> Iterator[EventBat
         pending_n -= start
     if pending_n:
         yield pending[0] if len(pending) == 1 else EventBatch.concatenate(pending)
+
+
+def first_events(batches: Iterable[EventBatch], limit: int | None) -> Iterator[EventBatch]:
+    """The first ``limit`` events of ``batches`` (None: all), the last batch cut short; stops
+    drawing from ``batches`` as soon as it has them (an endless source ends here)."""
+    if limit is None:
+        yield from batches
+        return
+    left = limit
+    if left < 1:
+        return
+    for batch in batches:
+        if len(batch) > left:
+            batch = batch.take(slice(0, left))
+        left -= len(batch)
+        yield batch
+        if left == 0:
+            return
 
 
 def generate_chunks(

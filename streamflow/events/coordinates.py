@@ -36,9 +36,8 @@ from __future__ import annotations
 import functools
 import math
 import re
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -233,9 +232,3 @@ def get_coordinates(name: str) -> CoordinateMap:
         return _FRAMES[name]
     except (KeyError, TypeError):
         raise ConfigError(f"unknown coordinates {name!r} (valid: {', '.join(COORDINATE_NAMES)})") from None
-
-
-def apply_coordinates(name: str, x: np.ndarray, names: Sequence[str]) -> np.ndarray:
-    """numpy convenience: frame ``name`` applied to x[n, k] with column ``names`` (dtype kept)."""
-    x = np.require(x, requirements=["C", "W"])  # torch wants a writable buffer; copies only if needed
-    return get_coordinates(name).forward(torch.from_numpy(x), list(names)).numpy()

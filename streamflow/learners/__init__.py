@@ -5,11 +5,11 @@
     scores = learner.score(x)    # test ...
     stats = learner.learn(x)     # ... then train
 
-See base.py for the protocol and its guarantees.
+See base.py for the protocol (TorchLearner's public methods) and its guarantees.
 """
 
 from streamflow.learners.autoencoder import AutoencoderConfig, AutoencoderLearner
-from streamflow.learners.base import CATHODE_FEATURES, Learner, LearnerConfigBase, TorchLearner, Window
+from streamflow.learners.base import CATHODE_FEATURES, LearnerConfigBase, TorchLearner, Window
 from streamflow.learners.cwola import CWoLAConfig, CWoLALearner
 from streamflow.learners.flow import FlowConfig, FlowLearner
 from streamflow.learners.registry import (
@@ -18,8 +18,6 @@ from streamflow.learners.registry import (
     build_learner,
     learner_config,
     learner_from_state,
-    load_learner,
-    save_learner,
 )
 
 __all__ = [
@@ -31,7 +29,6 @@ __all__ = [
     "FlowConfig",
     "FlowLearner",
     "KINDS",
-    "Learner",
     "LearnerConfig",
     "LearnerConfigBase",
     "TorchLearner",
@@ -39,6 +36,4 @@ __all__ = [
     "build_learner",
     "learner_config",
     "learner_from_state",
-    "load_learner",
-    "save_learner",
 ]

@@ -26,7 +26,7 @@ import copy
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
+from typing import Any, ClassVar, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -110,28 +110,6 @@ class LearnerConfigBase:
                 raise ConfigError(f"{self.kind}: {key} must be >= 0, got {getattr(self, key)!r}")
 
 
-@runtime_checkable
-class Learner(Protocol):
-    """What a scorer needs from a learner."""
-
-    name: str
-    kind: str
-    features: tuple[str, ...]
-    coordinates: str
-    device: torch.device
-    config: Any
-
-    def bind(self, names: Sequence[str]) -> None: ...
-
-    def score(self, x: Tensor) -> Tensor: ...
-
-    def learn(self, x: Tensor) -> dict[str, float]: ...
-
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-
 @dataclass
 class Totals:
     """Running counts over the learner's life (kept in checkpoints)."""
@@ -147,7 +125,9 @@ class Totals:
 
 
 class TorchLearner(ABC):
-    """A learner whose model is a torch module trained by Adam on standardised inputs.
+    """A learner whose model is a torch module trained by Adam on standardised inputs: every
+    learner is one, and its public methods are the protocol of the module docstring (with
+    ``model``, the trained module, and ``distribute`` for data-parallel scorers).
 
     Subclasses build the model, say which events they can learn from and score,
     turn the kept rows into training tensors, and define the loss and the score.

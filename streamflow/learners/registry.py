@@ -6,62 +6,38 @@ A learner's TOML table names its kind, which selects the config dataclass::
     kind = "flow"            # "flow" | "cwola" | "autoencoder"
     features = ["mjmin", "delta_m", "tau21_jmin", "tau21_jmax"]
     context = "mjj"
-    frame = "identity"
+    coordinates = "identity"
     train_where = { feature = "mjj", low = 3300.0, high = 3700.0, outside = true }
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 
-from streamflow.config import from_dict
+from streamflow.config import coerce
 from streamflow.errors import ConfigError
 from streamflow.learners.autoencoder import AutoencoderConfig, AutoencoderLearner
 from streamflow.learners.base import TorchLearner
 from streamflow.learners.cwola import CWoLAConfig, CWoLALearner
 from streamflow.learners.flow import FlowConfig, FlowLearner
 
-LearnerConfig = Union[FlowConfig, CWoLAConfig, AutoencoderConfig]
+LearnerConfig = FlowConfig | CWoLAConfig | AutoencoderConfig
 
-KINDS: dict[str, tuple[type, type[TorchLearner]]] = {
-    "flow": (FlowConfig, FlowLearner),
-    "cwola": (CWoLAConfig, CWoLALearner),
-    "autoencoder": (AutoencoderConfig, AutoencoderLearner),
-}
+KINDS: dict[str, type[TorchLearner]] = {"flow": FlowLearner, "cwola": CWoLALearner, "autoencoder": AutoencoderLearner}
+"""The learner class of each kind (a config's own ``kind`` selects it; TOML tables: :func:`learner_config`)."""
 
 
 def learner_config(data: dict[str, Any], where: str = "learner") -> LearnerConfig:
-    """The config dataclass selected by ``data["kind"]``, built strictly from ``data``."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a table, got {type(data).__name__}")
-    kind = data.get("kind")
-    if kind not in KINDS:
-        raise ConfigError(f"{where}: kind must be one of {', '.join(map(repr, KINDS))}, got {kind!r}")
-    return from_dict(KINDS[kind][0], data, where)
+    """The config dataclass selected by ``data["kind"]`` (one of :data:`LearnerConfig`), built strictly."""
+    config: LearnerConfig = coerce(LearnerConfig, data, where)
+    return config
 
 
 def build_learner(config: LearnerConfig, device: str | torch.device = "cpu") -> TorchLearner:
     """A fresh learner for ``config`` on ``device`` (bind it to a stream before use)."""
-    return KINDS[config.kind][1](config, device)
-
-
-def save_learner(learner: TorchLearner, path: str | Path) -> None:
-    """Write the learner's checkpoint (readable with torch.load(weights_only=True))."""
-    torch.save(learner.state_dict(), Path(path))
-
-
-def load_learner(path: str | Path, device: str | torch.device = "cpu") -> TorchLearner:
-    """The learner saved at ``path``, rebuilt from the config inside the checkpoint."""
-    try:
-        state = torch.load(Path(path), map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise ConfigError(f"learner checkpoint not found: {path}") from None
-    except Exception as exc:  # torch raises many kinds for a file that is not a checkpoint
-        raise ConfigError(f"{path}: not a learner checkpoint ({type(exc).__name__})") from None
-    return learner_from_state(state, device, where=str(path))
+    return KINDS[config.kind](config, device)
 
 
 def learner_from_state(state: Any, device: str | torch.device = "cpu", where: str = "learner") -> TorchLearner:

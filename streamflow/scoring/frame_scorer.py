@@ -19,23 +19,27 @@ drive it directly.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from streamflow.config import from_dict, to_dict
+from streamflow.config import to_dict
 from streamflow.distributed import Collective
 from streamflow.errors import ConfigError
 from streamflow.events.batch import EventBatch
-from streamflow.learners import LearnerConfig, TorchLearner, build_learner, learner_config
+from streamflow.learners import LearnerConfig, TorchLearner, build_learner
 from streamflow.trigger import LineConfig, LineStats, Selection, TriggerMenu
 
 
 @dataclass(frozen=True)
 class ScorerConfig:
-    """Learners and trigger lines of one scorer.
+    """Learners and trigger lines of one scorer; a TOML ``[scorer]`` table is
+    ``streamflow.config.from_dict(ScorerConfig, table)`` (``[[learners]]``, whose
+    ``kind`` selects the config type, ``[[lines]]`` and the options below), and
+    ``to_dict`` writes it back.
 
     learn_events: 0 learns after every frame; N > 0 learns once N scored events
     have accumulated (all of them, in one call of each learner's ``learn``).
@@ -52,8 +56,8 @@ class ScorerConfig:
     times slower, not faster.
     """
 
-    learners: tuple[LearnerConfig, ...]
-    lines: tuple[LineConfig, ...]
+    learners: tuple[LearnerConfig, ...] = ()
+    lines: tuple[LineConfig, ...] = ()
     device: str = "auto"
     learn_events: int = 0
     threads: int = 0
@@ -61,6 +65,8 @@ class ScorerConfig:
     threshold_sync: int = 1
 
     def __post_init__(self) -> None:
+        if not self.learners:
+            raise ConfigError("a scorer needs at least one learner (a [[scorer.learners]] table)")
         names = [learner.name for learner in self.learners]
         if len(set(names)) != len(names):
             raise ConfigError(f"learner names must be unique, got {names}")
@@ -79,44 +85,6 @@ class ScorerConfig:
         if self.thresholds == "global" and exact:
             raise ConfigError(f"global thresholds need estimator = 'histogram' on every line; "
                               f"line(s) {', '.join(exact)} use the exact one")
-
-    @staticmethod
-    def from_tables(data: Mapping[str, Any], where: str = "scorer") -> "ScorerConfig":
-        """From a TOML table with ``[[learners]]`` (kind selects the type) and ``[[lines]]``."""
-        data = dict(data)
-        learners = tuple(
-            learner_config(table, where=f"{where}.learners[{i}]")
-            for i, table in enumerate(data.pop("learners", []))
-        )
-        lines = tuple(
-            from_dict(LineConfig, table, where=f"{where}.lines[{i}]") for i, table in enumerate(data.pop("lines", []))
-        )
-        if not learners:
-            raise ConfigError(f"{where}: no [[learners]] given")
-        rest = from_dict(_ScorerOptions, data, where)
-        return ScorerConfig(learners=learners, lines=lines, device=rest.device, learn_events=rest.learn_events,
-                            threads=rest.threads, thresholds=rest.thresholds,
-                            threshold_sync=rest.threshold_sync)
-
-    def to_tables(self) -> dict[str, Any]:
-        return {
-            "learners": [to_dict(c) for c in self.learners],
-            "lines": [to_dict(c) for c in self.lines],
-            "device": self.device,
-            "learn_events": self.learn_events,
-            "threads": self.threads,
-            "thresholds": self.thresholds,
-            "threshold_sync": self.threshold_sync,
-        }
-
-
-@dataclass(frozen=True)
-class _ScorerOptions:
-    device: str = "auto"
-    learn_events: int = 0
-    threads: int = 0
-    thresholds: str = "rank"
-    threshold_sync: int = 1
 
 
 def cpu_threads(requested: int) -> int:
@@ -256,7 +224,7 @@ class FrameScorer:
     def state_dict(self) -> dict[str, Any]:
         """What a resume needs: learners, counters and the config (trigger windows warm up again)."""
         return {
-            "config": self.config.to_tables(),
+            "config": to_dict(self.config),
             "learners": {name: learner.state_dict() for name, learner in self.learners.items()},
             "counters": {"frames": self.frames, "events_scored": self.events_scored,
                          "events_learned": self.events_learned},

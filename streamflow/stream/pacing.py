@@ -1,8 +1,7 @@
-"""Metering a stream out: frames of an exact size, at a target event rate.
+"""Metering a stream out at a target event rate.
 
-:func:`frames` cuts any sequence of event batches into frames of exactly
-``size`` events (the last one may be short), optionally stopping after a total
-number of events. :class:`TokenBucket` paces them: tokens (events) accrue at
+The frames come from a source's ``chunks(size)`` (exact size, events.chunking);
+:class:`TokenBucket` paces them: tokens (events) accrue at
 ``rate`` per second up to a small burst capacity; taking ``n`` events when fewer
 are available puts the bucket in debt and sleeps until the debt is repaid, so
 over any long run the average rate is ``rate`` exactly, whatever the frame size,
@@ -12,9 +11,7 @@ and the sleep overshoot of one frame is credited to the next (up to the burst).
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable, Iterator
-
-from streamflow.events.batch import EventBatch
+from collections.abc import Callable
 
 
 class TokenBucket:
@@ -49,40 +46,3 @@ class TokenBucket:
         delay = -self._tokens / self.rate
         self._sleep(delay)
         return delay
-
-
-def frames(batches: Iterable[EventBatch], size: int, limit: int | None = None) -> Iterator[EventBatch]:
-    """Re-cut ``batches`` into frames of exactly ``size`` events, ``limit`` events in all (None: all).
-
-    Batches that already have the right size pass through uncopied; only the last
-    frame may be shorter.
-    """
-    if size < 1:
-        raise ValueError(f"frame size must be at least 1, got {size}")
-    pending: list[EventBatch] = []
-    held = 0
-    left = limit
-    for batch in batches:
-        if left is not None and len(batch) > left:
-            batch = batch.take(slice(0, left))
-        if left is not None:
-            left -= len(batch)
-        start = 0
-        if held:  # complete the pending frame first
-            need = min(size - held, len(batch))
-            pending.append(batch.take(slice(0, need)))
-            held += need
-            start = need
-            if held == size:
-                yield EventBatch.concatenate(pending)
-                pending, held = [], 0
-        while len(batch) - start >= size:
-            yield batch if start == 0 and len(batch) == size else batch.take(slice(start, start + size))
-            start += size
-        if start < len(batch):
-            pending.append(batch.take(slice(start, len(batch))))
-            held += len(batch) - start
-        if left == 0:
-            break
-    if held:
-        yield EventBatch.concatenate(pending)

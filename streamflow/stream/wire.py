@@ -31,18 +31,19 @@ import functools
 import hashlib
 import json
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from streamflow.errors import WireError
 from streamflow.events.batch import EventBatch
+from streamflow.trigger.selection import MAX_LINES
 
 MAGIC = b"SFLW"
 FORMAT_VERSION = 1
 MAX_META_BYTES = 64 * 1024
-MAX_LINES = 64  # one bit per trigger line in a uint64
 
 #: magic, version u16, kind u8, dtype u8, flags u16, stream id u32, seq u64,
 #: send time ns u64, event count u32, feature count u32, schema hash u64, meta length u32.
@@ -59,7 +60,6 @@ class Kind(enum.IntEnum):
     SELECTION = 3  #: accepted events with their trigger bits and every line's score
     HELLO = 4  #: receiver -> sender control socket: "I am here" (meta: name, pid)
     ACK = 5  #: receiver -> sender: END_OF_STREAM received (meta: name, frames, events)
-    TELEMETRY = 6  #: a JSON stats message (meta only)
 
 
 #: header flag bits
@@ -183,7 +183,7 @@ def encode_selection(batch: EventBatch, bits: np.ndarray, scores: np.ndarray,
 
 def encode_control(kind: Kind, *, stream_id: int, seq: int, meta: dict[str, Any] | None = None,
                    send_ns: int = 0) -> list[bytes]:
-    """The single part of a control message (END_OF_STREAM, HELLO, ACK, TELEMETRY)."""
+    """The single part of a control message (END_OF_STREAM, HELLO, ACK)."""
     kind = Kind(kind)
     if kind in _EVENT_KINDS:
         raise ValueError(f"{kind.name} is not a control kind")
@@ -219,7 +219,9 @@ def _names(meta: dict[str, Any], key: str, count: int, what: str) -> tuple[str, 
 
 
 @functools.lru_cache(maxsize=64)
-def _event_meta_checked(raw: bytes, selection: bool, f: int, hash_: int) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
+def _event_meta_checked(
+    raw: bytes, selection: bool, f: int, hash_: int
+) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
     """Names (and line names) of an event message's meta, validated; cached per distinct meta."""
     meta = _parse_meta(memoryview(raw))
     if not isinstance(meta, dict):

@@ -9,8 +9,9 @@ table via :func:`streamflow.config.load_toml`); its running bookkeeping is a
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, ClassVar, Literal, Mapping, Sequence
+from typing import Any, ClassVar, Literal
 
 from streamflow.errors import ConfigError
 from streamflow.trigger.rolling import RollingQuantile

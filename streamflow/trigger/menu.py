@@ -36,43 +36,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from streamflow.errors import ConfigError, StreamflowError
 from streamflow.trigger.lines import LineConfig, LineStats
+from streamflow.trigger.selection import MAX_LINES, Selection
 from streamflow.trigger.sketch import RollingHistogramQuantile
 
-MAX_LINES = 64
-
 Reduce = Callable[[np.ndarray], np.ndarray]
-
-
-@dataclass(frozen=True)
-class MenuConfig:
-    """The lines of a menu, e.g. a TOML array of tables ``[[trigger.lines]]``."""
-
-    lines: tuple[LineConfig, ...]
-
-
-@dataclass(frozen=True)
-class Selection:
-    """The decision on one frame of n events.
-
-    ``accept``: bool[n], passed at least one line; ``bits``: uint64[n], bit i set
-    when line i passed; ``thresholds``: float64[lines], the threshold each line
-    applied (NaN during its warm-up).
-    """
-
-    accept: np.ndarray
-    bits: np.ndarray
-    thresholds: np.ndarray
-
-    @property
-    def indices(self) -> np.ndarray:
-        """Positions of the accepted events in the frame."""
-        return np.flatnonzero(self.accept)
 
 
 class TriggerMenu:
@@ -96,10 +68,6 @@ class TriggerMenu:
         self._estimators = [line.make_estimator() for line in lines]
         self._stats = [LineStats(line.name, line.learner, line.accept) for line in lines]
         self._shared = [i for i, e in enumerate(self._estimators) if isinstance(e, RollingHistogramQuantile)]
-
-    @classmethod
-    def from_config(cls, config: MenuConfig, reduce: Reduce | None = None) -> TriggerMenu:
-        return cls(config.lines, reduce)
 
     @property
     def learners(self) -> tuple[str, ...]:
@@ -129,7 +97,7 @@ class TriggerMenu:
                 raise StreamflowError(f"trigger menu: {len(labels)} labels for {n} events")
         thresholds = self._thresholds()
         bits = np.zeros(n, dtype=np.uint64)
-        for i, (line, estimator, stats) in enumerate(zip(self.lines, self._estimators, self._stats)):
+        for i, (line, estimator, stats) in enumerate(zip(self.lines, self._estimators, self._stats, strict=True)):
             values = frame[line.learner]
             finite = np.isfinite(values)
             passed = finite & (values > thresholds[i])

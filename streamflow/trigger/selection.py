@@ -1,0 +1,34 @@
+"""A trigger's decision on one frame: which events passed which line, as a bit mask.
+
+Kept apart from the menu (and its Numba estimators), so the wire format can share
+its one limit, :data:`MAX_LINES`, without loading Numba in processes that only
+move frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MAX_LINES = 64
+"""One bit per line in an event's uint64 trigger mask (Selection.bits, and the wire's SELECTION frames)."""
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The decision on one frame of n events.
+
+    ``accept``: bool[n], passed at least one line; ``bits``: uint64[n], bit i set
+    when line i passed; ``thresholds``: float64[lines], the threshold each line
+    applied (NaN during its warm-up).
+    """
+
+    accept: np.ndarray
+    bits: np.ndarray
+    thresholds: np.ndarray
+
+    @property
+    def indices(self) -> np.ndarray:
+        """Positions of the accepted events in the frame."""
+        return np.flatnonzero(self.accept)
