@@ -81,7 +81,7 @@ from streamflow.events import open_source
 from streamflow.learners import FlowConfig, build_learner
 from streamflow.scoring.presets import preset
 from streamflow.scoring.frame_scorer import cpu_threads, resolve_device
-from streamflow.ops.telemetry import read_jsonl
+from streamflow.stream.telemetry import read_jsonl
 
 SIZES = (4096, 65536)
 BIND_TRIES = 3

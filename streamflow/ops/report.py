@@ -38,9 +38,9 @@ from matplotlib.ticker import LogFormatter
 
 from streamflow import metrics
 from streamflow.errors import StreamflowError
-from streamflow.ops.dashboard import fmt_count, fmt_fraction, fmt_ms, fmt_value, kind_of, lookup, number, problems
+from streamflow.ops.dashboard import fmt_count, fmt_fraction, fmt_ms, fmt_value, lookup, number, problems
 from streamflow.stream.selections import SelectedEvents, read_selections
-from streamflow.ops.telemetry import read_jsonl
+from streamflow.stream.telemetry import read_jsonl, record_kind
 
 FIGURES_DIR = "figures"
 SIC_MIN_BACKGROUND = 10  # SIC points need this many background events passing, else eff_B is noise
@@ -116,7 +116,7 @@ def load_run(run_dir: str | Path) -> RunData:
         messages = sorted((m for m in read_jsonl(path) if isinstance(m, dict) and number(m.get("time"))),
                           key=lambda m: m["time"])
         if messages:
-            streams.append(Stream(path.stem.removeprefix("telemetry-"), kind_of(messages[-1]), messages))
+            streams.append(Stream(path.stem.removeprefix("telemetry-"), record_kind(messages[-1]), messages))
     if not streams:
         raise StreamflowError(f"no telemetry in {run_dir}: its telemetry-*.jsonl files hold no messages")
     order = {"producer": 0, "scorer": 1, "sink": 2}
