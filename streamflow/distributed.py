@@ -65,7 +65,7 @@ class Collective:
         """Element-wise maximum over the ranks, in place; returns it."""
         return self._reduce(tensor, dist.ReduceOp.MAX)
 
-    def _reduce(self, tensor: Tensor, op: dist.ReduceOp) -> Tensor:
+    def _reduce(self, tensor: Tensor, op: dist.ReduceOp.RedOpType) -> Tensor:
         if tensor.device == self.device:
             dist.all_reduce(tensor, op=op)
             return tensor
