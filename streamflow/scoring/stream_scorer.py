@@ -65,8 +65,8 @@ class ConsumeStats:
     """stream id -> (frames, events) its sender sent, from END_OF_STREAM."""
     receivers: int = 1
     """How many receivers shared the stream(s), from END_OF_STREAM (data-parallel ranks count each)."""
-    rank: int | None = None
-    """This scorer's rank when data-parallel (rank 0 holds the merged ledger), else None."""
+    rank: int = 0
+    """This scorer's rank among data-parallel ranks (rank 0 holds the merged ledger); 0 alone."""
     selections_by_stream: dict[int, tuple[int, int]] = field(default_factory=dict)
     """stream id -> (SELECTION frames, accepted events) sent to the sink, for its END_OF_STREAM."""
     busy: tuple[float, float] | None = None
@@ -136,7 +136,7 @@ class StreamScorer:
         self.scorer = FrameScorer(config)
         self.scorer.distribute(collective)
         self.tracker = SequenceTracker()
-        self.stats = ConsumeStats(rank=collective.rank if collective.world_size > 1 else None)
+        self.stats = ConsumeStats(rank=collective.rank)
         self.latency = LatencyHistogram()
         self.rates = RateMeter()
         self.learn_totals: dict[str, dict[str, float]] = {}
