@@ -152,9 +152,10 @@ class _ScorerLoop:
     def telemetry(self) -> ScorerRecord:
         return self.state.telemetry(self.receiver.rejected, self.selections.blocked_s if self.selections else 0.0)
 
-    def idle(self, ranks: str) -> None:
-        """End with the idle timeout's error (the ranks decided it together: rank 0 raises it)."""
-        self.state.stats.idle_error = (f"no frame from {self.config.endpoint}{ranks} for "
+    def idle(self, where: str = "") -> None:
+        """End with the idle timeout's error (ranks decide it together: rank 0 raises it); ``where``
+        says on which ranks."""
+        self.state.stats.idle_error = (f"no frame from {self.config.endpoint}{where} for "
                                        f"{self.config.idle_timeout:g} s: is the producer running?")
 
     def ledger(self) -> Ledger:
@@ -180,7 +181,7 @@ def _alone(loop: _ScorerLoop, stop_event: threading.Event) -> None:
         msg = loop.receiver.recv(timeout_ms=200)
         if msg is None:
             if time.monotonic() - last_frame > config.idle_timeout:
-                loop.idle("")
+                loop.idle()
                 break
         elif msg.kind == Kind.END_OF_STREAM:
             loop.state.end_of_stream(msg.meta, msg.stream_id)
