@@ -79,9 +79,9 @@ from torch import nn
 from bench import hotpaths, quantile, transport
 from streamflow.events import open_source
 from streamflow.learners import FlowConfig, build_learner
-from streamflow.ops.telemetry import read_jsonl
 from streamflow.scoring.frame_scorer import cpu_threads, resolve_device
 from streamflow.scoring.presets import preset
+from streamflow.stream.telemetry import read_jsonl
 
 SIZES = (4096, 65536)
 BIND_TRIES = 3

@@ -1,35 +1,26 @@
 """The scorer process: PULL frames, test-then-train, trigger, push selections to the sink.
 
-Per frame: decode (zero-copy), check its sequence number, hand it to
-:class:`streamflow.scoring.frame_scorer.FrameScorer` (score with every learner, select, learn),
-send the frame's accepted events as one SELECTION message (empty ones too: the
-sink counts frames by them), record the frame's latency from the producer's send
-time, checkpoint every ``checkpoint_every`` frames, and publish telemetry about
-twice a second. END_OF_STREAM, SIGINT, SIGTERM and the idle timeout all end the
-loop the same way: a last learning step, a checkpoint, the selections stream
-ended with its own handshake, and the ledger (the idle timeout then exits with its
-one-line error).
-
-Crashes: every handled frame is appended to a journal (streamflow.stream.journal),
-emptied at each checkpoint. A scorer restarted with ``resume`` after ``kill -9``
-reads the journal: those frames were scored (their selections sent) but the
-learning from them died with the process -- "lost after processing". The frames
-that were still queued in the dead process show up as a sequence gap -- "lost in
-flight". The checkpoint carries both forward, and at END_OF_STREAM the ledger
-accounts for every frame and event the producer sent (streamflow.stream.ledger.account_stream).
+Per frame: decode (zero-copy), hand it to
+:class:`streamflow.scoring.stream_scorer.StreamScorer` (sequence check, score with
+every learner, select, learn, count), send the frame's accepted events as one
+SELECTION message (empty ones too: the sink counts frames by them;
+streamflow.scoring.selection), record the frame's latency from the producer's send
+time, journal it, checkpoint every ``checkpoint_every`` frames
+(streamflow.scoring.durability, which also explains crash recovery), and publish
+telemetry about twice a second. END_OF_STREAM, SIGINT, SIGTERM and the idle
+timeout all end the loop the same way: a last learning step, a checkpoint, the
+selections stream ended with its own handshake, and the ledger (the idle timeout
+then exits with its one-line error). This module holds the sockets and the loops;
+everything else is in the library, testable without sockets.
 
 Data-parallel (started by torchrun with WORLD_SIZE > 1, see streamflow.distributed):
 every rank pulls its own frames, and the ranks work in rounds -- each round every
 rank processes the frame it received, or an empty one, so that all of them take
 part in every learning step and threshold sum. A round begins with one small sum
 of (has a frame, ended, stopped, idle, schema unknown, quiet since another rank
-ended), so the ranks decide together when the stream is over. Per-rank files carry ``-rank<r>`` in their names; rank 0 writes
-the one checkpoint (all ranks resume from it) and the merged ledger, which
-accounts for every frame across the ranks and checks that their weights agree.
-Each rank's SequenceTracker sees the other ranks' frames as gaps: it remembers up
-to MAX_TRACKED_MISSING of them (streamflow.stream.ledger; 1M frames, about 4 billion
-events at 4096 a frame, per stream) -- beyond that the merged account can no
-longer tell other ranks' frames from losses.
+ended), so the ranks decide together when the stream is over. Per-rank files carry
+``-rank<r>`` in their names; rank 0 writes the one checkpoint (all ranks resume
+from it) and the merged ledger (streamflow.scoring.rank_merge).
 """
 
 from __future__ import annotations
@@ -37,34 +28,22 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 import zmq
 
-from streamflow.scoring.checkpoint import load_checkpoint, save_checkpoint
-from streamflow.distributed import Collective, close_collective, init_collective, rank_endpoint, weights_digest
+from streamflow.distributed import Collective, init_collective, rank_endpoint
 from streamflow.errors import ConfigError, StreamflowError
 from streamflow.events.batch import EventBatch
-from streamflow.stream.journal import FrameJournal
-from streamflow.stream.ledger import (
-    Ledger,
-    SequenceTracker,
-    StreamAccount,
-    account_stream,
-    merge_sequence_states,
-    seen_runs,
-    stream_receivers,
-    stream_totals,
-)
-from streamflow.analysis.sampling import HISTOGRAM_KEY, ContextHistogram
-from streamflow.scoring.score_buffer import ScoreBuffer
-from streamflow.scoring.frame_scorer import FrameScorer, ScorerConfig, line_figures, resolve_device
-from streamflow.ops.telemetry import LatencyHistogram, RateMeter, TelemetryReporter
-from streamflow.trigger import LineStats
+from streamflow.scoring.durability import CHECKPOINT_SUFFIX, Durability
+from streamflow.scoring.frame_scorer import ScorerConfig, resolve_device
+from streamflow.scoring.rank_merge import merged_ledger
+from streamflow.scoring.selection import selection_parts
+from streamflow.scoring.stream_scorer import ConsumeStats, Intake, StreamScorer
+from streamflow.stream.ledger import Ledger
+from streamflow.stream.telemetry import ScorerRecord, TelemetryReporter
 from streamflow.stream.transport import (
     DEFAULT_ENDPOINT,
     DEFAULT_HWM,
@@ -75,7 +54,7 @@ from streamflow.stream.transport import (
     check_queue_options,
     connect,
 )
-from streamflow.stream.wire import Kind, Message, encode_selection
+from streamflow.stream.wire import Kind, Message
 
 
 @dataclass(frozen=True)
@@ -116,97 +95,36 @@ class ConsumeConfig:
         if self.curve is not None and self.curve.is_server:
             raise ConfigError("the scorer connects: its CURVE config needs the producer's public key file")
         if self.selections_curve is not None and not self.selections_curve.is_server:
-            raise ConfigError("the scorer binds its selections socket: its CURVE config needs an authorised-keys folder")
+            raise ConfigError("the scorer binds its selections socket: "
+                              "its CURVE config needs an authorised-keys folder")
         if self.selections_curve is not None and self.selections is None:
             raise ConfigError("a CURVE config for the selections socket needs a selections endpoint (--selections)")
 
     @property
     def checkpoint_path(self) -> Path:
-        return Path(self.run_dir) / f"{self.name}.ckpt.pt"
-
-
-@dataclass
-class ConsumeStats:
-    """What a scorer did, for the ledger and the caller."""
-
-    frames: int = 0
-    events: int = 0
-    rejected: int = 0
-    accepted: int = 0
-    selections_sent: int = 0
-    checkpoints: int = 0
-    resumed_from_frame: int | None = None
-    stopped: bool = False
-    ended_by_producer: bool = False
-    idle_error: str | None = None
-    sequence: dict[str, int] = field(default_factory=dict)
-    missing_frames: dict[int, list[int]] = field(default_factory=dict)
-    lost_after_processing: dict[int, dict[int, int]] = field(default_factory=dict)
-    """stream id -> {seq: events} scored by a crashed incarnation after its last checkpoint."""
-    accounts: dict[int, StreamAccount] = field(default_factory=dict)
-    sent_totals: dict[int, tuple[int, int]] = field(default_factory=dict)
-    """stream id -> (frames, events) its sender sent, from END_OF_STREAM."""
-    receivers: int = 1
-    """How many receivers shared the stream(s), from END_OF_STREAM (data-parallel ranks count each)."""
-    rank: int | None = None
-    """This scorer's rank when data-parallel (rank 0 holds the merged ledger), else None."""
-    selections_by_stream: dict[int, tuple[int, int]] = field(default_factory=dict)
-    """stream id -> (SELECTION frames, accepted events) sent to the sink, for its END_OF_STREAM."""
-    busy: tuple[float, float] | None = None
-    """Wall-clock times (s since the epoch) of the first frame's arrival and the last frame's end."""
-
-
-def _lost_json(lost: dict[int, dict[int, int]]) -> dict[str, dict[str, int]]:
-    """Frames lost after processing (stream id -> {seq: events}) with JSON's string keys."""
-    return {str(sid): {str(seq): n for seq, n in frames.items()} for sid, frames in lost.items()}
-
-
-def _add_lost(into: dict[int, dict[int, int]], saved: dict[str, dict[str, int]]) -> None:
-    """Merge what :func:`_lost_json` wrote (a checkpoint's, or another rank's) into ``into``."""
-    for sid, frames in saved.items():
-        into.setdefault(int(sid), {}).update({int(seq): int(n) for seq, n in frames.items()})
-
-
-_COUNTERS = ("frames", "events_scored", "events_learned")
-"""FrameScorer's running counts, as its state_dict names them."""
+        return Path(self.run_dir) / f"{self.name}{CHECKPOINT_SUFFIX}"
 
 
 class _ScorerLoop:
-    """State of one scorer process (or rank); :func:`run_consume` drives it."""
+    """One scorer process (or rank): its sockets around a :class:`StreamScorer`; :func:`run_consume` drives it."""
 
-    def __init__(self, config: ConsumeConfig, ctx: zmq.Context, collective: Collective | None = None,
-                 stop_event: threading.Event | None = None) -> None:
-        self.collective = collective
+    def __init__(self, config: ConsumeConfig, ctx: zmq.Context, collective: Collective,
+                 stop_event: threading.Event) -> None:
         self.stop_event = stop_event
         """Set by a signal: a send blocked on a full selections queue gives up."""
-        self.checkpoint_path = config.checkpoint_path  # one checkpoint, whatever the rank
-        if collective is not None:
+        checkpoint_path = config.checkpoint_path  # one checkpoint, whatever the rank
+        if collective.world_size > 1:
             rank = collective.rank
             config = dataclasses.replace(
                 config, name=f"{config.name}-rank{rank}", scorer=dataclasses.replace(
                     config.scorer, device=str(collective.device)),
                 selections=rank_endpoint(config.selections, rank) if config.selections else None)
         self.config = config
-        self.scorer = FrameScorer(config.scorer)
-        if collective is not None:
-            self.scorer.distribute(collective)
-        self.tracker = SequenceTracker()
-        self.stats = ConsumeStats(rank=None if collective is None else collective.rank)
-        self.latency = LatencyHistogram()
-        self.rates = RateMeter()
-        self.learn_totals: dict[str, dict[str, float]] = {}
-        self.sample = ScoreBuffer(tuple(self.scorer.learners))
-        self.mjj = ContextHistogram("mjj")
-        """The streamed mjj, checkpointed so that `streamflow sample` draws mjj as the stream had it."""
         run_dir = Path(config.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.journal = FrameJournal(run_dir / f"{config.name}.journal")
-        self.base = self._counters()
-        """Counts carried over from a checkpoint, so the ledger reports this run's events only."""
-        if config.resume and self._checkpoint_exists():
-            self._resume()
-        else:
-            self.journal.clear()
+        self.state = StreamScorer(config.scorer, collective)
+        self.durability = Durability(checkpoint_path, run_dir / f"{config.name}.journal")
+        self.durability.start(self.state, config.resume)
         self.receiver = Receiver(ctx, config.endpoint, name=config.name, hwm=config.hwm,
                                  kernel_buffer=config.kernel_buffer, curve=config.curve)
         self.selections = (Sender(ctx, config.selections, hwm=config.hwm, curve=config.selections_curve)
@@ -217,183 +135,36 @@ class _ScorerLoop:
             jsonl_path=run_dir / f"telemetry-{config.name}.jsonl",
         )
 
-    def _counters(self) -> tuple[int, int, int]:
-        return tuple(getattr(self.scorer, key) for key in _COUNTERS)  # type: ignore[return-value]
-
-    @property
-    def leader(self) -> bool:
-        """Writes the checkpoint and the merged ledger: the only scorer, or rank 0."""
-        return self.collective is None or self.collective.rank == 0
-
-    def _checkpoint_exists(self) -> bool:
-        exists = self.checkpoint_path.exists()
-        if self.collective is None:
-            return exists
-        views = self.collective.gather_json(exists)
-        if len(set(views)) > 1:
-            raise ConfigError(f"--resume: {self.checkpoint_path} is visible to ranks "
-                              f"{[r for r, v in enumerate(views) if v]} only: the run folder must be shared")
-        return exists
-
-    def _resume(self) -> None:
-        state = load_checkpoint(self.checkpoint_path, self.scorer.device)
-        self.scorer.load_state_dict(state["scorer"])
-        self.base = self._counters()
-        self.stats.resumed_from_frame = self.scorer.frames
-        if not self.leader:  # rank 0 carries the stream's account (and reads this rank's journal)
-            self.checkpoint()
-            return
-        self.tracker.load_state_dict(state["sequence"])
-        if HISTOGRAM_KEY in state:
-            self.mjj = ContextHistogram.from_state(state[HISTOGRAM_KEY])
-        lost = self.stats.lost_after_processing
-        _add_lost(lost, state.get("lost_after_processing", {}))
-        journals = [self.journal.path]
-        if self.collective is not None:
-            base = self.checkpoint_path.name.removesuffix(".ckpt.pt")
-            journals = sorted(self.journal.path.parent.glob(f"{base}-rank*.journal"))
-        missing = self.tracker.missing_frames()
-        for path in journals:  # frames handled by the dead process(es) after the checkpoint
-            for sid, frames in FrameJournal.read_file(path).items():
-                next_seq, _, _ = self.tracker.segment(sid)
-                gaps = set(missing.get(sid, []))
-                lost.setdefault(sid, {}).update(
-                    {seq: n for seq, n in frames.items() if seq >= next_seq or seq in gaps})
-        self.checkpoint()  # carries the crash window forward before the journal is emptied
+    def on_frame(self, msg: Message, batch: EventBatch) -> None:
+        """Score, select and learn one frame (``msg``'s ``batch``); send its selections; journal it."""
+        result = self.state.on_frame(batch, msg.stream_id, msg.seq)
+        if self.selections is not None:
+            parts, accepted = selection_parts(batch, result, self.config.scorer.lines,
+                                              seq=msg.seq, stream_id=msg.stream_id, send_ns=msg.send_ns)
+            self.selections.send(parts, accepted, self.stop_event)
+            self.state.selection_sent(msg.stream_id, accepted)
+        self.state.on_frame_done(msg.send_ns)
+        self.durability.record(msg.stream_id, msg.seq, len(batch))
 
     def checkpoint(self) -> None:
-        """Save learners, the stream's account and the crash window; empty the journal.
+        self.durability.checkpoint(self.state)
 
-        Data-parallel this is collective: rank 0 saves the union of every rank's account."""
-        sequence = self.tracker.state_dict()
-        scorer = self.scorer.state_dict()
-        mjj = self.mjj.state_dict()
-        if self.collective is not None:  # the stream's account, counts and mjj are those of all ranks
-            views = self.collective.gather_json({"sequence": sequence, "counted": [
-                now - base for now, base in zip(self._counters(), self.base)]})
-            sequence, _ = merge_sequence_states([view["sequence"] for view in views])
-            scorer["counters"] = {key: base + sum(view["counted"][i] for view in views)
-                                  for i, (key, base) in enumerate(zip(_COUNTERS, self.base))}
-            summed = self.collective.sum_counts(np.append(self.mjj.counts, self.mjj.outside))
-            mjj.update(counts=torch.from_numpy(summed[:-1]), outside=int(summed[-1]))
-        if self.leader:
-            save_checkpoint(self.checkpoint_path, {
-                "scorer": scorer, "sequence": sequence, HISTOGRAM_KEY: mjj,
-                "lost_after_processing": _lost_json(self.stats.lost_after_processing),
-            })
-        if self.collective is not None:  # no rank forgets its frames before rank 0 has saved them
-            self.collective.barrier()
-        self.journal.clear()
-        self.stats.checkpoints += 1
+    def telemetry(self) -> ScorerRecord:
+        return self.state.telemetry(self.receiver.rejected, self.selections.blocked_s if self.selections else 0.0)
 
-    def on_frame(self, msg: Message) -> None:
-        batch = msg.batch
-        started = self.stats.busy[0] if self.stats.busy else time.time()
-        self.tracker.observe(msg.stream_id, msg.seq, len(batch))
-        result = self.scorer.process(batch)
-        selection = result.selection
-        accepted = np.flatnonzero(selection.accept)
-        self.stats.frames += 1
-        self.stats.events += len(batch)
-        self.stats.accepted += len(accepted)
-        self.rates.add(len(batch))
-        self.sample.add(batch.labels, result.scores)
-        if "mjj" in batch.names:
-            self.mjj.add(batch.column("mjj"))
-        self.add_learn_stats(result.learn_stats)
-        if self.selections is not None:
-            line_scores = np.column_stack(
-                [result.scores[line.learner][accepted] for line in self.config.scorer.lines]
-            ).astype(np.float32) if self.config.scorer.lines else np.zeros((len(accepted), 0), np.float32)
-            parts = encode_selection(
-                batch.take(accepted), selection.bits[accepted], line_scores,
-                tuple(line.name for line in self.config.scorer.lines),
-                seq=msg.seq, stream_id=msg.stream_id, send_ns=msg.send_ns,
-            )
-            self.selections.send(parts, len(accepted), self.stop_event)
-            self.stats.selections_sent += len(accepted)
-            frames, events = self.stats.selections_by_stream.get(msg.stream_id, (0, 0))
-            self.stats.selections_by_stream[msg.stream_id] = (frames + 1, events + len(accepted))
-        self.latency.record(time.time_ns() - msg.send_ns)
-        self.journal.record(msg.stream_id, msg.seq, len(batch))
-        self.stats.busy = (started, time.time())
-
-    def on_no_frame(self, names: tuple[str, ...]) -> None:
-        """A data-parallel round without a frame here: take part in the others' step with no events."""
-        empty = EventBatch(np.zeros(0, np.uint64), np.zeros((0, len(names)), np.float32), names)
-        self.add_learn_stats(self.scorer.process(empty, counted=False).learn_stats)
-
-    def add_learn_stats(self, learn_stats: dict[str, dict[str, float]]) -> None:
-        """Fold one learning call's stats into the running totals (the last loss, summed counts)."""
-        for name, stats in learn_stats.items():
-            totals = self.learn_totals.setdefault(name, {})
-            for key, value in stats.items():
-                totals[key] = value if key == "loss" else totals.get(key, 0.0) + value
-
-    def end_selections(self, timeout_s: float) -> None:
-        """END_OF_STREAM to the sink(s), with the totals per stream that a sink accounts against.
-
-        When scorers split the producer's stream, a sink sees this scorer's share of
-        the producer's sequence numbers: the totals are then the producer's frames (the
-        others' are "taken by the other receivers", as for the scorer) and this
-        scorer's accepted events."""
-        assert self.selections is not None
-        streams, shared = self.stats.selections_by_stream, self.stats.receivers
-        if shared > 1:
-            streams = {sid: (self.stats.sent_totals[sid][0], events) for sid, (_, events) in streams.items()
-                       if sid in self.stats.sent_totals}
-        self.selections.end_stream(timeout_s, streams=streams, shared_by=shared if shared > 1 else None)
-
-    def telemetry(self) -> dict[str, Any]:
-        sender = self.selections
-        return {
-            "events": self.stats.events, "frames": self.stats.frames, **self.rates.rates(),
-            "latency": self.latency.summary(), "rejected": self.receiver.rejected,
-            "sequence": self.tracker.summary(), "accepted": self.stats.accepted,
-            "blocked_s": sender.blocked_s if sender else 0.0,
-            "learners": self.learn_totals, "lines": self.scorer.line_stats(),
-            "device": str(self.scorer.device),
-        }
-
-    def end_of_stream(self, msg: Message) -> None:
-        """Account for every frame and event of the stream(s) the producer (or proxy) just ended."""
-        self.stats.ended_by_producer = True
-        self.stats.sent_totals = stream_totals(msg.meta, msg.stream_id)
-        self.stats.receivers = stream_receivers(msg.meta)
-        for sid, (frames, events) in self.stats.sent_totals.items():
-            self.stats.accounts[sid] = account_stream(
-                self.tracker, sid, frames, events, self.stats.lost_after_processing.get(sid),
-                self.stats.receivers - 1)
+    def idle(self, where: str = "") -> None:
+        """End with the idle timeout's error (ranks decide it together: rank 0 raises it); ``where``
+        says on which ranks."""
+        self.state.stats.idle_error = (f"no frame from {self.config.endpoint}{where} for "
+                                       f"{self.config.idle_timeout:g} s: is the producer running?")
 
     def ledger(self) -> Ledger:
-        ledger = Ledger()
-        stats, receiver = self.stats, self.receiver
-        ledger.add("received", receiver.events, f"{receiver.frames} frames; {receiver.rejected} rejected messages")
-        ledger.add("scored", self.scorer.events_scored - self.base[1], "")
-        ledger.add("learned from", self.scorer.events_learned - self.base[2],
-                   "every scored event is learned from after its frame")
-        ledger.add("accepted", stats.accepted, "by at least one trigger line")
-        ledger.add("sent to sink", stats.selections_sent, "" if self.selections else "no sink configured")
-        lost = {sid: {"frames": sorted(frames), "events": sum(frames.values())}
-                for sid, frames in stats.lost_after_processing.items()}
-        ledger.details.update(sequence=self.tracker.summary(), missing_frames=self.tracker.missing_frames(),
-                              resumed_from_frame=stats.resumed_from_frame, lines=self.scorer.line_stats(),
-                              learners=self.learn_totals, rejected=receiver.rejected,
-                              last_rejection=receiver.last_error, lost_after_processing=lost,
-                              streams={sid: a.to_dict() for sid, a in stats.accounts.items()},
-                              frames_seen=seen_runs(self.tracker.state_dict()), busy=stats.busy,
-                              rate=_rate(receiver.events, stats.busy),
-                              weights_sha256=weights_digest(
-                                  learner.model for learner in self.scorer.learners.values()))
-        ledger.notes += [account.render(sid) for sid, account in stats.accounts.items()]
-        if receiver.rejected:
-            ledger.notes.append(f"rejected {receiver.rejected} messages; last: {receiver.last_error}")
-        if stats.idle_error:
-            ledger.notes.append(f"ended: {stats.idle_error}")
-        return ledger
+        receiver = self.receiver
+        intake = Intake(receiver.events, receiver.frames, receiver.rejected, receiver.last_error)
+        return self.state.ledger(intake, sink=self.selections is not None)
 
     def close(self) -> None:
-        self.journal.close()
+        self.durability.close()
         self.receiver.close()
         if self.selections is not None:
             self.selections.close()
@@ -410,17 +181,16 @@ def _alone(loop: _ScorerLoop, stop_event: threading.Event) -> None:
         msg = loop.receiver.recv(timeout_ms=200)
         if msg is None:
             if time.monotonic() - last_frame > config.idle_timeout:
-                loop.stats.idle_error = (f"no frame from {config.endpoint} for {config.idle_timeout:g} s: "
-                                         "is the producer running?")
+                loop.idle()
                 break
         elif msg.kind == Kind.END_OF_STREAM:
-            loop.end_of_stream(msg)
+            loop.state.end_of_stream(msg.meta, msg.stream_id)
             break
-        elif msg.kind == Kind.DATA:
+        elif msg.kind == Kind.DATA and msg.batch is not None:
             last_frame = time.monotonic()
-            loop.on_frame(msg)
+            loop.on_frame(msg, msg.batch)
             every = config.checkpoint_every
-            if every and loop.scorer.frames % every == 0:
+            if every and loop.state.scorer.frames % every == 0:
                 loop.checkpoint()
         loop.reporter.maybe_report(loop.telemetry)
 
@@ -443,25 +213,25 @@ def _in_rounds(loop: _ScorerLoop, collective: Collective, stop_event: threading.
     while True:
         msg = None if ended or stop_event.is_set() else loop.receiver.recv(timeout_ms=_ROUND_WAIT_MS)
         if msg is not None and msg.kind == Kind.END_OF_STREAM:
-            loop.end_of_stream(msg)
+            loop.state.end_of_stream(msg.meta, msg.stream_id)
             ended, msg = True, None
-        frame = msg if msg is not None and msg.kind == Kind.DATA else None
-        if frame is not None:
-            names = frame.batch.names
+        batch = msg.batch if msg is not None and msg.kind == Kind.DATA else None
+        if batch is not None:
+            names = batch.names
         quiet_s = time.monotonic() - last_frame
         idle, over = quiet_s > config.idle_timeout, some_ended and quiet_s > END_GRACE_S
         votes = collective.sum_(torch.tensor(
-            [frame is not None, ended, stop_event.is_set(), idle, names is None, over], dtype=torch.int64)).tolist()
+            [batch is not None, ended, stop_event.is_set(), idle, names is None, over], dtype=torch.int64)).tolist()
         with_frames, n_ended, n_stopped, n_idle, n_unbound, n_over = votes
         some_ended = n_ended > 0
         if with_frames:
             last_frame = time.monotonic()
             if n_unbound:  # some rank has had no frame yet: it takes the stream's schema from one that has
                 names = tuple(next(n for n in collective.gather_json(names) if n is not None))
-            if frame is not None:
-                loop.on_frame(frame)
-            else:
-                loop.on_no_frame(names)
+            if msg is not None and batch is not None:
+                loop.on_frame(msg, batch)
+            elif names is not None:
+                loop.state.on_no_frame(names)
             rounds += 1
             if config.checkpoint_every and rounds % config.checkpoint_every == 0:
                 loop.checkpoint()
@@ -469,63 +239,10 @@ def _in_rounds(loop: _ScorerLoop, collective: Collective, stop_event: threading.
         if n_stopped:
             break
         if n_idle == collective.world_size and not with_frames:
-            loop.stats.idle_error = (f"no frame from {config.endpoint} on any of {collective.world_size} ranks "
-                                     f"for {config.idle_timeout:g} s: is the producer running?")
+            loop.idle(f" on any of {collective.world_size} ranks")
             break
         if (n_ended == collective.world_size or n_over == collective.world_size) and not with_frames:
             break
-
-
-def _merged_ledger(loop: _ScorerLoop, collective: Collective, ledger: Ledger) -> Ledger:
-    """Rank 0's account of the whole stream from every rank's ledger (collective; others get theirs back)."""
-    views = collective.gather_json({
-        "stages": [[stage.name, stage.events] for stage in ledger.stages],
-        "sequence": loop.tracker.state_dict(), "weights": ledger.details["weights_sha256"],
-        "lost": _lost_json(loop.stats.lost_after_processing),
-        "sent": {str(sid): list(totals) for sid, totals in loop.stats.sent_totals.items()},
-        "receivers": loop.stats.receivers, "busy": loop.stats.busy, "lines": loop.scorer.line_stats(),
-    })
-    if not loop.leader:
-        return ledger
-    merged = Ledger()
-    for i, (name, _) in enumerate(views[0]["stages"]):
-        merged.add(name, sum(view["stages"][i][1] for view in views),
-                   "; ".join(f"rank {r}: {view['stages'][i][1]:,d}" for r, view in enumerate(views)))
-    sequence, duplicates = merge_sequence_states([view["sequence"] for view in views])
-    tracker = SequenceTracker()
-    tracker.load_state_dict(sequence)
-    lost: dict[int, dict[int, int]] = {}
-    sent: dict[int, tuple[int, int]] = {}
-    for view in views:
-        _add_lost(lost, view["lost"])
-        sent.update({int(sid): (frames, events) for sid, (frames, events) in view["sent"].items()})
-    others = max(view["receivers"] for view in views) - collective.world_size  # receivers beside the ranks
-    accounts = {sid: account_stream(tracker, sid, frames, events, lost.get(sid), max(0, others))
-                for sid, (frames, events) in sent.items()}
-    digests = [view["weights"] for view in views]
-    identical = len(set(digests)) == 1
-    spans = [view["busy"] for view in views if view["busy"]]
-    busy = (min(a for a, _ in spans), max(b for _, b in spans)) if spans else None
-    merged.details.update(
-        ranks=collective.world_size, duplicate_frames=duplicates, weights_identical=identical,
-        weights_sha256=digests, missing_frames=tracker.missing_frames(),
-        streams={sid: a.to_dict() for sid, a in accounts.items()},
-        lines=[line_figures(LineStats.combined([LineStats.from_dict(view["lines"][i]) for view in views]))
-               for i in range(len(views[0]["lines"]))],
-        learners=ledger.details["learners"],
-        frames_seen=[seen_runs(view["sequence"]) for view in views],
-        busy=busy, rate=_rate(merged.stages[0].events, busy),
-    )
-    merged.notes += [account.render(sid) for sid, account in accounts.items()]
-    merged.notes.append(f"{collective.world_size} ranks; frames seen by more than one rank: {duplicates}; "
-                        f"weights identical on all ranks: {'yes' if identical else 'NO'}")
-    merged.notes += [note for note in ledger.notes if not note.startswith("stream ")]
-    return merged
-
-
-def _rate(events: int, busy: tuple[float, float] | None) -> float | None:
-    """Events per second from the first frame's arrival to the last frame's end (None: no frames)."""
-    return events / (busy[1] - busy[0]) if busy and busy[1] > busy[0] else None
 
 
 def run_consume(config: ConsumeConfig, stop_event: threading.Event | None = None) -> tuple[ConsumeStats, Ledger]:
@@ -544,32 +261,33 @@ def run_consume(config: ConsumeConfig, stop_event: threading.Event | None = None
     loop = None
     try:
         loop = _ScorerLoop(config, ctx, collective, stop_event)
-        if collective is None:
+        state, stats = loop.state, loop.state.stats
+        if collective.world_size == 1:
             _alone(loop, stop_event)
         else:
             _in_rounds(loop, collective, stop_event)
-        loop.stats.stopped = stop_event.is_set()
-        loop.add_learn_stats({name: {"loss": stats.get("loss", float("nan"))}
-                              for name, stats in loop.scorer.flush().items()})
+        stats.stopped = stop_event.is_set()
+        state.flush()
         loop.checkpoint()
-        loop.sample.save(Path(loop.config.run_dir) / f"scores-{loop.config.name}.npz")
+        state.sample.save(Path(loop.config.run_dir) / f"scores-{loop.config.name}.npz")
         loop.reporter.report(loop.telemetry())
-        loop.stats.sequence = loop.tracker.summary()
-        loop.stats.missing_frames = loop.tracker.missing_frames()
-        loop.stats.rejected = loop.receiver.rejected
+        stats.sequence = state.tracker.summary()
+        stats.missing_frames = state.tracker.missing_frames()
+        stats.rejected = loop.receiver.rejected
         ledger = loop.ledger()
         ledger.write(Path(config.run_dir) / f"ledger-{loop.config.name}.json")
-        if collective is not None:  # the last collective: a rank's own handshake below may fail alone
-            ledger = _merged_ledger(loop, collective, ledger)
-            if loop.leader:
+        if collective.world_size > 1:  # the last collective: a rank's own handshake below may fail alone
+            ledger = merged_ledger(state, ledger)
+            if state.leader:
                 ledger.write(Path(config.run_dir) / f"ledger-{config.name}.json")
         if loop.selections is not None:
-            loop.end_selections(config.eos_timeout)
-        if loop.stats.idle_error and loop.leader:  # the ranks decided it together: rank 0 says it
-            raise StreamflowError(loop.stats.idle_error)
-        return loop.stats, ledger
+            streams, shared_by = state.sink_totals()
+            loop.selections.end_stream(config.eos_timeout, streams=streams, shared_by=shared_by)
+        if stats.idle_error and state.leader:  # the ranks decided it together: rank 0 says it
+            raise StreamflowError(stats.idle_error)
+        return stats, ledger
     finally:
         if loop is not None:
             loop.close()
         ctx.destroy(linger=0)
-        close_collective(collective)
+        collective.close()

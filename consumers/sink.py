@@ -26,9 +26,16 @@ import numpy as np
 import zmq
 
 from streamflow.errors import ConfigError, StreamflowError
-from streamflow.stream.ledger import Ledger, SequenceTracker, StreamAccount, account_stream, stream_receivers, stream_totals
+from streamflow.stream.ledger import (
+    Ledger,
+    SequenceTracker,
+    StreamAccount,
+    account_stream,
+    stream_receivers,
+    stream_totals,
+)
 from streamflow.stream.selections import SelectedEvents, SelectionWriter
-from streamflow.ops.telemetry import LatencyHistogram, RateMeter, TelemetryReporter
+from streamflow.stream.telemetry import LatencyHistogram, RateMeter, SinkRecord, TelemetryReporter
 from streamflow.stream.transport import Curve, Receiver, check_endpoint, connect
 from streamflow.stream.wire import Kind, Message
 
@@ -104,10 +111,12 @@ def run_sink(config: SinkConfig, stop_event: threading.Event | None = None,
                                  jsonl_path=run_dir / f"telemetry-{config.name}.jsonl")
     receiver = Receiver(ctx, config.endpoint, name=config.name, curve=config.curve)
 
-    def telemetry() -> dict[str, Any]:
-        return {"frames": stats.frames, "events": stats.events_in, **rates.rates(),
-                "written": writer.rows_written if writer else 0, "pending": writer.pending if writer else 0,
-                "latency": latency.summary(), "sequence": tracker.summary(), "rejected": receiver.rejected}
+    def telemetry() -> SinkRecord:
+        events_per_s, frames_per_s = rates.rates()
+        return SinkRecord(frames=stats.frames, events=stats.events_in, events_per_s=events_per_s,
+                          frames_per_s=frames_per_s, written=writer.rows_written if writer else 0,
+                          pending=writer.pending if writer else 0, latency=latency.summary(),
+                          sequence=tracker.summary(), rejected=receiver.rejected)
 
     try:
         last = time.monotonic()
@@ -115,7 +124,8 @@ def run_sink(config: SinkConfig, stop_event: threading.Event | None = None,
             msg = receiver.recv(timeout_ms=200)
             if msg is None:
                 if time.monotonic() - last > config.idle_timeout:
-                    error = f"no selections from {config.endpoint} for {config.idle_timeout:g} s: is the scorer running?"
+                    error = (f"no selections from {config.endpoint} for {config.idle_timeout:g} s: "
+                             "is the scorer running?")
                     break
             elif msg.kind == Kind.END_OF_STREAM:
                 stats.ended_by_scorer = True

@@ -19,6 +19,9 @@ not alone; no learner here has such parameters).
 
 This module holds the collective operations only; :class:`Collective` wraps an
 initialised ``torch.distributed`` process group (gloo on the CPU, NCCL on CUDA).
+A scorer on its own holds a :class:`SoloCollective` (rank 0 of 1), whose every
+operation is the identity and touches no tensor: callers never ask "am I
+data-parallel?" to sum, gather or wait, and one process pays nothing for it.
 streamflow pickles nothing between ranks: structured data (stream schemas,
 sequence accounts) crosses as JSON in uint8 tensors. (torchrun's own rendezvous
 store does unpickle what it stores: keep its port on a trusted network.)
@@ -30,8 +33,9 @@ import hashlib
 import json
 import os
 import socket
-from dataclasses import dataclass
-from typing import Any, Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,7 +65,7 @@ class Collective:
         """Element-wise maximum over the ranks, in place; returns it."""
         return self._reduce(tensor, dist.ReduceOp.MAX)
 
-    def _reduce(self, tensor: Tensor, op: dist.ReduceOp) -> Tensor:
+    def _reduce(self, tensor: Tensor, op: dist.ReduceOp.RedOpType) -> Tensor:
         if tensor.device == self.device:
             dist.all_reduce(tensor, op=op)
             return tensor
@@ -91,7 +95,99 @@ class Collective:
         padded[: raw.numel()] = raw.to(self.device)
         parts = [torch.empty(longest, dtype=torch.uint8, device=self.device) for _ in range(self.world_size)]
         dist.all_gather(parts, padded)
-        return [json.loads(bytes(p[: int(s.item())].cpu().numpy())) for p, s in zip(parts, sizes)]
+        return [json.loads(bytes(p[: int(s.item())].cpu().numpy())) for p, s in zip(parts, sizes, strict=True)]
+
+    def largest(self, local: int) -> int:
+        """The largest of the ranks' ``local`` counts (e.g. minibatches in a step)."""
+        return int(self.max_(torch.tensor([local], dtype=torch.int64)).item())
+
+    def pooled_moments(self, y: Tensor, center: Tensor) -> tuple[int, Tensor, Tensor]:
+        """(n, mean, sum of squared deviations from the mean) of the rows of ``y`` on all ranks.
+
+        Each rank sends its count and its sums of (y - c) and (y - c)^2 about a
+        ``center`` c that is the same on every rank (so the sums are exact to add):
+        mean = c + S1 / n and M2 = S2 - n (S1 / n)^2, per column (float64).
+        """
+        shifted = y - center
+        sums = self.sum_(torch.cat([torch.tensor([float(y.shape[0])], dtype=torch.float64, device=y.device),
+                                    shifted.sum(dim=0), (shifted**2).sum(dim=0)]))
+        n = int(round(float(sums[0])))
+        k = y.shape[1]
+        shift_mean = sums[1: 1 + k] / max(n, 1)
+        return n, center + shift_mean, (sums[1 + k:] - n * shift_mean**2).clamp_min(0.0)
+
+    def mean_step(self, params: list[nn.Parameter], loss: Tensor | None,
+                  weight_of: Callable[..., Tensor], batch: tuple[Tensor, ...] | None) -> Tensor | None:
+        """One optimizer step's gradients and loss as weighted means over the ranks' minibatches.
+
+        ``loss`` is this rank's minibatch loss (its gradients already in ``params``), or
+        None if it had no events this step; ``weight_of(*batch)`` the minibatch's weight.
+        Returns the mean loss over all ranks' minibatches, or None when no rank had an
+        event (every rank then skips the step alike). One all-reduce of one flat buffer.
+        """
+        device = params[0].device
+        if loss is None or batch is None:
+            weight, local_loss = torch.zeros((), device=device), torch.zeros(1, device=device)
+        else:
+            weight = weight_of(*batch)
+            local_loss = loss.detach().reshape(1) * weight
+        total, loss_sum = average_gradients(self, params, weight, extra=local_loss)
+        return loss_sum[0] / total if total > 0 else None
+
+    def close(self) -> None:
+        """Leave the process group (after the last collective call)."""
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@dataclass(frozen=True)
+class SoloCollective(Collective):
+    """The collective of a process on its own: rank 0 of 1, every operation the identity.
+
+    No call reaches ``torch.distributed`` and none does tensor work: a sum or a
+    maximum over one rank is the value itself, a gather is the one value (through
+    JSON, as the ranks' gathers are), a barrier returns at once, and a step's
+    gradients and loss are already the means over "all" minibatches.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def sum_(self, tensor: Tensor) -> Tensor:
+        return tensor
+
+    def max_(self, tensor: Tensor) -> Tensor:
+        return tensor
+
+    def sum_counts(self, counts: np.ndarray) -> np.ndarray:
+        return np.array(counts, dtype=np.int64)
+
+    def barrier(self) -> None:
+        return None
+
+    def totals(self, values: Iterable[float]) -> list[float]:
+        return [float(v) for v in values]
+
+    def gather_json(self, value: Any) -> list[Any]:
+        return [json.loads(json.dumps(value))]
+
+    def largest(self, local: int) -> int:
+        return local
+
+    def pooled_moments(self, y: Tensor, center: Tensor) -> tuple[int, Tensor, Tensor]:
+        n = y.shape[0]
+        if n == 0:
+            return 0, center, torch.zeros_like(center)
+        mean = y.mean(dim=0)
+        return n, mean, ((y - mean) ** 2).sum(dim=0)
+
+    def mean_step(self, params: list[nn.Parameter], loss: Tensor | None,
+                  weight_of: Callable[..., Tensor], batch: tuple[Tensor, ...] | None) -> Tensor | None:
+        return loss
+
+    def close(self) -> None:
+        return None
 
 
 def average_gradients(collective: Collective, params: list[nn.Parameter], weight: Tensor,
@@ -135,14 +231,15 @@ def launched_ranks() -> int:
     return int(value)
 
 
-def init_collective(device: torch.device) -> Collective | None:
-    """Join the process group torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR/PORT); None if alone.
+def init_collective(device: torch.device) -> Collective:
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR/PORT), or a
+    :class:`SoloCollective` on ``device`` without a launcher (WORLD_SIZE 1).
 
     gloo on the CPU; NCCL on CUDA, with this rank on GPU ``LOCAL_RANK``.
     """
     world_size = launched_ranks()
     if world_size == 1:
-        return None
+        return SoloCollective(device=device)
     missing = [key for key in ("RANK", "MASTER_ADDR", "MASTER_PORT") if key not in os.environ]
     if missing:
         raise ConfigError(f"WORLD_SIZE={world_size} but {', '.join(missing)} not set: start the ranks with torchrun")
@@ -152,12 +249,6 @@ def init_collective(device: torch.device) -> Collective | None:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Collective(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device)
-
-
-def close_collective(collective: Collective | None) -> None:
-    """Leave the process group (after the last collective call)."""
-    if collective is not None and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def rank_endpoint(endpoint: str, rank: int) -> str:

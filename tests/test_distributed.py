@@ -345,7 +345,7 @@ def test_a_rank_without_torchrun_variables_is_a_clear_error(monkeypatch: pytest.
     with pytest.raises(ConfigError, match="start the ranks with torchrun"):
         init_collective(torch.device("cpu"))
     monkeypatch.setenv("WORLD_SIZE", "1")
-    assert init_collective(torch.device("cpu")) is None
+    assert init_collective(torch.device("cpu")).world_size == 1  # a SoloCollective
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert streamflow_main(["consume", "--ranks", "3", "--preset", "gaussian"]) == 2
     assert capsys.readouterr().err.strip() == ("streamflow consume: error: started as one of 2 ranks (WORLD_SIZE), "

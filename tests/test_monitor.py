@@ -22,7 +22,7 @@ import streamflow.cli.main
 from consumers.monitor import run_monitor
 from streamflow.errors import ConfigError
 from streamflow.ops.dashboard import MonitorState, plain_line, render, sparkline, warnings
-from streamflow.ops.telemetry import TelemetryReporter, read_jsonl
+from streamflow.stream.telemetry import TelemetryReporter, read_jsonl
 
 LHCO_LINES = ("flow_m", "flow_logm", "cwola", "ae")
 WARMUP = 10_000

@@ -10,7 +10,7 @@ import pytest
 
 from streamflow.events import open_source
 from streamflow.stream.selections import read_selections
-from streamflow.ops.telemetry import read_jsonl
+from streamflow.stream.telemetry import read_jsonl
 from tests.helpers import free_port_block, streamflow
 
 

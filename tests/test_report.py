@@ -13,7 +13,7 @@ import streamflow.cli.main
 from streamflow.errors import StreamflowError
 from streamflow.ops.report import make_report
 from streamflow.stream.selections import SelectedEvents, SelectionWriter
-from streamflow.ops.telemetry import encode_stats
+from streamflow.stream.telemetry import encode_stats
 from tests.test_monitor import pipeline_messages
 
 TOY_LINES = ("flow_identity", "ae_identity", "cwola_identity")

@@ -13,7 +13,7 @@ import h5py
 import pexpect
 import pytest
 
-from streamflow.ops.telemetry import read_jsonl
+from streamflow.stream.telemetry import read_jsonl
 from tests.helpers import REPO, STREAMFLOW, free_port_block
 
 SMALL_MENU = ("--learners", "cwola,ae", "--device", "cpu")

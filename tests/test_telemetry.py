@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from streamflow.ops.telemetry import LatencyHistogram, TelemetryReporter, read_jsonl
+from streamflow.stream.telemetry import LatencyHistogram, TelemetryReporter, read_jsonl
 
 
 def test_percentiles_within_bucket_width_of_exact():

@@ -33,8 +33,8 @@ from streamflow.cli.replay import parse_rate
 from streamflow.cli.scorer_options import add_scorer_options, apply_scorer_options, scorer_menu
 from streamflow.config import from_dict, read_toml, to_dict
 from streamflow.errors import ConfigError, StreamflowError
-from streamflow.ops.telemetry import RateMeter, TelemetryReporter
 from streamflow.stream.ledger import Ledger
+from streamflow.stream.telemetry import ProducerRecord, RateMeter, TelemetryReporter
 
 if TYPE_CHECKING:  # torch-heavy: imported where used, so the producer and sink processes stay light
     from streamflow.scoring.frame_scorer import ScorerConfig
@@ -174,9 +174,10 @@ def _produce(config: ReplayConfig, run_dir: str, telemetry: str, stop: threading
     def progress(events: int, frames: int, sent_all: bool) -> None:
         rates.add(events - rates.events, frames - rates.frames)
 
-        def message() -> dict[str, Any]:
-            return {"events": events, "frames": frames, **rates.rates(), "source": config.source,
-                    "sent_all": sent_all}
+        def message() -> ProducerRecord:
+            events_per_s, frames_per_s = rates.rates()
+            return ProducerRecord(events=events, frames=frames, events_per_s=events_per_s, frames_per_s=frames_per_s,
+                                  source=config.source, sent_all=sent_all)
 
         if sent_all:  # the last frame is out: say so now, the receivers may drain their queues for a while
             reporter.report(message())
@@ -185,8 +186,8 @@ def _produce(config: ReplayConfig, run_dir: str, telemetry: str, stop: threading
 
     try:
         stats = run_replay(config, stop, progress)
-        reporter.report({"events": stats.events, "frames": stats.frames, "events_per_s": stats.rate,
-                         "blocked_s": stats.blocked_s, "source": config.source, "final": True})
+        reporter.report(ProducerRecord(events=stats.events, frames=stats.frames, events_per_s=stats.rate,
+                                       blocked_s=stats.blocked_s, source=config.source, final=True))
         ledger = Ledger()
         ledger.add("sent", stats.events, f"{stats.frames} frames by the producer"
                    + ("; stopped early" if stats.stopped else ""))

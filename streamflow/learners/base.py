@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from streamflow.config import to_dict
-from streamflow.distributed import Collective, average_gradients
+from streamflow.distributed import Collective, SoloCollective
 from streamflow.errors import ConfigError
 from streamflow.events.coordinates import get_coordinates
 from streamflow.learners.preprocessing import Preprocessor, column_indices
@@ -160,8 +160,8 @@ class TorchLearner(ABC):
         self._generator = torch.Generator(device=self.device)
         self._generator.manual_seed(config.seed)
         self.totals = Totals()
-        self.collective: Collective | None = None
-        """Set by :meth:`distribute` for a data-parallel scorer."""
+        self.collective: Collective = SoloCollective(device=self.device)
+        """The ranks this learner steps with: alone, or set by :meth:`distribute` for a data-parallel scorer."""
 
     def distribute(self, collective: Collective) -> None:
         """Learn as one of ``collective``'s ranks: every step from all ranks' gradients, so the
@@ -251,9 +251,8 @@ class TorchLearner(ABC):
         n_finite, n_kept = torch.stack([finite.sum(), keep.sum()]).tolist()
         tensors = self._training_tensors(x[keep])
         stats = self._steps(tensors, n_kept)
-        n_rows = x.shape[0]
-        if self.collective is not None:  # the model learnt from every rank's events: count them all
-            n_rows, n_finite, n_kept = (int(v) for v in self.collective.totals([n_rows, n_finite, n_kept]))
+        # The model learnt from every rank's events: count them all.
+        n_rows, n_finite, n_kept = (int(v) for v in self.collective.totals([x.shape[0], n_finite, n_kept]))
         stats.update(dropped=n_rows - n_finite, events=n_kept)
         self.totals.add(stats)
         return stats
@@ -274,9 +273,7 @@ class TorchLearner(ABC):
                 loss.backward()
             else:  # no events this step, or e.g. every input in a spline's identity tails
                 loss = None
-            if self.collective is not None:
-                weight = self._step_weight(*batch) if loss is not None and batch is not None else None
-                loss = self._average_step(params, loss, weight)
+            loss = self.collective.mean_step(params, loss, self._step_weight, batch)  # the ranks' mean
             if loss is None:
                 skipped += 1
                 continue
@@ -300,26 +297,11 @@ class TorchLearner(ABC):
 
     def _step_count(self, local: int) -> int:
         """Minibatch steps this frame: this rank's, or data-parallel the most any rank has."""
-        if self.collective is None:
-            return local
-        return int(self.collective.max_(torch.tensor([local], dtype=torch.int64)).item())
+        return self.collective.largest(local)
 
     def _step_weight(self, *batch: Tensor) -> Tensor:
         """What ``_loss`` averages over, so ranks combine as one minibatch: its events by default."""
         return torch.tensor(float(batch[0].shape[0]), device=self.device)
-
-    def _average_step(self, params: list[nn.Parameter], loss: Tensor | None, weight: Tensor | None) -> Tensor | None:
-        """Data-parallel: gradients and loss become weighted means over the ranks' minibatches.
-
-        Returns the mean loss over all ranks' minibatches, or None when no rank had
-        an event this step (every rank then skips it alike)."""
-        assert self.collective is not None
-        if loss is None or weight is None:
-            weight, local_loss = torch.zeros((), device=self.device), torch.zeros(1, device=self.device)
-        else:
-            local_loss = loss.detach().reshape(1) * weight
-        total, loss_sum = average_gradients(self.collective, params, weight, extra=local_loss)
-        return loss_sum[0] / total if total > 0 else None
 
     @property
     def scoring_model(self) -> nn.Module:

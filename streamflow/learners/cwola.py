@@ -87,9 +87,8 @@ class CWoLALearner(TorchLearner):
         r = self.aux(x, "region")
         label = ((r >= lo) & (r < hi)).float()
         n1 = int(label.sum())
-        counts = [len(label) - n1, n1]
-        if self.collective is not None:  # the weights follow all ranks' counts, as the gradient does
-            counts = [int(c) for c in self.collective.totals(counts)]
+        # The weights follow all ranks' counts, as the gradient does.
+        counts = [int(c) for c in self.collective.totals([len(label) - n1, n1])]
         self.class_counts[0] += counts[0]
         self.class_counts[1] += counts[1]
         # w_c = N / (2 N_c): both classes weigh the same in the loss.

@@ -18,16 +18,14 @@ Everything is vectorised torch code on the learner's device.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
+from streamflow.distributed import Collective, SoloCollective
 from streamflow.errors import ConfigError
 from streamflow.events.coordinates import get_coordinates
-
-if TYPE_CHECKING:
-    from streamflow.distributed import Collective
 
 
 class Preprocessor:
@@ -45,8 +43,8 @@ class Preprocessor:
         self.count = 0
         self.mean = torch.zeros(k, dtype=torch.float64, device=device)
         self.m2 = torch.zeros(k, dtype=torch.float64, device=device)
-        self.collective: Collective | None = None
-        """Set for a data-parallel scorer: the warm-up moments are then those of all ranks' events."""
+        self.collective: Collective = SoloCollective(device=device)
+        """A data-parallel scorer's ranks: the warm-up moments are then those of all ranks' events."""
         self._refresh()
 
     def bind(self, names: Sequence[str]) -> None:
@@ -71,31 +69,17 @@ class Preprocessor:
     def observe(self, y: Tensor) -> None:
         """Merge the finite rows of in_coordinates values ``y`` into the moments, unless frozen.
 
-        Data-parallel (``collective`` set), the batch is the union of every rank's
-        rows: their counts and sums about the current mean (the same on all ranks) are
-        summed across ranks, so all ranks hold the same moments and freeze together.
+        Data-parallel (``collective`` of several ranks), the batch is the union of every
+        rank's rows: their counts and sums about the current mean (the same on all ranks)
+        are summed across ranks (:meth:`Collective.pooled_moments`), so all ranks hold the
+        same moments and freeze together.
         """
         if self.frozen:
             return
         y = y[torch.isfinite(y).all(dim=1)].double()
-        if self.collective is None:
-            n = y.shape[0]
-            if n == 0:
-                return
-            batch_mean = y.mean(dim=0)
-            batch_m2 = ((y - batch_mean) ** 2).sum(dim=0)
-        else:
-            shifted = y - self.mean
-            sums = self.collective.sum_(torch.cat([
-                torch.tensor([float(y.shape[0])], dtype=torch.float64, device=y.device),
-                shifted.sum(dim=0), (shifted**2).sum(dim=0)]))
-            n = int(round(float(sums[0])))
-            if n == 0:
-                return
-            k = len(self.features)
-            shift_mean = sums[1: 1 + k] / n
-            batch_mean = self.mean + shift_mean
-            batch_m2 = (sums[1 + k:] - n * shift_mean**2).clamp_min(0.0)
+        n, batch_mean, batch_m2 = self.collective.pooled_moments(y, self.mean)
+        if n == 0:
+            return
         total = self.count + n
         delta = batch_mean - self.mean
         self.mean = self.mean + delta * (n / total)

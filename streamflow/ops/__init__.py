@@ -1,1 +1,1 @@
-"""The operations layer: telemetry, the dashboard's logic and the run report."""
+"""The operations layer: the live dashboard's logic and the run report (both read telemetry records)."""

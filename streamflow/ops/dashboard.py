@@ -1,7 +1,7 @@
 """The live monitor's logic: telemetry messages -> a dashboard (rich) or one plain line.
 
 Every process of a run (producer, scorer(s), sink) publishes a small JSON stats
-message about twice a second (:mod:`streamflow.ops.telemetry`). :class:`MonitorState`
+message about twice a second (:mod:`streamflow.stream.telemetry`). :class:`MonitorState`
 folds them into the latest view of each process, with a short history of each
 learner's loss (for sparklines) and of each process's blocked time (to tell
 whether it is growing). :func:`render` draws that state as a dashboard that fits
@@ -9,8 +9,9 @@ whether it is growing). :func:`render` draws that state as a dashboard that fits
 lists what needs a human's attention. No sockets here: the process loop is
 ``consumers/monitor.py``.
 
-Every key of a message is optional and may be null (NaN travels as null): a
-missing value is drawn as "-", never an error.
+Messages are told apart by :func:`streamflow.stream.telemetry.record_kind`. Every
+key of a message is optional and may be null (NaN travels as null): a missing
+value is drawn as "-", never an error.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ from __future__ import annotations
 import json
 import math
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
-from rich import box
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
+
+from streamflow.stream.telemetry import record_kind
 
 STALE_S = 3.0  # a process silent this long is "quiet"; a silent producer beside a live scorer has stalled
 BLOCKED_WINDOW_S = 3.0  # blocked time is judged over this recent window...
@@ -35,22 +38,6 @@ MAX_WARNINGS = 4  # warning rows on the dashboard (the rest are counted)
 ACCEPT_TOLERANCE = 0.25  # achieved accept fraction within 25 % of the target is drawn green
 
 _SPARK = "▁▂▃▄▅▆▇█"
-
-
-def kind_of(message: dict[str, Any]) -> str:
-    """The stage a message comes from: "producer", "scorer", "sink", or its role if none fits.
-
-    Scorers may carry any name, so the content decides: trigger ``lines`` make a
-    scorer, a ``source`` a producer, ``written`` rows a sink.
-    """
-    role = str(message.get("role") or "")
-    if role == "producer" or "source" in message:
-        return "producer"
-    if "lines" in message or role == "scorer":
-        return "scorer"
-    if role == "sink" or "written" in message:
-        return "sink"
-    return role or "process"
 
 
 def lookup(message: Any, *keys: str) -> Any:
@@ -184,17 +171,17 @@ class MonitorState:
 
     def update(self, message: dict[str, Any], now: float) -> None:
         """Fold one decoded stats message in, arriving at monotonic time ``now``."""
-        role = str(message.get("role") or kind_of(message))
+        role = str(message.get("role") or record_kind(message))
         pid_number = number(message.get("pid"))
         pid = int(pid_number) if pid_number is not None else None
         key = (role, pid)
         view = self.processes.get(key)
         if view is None:
-            view = self.processes[key] = ProcessView(kind_of(message), role, pid, message, now, now)
+            view = self.processes[key] = ProcessView(record_kind(message), role, pid, message, now, now)
         sent, last_sent = number(message.get("n")), number(view.message.get("n"))
         if sent is not None and last_sent is not None and view.messages and sent > last_sent + 1:
             view.dropped += int(sent - last_sent - 1)
-        view.message, view.last_seen, view.kind = message, now, kind_of(message)
+        view.message, view.last_seen, view.kind = message, now, record_kind(message)
         view.messages += 1
         blocked = number(message.get("blocked_s"))
         if blocked is not None:

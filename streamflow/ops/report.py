@@ -38,9 +38,9 @@ from matplotlib.ticker import LogFormatter
 
 from streamflow import metrics
 from streamflow.errors import StreamflowError
-from streamflow.ops.dashboard import fmt_count, fmt_fraction, fmt_ms, fmt_value, kind_of, lookup, number, problems
+from streamflow.ops.dashboard import fmt_count, fmt_fraction, fmt_ms, fmt_value, lookup, number, problems
 from streamflow.stream.selections import SelectedEvents, read_selections
-from streamflow.ops.telemetry import read_jsonl
+from streamflow.stream.telemetry import ProducerRecord, ScorerRecord, read_jsonl, read_record, record_kind
 
 FIGURES_DIR = "figures"
 SIC_MIN_BACKGROUND = 10  # SIC points need this many background events passing, else eff_B is noise
@@ -88,7 +88,8 @@ class RunData:
         """The source spec: the run config's, else the one the producer reported."""
         source = lookup(self.config, "replay", "source")
         if source is None:
-            source = next((s.final["source"] for s in self.of_kind("producer") if s.final.get("source")), None)
+            records = [read_record(s.final) for s in self.of_kind("producer")]
+            source = next((r.source for r in records if isinstance(r, ProducerRecord) and r.source), None)
         return str(source) if source is not None else None
 
     def learner_config(self, name: str) -> dict[str, Any]:
@@ -116,7 +117,7 @@ def load_run(run_dir: str | Path) -> RunData:
         messages = sorted((m for m in read_jsonl(path) if isinstance(m, dict) and number(m.get("time"))),
                           key=lambda m: m["time"])
         if messages:
-            streams.append(Stream(path.stem.removeprefix("telemetry-"), kind_of(messages[-1]), messages))
+            streams.append(Stream(path.stem.removeprefix("telemetry-"), record_kind(messages[-1]), messages))
     if not streams:
         raise StreamflowError(f"no telemetry in {run_dir}: its telemetry-*.jsonl files hold no messages")
     order = {"producer": 0, "scorer": 1, "sink": 2}
@@ -444,7 +445,8 @@ def _summary(run: RunData) -> str:
     parts = [f"source `{run.source}`" if run.source else "source unknown"]
     if producer:
         parts.append(f"{fmt_count(producer[0].final.get('events'))} events sent")
-    devices = {str(s.final["device"]) for s in run.of_kind("scorer") if s.final.get("device") is not None}
+    records = [read_record(s.final) for s in run.of_kind("scorer")]
+    devices = {str(r.device) for r in records if isinstance(r, ScorerRecord) and r.device}
     if devices:
         parts.append("scored on " + ", ".join(sorted(devices)))
     parts.append(f"{end - run.t0:.1f} s from the first process start to the last report")

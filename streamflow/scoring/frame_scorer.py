@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from streamflow.config import to_dict
-from streamflow.distributed import Collective
+from streamflow.distributed import Collective, SoloCollective
 from streamflow.errors import ConfigError
 from streamflow.events.batch import EventBatch
 from streamflow.learners import LearnerConfig, TorchLearner, build_learner
@@ -135,7 +135,7 @@ class FrameScorer:
         self._pending: list[torch.Tensor] = []
         self._pending_events = 0
         self._pinned: torch.Tensor | None = None
-        self.collective: Collective | None = None
+        self.collective: Collective = SoloCollective(device=self.device)
 
     def distribute(self, collective: Collective) -> None:
         """Score and learn as one of ``collective``'s ranks (streamflow.distributed).
@@ -143,12 +143,13 @@ class FrameScorer:
         Every learner then steps on all ranks' gradients, and with ``thresholds =
         "global"`` every line judges against the sum of all ranks' windows. From here
         on every rank must call :meth:`process` the same number of times (an empty
-        batch when it has no frame) and :meth:`flush` together.
+        batch when it has no frame) and :meth:`flush` together. Global thresholds of a
+        single rank are its own: a :class:`SoloCollective` leaves the menu as it is.
         """
         self.collective = collective
         for learner in self.learners.values():
             learner.distribute(collective)
-        if self.config.thresholds == "global":
+        if self.config.thresholds == "global" and collective.world_size > 1:
             self.menu = TriggerMenu(self.config.lines, reduce=collective.sum_counts,
                                     reduce_every=self.config.threshold_sync)
 
@@ -198,8 +199,6 @@ class FrameScorer:
 
     def _pending_total(self) -> int:
         """Scored events waiting for a step: this scorer's, or all ranks' (they step together)."""
-        if self.collective is None:
-            return self._pending_events
         return int(self.collective.totals([self._pending_events])[0])
 
     def flush(self) -> dict[str, dict[str, float]]:

@@ -1,1 +1,2 @@
-"""The stream layer: the wire format, sockets, pacing, the END_OF_STREAM handshake, the journal, the ledger and the selections file."""
+"""The stream layer: the wire format, sockets, pacing, the END_OF_STREAM handshake, the journal, the ledger,
+the selections file and the telemetry records every process publishes."""

@@ -1,8 +1,15 @@
-"""Telemetry: counters, log-bucket latency histograms and the JSON stats message.
+"""Telemetry: counters, log-bucket latency histograms and the typed JSON stats records.
 
 Every process (producer, scorer, sink) keeps a :class:`LatencyHistogram` and plain
-counters, and about twice a second turns them into one small JSON message: sent on
-a PUB socket for the live monitor and appended as a JSON line to the run folder.
+counters, and about twice a second turns them into one small record -- a
+:class:`ProducerRecord`, :class:`ScorerRecord` or :class:`SinkRecord` -- sent as
+JSON on a PUB socket for the live monitor and appended as a JSON line to the run
+folder. A record's JSON is its fields plus ``"kind"`` (the record type) and the
+reporter's header (``role``, ``pid``, the message counter ``n``, ``time``,
+``uptime_s``). Readers tell the kinds apart by ``"kind"``; lines written before
+records carried it are told apart by their fields (:func:`record_kind`), so old
+run folders stay readable. Every field is optional to a reader and may be null
+(NaN travels as null).
 
 Latencies are never kept as a list: a histogram with ``BUCKETS_PER_DECADE``
 logarithmic buckets per decade from 1 us to 1000 s has a relative bucket width of
@@ -12,12 +19,14 @@ one, in fixed memory, and two histograms merge by adding their counts.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -49,7 +58,7 @@ class LatencyHistogram:
         """Add one latency or an array of them."""
         np.add.at(self.counts, self.bucket_of(np.atleast_1d(latency_ns)), 1)
 
-    def merge(self, other: "LatencyHistogram") -> None:
+    def merge(self, other: LatencyHistogram) -> None:
         self.counts += other.counts
 
     @property
@@ -89,16 +98,106 @@ class RateMeter:
         self.events += events
         self.frames += frames
 
-    def rates(self) -> dict[str, float]:
-        """Rates over the interval since the last call, then start a new interval."""
+    def rates(self) -> tuple[float, float]:
+        """(events/s, frames/s) over the interval since the last call, then start a new interval."""
         now = time.monotonic()
         dt = max(now - self._last_time, 1e-9)
-        out = {
-            "events_per_s": (self.events - self._last_events) / dt,
-            "frames_per_s": (self.frames - self._last_frames) / dt,
-        }
+        out = (self.events - self._last_events) / dt, (self.frames - self._last_frames) / dt
         self._last_events, self._last_frames, self._last_time = self.events, self.frames, now
         return out
+
+
+@dataclass
+class TelemetryRecord:
+    """The fields every process reports: its counts so far and its rates since the last record."""
+
+    KIND: ClassVar[str] = "process"
+
+    events: int | None = None
+    frames: int | None = None
+    events_per_s: float | None = None
+    frames_per_s: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object of this record: ``"kind"`` and every field (None as null)."""
+        return {"kind": self.KIND, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}}
+
+
+@dataclass
+class ProducerRecord(TelemetryRecord):
+    """A producer's record: what it replays, whether its last frame is out (``sent_all``) and
+    the record after its END_OF_STREAM handshake (``final``)."""
+
+    KIND: ClassVar[str] = "producer"
+
+    source: str | None = None
+    sent_all: bool = False
+    final: bool = False
+    blocked_s: float | None = None
+
+
+@dataclass
+class ScorerRecord(TelemetryRecord):
+    """A scorer's record: latency from the producer's send (:meth:`LatencyHistogram.summary`),
+    the sequence account, rejected messages, accepted events, seconds blocked on the sink,
+    per learner its running learning figures, per trigger line its figures, and the device."""
+
+    KIND: ClassVar[str] = "scorer"
+
+    latency: dict[str, float] = field(default_factory=dict)
+    rejected: int = 0
+    sequence: dict[str, int] = field(default_factory=dict)
+    accepted: int = 0
+    blocked_s: float = 0.0
+    learners: dict[str, dict[str, float]] = field(default_factory=dict)
+    lines: list[dict[str, Any]] = field(default_factory=list)
+    device: str = ""
+
+
+@dataclass
+class SinkRecord(TelemetryRecord):
+    """A sink's record: rows committed to the file (``written``), rows waiting for the next
+    flush (``pending``), latency from the producer's send, the sequence account, rejected messages."""
+
+    KIND: ClassVar[str] = "sink"
+
+    written: int = 0
+    pending: int = 0
+    latency: dict[str, float] = field(default_factory=dict)
+    sequence: dict[str, int] = field(default_factory=dict)
+    rejected: int = 0
+
+
+RECORD_TYPES: dict[str, type[TelemetryRecord]] = {
+    record.KIND: record for record in (ProducerRecord, ScorerRecord, SinkRecord)}
+
+
+def record_kind(message: Mapping[str, Any]) -> str:
+    """The kind of process a decoded message comes from: "producer", "scorer", "sink", or its role.
+
+    A record's ``"kind"`` says it. A line written before records carried one is told
+    apart by its fields (scorers may carry any name): trigger ``lines`` make a scorer,
+    a ``source`` a producer, ``written`` rows a sink.
+    """
+    kind = message.get("kind")
+    if isinstance(kind, str) and kind in RECORD_TYPES:
+        return kind
+    role = str(message.get("role") or "")
+    if role == "producer" or "source" in message:
+        return "producer"
+    if "lines" in message or role == "scorer":
+        return "scorer"
+    if role == "sink" or "written" in message:
+        return "sink"
+    return role or "process"
+
+
+def read_record(message: Mapping[str, Any]) -> TelemetryRecord:
+    """The typed record of a decoded message: its kind's fields, each as sent (null: the field's
+    default), unknown keys and the reporter's header left out; any other kind a bare record."""
+    record = RECORD_TYPES.get(record_kind(message), TelemetryRecord)
+    values = {f.name: message[f.name] for f in dataclasses.fields(record) if message.get(f.name) is not None}
+    return record(**values)
 
 
 def _json_default(value: Any) -> Any:
@@ -132,8 +231,9 @@ class TelemetryReporter:
     ``publish`` is a callable that sends bytes (a PUB socket's ``send``, owned by
     the process); ``jsonl_path`` a file in the run folder that gets every message
     as a line. Either may be None. The process calls :meth:`maybe_report` from its
-    loop with a function that builds the current stats; :meth:`report` forces one
-    (at the end of a run).
+    loop with a function that builds the current record; :meth:`report` forces one
+    (at the end of a run). A record is a :class:`TelemetryRecord` (what streamflow's
+    processes send) or a plain mapping of fields (a process of another program).
     """
 
     def __init__(
@@ -151,16 +251,17 @@ class TelemetryReporter:
         self._start = time.time()
         self._sent = 0  # the message counter "n": a gap seen by a subscriber is a message PUB dropped
 
-    def maybe_report(self, build: Callable[[], dict[str, Any]]) -> bool:
+    def maybe_report(self, build: Callable[[], TelemetryRecord | Mapping[str, Any]]) -> bool:
         if time.monotonic() < self._next:
             return False
         self.report(build())
         return True
 
-    def report(self, stats: dict[str, Any]) -> None:
+    def report(self, record: TelemetryRecord | Mapping[str, Any]) -> None:
         self._next = time.monotonic() + self.interval
+        fields = record.to_json() if isinstance(record, TelemetryRecord) else record
         message = {"role": self.role, "pid": os.getpid(), "n": self._sent, "time": time.time(),
-                   "uptime_s": time.time() - self._start, **stats}
+                   "uptime_s": time.time() - self._start, **fields}
         self._sent += 1
         payload = encode_stats(message)
         if self.publish is not None:

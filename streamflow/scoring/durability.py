@@ -1,0 +1,108 @@
+"""What survives a scorer process: its checkpoint, resume, and crash recovery from the frame journal.
+
+A checkpoint (every ``checkpoint_every`` frames and at the end) holds the
+learners and counters, the stream's sequence account, the streamed mjj histogram
+and the crash window carried forward ("lost after processing", below).
+
+Crashes: every handled frame is appended to a journal (streamflow.stream.journal),
+emptied at each checkpoint. A scorer restarted with ``resume`` after ``kill -9``
+reads the journal: those frames were scored (their selections sent) but the
+learning from them died with the process -- "lost after processing". The frames
+that were still queued in the dead process show up as a sequence gap -- "lost in
+flight". The checkpoint carries both forward, and at END_OF_STREAM the ledger
+accounts for every frame and event the producer sent (streamflow.stream.ledger.account_stream).
+
+Data-parallel, there is one checkpoint for all ranks: rank 0 writes the union of
+every rank's account (:func:`streamflow.scoring.rank_merge.ranks_checkpoint`), all
+ranks resume from it, and rank 0 reads every rank's journal. No rank empties its
+journal before rank 0 has saved.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from streamflow.errors import ConfigError
+from streamflow.scoring.checkpoint import load_checkpoint, save_checkpoint
+from streamflow.scoring.context_histogram import HISTOGRAM_KEY, ContextHistogram
+from streamflow.scoring.rank_merge import ranks_checkpoint
+from streamflow.scoring.stream_scorer import Counters, StreamScorer, add_lost, lost_json
+from streamflow.stream.journal import FrameJournal
+
+CHECKPOINT_SUFFIX = ".ckpt.pt"
+
+
+class Durability:
+    """A scorer's checkpoint file (one for all ranks) and this process's frame journal."""
+
+    def __init__(self, checkpoint_path: Path, journal_path: Path) -> None:
+        self.checkpoint_path = checkpoint_path
+        self.journal = FrameJournal(journal_path)
+
+    def journals(self, ranks: int) -> list[Path]:
+        """The journals of the scorer's processes: this one's, or data-parallel every rank's."""
+        if ranks == 1:
+            return [self.journal.path]
+        base = self.checkpoint_path.name.removesuffix(CHECKPOINT_SUFFIX)
+        return sorted(self.journal.path.parent.glob(f"{base}-rank*.journal"))
+
+    def start(self, state: StreamScorer, resume: bool) -> None:
+        """Resume ``state`` from the checkpoint if asked and one exists; else start with an empty journal."""
+        if resume and self._checkpoint_exists(state):
+            self._resume(state)
+        else:
+            self.journal.clear()
+
+    def _checkpoint_exists(self, state: StreamScorer) -> bool:
+        exists = self.checkpoint_path.exists()
+        views = state.collective.gather_json(exists)
+        if len(set(views)) > 1:
+            raise ConfigError(f"--resume: {self.checkpoint_path} is visible to ranks "
+                              f"{[r for r, v in enumerate(views) if v]} only: the run folder must be shared")
+        return exists
+
+    def _resume(self, state: StreamScorer) -> None:
+        saved = load_checkpoint(self.checkpoint_path, state.scorer.device)
+        state.scorer.load_state_dict(saved["scorer"])
+        state.base = Counters.of(state.scorer)
+        state.stats.resumed_from_frame = state.scorer.frames
+        if not state.leader:  # rank 0 carries the stream's account (and reads this rank's journal)
+            self.checkpoint(state)
+            return
+        state.tracker.load_state_dict(saved["sequence"])
+        if HISTOGRAM_KEY in saved:
+            state.mjj = ContextHistogram.from_state(saved[HISTOGRAM_KEY])
+        lost = state.stats.lost_after_processing
+        add_lost(lost, saved.get("lost_after_processing", {}))
+        missing = state.tracker.missing_frames()
+        for path in self.journals(state.collective.world_size):  # handled by the dead process(es) after the checkpoint
+            for sid, frames in FrameJournal.read_file(path).items():
+                next_seq, _, _ = state.tracker.segment(sid)
+                gaps = set(missing.get(sid, []))
+                lost.setdefault(sid, {}).update(
+                    {seq: n for seq, n in frames.items() if seq >= next_seq or seq in gaps})
+        self.checkpoint(state)  # carries the crash window forward before the journal is emptied
+
+    def record(self, stream_id: int, seq: int, events: int) -> None:
+        """Journal one handled frame (scored, its selections sent)."""
+        self.journal.record(stream_id, seq, events)
+
+    def checkpoint(self, state: StreamScorer) -> None:
+        """Save learners, the stream's account and the crash window; empty the journal.
+
+        Data-parallel this is collective: rank 0 saves the union of every rank's account."""
+        scorer, sequence, mjj = state.scorer.state_dict(), state.tracker.state_dict(), state.mjj.state_dict()
+        if state.collective.world_size > 1:  # the stream's account, counts and mjj are those of all ranks
+            sequence, counters, mjj = ranks_checkpoint(state)
+            scorer["counters"] = counters.to_dict()
+        if state.leader:
+            save_checkpoint(self.checkpoint_path, {
+                "scorer": scorer, "sequence": sequence, HISTOGRAM_KEY: mjj,
+                "lost_after_processing": lost_json(state.stats.lost_after_processing),
+            })
+        state.collective.barrier()  # no rank forgets its frames before rank 0 has saved them
+        self.journal.clear()
+        state.stats.checkpoints += 1
+
+    def close(self) -> None:
+        self.journal.close()
