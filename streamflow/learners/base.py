@@ -234,7 +234,7 @@ class TorchLearner(ABC):
             return torch.empty(0, device=self.device)
         with torch.no_grad():
             scores = self._score(self.scoring_model, x).float()
-            finite = torch.isfinite(x.index_select(1, self._used)).all(dim=1)
+            finite = torch.isfinite(x.index_select(1, self._used_columns())).all(dim=1)
             return torch.where(finite, scores, torch.full_like(scores, math.nan))
 
     def learn(self, x: Tensor) -> dict[str, float]:
@@ -242,7 +242,7 @@ class TorchLearner(ABC):
         steps (applied), skipped (non-finite loss or gradient), dropped (non-finite rows),
         events (rows learnt from)."""
         x = self._check(x)
-        finite = torch.isfinite(x.index_select(1, self._used)).all(dim=1)
+        finite = torch.isfinite(x.index_select(1, self._used_columns())).all(dim=1)
         for pre in self.preprocessors:
             finite &= torch.isfinite(pre.in_coordinates(x)).all(dim=1)
         keep = finite & self._learnable(x)
@@ -326,6 +326,12 @@ class TorchLearner(ABC):
                 f"learner {self.name!r}: expected events of {self._width} columns, got shape {list(x.shape)}"
             )
         return x.to(self.device, torch.float32, non_blocking=True)
+
+    def _used_columns(self) -> Tensor:
+        """Indices of the stream columns the learner reads (set by :meth:`bind`)."""
+        if self._used is None:
+            raise RuntimeError(f"learner {self.name!r} is not bound to a stream: call bind(names) first")
+        return self._used
 
     # --- checkpoints --------------------------------------------------------------
 

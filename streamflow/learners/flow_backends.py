@@ -28,12 +28,18 @@ from torch import Tensor, nn
 
 
 class FlowOptions(Protocol):
-    transform: str
-    transforms: int
-    hidden: int
-    blocks: int
-    bins: int
-    tail_bound: float
+    @property
+    def transform(self) -> str: ...
+    @property
+    def transforms(self) -> int: ...
+    @property
+    def hidden(self) -> int: ...
+    @property
+    def blocks(self) -> int: ...
+    @property
+    def bins(self) -> int: ...
+    @property
+    def tail_bound(self) -> float: ...
 
 
 class Density(Protocol):

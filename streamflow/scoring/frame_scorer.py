@@ -34,6 +34,10 @@ from streamflow.learners import LearnerConfig, TorchLearner, build_learner
 from streamflow.trigger import LineConfig, LineStats, Selection, TriggerMenu
 
 
+Thresholds = Literal["rank", "global"]
+"""Whose windows a data-parallel scorer's lines judge against (see ScorerConfig)."""
+
+
 @dataclass(frozen=True)
 class ScorerConfig:
     """Learners and trigger lines of one scorer; a TOML ``[scorer]`` table is
@@ -61,7 +65,7 @@ class ScorerConfig:
     device: str = "auto"
     learn_events: int = 0
     threads: int = 0
-    thresholds: Literal["rank", "global"] = "rank"
+    thresholds: Thresholds = "rank"
     threshold_sync: int = 1
 
     def __post_init__(self) -> None:

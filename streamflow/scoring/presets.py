@@ -32,7 +32,7 @@ from streamflow.learners import (
     LearnerConfig,
     Window,
 )
-from streamflow.scoring.frame_scorer import ScorerConfig
+from streamflow.scoring.frame_scorer import ScorerConfig, Thresholds
 from streamflow.trigger import LineConfig
 
 PRESETS = ("lhco", "gaussian")
@@ -64,7 +64,7 @@ def _gaussian_learners(dim: int) -> list[LearnerConfig]:
 
 
 def preset(name: str, q: float = 0.01, window: int = 20_000, warmup: int | None = None,
-           device: str = "auto", learn_events: int = 0, dim: int = 2, thresholds: str = "rank") -> ScorerConfig:
+           device: str = "auto", learn_events: int = 0, dim: int = 2, thresholds: Thresholds = "rank") -> ScorerConfig:
     """The scorer config of preset ``name``: one trigger line at accept fraction ``q`` per learner.
 
     A line accepts nothing until its window is full (``warmup`` None), so the

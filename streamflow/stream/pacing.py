@@ -36,7 +36,7 @@ class TokenBucket:
 
     def acquire(self, n: int) -> float:
         """Take ``n`` events' worth of tokens, sleeping as needed; returns the seconds slept."""
-        if self.rate is None:
+        if self.rate is None or self.capacity is None:
             return 0.0
         now = self._clock()
         self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate) - n

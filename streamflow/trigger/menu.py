@@ -67,7 +67,8 @@ class TriggerMenu:
         self._summed: np.ndarray | None = None
         self._estimators = [line.make_estimator() for line in lines]
         self._stats = [LineStats(line.name, line.learner, line.accept) for line in lines]
-        self._shared = [i for i, e in enumerate(self._estimators) if isinstance(e, RollingHistogramQuantile)]
+        self._histograms = {i: e for i, e in enumerate(self._estimators) if isinstance(e, RollingHistogramQuantile)}
+        self._shared = list(self._histograms)
 
     @property
     def learners(self) -> tuple[str, ...]:
@@ -78,7 +79,7 @@ class TriggerMenu:
         """The window histograms of the histogram lines, stacked: int64[lines, bins] (what ``reduce`` sums)."""
         if not self._shared:
             return np.zeros((0, 0), dtype=np.int64)
-        return np.stack([self._estimators[i].counts() for i in self._shared])
+        return np.stack([self._histograms[i].counts() for i in self._shared])
 
     def stats(self) -> list[LineStats]:
         """A snapshot of every line's running counts."""
@@ -119,7 +120,7 @@ class TriggerMenu:
     def _thresholds(self) -> np.ndarray:
         """Each line's threshold from its window before this frame (NaN while warming up)."""
         out = np.full(len(self.lines), np.nan)
-        local = range(len(self.lines))
+        local: list[int] = list(range(len(self.lines)))
         if self._reduce is not None and self._shared:
             if self._frames % self._reduce_every == 0:
                 self._summed = np.asarray(self._reduce(self.window_counts()))
@@ -128,7 +129,7 @@ class TriggerMenu:
             assert summed is not None
             for row, i in enumerate(self._shared):
                 if summed[row].sum() >= self.lines[i].warmup_events:
-                    out[i] = self._estimators[i].value_from(summed[row])
+                    out[i] = self._histograms[i].value_from(summed[row])
             local = [i for i in local if i not in self._shared]
         for i in local:
             if self._estimators[i].count >= self.lines[i].warmup_events:
