@@ -1,1 +1,1 @@
-"""The operations layer: the live dashboard's logic and the run report (both read telemetry records)."""
+"""The operations layer: the dashboard's logic and the run report (telemetry records live in stream/)."""
