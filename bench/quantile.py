@@ -93,8 +93,9 @@ def per_event(windows: list[int], events: int, repeats: int) -> list[PerEvent]:
     rolling_quantile(np.zeros(10), 5, LEVEL)  # compile (or load the cache) outside the timing
     for window in windows:
         x = np.random.default_rng(window).standard_t(4, size=window + events)
-        t_pd, theirs = _cpu(lambda: pd.Series(x).rolling(window, min_periods=1).quantile(LEVEL).to_numpy(), repeats)
-        t_sf, ours = _cpu(lambda: rolling_quantile(x, window, LEVEL), repeats)
+        t_pd, theirs = _cpu(lambda x=x, window=window: pd.Series(x).rolling(window, min_periods=1).quantile(LEVEL)
+                            .to_numpy(), repeats)
+        t_sf, ours = _cpu(lambda x=x, window=window: rolling_quantile(x, window, LEVEL), repeats)
         n = len(x)
         rows.append(
             PerEvent(window, n, t_pd / n, t_sf / n, t_pd / t_sf, float(np.max(np.abs(ours - theirs))))

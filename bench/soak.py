@@ -149,7 +149,7 @@ def soak(events: int, kills: int, frame_size: int, checkpoint_every: int, min_ga
                 scorer.wait(max(1.0, deadline - time.monotonic()))
                 break
             telemetry = run_dir / "scorer" / "telemetry-scorer.jsonl"
-            wait_until(lambda: has_scored(telemetry, scorer.pid) or scorer.poll() is not None,
+            wait_until(lambda: has_scored(telemetry, scorer.pid) or scorer.poll() is not None,  # noqa: B023
                        max(1.0, deadline - time.monotonic()), f"scorer {n} to score")
             time.sleep(rng.uniform(min_gap, max_gap))
             for proc, name in ((producer, "producer"), (scorer, f"scorer-{n}")):
@@ -206,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="fail if a process that ran 30 s or more grew more than this after its first quarter "
                              "(default 32)")
     parser.add_argument("--json", help="write the figures here too")
-    parser.add_argument("--run-dir", help="keep the run's files (logs, ledger, checkpoint) here (default: a temporary folder)")
+    parser.add_argument("--run-dir", help="keep the run's files (logs, ledger, checkpoint) here "
+                                             "(default: a temporary folder)")
     args = parser.parse_args(argv)
     if args.events % args.frame_size:
         parser.error("--events must be a multiple of --frame-size (frames lost in flight are counted whole)")
@@ -225,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"the last scorer ({result['memory'][f'scorer-{args.kills}'].get('seconds')} s) scored "
           f"{result['last_scorer_events']:,d} events")
     for name, memory in result["memory"].items():
-        print(f"  RSS {name:<10} {memory.get('seconds', 0):>6} s: at 1/4 of its life {memory.get('rss_after_warmup_mb')} MB, "
+        print(f"  RSS {name:<10} {memory.get('seconds', 0):>6} s: "
+              f"at 1/4 of its life {memory.get('rss_after_warmup_mb')} MB, "
               f"end {memory.get('rss_end_mb')} MB, peak {memory.get('rss_peak_mb')} MB, "
               f"growth {memory.get('growth_mb')} MB")
     if args.json:

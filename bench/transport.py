@@ -92,7 +92,7 @@ def consume(mode: str, endpoint: str, out: Connection) -> None:
     frames, first, last = 0, 0.0, 0.0
     if mode == "streamflow":
         with Receiver(ctx, endpoint, name="bench", hwm=DEFAULT_HWM) as receiver:
-            while (msg := receiver.recv()).kind != Kind.END_OF_STREAM:
+            while receiver.recv().kind != Kind.END_OF_STREAM:
                 last = time.perf_counter()
                 first = first or last
                 frames += 1

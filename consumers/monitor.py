@@ -22,8 +22,7 @@ import termios
 import threading
 import time
 import tty
-from contextlib import nullcontext
-from typing import ContextManager
+from contextlib import AbstractContextManager, nullcontext
 
 import zmq
 from rich.console import Console
@@ -95,7 +94,7 @@ def run_monitor(
     if keys is not None:
         poller.register(keys.fd, zmq.POLLIN)
     period = interval if plain else LIVE_REFRESH_S
-    live: ContextManager[Live | None] = nullcontext() if plain else Live(
+    live: AbstractContextManager[Live | None] = nullcontext() if plain else Live(
         render(state, start, console.height), console=console, auto_refresh=False, screen=False,
         transient=False, redirect_stdout=False, redirect_stderr=False, vertical_overflow="ellipsis",
     )

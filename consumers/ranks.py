@@ -15,7 +15,8 @@ import os
 import signal
 import subprocess
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from streamflow.distributed import local_group_env
 

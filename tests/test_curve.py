@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import zmq
 
-from streamflow.cli.main import main as streamflow_main
 from producers.replay import ReplayConfig, run_replay
+from streamflow.cli.main import main as streamflow_main
 from streamflow.errors import ConfigError
 from streamflow.events.batch import EventBatch
 from streamflow.stream.transport import Curve, Receiver, Sender

@@ -28,11 +28,11 @@ from streamflow.cli.main import main as streamflow_main
 from streamflow.distributed import Collective, init_collective, rank_endpoint, weights_digest
 from streamflow.errors import ConfigError
 from streamflow.events import open_source
-from streamflow.stream.ledger import SequenceTracker, merge_sequence_states
-from streamflow.learners import AutoencoderConfig, CWoLAConfig, FlowConfig, build_learner
-from streamflow.scoring.presets import preset
 from streamflow.events.batch import EventBatch
+from streamflow.learners import AutoencoderConfig, CWoLAConfig, FlowConfig, build_learner
 from streamflow.scoring.frame_scorer import FrameScorer, ScorerConfig
+from streamflow.scoring.presets import preset
+from streamflow.stream.ledger import SequenceTracker, merge_sequence_states
 from tests.helpers import REPO, STREAMFLOW, free_port_block
 
 FRAMES, FRAME_SIZE = 30, 2000

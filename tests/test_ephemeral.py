@@ -10,11 +10,7 @@ import numpy as np
 import pytest
 from scipy.stats import ks_2samp
 
-from streamflow.scoring.checkpoint import load_checkpoint, save_checkpoint
-from streamflow.errors import ConfigError
-from streamflow.events import EventBatch, open_source
-from streamflow.learners import CATHODE_FEATURES
-from streamflow.scoring.presets import preset
+from streamflow.analysis.ephemeral_study import HuntConfig, StreamSpec, train_checkpoint
 from streamflow.analysis.sampling import (
     DEFAULT_RANGES,
     HISTOGRAM_KEY,
@@ -24,8 +20,12 @@ from streamflow.analysis.sampling import (
     sample_checkpoint,
     split_events,
 )
+from streamflow.errors import ConfigError
+from streamflow.events import EventBatch, open_source
+from streamflow.learners import CATHODE_FEATURES
+from streamflow.scoring.checkpoint import load_checkpoint, save_checkpoint
+from streamflow.scoring.presets import preset
 from streamflow.stream.selections import read_selections
-from streamflow.analysis.ephemeral_study import HuntConfig, StreamSpec, train_checkpoint
 from tests.helpers import streamflow
 
 STREAM_EVENTS = 20_000

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from streamflow.errors import ConfigError, SourceError
-from streamflow.events import LHCO_FILE_COLUMNS, LHCO_NAMES, EventBatch, open_source
-from streamflow.events import lhco_features, lhco_raw
+from streamflow.events import LHCO_FILE_COLUMNS, LHCO_NAMES, EventBatch, lhco_features, lhco_raw, open_source
 
 
 def read_all(source, chunk_size: int) -> EventBatch:
@@ -50,7 +49,8 @@ def test_features_file_counts_and_mjj(features_file: Path, real_values: np.ndarr
     e2 = np.sqrt(px2**2 + py2**2 + pz2**2 + m2**2)
     mjj = np.sqrt((e1 + e2) ** 2 - (px1 + px2) ** 2 - (py1 + py2) ** 2 - (pz1 + pz2) ** 2)
     np.testing.assert_allclose(batch.column("mjj"), mjj, rtol=1e-6)
-    assert 1500 < batch.column("mjj").min() and np.median(batch.column("mjj")[batch.labels == 1]) == pytest.approx(3500, rel=0.03)
+    assert 1500 < batch.column("mjj").min()
+    assert np.median(batch.column("mjj")[batch.labels == 1]) == pytest.approx(3500, rel=0.03)
 
 
 def test_features_file_derived_columns(features_file: Path, real_values: np.ndarray) -> None:

@@ -51,7 +51,8 @@ def test_reproducible_and_chunk_size_independent() -> None:
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"dim": 0}, "dim"), ({"signal_ratio": -1.0}, "signal_ratio"), ({"reference_fraction": 1.0}, "reference_fraction")],
+    [({"dim": 0}, "dim"), ({"signal_ratio": -1.0}, "signal_ratio"),
+     ({"reference_fraction": 1.0}, "reference_fraction")],
 )
 def test_bad_parameters(kwargs: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

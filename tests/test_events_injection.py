@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from streamflow.errors import ConfigError
-from streamflow.events import EventBatch, LHCO_FILE_COLUMNS, open_source
+from streamflow.events import LHCO_FILE_COLUMNS, EventBatch, open_source
 from tests.test_events_files import write_features_table
 
 

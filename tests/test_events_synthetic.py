@@ -47,7 +47,8 @@ def test_background_marginals_match_the_real_file(synthetic: EventBatch, real: E
     syn, data = synthetic.take(synthetic.labels == 0), real.take(real.labels == 0)
     for name, relative in (("mjj", 0.03), ("mjmin", 0.10), ("mjmax", 0.10), ("tau1_j1", 0.25)):
         s, r = np.quantile(syn.column(name), q), np.quantile(data.column(name), q)
-        assert np.all(np.abs(s / r - 1) < relative), f"{name}: synthetic {s.round(3)} vs real {r.round(3)} (±{relative:.0%})"
+        assert np.all(np.abs(s / r - 1) < relative), \
+            f"{name}: synthetic {s.round(3)} vs real {r.round(3)} (±{relative:.0%})"
     for name in ("tau21_jmin", "tau21_jmax", "tau32_jmin", "tau32_jmax"):
         s, r = np.quantile(syn.column(name), q), np.quantile(data.column(name), q)
         assert np.all(np.abs(s - r) < 0.08), f"{name}: synthetic {s.round(3)} vs real {r.round(3)} (±0.08)"

@@ -14,9 +14,9 @@ import resource
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Callable
 
 import h5py
 import numpy as np
@@ -25,10 +25,10 @@ import torch
 import zmq
 
 from bench.fuzz import MUTATIONS, SMALL_SCORER_TOML, valid_frame
-from streamflow.scoring.checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
 from streamflow.errors import ConfigError
 from streamflow.events import GaussianToy
 from streamflow.events.batch import EventBatch
+from streamflow.scoring.checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
 from streamflow.stream.journal import FrameJournal
 from streamflow.stream.ledger import SequenceTracker, account_stream
 from streamflow.stream.selections import read_selections
@@ -210,7 +210,8 @@ def test_killed_producer_coming_back_is_picked_up_and_silence_ends_the_scorer(tm
         for n, seed in enumerate(("1", "2")):
             scored_before = len(journal_lines(run_dir))
             producer = start(stack, *replay, "--seed", seed, log=tmp_path / f"producer-{n}.log")
-            wait_for(lambda: len(journal_lines(run_dir)) >= scored_before + 3, 60, f"producer {n} to be scored")
+            wait_for(lambda: len(journal_lines(run_dir)) >= scored_before + 3,  # noqa: B023 (waited on here)
+                     60, f"producer {n} to be scored")
             assert producer.poll() is None, "the producer ended before the kill"
             producer.send_signal(signal.SIGKILL)
             producer.wait(10)

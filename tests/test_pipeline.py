@@ -13,7 +13,6 @@ from streamflow.stream.selections import read_selections
 from streamflow.stream.telemetry import read_jsonl
 from tests.helpers import free_port_block, streamflow
 
-
 LHCO_RUN_TOML = """
 [replay]
 source = "{source}"

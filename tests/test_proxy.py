@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 import zmq
 
-from streamflow.cli.main import build_parser, main as streamflow_main
 from consumers.sink import SinkConfig, run_sink
 from producers.proxy import ProxyConfig, ProxyError, ProxyStats, run_proxy
+from streamflow.cli.main import build_parser
+from streamflow.cli.main import main as streamflow_main
 from streamflow.events import GaussianToy
 from streamflow.events.batch import EventBatch
 from streamflow.stream.ledger import stream_totals

@@ -9,16 +9,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
 import zmq
 
+from producers.replay import ReplayConfig, run_replay
 from streamflow.cli.main import build_parser, main
 from streamflow.cli.replay import config_from_args
-from producers.replay import ReplayConfig, run_replay
 from streamflow.config import load_toml
 from streamflow.errors import ConfigError
 from streamflow.events import EventBatch, open_source

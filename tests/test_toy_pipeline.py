@@ -34,9 +34,9 @@ import math
 import numpy as np
 import pytest
 
+from streamflow.analysis.coordinate_study import load_learners, score_events
 from streamflow.events import GaussianToy
 from streamflow.metrics import auc
-from streamflow.analysis.coordinate_study import load_learners, score_events
 from tests.helpers import free_port_block, streamflow
 
 TOLERANCE = 0.03  # the issue's: every learnt AUC within 0.03 of the exact model's

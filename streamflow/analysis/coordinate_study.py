@@ -58,9 +58,10 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,12 +69,12 @@ from matplotlib.figure import Figure
 from scipy.stats import rankdata
 
 from streamflow import metrics
-from streamflow.scoring.checkpoint import load_checkpoint
 from streamflow.errors import ConfigError
 from streamflow.events import EventBatch
 from streamflow.learners import TorchLearner, learner_from_state
-from streamflow.scoring.presets import preset
+from streamflow.scoring.checkpoint import load_checkpoint
 from streamflow.scoring.frame_scorer import ScorerConfig
+from streamflow.scoring.presets import preset
 
 LIKELIHOOD_RATIO_AUC = 0.5 * (1.0 + math.erf(1.0 / math.sqrt(2.0)))
 """Phi(1): the exact likelihood ratio's AUC on the d = 2 toy, in every frame."""
@@ -272,7 +273,8 @@ def markdown(study: CoordinateStudy) -> str:
             "| kind | a (frame) | b (frame) | selected by a | shared | AUC b - a | stat. error |",
             "|---|---|---|---|---|---|---|",
         ]
-        lines += [f"| {o.kind} | {o.a} ({o.coordinates_a}) | {o.b} ({o.coordinates_b}) | {o.selected:,} | {o.fraction:.1%} | "
+        lines += [f"| {o.kind} | {o.a} ({o.coordinates_a}) | {o.b} ({o.coordinates_b}) | {o.selected:,} | "
+                  f"{o.fraction:.1%} | "
                   f"{'-' if math.isnan(o.auc_difference) else f'{o.auc_difference:+.3f}'} | "
                   f"{_number(o.auc_difference_error)} |" for o in study.overlaps]
     return "\n".join(lines) + "\n"

@@ -35,22 +35,30 @@ the synthetic generator, they come from an independent seed.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 
 from streamflow import metrics
-from streamflow.scoring.checkpoint import load_checkpoint, save_checkpoint
+from streamflow.analysis.sampling import (
+    HISTOGRAM_KEY,
+    ContextHistogram,
+    MassRange,
+    Samples,
+    sample_checkpoint,
+    write_samples,
+)
 from streamflow.config import to_dict
 from streamflow.errors import ConfigError
 from streamflow.events import EventBatch, InjectedSource, open_source
 from streamflow.events.chunking import check_chunk_size, rebatch
 from streamflow.learners import CATHODE_FEATURES, CWoLAConfig, CWoLALearner, FlowLearner
-from streamflow.analysis.sampling import HISTOGRAM_KEY, ContextHistogram, MassRange, Samples, sample_checkpoint, write_samples
+from streamflow.scoring.checkpoint import load_checkpoint, save_checkpoint
 from streamflow.scoring.frame_scorer import FrameScorer, ScorerConfig
 
 CONTROL = "real background only (control)"

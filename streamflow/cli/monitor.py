@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from streamflow.cli.common import stop_on_signals
 from consumers.monitor import DEFAULT_TELEMETRY_ENDPOINT, run_monitor
+from streamflow.cli.common import stop_on_signals
 from streamflow.errors import ConfigError
 
 

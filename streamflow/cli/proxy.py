@@ -12,8 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from streamflow.cli.common import curve_options, curves_from_args, stop_on_signals
 from producers.proxy import DEFAULT_PROXY_ENDPOINT, ProxyConfig, ProxyError, ProxyStats, run_proxy
+from streamflow.cli.common import curve_options, curves_from_args, stop_on_signals
 from streamflow.stream.transport import DEFAULT_HWM
 
 

@@ -11,13 +11,14 @@ import argparse
 import dataclasses
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
+from producers.replay import ReplayConfig, ReplayStats, run_replay
 from streamflow.cli.common import stop_on_signals
 from streamflow.config import load_toml
 from streamflow.errors import ConfigError
 from streamflow.stream.transport import Curve
-from producers.replay import ReplayConfig, ReplayStats, run_replay
 
 _OPTIONS = ("rate", "frame_size", "signal_fraction", "events", "loop", "seed", "endpoint", "stream_id",
             "eos_timeout", "hwm", "kernel_buffer")

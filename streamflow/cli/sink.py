@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from streamflow.cli.common import curve_options, curves_from_args, stop_on_signals
 from consumers.sink import DEFAULT_SELECTIONS_ENDPOINT, SinkConfig, run_sink
+from streamflow.cli.common import curve_options, curves_from_args, stop_on_signals
 from streamflow.config import read_toml
 
 

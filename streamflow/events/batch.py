@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -44,7 +45,7 @@ class EventBatch:
         """One feature column by name (a strided view)."""
         return self.features[:, self.names.index(name)]
 
-    def take(self, index: np.ndarray | slice) -> "EventBatch":
+    def take(self, index: np.ndarray | slice) -> EventBatch:
         """The events at ``index`` (a boolean mask, integer indices or a slice)."""
         return EventBatch(
             ids=np.ascontiguousarray(self.ids[index]),
@@ -54,7 +55,7 @@ class EventBatch:
         )
 
     @staticmethod
-    def concatenate(batches: Sequence["EventBatch"]) -> "EventBatch":
+    def concatenate(batches: Sequence[EventBatch]) -> EventBatch:
         """Join batches of one schema, in order."""
         first = batches[0]
         labelled = all(b.labels is not None for b in batches)

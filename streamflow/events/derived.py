@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from streamflow.events.schema import TAU_EPS
-from streamflow.events.schema import LHCO_FILE_COLUMNS, LHCO_NAMES
+from streamflow.events.schema import LHCO_FILE_COLUMNS, LHCO_NAMES, TAU_EPS
 
 
 def dijet_mass(p1: np.ndarray, m1: np.ndarray, p2: np.ndarray, m2: np.ndarray) -> np.ndarray:

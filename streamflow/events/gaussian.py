@@ -19,7 +19,7 @@ Labels: 1 = signal. Event i depends only on (seed, i) (see chunking.py).
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 

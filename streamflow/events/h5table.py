@@ -18,9 +18,9 @@ rows past a truncation instead of failing).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import h5py
 import hdf5plugin  # noqa: F401  (registers the Blosc filter 32001 that the raw LHCO file uses)
@@ -69,7 +69,7 @@ class H5Table:
     size: int  # bytes of the open file when the table was found
 
     @staticmethod
-    def find(path: Path, file: h5py.File) -> "H5Table":
+    def find(path: Path, file: h5py.File) -> H5Table:
         """The first group with ``axis0`` and ``block0_values``; SourceError if there is none."""
         groups: list[str] = []
         file.visititems(
@@ -93,7 +93,8 @@ class H5Table:
                 values = group[f"block{k}_values"]
                 items = [_decode(v) for v in group[f"block{k}_items"][()]] if f"block{k}_items" in group else columns
                 if values.ndim != 2 or values.shape[1] != len(items):
-                    raise SourceError(f"{path}: table block {k} has shape {list(values.shape)} for {len(items)} columns")
+                    raise SourceError(
+                        f"{path}: table block {k} has shape {list(values.shape)} for {len(items)} columns")
                 if n_rows is not None and values.shape[0] != n_rows:
                     raise SourceError(f"{path}: table blocks have different row counts")
                 n_rows = values.shape[0]

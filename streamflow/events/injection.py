@@ -16,7 +16,8 @@ injection, 1,000 signal in 1,000,000 background, is f = 1000 / 1001000.
 
 from __future__ import annotations
 
-from typing import Iterator, Protocol
+from collections.abc import Iterator
+from typing import Protocol
 
 import numpy as np
 

@@ -13,7 +13,7 @@ are row indices in the file, so they stay unique and traceable with drops.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -68,7 +68,8 @@ class LHCOFeaturesFile:
                 label = values[:, -1]
                 finite &= np.isfinite(label)
                 if not np.isin(label[finite], (0.0, 1.0)).all():
-                    raise SourceError(f"{self.path}: label column holds values other than 0 and 1 in rows {start}-{stop}")
+                    raise SourceError(
+                        f"{self.path}: label column holds values other than 0 and 1 in rows {start}-{stop}")
                 labels = np.where(finite, label, 0).astype(np.int8)
             batch = EventBatch(np.arange(start, stop, dtype=np.uint64), features, LHCO_NAMES, labels)
             yield batch if finite.all() else batch.take(finite)

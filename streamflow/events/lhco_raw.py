@@ -19,7 +19,7 @@ nothing scans it up front, so ``n_events`` is the number of rows in the file, an
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -79,7 +79,8 @@ class LHCORawFile:
             if self.has_labels:
                 label = values[:, n_features]
                 if not np.isin(label[finite], (0.0, 1.0)).all():
-                    raise SourceError(f"{self.path}: label column holds values other than 0 and 1 in rows {start}-{stop}")
+                    raise SourceError(
+                        f"{self.path}: label column holds values other than 0 and 1 in rows {start}-{stop}")
                 labels = np.where(finite, label, 0).astype(np.int8)
             features = values[:, :n_features].astype(np.float32)
             batch = EventBatch(np.arange(start, stop, dtype=np.uint64), features, self.names, labels)

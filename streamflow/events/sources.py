@@ -22,8 +22,9 @@ HDF5, truncated, neither LHCO layout), ConfigError for options that do not fit.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from streamflow.config import from_dict
 from streamflow.errors import ConfigError, SourceError

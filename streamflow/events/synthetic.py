@@ -56,17 +56,16 @@ background quantiles against the real file within the tolerances it states.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 
 from streamflow.errors import ConfigError
 from streamflow.events.batch import EventBatch
-from streamflow.events.derived import assemble
-from streamflow.events.schema import TAU_EPS
 from streamflow.events.chunking import check_seed, generate_chunks
-from streamflow.events.schema import LHCO_NAMES
+from streamflow.events.derived import assemble
+from streamflow.events.schema import LHCO_NAMES, TAU_EPS
 
 _SQRT_S = 13000.0  # GeV, the LHC collision energy that scales the dijet function
 

@@ -93,7 +93,8 @@ class FlowLearner(TorchLearner):
 
     def __init__(self, config: FlowConfig, device: str | torch.device = "cpu") -> None:
         super().__init__(config, device)
-        self._report_coordinates = None if self._input_coordinates() == config.coordinates else get_coordinates(config.coordinates)
+        self._report_coordinates = (None if self._input_coordinates() == config.coordinates
+                                    else get_coordinates(config.coordinates))
         self.context: Preprocessor | None = None
         if config.context is not None:
             self.context = Preprocessor(

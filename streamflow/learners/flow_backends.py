@@ -15,8 +15,9 @@ nflows is the default; zuko gives the same family of flows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Callable, Protocol
+from typing import Protocol
 
 import zuko
 from nflows.distributions.normal import StandardNormal

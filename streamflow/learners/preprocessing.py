@@ -18,7 +18,8 @@ Everything is vectorised torch code on the learner's device.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -361,7 +361,7 @@ def _roc_figure(run: RunData, scorer: str) -> str | None:
     grid = np.logspace(np.log10(1.0 / n_b), 0, 200)
     roc_ax.plot(grid, grid, ":", color="grey", label="random")
     sic_ax.plot(grid, np.sqrt(grid), ":", color="grey", label="random")
-    for line_name, learner, eff_b, eff_s, sic in _operating_points(run, scorer):
+    for _line, learner, eff_b, eff_s, sic in _operating_points(run, scorer):
         color = colors.get(learner, "black")
         roc_ax.plot([eff_b], [eff_s], "o", color=color, mec="black", ms=6)
         sic_ax.plot([eff_s], [sic], "o", color=color, mec="black", ms=6)

@@ -33,7 +33,6 @@ from streamflow.events.batch import EventBatch
 from streamflow.learners import LearnerConfig, TorchLearner, build_learner
 from streamflow.trigger import LineConfig, LineStats, Selection, TriggerMenu
 
-
 Thresholds = Literal["rank", "global"]
 """Whose windows a data-parallel scorer's lines judge against (see ScorerConfig)."""
 

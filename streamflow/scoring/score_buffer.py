@@ -9,8 +9,8 @@ array per learner (NaN: not scored), in stream order.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
