@@ -82,6 +82,7 @@ class SinkStats:
 
 def _selected(msg: Message) -> SelectedEvents:
     batch = msg.batch
+    assert batch is not None  # wire.decode gives every SELECTION its events
     n = len(batch)
     return SelectedEvents(
         ids=np.array(batch.ids), seq=np.full(n, msg.seq, np.uint64), bits=np.array(msg.bits),
@@ -137,16 +138,18 @@ def run_sink(config: SinkConfig, stop_event: threading.Event | None = None,
                 break
             elif msg.kind == Kind.SELECTION:
                 last = time.monotonic()
+                batch = msg.batch
+                assert batch is not None and msg.line_names is not None  # wire.decode checks a SELECTION's parts
                 if writer is None:
-                    writer = SelectionWriter(run_dir / config.output, msg.batch.names, msg.line_names,
+                    writer = SelectionWriter(run_dir / config.output, batch.names, msg.line_names,
                                              config=run_config, flush_interval=config.flush_interval,
                                              state=lambda: {"sequence": tracker.state_dict()})
                     tracker.load_state_dict(writer.committed_state.get("sequence", {}))
                     stats.rows_at_start = writer.rows_written
-                tracker.observe(msg.stream_id, msg.seq, len(msg.batch))
+                tracker.observe(msg.stream_id, msg.seq, len(batch))
                 stats.frames += 1
-                stats.events_in += len(msg.batch)
-                rates.add(len(msg.batch))
+                stats.events_in += len(batch)
+                rates.add(len(batch))
                 latency.record(time.time_ns() - msg.send_ns)
                 writer.append(_selected(msg))
             if writer is not None:

@@ -131,8 +131,10 @@ def bump_hunt(name: str, train: EventBatch, test: EventBatch, config: HuntConfig
     sr = test.take(_in_range(test.column("mjj"), config.signal_region))
     learner.bind(sr.names)
     scores = learner.score(torch.from_numpy(sr.features)).numpy()
-    eff_s, sic = metrics.sic_curve(sr.labels, scores, min_background=10)
-    return HuntResult(name, n_sr, n_sb, metrics.max_sic(sr.labels, scores), metrics.auc(sr.labels, scores),
+    labels = sr.labels
+    assert labels is not None  # taken from the labelled test events
+    eff_s, sic = metrics.sic_curve(labels, scores, min_background=10)
+    return HuntResult(name, n_sr, n_sb, metrics.max_sic(labels, scores), metrics.auc(labels, scores),
                       eff_s, sic)
 
 
@@ -152,7 +154,8 @@ class MemoryFile:
         self.n_rows = len(batch)
 
     def label_counts(self) -> tuple[int, int]:
-        n_signal = int((self.batch.labels == 1).sum())
+        assert self.batch.labels is not None  # built from labelled events only
+        n_signal = int(np.count_nonzero(self.batch.labels == 1))
         return self.n_rows - n_signal, n_signal
 
     def chunks(self, chunk_size: int) -> Iterator[EventBatch]:

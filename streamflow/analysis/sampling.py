@@ -133,10 +133,10 @@ def context_distribution(state: Mapping[str, Any], flow: FlowLearner) -> Context
 
 def split_events(n: int, masses: Sequence[float]) -> list[int]:
     """n split in proportion to ``masses`` (largest remainders), summing to n exactly."""
-    masses = np.asarray(masses, np.float64)
-    if not masses.sum() > 0:
+    weights = np.asarray(masses, np.float64)
+    if not weights.sum() > 0:
         raise ConfigError("the stream has no events in any of the mjj ranges")
-    share = n * masses / masses.sum()
+    share = n * weights / weights.sum()
     counts = np.floor(share).astype(int)
     counts[np.argsort(counts - share)[: n - counts.sum()]] += 1
     return counts.tolist()

@@ -120,7 +120,7 @@ def main(args: argparse.Namespace) -> int:
     if failed:
         raise StreamflowError("pipeline failed: " + ", ".join(f"{r} exited with {c}" for r, c in failed.items()))
     streamed_s = time.monotonic() - started
-    learners = coordinates.load_learners(Path(run.run_dir) / "scorer.ckpt.pt")
+    learners = coordinates.load_learners(run.folder / "scorer.ckpt.pt")
     study = coordinates.run_study(learners, events, source=args.source, q=q, exact=toy)
     table = coordinates.markdown(study)
     (out / "coordinates.md").write_text(table)

@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +66,13 @@ class RunOptions:
 
     def endpoint(self, offset: int) -> str:
         return f"tcp://127.0.0.1:{self.base_port + offset}"
+
+    @property
+    def folder(self) -> Path:
+        """The run folder; ``build_config`` resolves the default (runs/<date-time>) before anything runs."""
+        if self.run_dir is None:
+            raise StreamflowError("the run folder is not set (build_config resolves it)")
+        return Path(self.run_dir)
 
 
 @dataclass(frozen=True)
@@ -199,17 +207,17 @@ def _produce(config: ReplayConfig, run_dir: str, telemetry: str, stop: threading
         ctx.destroy(linger=0)
 
 
-def _start(role: str, target: Callable[..., Any], *args: Any) -> mp.Process:
+def _start(role: str, target: Callable[..., Any], *args: Any) -> BaseProcess:
     process = mp.get_context("spawn").Process(target=_child, args=(role, target, *args), name=role, daemon=False)
     process.start()
     return process
 
 
-def run_pipeline(config: RunConfig, *, console_monitor: Callable[..., Any] | None = None) -> dict[str, int]:
-    """Run the pipeline to the end of its stream; returns each child's exit code."""
+def run_pipeline(config: RunConfig, *, console_monitor: Callable[..., Any] | None = None) -> dict[str, int | None]:
+    """Run the pipeline to the end of its stream; returns each child's exit code (all set: every child is joined)."""
     from consumers.scorer import ConsumeConfig, run_consume
 
-    run, run_dir = config.run, Path(config.run.run_dir)
+    run, run_dir = config.run, config.run.folder
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "run.json").write_text(json.dumps(to_dict(config), indent=2, default=str) + "\n")
     telemetry = run.endpoint(4)
@@ -237,7 +245,7 @@ def run_pipeline(config: RunConfig, *, console_monitor: Callable[..., Any] | Non
     return {role: p.exitcode for role, p in children.items()}
 
 
-def _supervise(children: dict[str, mp.Process], stop: threading.Event, duration: float | None) -> None:
+def _supervise(children: dict[str, BaseProcess], stop: threading.Event, duration: float | None) -> None:
     """Set ``stop`` when every child has exited, or one failed, or ``duration`` has passed."""
     start = time.monotonic()
     while any(p.is_alive() for p in children.values()):
@@ -249,7 +257,7 @@ def _supervise(children: dict[str, mp.Process], stop: threading.Event, duration:
     stop.set()
 
 
-def _stop_all(children: dict[str, mp.Process], grace_s: float = 60.0) -> None:
+def _stop_all(children: dict[str, BaseProcess], grace_s: float = 60.0) -> None:
     """Stop in stream order: end the producer's stream, let the scorer and sink drain and exit.
 
     Only the producer is told to stop; END_OF_STREAM then finishes the scorer and the
@@ -288,7 +296,7 @@ def main(args: argparse.Namespace) -> int:
     config = build_config(args)
     monitor = _monitor_runner(config.run) if config.run.monitor else None
     codes = run_pipeline(config, console_monitor=monitor)
-    run_dir = Path(config.run.run_dir)
+    run_dir = config.run.folder
     ledger = combined_ledger(run_dir)
     ledger.write(run_dir / "ledger.json")
     print(ledger.render())

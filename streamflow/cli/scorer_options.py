@@ -112,4 +112,4 @@ def scorer_menu(preset_name: str | None, table: Mapping[str, Any] | None, where:
 
     if preset_name is None and table is not None:
         return from_dict(ScorerConfig, dict(table), where)
-    return preset(preset_name or default_preset, thresholds=thresholds or "rank")
+    return preset(preset_name or default_preset, thresholds="global" if thresholds == "global" else "rank")

@@ -63,6 +63,7 @@ class LHCORawFile:
         if self._label_counts is None:
             n_signal = n_total = 0
             for batch in self._read_all():
+                assert batch.labels is not None  # has_labels, checked above
                 n_signal += int(batch.labels.sum())
                 n_total += len(batch)
             self._label_counts = (n_total - n_signal, n_signal)

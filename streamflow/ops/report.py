@@ -361,10 +361,10 @@ def _roc_figure(run: RunData, scorer: str) -> str | None:
     grid = np.logspace(np.log10(1.0 / n_b), 0, 200)
     roc_ax.plot(grid, grid, ":", color="grey", label="random")
     sic_ax.plot(grid, np.sqrt(grid), ":", color="grey", label="random")
-    for _line, learner, eff_b, eff_s, sic in _operating_points(run, scorer):
+    for _line, learner, point_b, point_s, point_sic in _operating_points(run, scorer):
         color = colors.get(learner, "black")
-        roc_ax.plot([eff_b], [eff_s], "o", color=color, mec="black", ms=6)
-        sic_ax.plot([eff_s], [sic], "o", color=color, mec="black", ms=6)
+        roc_ax.plot([point_b], [point_s], "o", color=color, mec="black", ms=6)
+        sic_ax.plot([point_s], [point_sic], "o", color=color, mec="black", ms=6)
     roc_ax.set_xscale("log")
     roc_ax.set_xlim(1.0 / n_b, 1.0)
     roc_ax.set_ylim(0, 1.02)

@@ -43,4 +43,4 @@ class ScoreBuffer:
         return {"labels": self.labels[order], **{name: self.scores[i, order] for i, name in enumerate(self.learners)}}
 
     def save(self, path: str | Path) -> None:
-        np.savez(path, **self.arrays())
+        np.savez(path, **self.arrays())  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
