@@ -15,12 +15,14 @@ why instead of the event silently changing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
 from streamflow.errors import SourceError
-from streamflow.events.lhco_raw import LHCORawFile
+
+if TYPE_CHECKING:  # the wire imports this module; it need not import h5py
+    from streamflow.events.lhco_raw import LHCORawFile
 
 PARTICLES_PER_ROW = 700
 """Particles per event in the raw LHCO files (the padded row length / 3)."""

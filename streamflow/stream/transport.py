@@ -490,9 +490,9 @@ class Receiver(_SocketPair):
             return None
         if msg.kind == Kind.END_OF_STREAM:
             self._say(Kind.ACK, msg.stream_id, msg.seq)
-        elif msg.batch is not None:
+        elif msg.kind in (Kind.DATA, Kind.SELECTION, Kind.RAW):
             self.frames += 1
-            self.events += len(msg.batch)
+            self.events += msg.n_events
         return msg
 
     def recv(self, timeout_ms: int | None = None) -> Message | None:
