@@ -15,7 +15,7 @@ import sys
 from streamflow import __version__
 from streamflow.errors import StreamflowError
 
-SUBCOMMANDS = ("replay", "proxy", "consume", "sink", "run", "monitor", "report", "sample", "ephemeral", "coordinates", "keys")
+SUBCOMMANDS = ("replay", "proxy", "reco", "consume", "sink", "run", "monitor", "report", "sample", "ephemeral", "coordinates", "keys")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

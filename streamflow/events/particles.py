@@ -14,8 +14,9 @@ why instead of the event silently changing.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -67,7 +68,7 @@ class ParticleBatch:
         np.cumsum(self.counts, out=offsets[1:])
         return offsets
 
-    def take(self, index: np.ndarray) -> "ParticleBatch":
+    def take(self, index: np.ndarray) -> ParticleBatch:
         """The events at integer or boolean ``index``, in that order."""
         rows = np.arange(len(self))[index]
         offsets = self.offsets
@@ -78,7 +79,7 @@ class ParticleBatch:
                              labels=None if self.labels is None else np.ascontiguousarray(self.labels[rows]))
 
     @staticmethod
-    def from_padded(ids: np.ndarray, padded: np.ndarray, labels: np.ndarray | None = None) -> "ParticleBatch":
+    def from_padded(ids: np.ndarray, padded: np.ndarray, labels: np.ndarray | None = None) -> ParticleBatch:
         """Events from padded rows float[n, 3k] (pT, eta, phi per particle); particles with pT == 0 dropped."""
         n = len(padded)
         if padded.ndim != 2 or padded.shape[1] % 3:

@@ -242,7 +242,7 @@ def _axes_per_event(particles: _Particles, jets: _LeadingJets, config: RecoConfi
         members = [fastjet.PseudoJet(particles.px[k], particles.py[k], particles.pz[k], particles.e[k])
                    for k in jets.constituents[starts[j]:starts[j + 1]]]
         sequence = fastjet.ClusterSequence(members, definition)
-        for padded, n in zip(out, N_AXES):
+        for padded, n in zip(out, N_AXES, strict=True):
             for slot, axis in enumerate(sequence.exclusive_jets_up_to(n)):
                 padded[j, slot] = (axis.eta(), axis.phi_std())
     return out
