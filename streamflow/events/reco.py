@@ -152,7 +152,7 @@ def _reject_reasons(batch: ParticleBatch, particles: _Particles, max_particles: 
 
 
 def _awkward_events(particles: _Particles, index: np.ndarray, counts: np.ndarray) -> Any:
-    import awkward as ak
+    import awkward as ak  # type: ignore[import-untyped]
 
     record = ak.zip({"px": particles.px[index], "py": particles.py[index], "pz": particles.pz[index],
                      "E": particles.e[index]}, with_name="Momentum4D")
@@ -160,8 +160,8 @@ def _awkward_events(particles: _Particles, index: np.ndarray, counts: np.ndarray
 
 
 def _leading_vectorised(particles: _Particles, batch: ParticleBatch, config: RecoConfig) -> _LeadingJets:
-    import awkward as ak
-    import fastjet
+    import awkward as ak  # type: ignore[import-untyped]
+    import fastjet  # type: ignore[import-untyped]
 
     offsets = batch.offsets
     events = _awkward_events(particles, np.arange(len(batch.pt)), batch.counts.astype(np.int64))
@@ -180,7 +180,7 @@ def _leading_vectorised(particles: _Particles, batch: ParticleBatch, config: Rec
 
 
 def _leading_per_event(particles: _Particles, batch: ParticleBatch, config: RecoConfig) -> _LeadingJets:
-    import fastjet
+    import fastjet  # type: ignore[import-untyped]
 
     definition = fastjet.JetDefinition(fastjet.antikt_algorithm, config.jet_radius)
     offsets = batch.offsets
@@ -210,8 +210,8 @@ def _leading_per_event(particles: _Particles, batch: ParticleBatch, config: Reco
 
 def _axes_vectorised(particles: _Particles, jets: _LeadingJets, config: RecoConfig) -> list[np.ndarray]:
     """Per N: float64[2m, N, 2] (eta, phi) of each jet's exclusive-kT axes; NaN where a jet has < N."""
-    import awkward as ak
-    import fastjet
+    import awkward as ak  # type: ignore[import-untyped]
+    import fastjet  # type: ignore[import-untyped]
 
     members = _awkward_events(particles, jets.constituents, jets.jet_counts)
     sequence = fastjet.ClusterSequence(members, fastjet.JetDefinition(fastjet.kt_algorithm, config.axes_radius))
@@ -233,7 +233,7 @@ def _axes_vectorised(particles: _Particles, jets: _LeadingJets, config: RecoConf
 
 
 def _axes_per_event(particles: _Particles, jets: _LeadingJets, config: RecoConfig) -> list[np.ndarray]:
-    import fastjet
+    import fastjet  # type: ignore[import-untyped]
 
     definition = fastjet.JetDefinition(fastjet.kt_algorithm, config.axes_radius)
     starts = np.concatenate([[0], np.cumsum(jets.jet_counts)])

@@ -78,7 +78,7 @@ HAS_LABELS = 1
 
 #: dtype code on the wire -> value dtype: float32 features (DATA, SELECTION), float64 particles (RAW);
 #: 0 is never valid.
-DTYPES = {1: np.dtype(np.float32), 2: np.dtype(np.float64)}
+DTYPES: dict[int, np.dtype[Any]] = {1: np.dtype(np.float32), 2: np.dtype(np.float64)}
 _FLOAT32 = 1
 _FLOAT64 = 2
 _EVENT_KINDS = (Kind.DATA, Kind.SELECTION, Kind.RAW)
