@@ -17,7 +17,8 @@ All on the 1,000 events of the shared tiny raw LHCO file, in one run:
      Python loop over events and jets; ratio to the vectorised one).
 2. pipeline: a raw-frame producer process (``run_replay(raw=True)``, ``--loop`` over the file)
    -> K reco worker processes -> collectors in this process, for K = 1 and K = 2: events/s from
-   the first feature frame to the last worker's END_OF_STREAM (ratios: 2 workers to 1, one
+   the first feature frame to the last worker's END_OF_STREAM, best of the repeats, K = 1 and 2
+   alternating (ratios: 2 workers to 1, one
    worker to the plain FastJet loop, one worker to the library in this process).
 3. transport: RAW frames (ids, counts, pT/eta/phi float64 of the real events) by
    Sender/Receiver vs the same bytes as one buffer per frame by bare pyzmq PUSH/PULL, over tcp
@@ -268,13 +269,15 @@ def main() -> None:
     vectorised = library["reconstruct vectorised"]
     print(f"  reconstruct vectorised / plain fastjet loop: {vectorised / library['plain fastjet loop']:.2f}; "
           f"per-event / vectorised: {library['reconstruct per-event'] / vectorised:.2f}")
-    with_workers = []
     run_dir = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"bench-reco-{os.getpid()}")
-    for workers in (1, 2):
-        result = pipeline(path, workers, args.events, args.frame_size, run_dir)
-        with_workers.append(result)
-        print(f"  pipeline, {workers} worker(s): {result['events_per_s']:>10,.0f} events/s "
-              f"({result['events']:,d} events in {result['seconds']:.2f} s)")
+    runs_by_k: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
+    for _ in range(args.repeats):  # alternating, so that load from others hits both alike
+        for workers in runs_by_k:
+            runs_by_k[workers].append(pipeline(path, workers, args.events, args.frame_size, run_dir))
+    with_workers = [max(runs, key=lambda r: r["events_per_s"]) for runs in runs_by_k.values()]
+    for workers, result in zip(runs_by_k, with_workers, strict=True):
+        print(f"  pipeline, {workers} worker(s): {result['events_per_s']:>10,.0f} events/s, best of "
+              f"{args.repeats} (runs: {', '.join(f'{r['events_per_s']:,.0f}' for r in runs_by_k[workers])})")
     one, two = (w["events_per_s"] for w in with_workers)
     print(f"  2 workers / 1 worker: {two / one:.2f}; 1 worker / plain fastjet loop: "
           f"{one / library['plain fastjet loop']:.2f}; 1 worker / library vectorised: {one / vectorised:.2f}")
