@@ -276,8 +276,9 @@ def main() -> None:
             runs_by_k[workers].append(pipeline(path, workers, args.events, args.frame_size, run_dir))
     with_workers = [max(runs, key=lambda r: r["events_per_s"]) for runs in runs_by_k.values()]
     for workers, result in zip(runs_by_k, with_workers, strict=True):
+        rates = ", ".join(f"{r['events_per_s']:,.0f}" for r in runs_by_k[workers])
         print(f"  pipeline, {workers} worker(s): {result['events_per_s']:>10,.0f} events/s, best of "
-              f"{args.repeats} (runs: {', '.join(f'{r['events_per_s']:,.0f}' for r in runs_by_k[workers])})")
+              f"{args.repeats} (runs: {rates})")
     one, two = (w["events_per_s"] for w in with_workers)
     print(f"  2 workers / 1 worker: {two / one:.2f}; 1 worker / plain fastjet loop: "
           f"{one / library['plain fastjet loop']:.2f}; 1 worker / library vectorised: {one / vectorised:.2f}")
