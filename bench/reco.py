@@ -70,13 +70,21 @@ def load_events(path: Path) -> ParticleBatch:
 
 
 def free_port(n: int) -> int:
-    for _ in range(100):
+    """A base port P with P..P+n-1 all free on 127.0.0.1 now (others on the machine bind ports too)."""
+    for _ in range(200):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             base = probe.getsockname()[1]
-        if base + n < 65535:
-            return base
-    raise RuntimeError("no free port")
+        if base + n >= 65535:
+            continue
+        try:
+            for port in range(base, base + n):
+                with socket.socket() as taken:
+                    taken.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no block of free ports")
 
 
 def plain_fastjet_loop(batch: ParticleBatch) -> None:
@@ -183,8 +191,19 @@ def pipeline(path: Path, workers: int, events: int, frame_size: int, run_dir: st
                                                                 frame_size=frame_size, endpoint=source, hwm=4,
                                                                 eos_timeout=120),))
     producer.start()
+    deadline = time.monotonic() + 600
+    while producer.is_alive() and time.monotonic() < deadline:  # a worker that failed would leave it blocked
+        if any(p.exitcode not in (None, 0) for p in processes):
+            break
+        producer.join(0.5)
     for process in (producer, *processes):
-        process.join(300)
+        process.join(60)
+        if process.is_alive():
+            process.terminate()
+            process.join(10)
+    if any(p.exitcode != 0 for p in (producer, *processes)):
+        raise RuntimeError(f"pipeline with {workers} workers failed: exit codes "
+                           f"{[p.exitcode for p in (producer, *processes)]}")
     for collector in collectors:
         collector.join(60)
     received = sum(c.events for c in collectors)
