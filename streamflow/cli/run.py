@@ -168,10 +168,23 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         run = dataclasses.replace(run, report=False)
     if run.run_dir is None:
         run = dataclasses.replace(run, run_dir=str(Path("runs") / time.strftime("%Y%m%d-%H%M%S")))
+    _check_reco_source(replay.source, run.reco_workers)
     replay = dataclasses.replace(replay, endpoint=run.endpoint(0), hwm=CHILD_HWM,
                                  kernel_buffer=CHILD_KERNEL_BUFFER, eos_timeout=EOS_TIMEOUT_S,
                                  raw=run.reco_workers > 0)
     return RunConfig(run=run, replay=replay, scorer=scorer)
+
+
+def _check_reco_source(source: str, reco_workers: int) -> None:
+    """A raw particle file needs reco workers, and reco workers need one (ConfigError before anything starts)."""
+    from streamflow.events.lhco_raw import LHCORawFile
+    from streamflow.events.sources import GENERATOR_OPTIONS, open_file
+
+    raw = source not in GENERATOR_OPTIONS and isinstance(open_file(Path(source)), LHCORawFile)
+    if raw and not reco_workers:
+        raise ConfigError(f"{source} holds particles, not features: reconstruct them with --reco-workers K")
+    if reco_workers and not raw:
+        raise ConfigError(f"--reco-workers reconstructs a raw LHCO particle file; {source} is not one")
 
 
 def _keep_learners(scorer: ScorerConfig, names: list[str]) -> ScorerConfig:
