@@ -19,15 +19,19 @@ acknowledgement, writes ``ledger-NAME.json`` and a final telemetry message.
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import zmq
 
 from streamflow.errors import ConfigError, StreamflowError
+from streamflow.events.particles import ParticleBatch
 from streamflow.events.reco import REJECT_REASONS, RecoConfig, reconstruct
 from streamflow.ops.telemetry import LatencyHistogram, RateMeter, TelemetryReporter
 from streamflow.stream.ledger import Ledger, SequenceTracker, account_stream, stream_receivers, stream_totals
@@ -122,6 +126,23 @@ class RecoStats:
         return ledger
 
 
+def _fastjet_banner_to_stderr() -> None:
+    """FastJet prints its banner on stdout at a process's first clustering; stdout is for the ledger.
+
+    One two-particle event is reconstructed with file descriptor 1 pointing at stderr.
+    """
+    two = ParticleBatch(ids=np.zeros(1, np.uint64), counts=np.full(1, 2, np.uint32), pt=np.array([10.0, 10.0]),
+                        eta=np.zeros(2), phi=np.array([0.0, 3.0]))
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        reconstruct(two)
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def run_reco_worker(config: RecoWorkerConfig, stop_event: threading.Event | None = None) -> tuple[RecoStats, Ledger]:
     """Reconstruct until the producer's END_OF_STREAM (or ``stop_event``), then end the output stream.
 
@@ -129,6 +150,7 @@ def run_reco_worker(config: RecoWorkerConfig, stop_event: threading.Event | None
     timeout or a stream of the wrong kind then raises its StreamflowError.
     """
     stop_event = stop_event or threading.Event()
+    _fastjet_banner_to_stderr()
     stats, tracker, rates, latency = RecoStats(), SequenceTracker(), RateMeter(), LatencyHistogram()
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
