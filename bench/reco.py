@@ -20,14 +20,15 @@ All on the 1,000 events of the shared tiny raw LHCO file, in one run:
 2. pipeline: a raw-frame producer process (``run_replay(raw=True)``, ``--loop`` over the file)
    -> K reco worker processes -> collectors in this process, for K = 1 and K = 2: events/s from
    the first feature frame to the last worker's END_OF_STREAM, best of the repeats, K = 1 and 2
-   alternating (ratios: 2 workers to 1, one
+   alternating; and events per CPU second of the workers (what one worker does with a core of
+   its own: wall-clock rates on a loaded 2-core machine say more about the load) (ratios: 2 workers to 1, one
    worker to the plain FastJet loop, one worker to the library in this process).
 3. transport: RAW frames (ids, counts, pT/eta/phi float64 of the real events) by
    Sender/Receiver vs the same bytes as one buffer per frame by bare pyzmq PUSH/PULL, over tcp
    loopback, receiver timing first to last frame.
 
-The worker arithmetic at the end: workers = rate / (events/s of one worker), for the LHC
-bunch-crossing rate (40 MHz) and a level-1 trigger output rate (100 kHz).
+The worker arithmetic at the end: workers = rate / (events per CPU second of one worker, wire
+included), for the LHC bunch-crossing rate (40 MHz) and a level-1 trigger output rate (100 kHz).
 
     python -m bench.reco [--events 4000] [--frame-size 250] [--repeats 3] [--json out.json]
 """
@@ -211,7 +212,10 @@ def pipeline(path: Path, workers: int, events: int, frame_size: int, run_dir: st
         collector.join(60)
     received = sum(c.events for c in collectors)
     seconds = max(c.last for c in collectors) - min(c.first for c in collectors)
-    return {"workers": workers, "events": received, "seconds": seconds, "events_per_s": received / seconds}
+    ledgers = [json.loads((Path(run_dir) / f"ledger-{c.name}.json").read_text()) for c in configs]
+    cpu_s = sum(ledger["cpu_s"] for ledger in ledgers)
+    return {"workers": workers, "events": received, "seconds": seconds, "events_per_s": received / seconds,
+            "worker_cpu_s": cpu_s, "events_per_worker_cpu_s": received / cpu_s}
 
 
 def _send_raw(mode: str, endpoint: str, batch: ParticleBatch, frames: int) -> None:
@@ -300,7 +304,7 @@ def main() -> None:
     for workers, result in zip(runs_by_k, with_workers, strict=True):
         rates = ", ".join(f"{r['events_per_s']:,.0f}" for r in runs_by_k[workers])
         print(f"  pipeline, {workers} worker(s): {result['events_per_s']:>10,.0f} events/s, best of "
-              f"{args.repeats} (runs: {rates})")
+              f"{args.repeats} (runs: {rates}); {result['events_per_worker_cpu_s']:,.0f} events per worker CPU-s")
     one, two = (w["events_per_s"] for w in with_workers)
     print(f"  2 workers / 1 worker: {two / one:.2f}; 1 worker / plain fastjet loop: "
           f"{one / library['plain fastjet loop']:.2f}; 1 worker / library vectorised: {one / vectorised:.2f}")
@@ -308,9 +312,10 @@ def main() -> None:
     print(f"  RAW frames of {wire['frame_events']} events ({wire['frame_bytes'] / 1e6:.2f} MB): streamflow "
           f"{wire['streamflow_events_per_s']:,.0f} events/s, bare pyzmq {wire['pyzmq_events_per_s']:,.0f} events/s, "
           f"ratio {wire['ratio']:.2f}")
-    arithmetic = {name: math.ceil(rate / one) for name, rate in RATES.items()}
+    per_core = with_workers[0]["events_per_worker_cpu_s"]
+    arithmetic = {name: math.ceil(rate / per_core) for name, rate in RATES.items()}
     for name, count in arithmetic.items():
-        print(f"  workers for {name} at {one:,.0f} events/s per worker: {count:,d}")
+        print(f"  workers (one core each) for {name} at {per_core:,.0f} events per worker CPU-s: {count:,d}")
     if args.json:
         figures = {"agreement": agreed, "library": library, "pipeline": with_workers, "transport": wire,
                    "workers_needed": arithmetic}

@@ -103,6 +103,7 @@ class RecoStats:
     rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REJECT_REASONS, 0))
     malformed_frames: int = 0
     reco_s: float = 0.0
+    cpu_s: float = 0.0  # CPU time of the worker process while it streamed (its capacity on a shared machine)
     stopped: bool = False
     error: str | None = None
 
@@ -122,7 +123,8 @@ class RecoStats:
         if self.error:
             ledger.notes.append(f"ended: {self.error}")
         ledger.details.update(rejected=self.rejected, frames_in=self.frames_in, frames_out=self.frames_out,
-                              malformed_frames=self.malformed_frames, reco_s=self.reco_s, stopped=self.stopped)
+                              malformed_frames=self.malformed_frames, reco_s=self.reco_s, cpu_s=self.cpu_s,
+                              stopped=self.stopped)
         return ledger
 
 
@@ -172,6 +174,7 @@ def run_reco_worker(config: RecoWorkerConfig, stop_event: threading.Event | None
                 Sender(ctx, config.output, stream_id=config.stream_id, hwm=config.hwm,
                        kernel_buffer=config.kernel_buffer, curve=config.output_curve) as sender:
             last = time.monotonic()
+            cpu_start = time.process_time()
             while not stop_event.is_set():
                 msg = receiver.recv(timeout_ms=200)
                 stats.malformed_frames = receiver.rejected
@@ -209,6 +212,7 @@ def run_reco_worker(config: RecoWorkerConfig, stop_event: threading.Event | None
                     break
                 reporter.maybe_report(telemetry)
             stats.stopped = stop_event.is_set()
+            stats.cpu_s = time.process_time() - cpu_start
             reporter.report({**telemetry(), "final": True})
             sender.end_stream(config.eos_timeout)
     finally:
