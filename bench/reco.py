@@ -306,13 +306,13 @@ def main() -> None:
         print(f"  pipeline, {workers} worker(s): {result['events_per_s']:>10,.0f} events/s, best of "
               f"{args.repeats} (runs: {rates}); {result['events_per_worker_cpu_s']:,.0f} events per worker CPU-s")
     one, two = (w["events_per_s"] for w in with_workers)
-    print(f"  2 workers / 1 worker: {two / one:.2f}; 1 worker / plain fastjet loop: "
-          f"{one / library['plain fastjet loop']:.2f}; 1 worker / library vectorised: {one / vectorised:.2f}")
+    per_core = with_workers[0]["events_per_worker_cpu_s"]
+    print(f"  2 workers / 1 worker (wall clock): {two / one:.2f}; per CPU second, 1 worker / plain fastjet loop: "
+          f"{per_core / library['plain fastjet loop']:.2f}, 1 worker / library vectorised: {per_core / vectorised:.2f}")
     wire = transport(batch.take(np.arange(args.frame_size)), max(20, 20_000 // args.frame_size), args.repeats)
     print(f"  RAW frames of {wire['frame_events']} events ({wire['frame_bytes'] / 1e6:.2f} MB): streamflow "
           f"{wire['streamflow_events_per_s']:,.0f} events/s, bare pyzmq {wire['pyzmq_events_per_s']:,.0f} events/s, "
           f"ratio {wire['ratio']:.2f}")
-    per_core = with_workers[0]["events_per_worker_cpu_s"]
     arithmetic = {name: math.ceil(rate / per_core) for name, rate in RATES.items()}
     for name, count in arithmetic.items():
         print(f"  workers (one core each) for {name} at {per_core:,.0f} events per worker CPU-s: {count:,d}")
