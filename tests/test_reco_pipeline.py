@@ -15,10 +15,11 @@ import zmq
 
 from consumers.reco import RecoWorkerConfig, run_reco_worker
 from producers.replay import ReplayConfig, run_replay
+from streamflow.cli.main import main as streamflow_main
 from streamflow.errors import SourceError
 from streamflow.events.particles import ParticleBatch
 from streamflow.ops.telemetry import read_jsonl
-from streamflow.stream.transport import Receiver, Sender
+from streamflow.stream.transport import Curve, Receiver, Sender
 from streamflow.stream.wire import Kind
 from tests.helpers import free_port_block, streamflow
 
@@ -26,13 +27,13 @@ from tests.helpers import free_port_block, streamflow
 class Collector(threading.Thread):
     """Reads a worker's feature frames until END_OF_STREAM (stands in for the scorer)."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, curve: Curve | None = None) -> None:
         super().__init__(daemon=True)
-        self.endpoint, self.ids, self.ended = endpoint, [], False
+        self.endpoint, self.curve, self.ids, self.ended = endpoint, curve, [], False
 
     def run(self) -> None:
         ctx = zmq.Context()
-        with Receiver(ctx, self.endpoint, name="collector") as receiver:
+        with Receiver(ctx, self.endpoint, name="collector", curve=self.curve) as receiver:
             while (msg := receiver.recv(timeout_ms=60_000)) is not None:
                 if msg.kind == Kind.END_OF_STREAM:
                     self.ended = True
@@ -41,13 +42,16 @@ class Collector(threading.Thread):
         ctx.destroy(linger=0)
 
 
-def start_worker(tmp_path: Path, base: int) -> tuple[threading.Thread, dict, Collector]:
+def start_worker(tmp_path: Path, base: int, curves: tuple[Curve | None, Curve | None, Curve | None] = (None,) * 3,
+                 ) -> tuple[threading.Thread, dict, Collector]:
+    """A worker reading port ``base``, writing ``base + 2``; curves: (worker's client, its server, the collector's)."""
     config = RecoWorkerConfig(endpoint=f"tcp://127.0.0.1:{base}", output=f"tcp://127.0.0.1:{base + 2}",
-                              run_dir=str(tmp_path), name="reco-t", idle_timeout=60)
+                              run_dir=str(tmp_path), name="reco-t", idle_timeout=60, curve=curves[0],
+                              output_curve=curves[1])
     result: dict = {}
     worker = threading.Thread(target=lambda: result.update(out=run_reco_worker(config)), daemon=True)
     worker.start()
-    collector = Collector(config.output)
+    collector = Collector(config.output, curves[2])
     collector.start()
     return worker, result, collector
 
@@ -152,3 +156,29 @@ def test_streamflow_run_with_reco_workers_balances_the_ledger_end_to_end(tmp_pat
         final = read_jsonl(run_dir / f"telemetry-reco-{k}.jsonl")[-1]
         assert final["role"] == f"reco-{k}" and final["events"] == per_worker[k]["stages"][0]["events"]
     assert f"by {workers} reco workers" in done.stdout
+
+
+@pytest.mark.timeout(120)
+def test_workers_on_other_hosts_use_curve_both_ways(tmp_path, raw_file):
+    """producer (CURVE server) -> worker (client to it, server for its output) -> collector (client)."""
+    keys = tmp_path / "keys"
+    for name in ("producer", "worker", "collector"):
+        assert streamflow_main(["keys", str(keys), "--name", name]) == 0
+    admits = {}
+    for server, client in (("producer", "worker"), ("worker", "collector")):
+        admits[server] = tmp_path / f"{server}-admits"
+        admits[server].mkdir()
+        (admits[server] / f"{client}.key").write_bytes((keys / f"{client}.key").read_bytes())
+    worker_client = Curve(str(keys / "worker.key_secret"), server_public_key_file=str(keys / "producer.key"))
+    worker_server = Curve(str(keys / "worker.key_secret"), authorized_dir=str(admits["worker"]))
+    collector = Curve(str(keys / "collector.key_secret"), server_public_key_file=str(keys / "worker.key"))
+    base = free_port_block(4)
+    worker, result, collected = start_worker(tmp_path, base, (worker_client, worker_server, collector))
+    stats = run_replay(ReplayConfig(source=str(raw_file), raw=True, frame_size=200, events=600,
+                                    endpoint=f"tcp://127.0.0.1:{base}",
+                                    curve=Curve(str(keys / "producer.key_secret"),
+                                                authorized_dir=str(admits["producer"]))))
+    worker.join(60)
+    collected.join(60)
+    assert stats.events == 600 and result["out"][0].reconstructed == 600
+    assert collected.ended and sorted(collected.ids) == list(range(600))
