@@ -71,9 +71,10 @@ class ParticleBatch:
     def take(self, index: np.ndarray) -> ParticleBatch:
         """The events at integer or boolean ``index``, in that order."""
         rows = np.arange(len(self))[index]
-        offsets = self.offsets
-        particles = (np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in rows])
-                     if len(rows) else np.zeros(0, dtype=np.int64))
+        counts = self.counts[rows].astype(np.int64)
+        starts = self.offsets[rows]
+        # particle j of the result: its event's start in this batch + its place within the event
+        particles = np.repeat(starts - (np.cumsum(counts) - counts), counts) + np.arange(int(counts.sum()))
         return ParticleBatch(ids=np.ascontiguousarray(self.ids[rows]), counts=np.ascontiguousarray(self.counts[rows]),
                              pt=self.pt[particles], eta=self.eta[particles], phi=self.phi[particles],
                              labels=None if self.labels is None else np.ascontiguousarray(self.labels[rows]))

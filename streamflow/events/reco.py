@@ -102,7 +102,7 @@ class RecoResult:
 
 @dataclass(frozen=True)
 class _Particles:
-    """Flat per-particle kinematics of a frame (float64) and which event each belongs to."""
+    """Flat per-particle kinematics of a frame (float64), in the frame's particle order."""
 
     px: np.ndarray
     py: np.ndarray
@@ -277,9 +277,10 @@ def reconstruct(batch: ParticleBatch, config: RecoConfig | None = None) -> RecoR
         batch = batch.take(candidates)
         particles = _kinematics(batch)
     if len(batch):
-        leading = _leading_per_event if not config.vectorised else _leading_vectorised
+        leading, find_axes = ((_leading_vectorised, _axes_vectorised) if config.vectorised
+                              else (_leading_per_event, _axes_per_event))
         jets = leading(particles, batch, config)
-        axes = (_axes_vectorised if config.vectorised else _axes_per_event)(particles, jets, config)
+        axes = find_axes(particles, jets, config)
         taus = _taus(particles, jets, axes, config).reshape(-1, 2, 3)
     else:
         jets = _LeadingJets(np.zeros(0, bool), np.zeros((0, 2, 4)), np.zeros(0, np.int64), np.zeros(0, np.int64))
