@@ -6,6 +6,12 @@ the receivers take them), stamps each with its sequence number and send time,
 and sends them blocking at the high-water mark, so nothing is dropped. At the end
 (or when ``stop_event`` is set) it runs the END_OF_STREAM handshake, so that every
 receiver knows the stream is complete and the producer knows they have it all.
+
+With ``raw`` it sends a raw LHCO file's particle events as RAW frames (ragged,
+float64, zero padding dropped) for reconstruction workers (consumers/reco.py). A
+file that turns out truncated or damaged part-way ends the stream cleanly at the
+last good frame (every receiver accounts for what was sent), then raises its
+SourceError.
 """
 
 from __future__ import annotations
@@ -13,14 +19,19 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import zmq
 
-from streamflow.errors import ConfigError
+from streamflow.errors import ConfigError, SourceError
 from streamflow.events import open_source
 from streamflow.events.chunking import first_events
+from streamflow.events.lhco_features import LHCOFeaturesFile
+from streamflow.events.particles import particle_frames
+from streamflow.events.sources import open_file
 from streamflow.stream.pacing import TokenBucket
 from streamflow.stream.transport import (
     DEFAULT_ENDPOINT,
@@ -44,6 +55,8 @@ class ReplayConfig:
     a generator, or for a file with ``loop``).
     loop: replay a file again and again (ids continue: pass p, row r -> p * n_rows + r).
     curve: CURVE-secure the sockets, admitting only authorised receivers (None: plain sockets).
+    raw: send a raw LHCO file's particle events as RAW frames (the file as it is: no
+    signal_fraction; frames end at the end of each pass).
     """
 
     source: str = "synthetic"
@@ -59,6 +72,7 @@ class ReplayConfig:
     hwm: int = DEFAULT_HWM
     kernel_buffer: int = 0  # bytes of OS socket buffer (0: OS default; tcp's megabytes add queued frames)
     curve: Curve | None = None
+    raw: bool = False
 
     def __post_init__(self) -> None:
         if self.frame_size < 1:
@@ -76,6 +90,10 @@ class ReplayConfig:
         if self.curve is not None and not self.curve.is_server:
             raise ConfigError("the producer binds: its CURVE config needs an authorised-keys folder")
         check_endpoint(self.endpoint)
+        if self.raw and self.source in ("synthetic", "gaussian"):
+            raise ConfigError(f"raw frames need a raw LHCO file as the source, not {self.source!r}")
+        if self.raw and self.signal_fraction is not None:
+            raise ConfigError("raw frames replay the file as it is: signal_fraction does not apply")
 
 
 @dataclass(frozen=True)
@@ -111,8 +129,14 @@ def run_replay(config: ReplayConfig, stop_event: threading.Event | None = None,
     and once more when the last frame is out, before the END_OF_STREAM handshake
     (``sent_all`` True): the receivers may still be working through their queues.
     """
-    options = {"loop": True} if config.loop else {}  # files only: a generator is endless anyway
-    source = open_source(config.source, signal_fraction=config.signal_fraction, seed=config.seed, **options)
+    if config.raw:
+        raw = open_file(Path(config.source), features="raw")
+        assert not isinstance(raw, LHCOFeaturesFile)
+        outgoing: Iterator[Any] = particle_frames(raw, config.frame_size, loop=config.loop, max_events=config.events)
+    else:
+        options = {"loop": True} if config.loop else {}  # files only: a generator is endless anyway
+        source = open_source(config.source, signal_fraction=config.signal_fraction, seed=config.seed, **options)
+        outgoing = first_events(source.chunks(config.frame_size), config.events)
     pacer = TokenBucket(config.rate, sleep=stop_event.wait if stop_event else time.sleep)
     ctx = zmq.Context()
     try:
@@ -121,20 +145,28 @@ def run_replay(config: ReplayConfig, stop_event: threading.Event | None = None,
             start = time.perf_counter()
             wait_s = paced_s = 0.0
             stopped = False
-            for frame in first_events(source.chunks(config.frame_size), config.events):
-                paced_s += pacer.acquire(len(frame))
-                stopped = stop_event is not None and stop_event.is_set()
-                if stopped or not sender.send_batch(frame, stop_event):
-                    stopped = True
-                    break
-                if sender.frames == 1:
-                    wait_s = sender.blocked_s  # no receiver yet: PUSH holds the first frame
-                if progress is not None:
-                    progress(sender.events, sender.frames, False)
+            send = sender.send_particles if config.raw else sender.send_batch
+            failure: SourceError | None = None
+            try:
+                for frame in outgoing:
+                    paced_s += pacer.acquire(len(frame))
+                    stopped = stop_event is not None and stop_event.is_set()
+                    if stopped or not send(frame, stop_event):
+                        stopped = True
+                        break
+                    if sender.frames == 1:
+                        wait_s = sender.blocked_s  # no receiver yet: PUSH holds the first frame
+                    if progress is not None:
+                        progress(sender.events, sender.frames, False)
+            except SourceError as exc:  # damaged part-way: end the stream cleanly at the last good frame
+                failure = exc
             if progress is not None:
                 progress(sender.events, sender.frames, True)
             seconds = time.perf_counter() - start - wait_s
             eos = sender.end_stream(config.eos_timeout)
+            if failure is not None:
+                raise SourceError(f"{failure} (stream ended after {sender.events:,d} events in "
+                                  f"{sender.frames:,d} frames)")
             return ReplayStats(events=sender.events, frames=sender.frames, wait_s=wait_s,
                                seconds=seconds, blocked_s=sender.blocked_s - wait_s,
                                paced_s=paced_s, stopped=stopped, eos=eos)

@@ -104,7 +104,7 @@ def test_raw_file(raw_file: Path, monkeypatch) -> None:
 
 
 def test_raw_file_cannot_give_lhco_features(raw_file: Path) -> None:
-    with pytest.raises(SourceError, match="raw particle file.*clustering"):
+    with pytest.raises(SourceError, match="raw particle file.*reconstruction"):
         open_source(str(raw_file), features="lhco")
     with pytest.raises(SourceError, match="jet features, not the particles"):
         open_source(str(raw_file).replace("events_anomalydetection_tiny.h5", "lhco_rnd_first60k.features.h5"),

@@ -10,7 +10,16 @@ from hypothesis import strategies as st
 
 from streamflow.errors import WireError
 from streamflow.events.batch import EventBatch
-from streamflow.stream.wire import HEADER, Kind, decode, encode_control, encode_data, encode_selection
+from streamflow.events.particles import ParticleBatch
+from streamflow.stream.wire import (
+    HEADER,
+    Kind,
+    decode,
+    encode_control,
+    encode_data,
+    encode_raw,
+    encode_selection,
+)
 
 FUZZ = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -20,6 +29,10 @@ def valid_messages() -> list[list[bytes]]:
     batch = EventBatch(ids=np.arange(6, dtype=np.uint64), features=rng.normal(size=(6, 4)).astype(np.float32),
                        names=("a", "b", "c", "d"), labels=np.array([0, 1, 0, 0, 1, 0], dtype=np.int8))
     plain = EventBatch(batch.ids, batch.features, batch.names)
+    counts = np.array([3, 0, 5, 1], dtype=np.uint32)  # an empty event included
+    particles = ParticleBatch(ids=np.arange(4, dtype=np.uint64), counts=counts, pt=rng.exponential(size=9),
+                              eta=rng.normal(size=9), phi=rng.uniform(-3, 3, size=9),
+                              labels=np.array([0, 1, 0, 0], dtype=np.int8))
     messages = [
         encode_data(batch, seq=3, stream_id=1, send_ns=5),
         encode_data(plain, seq=4, stream_id=1, send_ns=6),
@@ -27,11 +40,15 @@ def valid_messages() -> list[list[bytes]]:
                          seq=0, stream_id=0, send_ns=0),
         encode_control(Kind.END_OF_STREAM, stream_id=1, seq=7, meta={"frames": 7, "events": 42}),
         encode_control(Kind.ACK, stream_id=1, seq=7, meta={"name": "scorer", "frames": 7}),
+        encode_raw(particles, seq=2, stream_id=1, send_ns=7),
+        encode_raw(ParticleBatch(particles.ids, counts, particles.pt, particles.eta, particles.phi), seq=3,
+                   stream_id=1, send_ns=8),
     ]
     return [[bytes(memoryview(p)) for p in m] for m in messages]
 
 
 VALID = valid_messages()
+RAW = [i for i, m in enumerate(VALID) if HEADER.unpack_from(m[0])[2] == Kind.RAW]
 
 
 def decode_or_wire_error(parts: object) -> None:
@@ -45,6 +62,11 @@ def decode_or_wire_error(parts: object) -> None:
         n = len(msg.batch)
         assert msg.batch.features.shape == (n, len(msg.batch.names))
         assert msg.batch.ids.shape == (n,)
+    if msg.particles is not None:  # ragged: the counts cover the flat arrays exactly
+        particles = msg.particles
+        assert particles.counts.shape == particles.ids.shape
+        assert int(particles.counts.sum(dtype=np.uint64)) == len(particles.pt) == len(particles.eta)
+        assert particles.offsets[-1] == len(particles.phi)
 
 
 @FUZZ
@@ -109,7 +131,7 @@ def test_truncated_dropped_and_extra_parts(which: int, data: st.DataObject) -> N
 
 
 @FUZZ
-@given(st.sampled_from(range(2)), st.recursive(
+@given(st.sampled_from([0, 1, *RAW]), st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
     max_leaves=12,
@@ -121,3 +143,39 @@ def test_arbitrary_meta_json(which: int, meta: object) -> None:
     fields[-1] = len(raw)
     parts[0] = HEADER.pack(*fields) + raw
     decode_or_wire_error(parts)
+
+
+@FUZZ
+@given(st.sampled_from(RAW), st.lists(st.integers(0, 2**32 - 1), min_size=4, max_size=4))
+def test_raw_counts_that_do_not_cover_the_particles(which: int, counts: list[int]) -> None:
+    """Any per-event particle counts: decoded only when they sum to the header's particle total."""
+    parts = list(VALID[which])
+    parts[2] = np.array(counts, dtype=np.uint32).tobytes()
+    try:
+        msg = decode(parts)
+    except WireError as exc:
+        assert sum(counts) != 9 and "counts sum to" in str(exc)
+        return
+    assert sum(counts) == 9 and msg.particles is not None
+
+
+def test_raw_round_trip_is_zero_copy_and_exact() -> None:
+    msg = decode(VALID[RAW[0]])
+    assert msg.kind == Kind.RAW and msg.n_events == 4 and msg.batch is None
+    assert msg.particles.counts.tolist() == [3, 0, 5, 1]
+    assert msg.particles.pt.dtype == np.float64 and not msg.particles.pt.flags.owndata
+    assert msg.particles.labels.tolist() == [0, 1, 0, 0]
+    assert decode(VALID[RAW[1]]).particles.labels is None
+
+
+def test_raw_with_the_feature_dtype_is_refused() -> None:
+    parts = list(VALID[RAW[0]])
+    fields = list(HEADER.unpack_from(parts[0]))
+    fields[3] = 1  # float32
+    parts[0] = HEADER.pack(*fields) + parts[0][HEADER.size:]
+    try:
+        decode(parts)
+    except WireError as exc:
+        assert "RAW message with dtype float32" in str(exc)
+    else:
+        raise AssertionError("a RAW frame declaring float32 decoded")

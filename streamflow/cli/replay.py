@@ -21,7 +21,7 @@ from streamflow.errors import ConfigError
 from streamflow.stream.transport import Curve
 
 _OPTIONS = ("rate", "frame_size", "signal_fraction", "events", "loop", "seed", "endpoint", "stream_id",
-            "eos_timeout", "hwm", "kernel_buffer")
+            "eos_timeout", "hwm", "kernel_buffer", "raw")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -36,6 +36,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--signal-fraction", type=float, metavar="F", help="fraction of signal events to inject")
     p.add_argument("--events", type=int, metavar="N", help="stop after N events")
     p.add_argument("--loop", action="store_const", const=True, help="start the source again when it ends")
+    p.add_argument("--raw", action="store_const", const=True,
+                   help="send a raw LHCO file's particle events as RAW frames, for `streamflow reco` workers")
     p.add_argument("--seed", type=int, help="random seed of the source (default 0)")
     p.add_argument("--endpoint", help="data endpoint to bind (default tcp://127.0.0.1:5555; control on "
                    "port+1, or PATH.ctl for ipc://PATH)")

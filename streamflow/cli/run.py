@@ -9,6 +9,12 @@ A child that fails stops the others.
 
 Endpoints, from ``base_port`` P on 127.0.0.1: producer data P (control P+1),
 scorer selections P+2 (control P+3), monitor telemetry P+4.
+
+With ``--reco-workers K`` the source is a raw LHCO particle file: the producer
+sends RAW frames, K reconstruction workers (consumers/reco.py) share them and
+send feature frames on P+5+2k (k = 0..K-1, control one above), joined for the
+scorer by a proxy on P+5+2K when K > 1. The ledger then runs through the reco
+stage: received, reconstructed, rejected by reason, per worker.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ DEFAULT_EVENTS = 1_000_000
 CHILD_HWM = 4  # frames queued per socket: bounds latency and the drain after a stop
 CHILD_KERNEL_BUFFER = 256 * 1024  # bytes; tcp's default megabytes would queue ~30 more frames
 EOS_TIMEOUT_S = 120.0  # the scorer acknowledges END_OF_STREAM only after draining its queue
+MAX_RECO_WORKERS = 64
+_STAGE_RANK = {"producer": 0, "reco": 1, "reco-proxy": 2, "scorer": 3, "sink": 4}
 
 
 @dataclass(frozen=True)
@@ -57,10 +65,15 @@ class RunOptions:
     report: bool = True
     duration: float | None = None
     checkpoint_every: int = 50
+    reco_workers: int = 0
 
     def __post_init__(self) -> None:
         if not 1024 <= self.base_port <= 65530:
             raise ConfigError(f"base port must be in [1024, 65530], got {self.base_port}")
+        if not 0 <= self.reco_workers <= MAX_RECO_WORKERS:
+            raise ConfigError(f"reco workers must be in [0, {MAX_RECO_WORKERS}], got {self.reco_workers}")
+        if self.base_port + 6 + 2 * self.reco_workers > 65535:
+            raise ConfigError(f"base port {self.base_port} leaves no room for {self.reco_workers} reco workers' ports")
         if self.duration is not None and not self.duration > 0:
             raise ConfigError(f"duration must be positive seconds, got {self.duration}")
 
@@ -107,6 +120,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-monitor", action="store_true", help="no live dashboard")
     p.add_argument("--plain", action="store_true", help="plain monitor lines instead of the dashboard")
     p.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    p.add_argument("--reco-workers", type=int, metavar="K",
+                   help="reconstruct a raw LHCO particle file with K worker processes (default 0: the source "
+                        "holds features)")
+    p.add_argument("--loop", action="store_true", help="replay a file source again and again (ids stay unique)")
     p.set_defaults(func=main)
 
 
@@ -123,6 +140,11 @@ def build_config(args: argparse.Namespace) -> RunConfig:
     replay_table.update({k: v for k, v in overrides.items() if v is not None})
     if args.rate is not None:
         replay_table["rate"] = parse_rate(args.rate)
+    if args.loop:
+        replay_table["loop"] = True
+    if (args.reco_workers or tables.get("run", {}).get("reco_workers")) and args.signal_fraction is None \
+            and "signal_fraction" not in tables.get("replay", {}):
+        replay_table["signal_fraction"] = None  # raw frames replay the file as it is
     if replay_table.get("source", "synthetic") == "gaussian" and "signal_fraction" not in tables.get("replay", {}) \
             and args.signal_fraction is None:
         replay_table["signal_fraction"] = None  # the toy's own 10%-of-background signal
@@ -131,7 +153,8 @@ def build_config(args: argparse.Namespace) -> RunConfig:
     if args.learners is not None:
         scorer = _keep_learners(scorer, args.learners.split(","))
     scorer = apply_scorer_options(scorer, args)
-    run_overrides = {"run_dir": args.run_dir, "base_port": args.base_port, "duration": args.duration}
+    run_overrides = {"run_dir": args.run_dir, "base_port": args.base_port, "duration": args.duration,
+                     "reco_workers": args.reco_workers}
     run = dataclasses.replace(run, **{k: v for k, v in run_overrides.items() if v is not None})
     if args.no_monitor:
         run = dataclasses.replace(run, monitor=False)
@@ -141,9 +164,23 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         run = dataclasses.replace(run, report=False)
     if run.run_dir is None:
         run = dataclasses.replace(run, run_dir=str(Path("runs") / time.strftime("%Y%m%d-%H%M%S")))
+    _check_reco_source(replay.source, run.reco_workers)
     replay = dataclasses.replace(replay, endpoint=run.endpoint(0), hwm=CHILD_HWM,
-                                 kernel_buffer=CHILD_KERNEL_BUFFER, eos_timeout=EOS_TIMEOUT_S)
+                                 kernel_buffer=CHILD_KERNEL_BUFFER, eos_timeout=EOS_TIMEOUT_S,
+                                 raw=run.reco_workers > 0)
     return RunConfig(run=run, replay=replay, scorer=scorer)
+
+
+def _check_reco_source(source: str, reco_workers: int) -> None:
+    """A raw particle file needs reco workers, and reco workers need one (ConfigError before anything starts)."""
+    from streamflow.events.lhco_raw import LHCORawFile
+    from streamflow.events.sources import GENERATOR_OPTIONS, open_file
+
+    raw = source not in GENERATOR_OPTIONS and isinstance(open_file(Path(source)), LHCORawFile)
+    if raw and not reco_workers:
+        raise ConfigError(f"{source} holds particles, not features: reconstruct them with --reco-workers K")
+    if reco_workers and not raw:
+        raise ConfigError(f"--reco-workers reconstructs a raw LHCO particle file; {source} is not one")
 
 
 def _keep_learners(scorer: ScorerConfig, names: list[str]) -> ScorerConfig:
@@ -226,11 +263,11 @@ def run_pipeline(config: RunConfig, *, console_monitor: Callable[..., Any] | Non
                            telemetry=telemetry, run_dir=str(run_dir), checkpoint_every=run.checkpoint_every,
                            hwm=CHILD_HWM, kernel_buffer=CHILD_KERNEL_BUFFER)
     stop = threading.Event()
-    children = {
-        "sink": _start("sink", functools.partial(run_sink, run_config=to_dict(config)), sink),
-        "scorer": _start("scorer", run_consume, scorer),
-        "producer": _start("producer", _produce, config.replay, str(run_dir), telemetry),
-    }
+    children = {"sink": _start("sink", functools.partial(run_sink, run_config=to_dict(config)), sink)}
+    if run.reco_workers:
+        scorer = dataclasses.replace(scorer, endpoint=_start_reco(children, run, str(run_dir), telemetry))
+    children["scorer"] = _start("scorer", run_consume, scorer)
+    children["producer"] = _start("producer", _produce, config.replay, str(run_dir), telemetry)
     supervisor = threading.Thread(target=_supervise, args=(children, stop, run.duration), daemon=True)
     supervisor.start()
     try:
@@ -243,6 +280,43 @@ def run_pipeline(config: RunConfig, *, console_monitor: Callable[..., Any] | Non
         print("streamflow run: stopping (Ctrl-C): the producer ends the stream, the rest drains", file=sys.stderr)
     _stop_all(children)
     return {role: p.exitcode for role, p in children.items()}
+
+
+def _start_reco(children: dict[str, BaseProcess], run: RunOptions, run_dir: str, telemetry: str) -> str:
+    """Start the K reco workers (and the proxy joining them when K > 1); the endpoint the scorer reads."""
+    from consumers.reco import RecoWorkerConfig, run_reco_worker
+    from producers.proxy import ProxyConfig
+
+    outputs = [run.endpoint(5 + 2 * k) for k in range(run.reco_workers)]
+    for k, output in enumerate(outputs):
+        worker = RecoWorkerConfig(endpoint=run.endpoint(0), output=output, stream_id=k + 1, name=f"reco-{k}",
+                                  telemetry=telemetry, run_dir=run_dir, hwm=CHILD_HWM,
+                                  kernel_buffer=CHILD_KERNEL_BUFFER, eos_timeout=EOS_TIMEOUT_S)
+        children[worker.name] = _start(worker.name, run_reco_worker, worker)
+    if len(outputs) == 1:
+        return outputs[0]
+    proxy = ProxyConfig(upstream=tuple(outputs), endpoint=run.endpoint(5 + 2 * len(outputs)), stream_id=0,
+                        hwm=CHILD_HWM, kernel_buffer=CHILD_KERNEL_BUFFER, eos_timeout=EOS_TIMEOUT_S,
+                        name="reco-proxy")
+    children["reco-proxy"] = _start("reco-proxy", _join_workers, proxy, run_dir)
+    return proxy.endpoint
+
+
+def _join_workers(config: Any, run_dir: str, stop: threading.Event) -> None:
+    """The proxy that merges the reco workers' streams for the scorer; its ledger goes to the run folder."""
+    from producers.proxy import ProxyError, run_proxy
+
+    try:
+        stats = run_proxy(config, stop)
+    except ProxyError as exc:
+        exc.stats.ledger().write(Path(run_dir) / f"ledger-{config.name}.json")
+        raise
+    stats.ledger().write(Path(run_dir) / f"ledger-{config.name}.json")
+
+
+def _stream_order(children: dict[str, BaseProcess]) -> list[str]:
+    """The roles from the source to the sink: producer, reco workers, their proxy, scorer, sink."""
+    return sorted(children, key=lambda role: (_STAGE_RANK.get(role, _STAGE_RANK["reco"]), role))
 
 
 def _supervise(children: dict[str, BaseProcess], stop: threading.Event, duration: float | None) -> None:
@@ -266,7 +340,7 @@ def _stop_all(children: dict[str, BaseProcess], grace_s: float = 60.0) -> None:
     then killed. If a child failed, the rest are terminated at once.
     """
     failed = any(p.exitcode not in (None, 0) for p in children.values())
-    for role in ("producer", "scorer", "sink"):
+    for role in _stream_order(children):
         process = children[role]
         if process.is_alive() and (failed or role == "producer"):
             process.terminate()  # SIGTERM: the child finishes cleanly
@@ -280,9 +354,16 @@ def _stop_all(children: dict[str, BaseProcess], grace_s: float = 60.0) -> None:
 
 
 def combined_ledger(run_dir: Path) -> Ledger:
-    """The stage-by-stage account of a run, from each process's ledger file."""
+    """The stage-by-stage account of a run, from each process's ledger file.
+
+    The reco workers' ledgers (a run with a reco stage) are summed into one "reco
+    received" and one "reconstructed" stage, with a line per worker under the table.
+    """
     ledger = Ledger()
-    for role in ("producer", "scorer", "sink"):
+    for role in ("producer", "reco", "scorer", "sink"):
+        if role == "reco":
+            _add_reco_stages(ledger, run_dir)
+            continue
         path = run_dir / f"ledger-{role}.json"
         if path.exists():
             for stage in json.loads(path.read_text())["stages"]:
@@ -290,6 +371,26 @@ def combined_ledger(run_dir: Path) -> Ledger:
         else:
             ledger.add(f"{role}: no ledger", 0, "the process did not finish cleanly")
     return ledger
+
+
+def _add_reco_stages(ledger: Ledger, run_dir: Path) -> None:
+    paths = sorted(p for p in run_dir.glob("ledger-reco-*.json") if p.stem != "ledger-reco-proxy")
+    if not paths:
+        return
+    workers = {p.stem.removeprefix("ledger-"): json.loads(p.read_text()) for p in paths}
+    received = sum(w["stages"][0]["events"] for w in workers.values())
+    reconstructed = sum(w["stages"][1]["events"] for w in workers.values())
+    rejected: dict[str, int] = {}
+    for worker in workers.values():
+        for reason, count in worker.get("rejected", {}).items():
+            rejected[reason] = rejected.get(reason, 0) + count
+    reasons = ", ".join(f"{reason} {count:,d}" for reason, count in rejected.items() if count)
+    ledger.add("reco received", received, f"by {len(workers)} reco workers")
+    ledger.add("reconstructed", reconstructed,
+               f"rejected {sum(rejected.values()):,d}" + (f": {reasons}" if reasons else ""))
+    for name, worker in workers.items():
+        ledger.notes.append(f"{name}: received {worker['stages'][0]['events']:,d}, reconstructed "
+                            f"{worker['stages'][1]['events']:,d}; {worker['stages'][1]['note']}")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -6,10 +6,11 @@ then, in the R&D file, the truth label (1 = signal); the black-box files have no
 label column. It is Blosc-compressed (HDF5 filter 32001, registered by hdf5plugin).
 
 A chunk holds the particles as they are, float32 columns named pt_0, eta_0, phi_0,
-pt_1, ... . Jet features (mjj, jet masses, N-subjettiness) are NOT computed from
-particles here: that needs anti-kT R=1.0 clustering, which streamflow does not do.
-For the LHCO stream features use the matching features file; asking a raw file
-for them (``open_source(raw, features="lhco")``) is a SourceError.
+pt_1, ... . Jet features (mjj, jet masses, N-subjettiness) are not computed here:
+reconstruction (anti-kT R=1.0 clustering, events/reco.py) is a pipeline stage of its
+own (``streamflow reco``, ``streamflow run --reco-workers K``), fed ragged particle
+frames (events/particles.py). Asking a raw file for the LHCO stream features
+(``open_source(raw, features="lhco")``) is a SourceError that says so.
 
 Rows with a non-finite value are dropped while reading and counted in
 ``n_nonfinite_dropped`` (never seen in the LHCO files). A full file is ~18 GB:
@@ -55,6 +56,11 @@ class LHCORawFile:
         self.n_events: int | None = table.n_rows
         self.n_nonfinite_dropped = 0
         self._label_counts: tuple[int, int] | None = None
+
+    @property
+    def table(self) -> H5Table:
+        """The pandas table the file holds (for readers of other layouts, e.g. particle frames)."""
+        return self._table
 
     def label_counts(self) -> tuple[int, int]:
         """(background, signal) events in the file; the first call reads the whole file."""

@@ -92,8 +92,8 @@ def open_file(path: Path, features: str | None = None) -> LHCOFeaturesFile | LHC
     if is_raw_layout(table.columns):
         if features == "lhco":
             raise SourceError(
-                f"{path}: a raw particle file; LHCO jet features need jet clustering, which streamflow does not do "
-                "(use the matching features file)"
+                f"{path}: a raw particle file; LHCO jet features need reconstruction: run it as a pipeline stage "
+                "(streamflow run --reco-workers K) or use the matching features file"
             )
         return LHCORawFile(table)
     shown = ", ".join(table.columns[:6]) + (", ..." if len(table.columns) > 6 else "")

@@ -265,6 +265,8 @@ def _stage_notes(state: MonitorState, view: ProcessView, now: float) -> Text:
         notes.append(f"wrote {fmt_count(view.get('written'))}")
         if number(view.get("pending")):
             notes.append(f"pend {fmt_count(view.get('pending'))}")
+    if number(view.get("rejected_events")):  # a reco worker's events without two jets (or bad input)
+        notes.append(f"rej {fmt_count(view.get('rejected_events'))}")
     blocked = number(view.get("blocked_s"))
     if blocked:
         notes.append(f"blk {blocked:.1f}s")

@@ -43,7 +43,8 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from streamflow.errors import ConfigError, StreamflowError, WireError
 from streamflow.events.batch import EventBatch
-from streamflow.stream.wire import Kind, Message, decode, encode_control, encode_data, restamp
+from streamflow.events.particles import ParticleBatch
+from streamflow.stream.wire import Kind, Message, decode, encode_control, encode_data, encode_raw, restamp
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 DEFAULT_HWM = 64  # frames queued per socket before a send blocks
@@ -343,6 +344,11 @@ class Sender(_SocketPair):
         parts = encode_data(batch, seq=self.frames, stream_id=self.stream_id, send_ns=time.time_ns())
         return self.send(parts, len(batch), stop_event, restamp_on_wait=True)
 
+    def send_particles(self, particles: ParticleBatch, stop_event: threading.Event | None = None) -> bool:
+        """Send ``particles`` as the next RAW frame (stamped like :meth:`send_batch`)."""
+        parts = encode_raw(particles, seq=self.frames, stream_id=self.stream_id, send_ns=time.time_ns())
+        return self.send(parts, len(particles), stop_event, restamp_on_wait=True)
+
     def _read_control(self, timeout_ms: int) -> None:
         """Record every HELLO and ACK that arrives within ``timeout_ms``."""
         while self.control.poll(timeout_ms, zmq.POLLIN):
@@ -490,9 +496,9 @@ class Receiver(_SocketPair):
             return None
         if msg.kind == Kind.END_OF_STREAM:
             self._say(Kind.ACK, msg.stream_id, msg.seq)
-        elif msg.batch is not None:
+        elif msg.kind in (Kind.DATA, Kind.SELECTION, Kind.RAW):
             self.frames += 1
-            self.events += len(msg.batch)
+            self.events += msg.n_events
         return msg
 
     def recv(self, timeout_ms: int | None = None) -> Message | None:

@@ -10,8 +10,16 @@ DATA      ids uint64[n], features       {"names": [f feature names]}
           float32[n, f], [labels int8]
 SELECTION as DATA, then bits uint64[n],  {"names": [...], "lines": [L names]}
           scores float32[n, L]
+RAW       ids uint64[n], counts          {"names": ["pt", "eta", "phi"]}
+          uint32[n], pt, eta, phi
+          float64[P], [labels int8[n]]
 control   none                          a small dict of counts (EOS, HELLO, ACK)
 ========  ============================  ======================================
+
+RAW frames carry particle events, ragged: event i owns particles
+``sum(counts[:i]) .. sum(counts[:i+1])`` of the flat arrays, P = sum(counts) is the
+header's feature-count field, and the dtype code says float64 (the precision jet
+masses need). The counts are checked against P before any particle array is built.
 
 Labels ride along only when the header flag bit ``HAS_LABELS`` is set. The header's
 schema hash is a stable 64-bit hash of the feature-name list, so a consumer can
@@ -39,6 +47,7 @@ import numpy as np
 
 from streamflow.errors import WireError
 from streamflow.events.batch import EventBatch
+from streamflow.events.particles import ParticleBatch
 from streamflow.trigger.selection import MAX_LINES
 
 MAGIC = b"SFLW"
@@ -60,16 +69,21 @@ class Kind(enum.IntEnum):
     SELECTION = 3  #: accepted events with their trigger bits and every line's score
     HELLO = 4  #: receiver -> sender control socket: "I am here" (meta: name, pid)
     ACK = 5  #: receiver -> sender: END_OF_STREAM received (meta: name, frames, events)
+    RAW = 7  #: a frame of particle events (ragged pT, eta, phi), before reconstruction
 
 
 #: header flag bits
 HAS_LABELS = 1
 
 
-#: dtype code on the wire -> feature dtype. Only float32 for now; 0 is never valid.
-DTYPES = {1: np.dtype(np.float32)}
+#: dtype code on the wire -> value dtype: float32 features (DATA, SELECTION), float64 particles (RAW);
+#: 0 is never valid.
+DTYPES: dict[int, np.dtype[Any]] = {1: np.dtype(np.float32), 2: np.dtype(np.float64)}
 _FLOAT32 = 1
-_EVENT_KINDS = (Kind.DATA, Kind.SELECTION)
+_FLOAT64 = 2
+_EVENT_KINDS = (Kind.DATA, Kind.SELECTION, Kind.RAW)
+RAW_NAMES = ("pt", "eta", "phi")
+_RAW_META = json.dumps({"names": list(RAW_NAMES)}, separators=(",", ":")).encode()
 _KINDS = {int(kind): kind for kind in Kind}
 
 
@@ -77,7 +91,7 @@ _KINDS = {int(kind): kind for kind in Kind}
 class Message:
     """One decoded message.
 
-    ``batch`` is set for DATA and SELECTION; ``bits`` (uint64[n]), ``scores``
+    ``batch`` is set for DATA and SELECTION, ``particles`` for RAW; ``bits`` (uint64[n]), ``scores``
     (float32[n, L]) and ``line_names`` for SELECTION; ``meta`` (a dict) for control
     kinds. ``send_ns`` is the sender's ``time.time_ns()`` when it sent the frame.
     """
@@ -92,6 +106,14 @@ class Message:
     scores: np.ndarray | None = None
     line_names: tuple[str, ...] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    particles: ParticleBatch | None = None
+
+    @property
+    def n_events(self) -> int:
+        """Events the message carries (0 for control kinds)."""
+        if self.batch is not None:
+            return len(self.batch)
+        return len(self.particles) if self.particles is not None else 0
 
 
 def schema_hash(names: Sequence[str]) -> int:
@@ -117,8 +139,9 @@ def _meta_bytes(meta: dict[str, Any]) -> bytes:
 
 def _header(kind: Kind, flags: int, stream_id: int, seq: int, send_ns: int, n: int, f: int,
             hash_: int, meta: bytes) -> bytes:
+    dtype = _FLOAT64 if kind == Kind.RAW else _FLOAT32
     try:
-        head = HEADER.pack(MAGIC, FORMAT_VERSION, kind, _FLOAT32, flags, stream_id, seq, send_ns,
+        head = HEADER.pack(MAGIC, FORMAT_VERSION, kind, dtype, flags, stream_id, seq, send_ns,
                            n, f, hash_, len(meta))
     except struct.error as exc:
         raise ValueError(f"header field out of range: {exc}") from None
@@ -179,6 +202,20 @@ def encode_selection(batch: EventBatch, bits: np.ndarray, scores: np.ndarray,
         raise ValueError(f"bits {list(bits.shape)} / scores {list(scores.shape)} do not fit "
                          f"{n} events x {len(lines)} lines")
     return _event_parts(batch, Kind.SELECTION, seq, stream_id, send_ns, lines) + [bits, scores]
+
+
+def encode_raw(particles: ParticleBatch, *, seq: int, stream_id: int, send_ns: int) -> list[Any]:
+    """The parts of a RAW message: ids, per-event particle counts, flat pT/eta/phi (not copied)."""
+    n, total = len(particles), len(particles.pt)
+    flags = HAS_LABELS if particles.labels is not None else 0
+    parts: list[Any] = [
+        _header(Kind.RAW, flags, stream_id, seq, send_ns, n, total, _cached_hash(RAW_NAMES), _RAW_META),
+        np.ascontiguousarray(particles.ids), np.ascontiguousarray(particles.counts),
+        np.ascontiguousarray(particles.pt), np.ascontiguousarray(particles.eta), np.ascontiguousarray(particles.phi),
+    ]
+    if particles.labels is not None:
+        parts.append(np.ascontiguousarray(particles.labels))
+    return parts
 
 
 def encode_control(kind: Kind, *, stream_id: int, seq: int, meta: dict[str, Any] | None = None,
@@ -262,6 +299,9 @@ def decode(parts: Sequence[Any]) -> Message:
         raise WireError(f"unknown message kind {kind_code}")
     if dtype not in DTYPES:
         raise WireError(f"unknown dtype code {dtype}")
+    if kind in _EVENT_KINDS and dtype != (_FLOAT64 if kind == Kind.RAW else _FLOAT32):
+        raise WireError(f"{kind.name} message with dtype {DTYPES[dtype]}, expected "
+                        f"{'float64' if kind == Kind.RAW else 'float32'}")
     if flags & ~HAS_LABELS:
         raise WireError(f"unknown flags {flags:#x}")
     if meta_len > MAX_META_BYTES:
@@ -281,6 +321,8 @@ def decode(parts: Sequence[Any]) -> Message:
         return Message(kind, stream_id, seq, send_ns, hash_, meta=meta)
 
     labelled = bool(flags & HAS_LABELS)
+    if kind == Kind.RAW:
+        return _decode_raw(views, labelled, stream_id, seq, send_ns, n, f, hash_, bytes(raw_meta))
     expected = 3 + labelled + (2 if kind == Kind.SELECTION else 0)
     if len(parts) != expected:
         raise WireError(f"{kind.name} message has {len(parts)} parts, expected {expected}")
@@ -308,3 +350,30 @@ def decode(parts: Sequence[Any]) -> Message:
     scores = np.frombuffer(views[-1], dtype=np.float32).reshape(n, len(lines))
     return Message(kind, stream_id, seq, send_ns, hash_, batch=batch, bits=bits, scores=scores,
                    line_names=lines)
+
+
+def _decode_raw(views: list[memoryview], labelled: bool, stream_id: int, seq: int, send_ns: int, n: int,
+                total: int, hash_: int, raw_meta: bytes) -> Message:
+    """A RAW message's particles, every size checked (counts against the particle total) first."""
+    expected = 6 + labelled
+    if len(views) != expected:
+        raise WireError(f"RAW message has {len(views)} parts, expected {expected}")
+    names, _ = _event_meta_checked(raw_meta, False, len(RAW_NAMES), hash_)
+    if names != RAW_NAMES:
+        raise WireError(f"RAW meta names {list(names)}, expected {list(RAW_NAMES)}")
+    _expect_size(views[1], 8 * n, 1, "ids")
+    _expect_size(views[2], 4 * n, 2, "particle counts")
+    for index, what in ((3, "pt"), (4, "eta"), (5, "phi")):
+        _expect_size(views[index], 8 * total, index, what)
+    if labelled:
+        _expect_size(views[6], n, 6, "labels")
+    counts = np.frombuffer(views[2], dtype=np.uint32)
+    if int(counts.sum(dtype=np.uint64)) != total:
+        raise WireError(f"particle counts sum to {int(counts.sum(dtype=np.uint64))}, the header says {total}")
+    particles = ParticleBatch(
+        ids=np.frombuffer(views[1], dtype=np.uint64), counts=counts,
+        pt=np.frombuffer(views[3], dtype=np.float64), eta=np.frombuffer(views[4], dtype=np.float64),
+        phi=np.frombuffer(views[5], dtype=np.float64),
+        labels=np.frombuffer(views[6], dtype=np.int8) if labelled else None,
+    )
+    return Message(Kind.RAW, stream_id, seq, send_ns, hash_, particles=particles)
