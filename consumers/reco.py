@@ -25,7 +25,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import zmq
@@ -33,8 +32,8 @@ import zmq
 from streamflow.errors import ConfigError, StreamflowError
 from streamflow.events.particles import ParticleBatch
 from streamflow.events.reco import REJECT_REASONS, RecoConfig, reconstruct
-from streamflow.ops.telemetry import LatencyHistogram, RateMeter, TelemetryReporter
 from streamflow.stream.ledger import Ledger, SequenceTracker, account_stream, stream_receivers, stream_totals
+from streamflow.stream.telemetry import LatencyHistogram, RateMeter, RecoRecord, TelemetryReporter
 from streamflow.stream.transport import (
     DEFAULT_ENDPOINT,
     DEFAULT_HWM,
@@ -162,11 +161,13 @@ def run_reco_worker(config: RecoWorkerConfig, stop_event: threading.Event | None
                                  jsonl_path=run_dir / f"telemetry-{config.name}.jsonl")
     account: str | None = None
 
-    def telemetry() -> dict[str, Any]:
-        return {"frames": stats.frames_in, "events": stats.events_in, **rates.rates(),
-                "reconstructed": stats.reconstructed, "rejected_events": stats.n_rejected,
-                "rejected": receiver.rejected, "reco_s": round(stats.reco_s, 3), "latency": latency.summary(),
-                "blocked_s": sender.blocked_s}
+    def telemetry(final: bool = False) -> RecoRecord:
+        events_per_s, frames_per_s = rates.rates()
+        return RecoRecord(events=stats.events_in, frames=stats.frames_in, events_per_s=events_per_s,
+                          frames_per_s=frames_per_s, reconstructed=stats.reconstructed,
+                          rejected_events=stats.n_rejected, rejected=receiver.rejected,
+                          reco_s=round(stats.reco_s, 3), latency=latency.summary(), blocked_s=sender.blocked_s,
+                          final=final)
 
     try:
         with Receiver(ctx, config.endpoint, name=config.name, hwm=config.hwm, kernel_buffer=config.kernel_buffer,
@@ -213,7 +214,7 @@ def run_reco_worker(config: RecoWorkerConfig, stop_event: threading.Event | None
                 reporter.maybe_report(telemetry)
             stats.stopped = stop_event.is_set()
             stats.cpu_s = time.process_time() - cpu_start
-            reporter.report({**telemetry(), "final": True})
+            reporter.report(telemetry(final=True))
             sender.end_stream(config.eos_timeout)
     finally:
         reporter.close()

@@ -55,6 +55,8 @@ class ReplayConfig:
     a generator, or for a file with ``loop``).
     loop: replay a file again and again (ids continue: pass p, row r -> p * n_rows + r).
     curve: CURVE-secure the sockets, admitting only authorised receivers (None: plain sockets).
+    receivers: before the first frame, wait up to ``eos_timeout`` seconds for this many
+    receivers to say HELLO (0: send as soon as any receiver takes a frame).
     raw: send a raw LHCO file's particle events as RAW frames (the file as it is: no
     signal_fraction; frames end at the end of each pass).
     """
@@ -72,6 +74,7 @@ class ReplayConfig:
     hwm: int = DEFAULT_HWM
     kernel_buffer: int = 0  # bytes of OS socket buffer (0: OS default; tcp's megabytes add queued frames)
     curve: Curve | None = None
+    receivers: int = 0
     raw: bool = False
 
     def __post_init__(self) -> None:
@@ -90,6 +93,8 @@ class ReplayConfig:
         if self.curve is not None and not self.curve.is_server:
             raise ConfigError("the producer binds: its CURVE config needs an authorised-keys folder")
         check_endpoint(self.endpoint)
+        if self.receivers < 0:
+            raise ConfigError(f"receivers to wait for must be >= 0, got {self.receivers}")
         if self.raw and self.source in ("synthetic", "gaussian"):
             raise ConfigError(f"raw frames need a raw LHCO file as the source, not {self.source!r}")
         if self.raw and self.signal_fraction is not None:
@@ -142,6 +147,7 @@ def run_replay(config: ReplayConfig, stop_event: threading.Event | None = None,
     try:
         with Sender(ctx, config.endpoint, stream_id=config.stream_id, hwm=config.hwm,
                     kernel_buffer=config.kernel_buffer, curve=config.curve) as sender:
+            sender.wait_for_receivers(config.receivers, config.eos_timeout, stop_event)
             start = time.perf_counter()
             wait_s = paced_s = 0.0
             stopped = False

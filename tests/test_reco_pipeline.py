@@ -18,7 +18,7 @@ from producers.replay import ReplayConfig, run_replay
 from streamflow.cli.main import main as streamflow_main
 from streamflow.errors import SourceError
 from streamflow.events.particles import ParticleBatch
-from streamflow.ops.telemetry import read_jsonl
+from streamflow.stream.telemetry import read_jsonl
 from streamflow.stream.transport import Curve, Receiver, Sender
 from streamflow.stream.wire import Kind
 from tests.helpers import free_port_block, streamflow

@@ -190,3 +190,18 @@ def test_receiver_counts_and_skips_bad_frames(ctx: zmq.Context) -> None:
     assert receiver.recv(timeout_ms=50) is None
     receiver.close()
     push.close()
+
+
+def test_a_sender_waits_for_the_receivers_it_expects_before_its_first_frame(ctx) -> None:
+    from tests.helpers import free_port_block
+
+    endpoint = f"tcp://127.0.0.1:{free_port_block(2)}"
+    with Sender(ctx, endpoint) as sender:
+        started = time.monotonic()
+        assert sender.wait_for_receivers(1, timeout_s=0.3) == 0  # nobody there: gives up at the timeout
+        assert time.monotonic() - started >= 0.3
+        with Receiver(ctx, endpoint, name="a"), Receiver(ctx, endpoint, name="b"):
+            assert sender.wait_for_receivers(2, timeout_s=10) == 2
+            stop = threading.Event()
+            stop.set()
+            assert sender.wait_for_receivers(3, timeout_s=10, stop_event=stop) == 2  # a stop ends the wait

@@ -267,7 +267,8 @@ def run_pipeline(config: RunConfig, *, console_monitor: Callable[..., Any] | Non
     if run.reco_workers:
         scorer = dataclasses.replace(scorer, endpoint=_start_reco(children, run, str(run_dir), telemetry))
     children["scorer"] = _start("scorer", run_consume, scorer)
-    children["producer"] = _start("producer", _produce, config.replay, str(run_dir), telemetry)
+    replay = dataclasses.replace(config.replay, receivers=run.reco_workers)  # every worker gets a share
+    children["producer"] = _start("producer", _produce, replay, str(run_dir), telemetry)
     supervisor = threading.Thread(target=_supervise, args=(children, stop, run.duration), daemon=True)
     supervisor.start()
     try:

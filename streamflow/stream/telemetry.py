@@ -168,8 +168,25 @@ class SinkRecord(TelemetryRecord):
     rejected: int = 0
 
 
+@dataclass
+class RecoRecord(TelemetryRecord):
+    """A reco worker's record: events reconstructed, events rejected (fewer than two jets, bad
+    input), malformed messages (``rejected``), seconds spent clustering, latency from the
+    producer's send, seconds blocked on the scorer, and the record after its END_OF_STREAM (``final``)."""
+
+    KIND: ClassVar[str] = "reco"
+
+    reconstructed: int = 0
+    rejected_events: int = 0
+    rejected: int = 0
+    reco_s: float = 0.0
+    latency: dict[str, float] = field(default_factory=dict)
+    blocked_s: float = 0.0
+    final: bool = False
+
+
 RECORD_TYPES: dict[str, type[TelemetryRecord]] = {
-    record.KIND: record for record in (ProducerRecord, ScorerRecord, SinkRecord)}
+    record.KIND: record for record in (ProducerRecord, ScorerRecord, SinkRecord, RecoRecord)}
 
 
 def record_kind(message: Mapping[str, Any]) -> str:

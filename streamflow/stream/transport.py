@@ -349,6 +349,19 @@ class Sender(_SocketPair):
         parts = encode_raw(particles, seq=self.frames, stream_id=self.stream_id, send_ns=time.time_ns())
         return self.send(parts, len(particles), stop_event, restamp_on_wait=True)
 
+    def wait_for_receivers(self, n: int, timeout_s: float, stop_event: threading.Event | None = None) -> int:
+        """Wait until ``n`` receivers have said HELLO (or ``timeout_s`` passes, or a stop); returns how many did.
+
+        PUSH deals frames only to the receivers connected at the time, so a producer
+        whose K receivers start together waits for all K before its first frame: a
+        slow starter would otherwise get no share of a short stream."""
+        deadline = time.monotonic() + timeout_s
+        while len(self._hellos) < n and time.monotonic() < deadline:
+            if stop_event is not None and stop_event.is_set():
+                break
+            self._read_control(50)
+        return len(self._hellos)
+
     def _read_control(self, timeout_ms: int) -> None:
         """Record every HELLO and ACK that arrives within ``timeout_ms``."""
         while self.control.poll(timeout_ms, zmq.POLLIN):
