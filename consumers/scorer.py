@@ -297,7 +297,7 @@ class _ScorerLoop:
         self.stats.events += len(batch)
         self.stats.accepted += len(accepted)
         self.rates.add(len(batch))
-        self.sample.add(batch.labels, result.scores)
+        self.sample.add(batch, result.scores)
         if "mjj" in batch.names:
             self.mjj.add(batch.column("mjj"))
         self.add_learn_stats(result.learn_stats)
