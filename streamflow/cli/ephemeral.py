@@ -36,8 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", metavar="TOML", default=None,
                    help="train the [scorer] table of this run config (default: the lhco preset's --learner alone)")
     p.add_argument("--learner", default=None,
-                   help="the flow to train and sample (default: flow_m of the lhco preset; with --config or "
-                        "--checkpoint, the first flow with a context)")
+                   help="the flow to train and sample (default: flow_bounded, the lhco preset's flow_m in the "
+                        "bounded frame, whose samples stay in the physical range; or flow_m, flow_logm; with "
+                        "--config or --checkpoint, the first conditional flow in the bounded frame, else the first)")
     p.add_argument("--steps-per-frame", type=int, default=32,
                    help="preset flow: passes over each frame before the next one (default 32; the lhco preset's 1 "
                         "leaves the flow far from converged after a short stream)")
@@ -53,7 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def scorer_config(args: argparse.Namespace) -> ScorerConfig:
-    """The [scorer] table of --config, else the lhco preset's flow (--learner, default flow_m) alone."""
+    """The [scorer] table of --config, else one lhco preset flow (--learner, default flow_bounded) alone."""
     from streamflow.config import read_toml
     from streamflow.errors import ConfigError
     from streamflow.scoring.presets import preset
@@ -63,14 +64,15 @@ def scorer_config(args: argparse.Namespace) -> ScorerConfig:
         config = ScorerConfig.from_tables(read_toml(args.config).get("scorer", {}), where=f"{args.config}[scorer]")
         return dataclasses.replace(config, device=args.device) if args.device != "auto" else config
     full = preset("lhco", device=args.device)
-    name = args.learner or "flow_m"
+    name = args.learner or "flow_bounded"
     flows = [c for c in full.learners if c.kind == "flow"]
+    flows.append(dataclasses.replace(flows[0], name="flow_bounded", coordinates="bounded"))
     chosen = [c for c in flows if c.name == name]
     if not chosen:
         raise ConfigError(f"the lhco preset has no flow {name!r} (its flows: {', '.join(c.name for c in flows)})")
     learner = dataclasses.replace(chosen[0], steps_per_frame=args.steps_per_frame, batch_size=args.batch_size)
-    lines = tuple(line for line in full.lines if line.learner == name)
-    return dataclasses.replace(full, learners=(learner,), lines=lines)
+    line = dataclasses.replace(full.lines[0], name=name, learner=name)
+    return dataclasses.replace(full, learners=(learner,), lines=(line,))
 
 
 def main(args: argparse.Namespace) -> int:
