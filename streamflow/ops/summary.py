@@ -88,7 +88,8 @@ STREAM_COUNTS = ("events", "accepted", "signal_events", "signal_accepted", "back
 SR_COUNTS = ("sr_events", "sr_accepted", "sr_signal", "sr_signal_accepted", "sr_background", "sr_background_accepted")
 
 
-def _sample(arrays: dict[str, np.ndarray], region: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+def _sample(arrays: dict[str, np.ndarray],
+            region: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """(labels, in-signal-region mask, learner scores) of a scores sample's labelled events."""
     labels = np.asarray(arrays.get("labels", np.zeros(0, np.int8)))
     keep = (labels == 0) | (labels == 1)

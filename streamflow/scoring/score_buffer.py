@@ -14,8 +14,8 @@ and writes them to ``scores-<scorer>.npz``, in stream order:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
