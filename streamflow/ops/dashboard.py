@@ -35,7 +35,7 @@ MAX_WARNINGS = 4  # warning rows on the dashboard (the rest are counted)
 ACCEPT_TOLERANCE = 0.25  # achieved accept fraction within 25 % of the target is drawn green
 TREND_WIDTH = 6  # the lines table's loss sparkline (the latest loss value is in the report)
 PARTIAL_BELOW = 0.999  # a line whose learner scored less than this fraction of the events is marked "*"
-PARTIAL_NOTE = "* scores part of the stream; of all: accepted / all events, eff_s, SIC: of all signal"
+PARTIAL_NOTE = "* scores only part of the stream; of all, eff_s and SIC count all events"
 
 _SPARK = "▁▂▃▄▅▆▇█"
 

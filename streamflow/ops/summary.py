@@ -127,17 +127,17 @@ def run_summary(run: RunData) -> dict[str, Any]:
             learner = str(line.get("learner") or "")
             scores = learners.get(learner)
             scored = _ratio(line.get("judged"), line.get("events"))
-            row = {
+            stream_part, sr_part = _figures(line, "", STREAM_COUNTS), _figures(line, "", SR_COUNTS)
+            stream_part["auc"] = _auc(labels, scores) if scores is not None else None
+            sr_part["auc"] = _auc(labels[inside], scores[inside]) if scores is not None else None
+            row: dict[str, Any] = {
                 "name": line.get("name"), "learner": learner, "target": number(line.get("q")),
                 "achieved": number(line.get("achieved")), "threshold": number(line.get("threshold")),
                 "scored_fraction": scored, "scores_all_events": None if scored is None else scored >= 0.999,
-                "stream": _figures(line, "", STREAM_COUNTS),
-                "signal_region": _figures(line, "", SR_COUNTS),
+                "stream": stream_part, "signal_region": sr_part,
             }
-            row["stream"]["auc"] = _auc(labels, scores) if scores is not None else None
-            row["signal_region"]["auc"] = _auc(labels[inside], scores[inside]) if scores is not None else None
             rows.append(row)
-        rates = [r["stream"]["fraction"] for r in rows if r["stream"]["fraction"]]
+        rates = [float(r["stream"]["fraction"]) for r in rows if r["stream"]["fraction"]]
         entry: dict[str, Any] = {"lines": rows, "sample_events": len(labels)}
         if rates and len(labels) and learners:
             entry["equal_rate"] = {"rate": min(rates), "population": "the scores sample, all events",
