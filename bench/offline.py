@@ -176,7 +176,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "population_events": len(labels), "signal_fraction": float((labels == 1).mean()),
         "signal_region": list(SIGNAL_REGION), "sr_events": int(inside.sum()),
         "sr_s_over_b": float((labels[inside] == 1).sum() / max(int((labels[inside] == 0).sum()), 1)),
-        "q": args.q, "window": args.window, "epochs": args.epochs, "folds": args.folds, "online_s": round(stream.online_s, 1),
+        "q": args.q, "window": args.window, "epochs": args.epochs, "folds": args.folds,
+        "online_s": round(stream.online_s, 1),
         "hgb_s": round(hgb_s, 1), "offline_s": round(offline_s, 1), "lines": rows,
     }
 
