@@ -20,11 +20,12 @@
 Figures, all on the events from the first frame every online line judges (after
 warm-up) on: in the signal region (SR events only) the max SIC (thresholds keeping
 >= 10 background events) and AUC; stream-wide, at the online line's own rate r
-(accepted / all events) the signal efficiency and the purity (signal / accepted)
-of each score's top r of *all* events (an unscored event is never taken), and at
-1% of the stream. The online line's row is its trigger's real decisions; the
-ratio column is online / offline eff_S at the same rate for the same architecture
-(and against the HistGradientBoosting CWoLA for the CWoLA line).
+(its accepted events / all events of that population) the signal efficiency and
+the purity (signal / accepted) of each score's top r of *all* events (an unscored
+event is never taken), and at 1% of the stream. The online line's row is its
+trigger's real decisions on those events; the ratio column is online line /
+offline eff_S at the same rate, for the same architecture (and against the
+HistGradientBoosting CWoLA for the CWoLA line).
 
 Writes a JSON of every figure with ``--json``.
 """
@@ -66,6 +67,8 @@ class Stream:
     start: int
     """Index of the first event every online line judged (the population of every figure)."""
     online_scores: dict[str, np.ndarray]
+    bits: np.ndarray
+    """uint64 per event: bit i set when online line i accepted it."""
     lines: list[dict[str, Any]]
     online_s: float
 
@@ -82,12 +85,14 @@ def online(batches: list[EventBatch], q: float, window: int, threads: int) -> St
     config = dataclasses.replace(preset("lhco", q=q, window=window, device="cpu"), threads=threads)
     scorer = FrameScorer(config)
     scores: dict[str, list[np.ndarray]] = {name: [] for name in scorer.learners}
+    bits: list[np.ndarray] = []
     start, seen = None, 0
     started = time.monotonic()
     for batch in batches:
         result = scorer.process(batch)
         for name, values in result.scores.items():
             scores[name].append(values)
+        bits.append(result.selection.bits)
         if start is None and not np.isnan(result.selection.thresholds).any():
             start = seen
         seen += len(batch)
@@ -96,7 +101,8 @@ def online(batches: list[EventBatch], q: float, window: int, threads: int) -> St
         raise SystemExit("bench.offline: the stream ended before every line was warm (give more --events)")
     events = EventBatch.concatenate(batches)
     lines = [dict(line) for line in scorer.line_stats()]
-    return Stream(events, start, {k: np.concatenate(v) for k, v in scores.items()}, lines, elapsed)
+    return Stream(events, start, {k: np.concatenate(v) for k, v in scores.items()}, np.concatenate(bits), lines,
+                  elapsed)
 
 
 def hgb_cwola(events: EventBatch, folds: int, seed: int) -> np.ndarray:
@@ -158,13 +164,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     labels, mjj = labels[pop], stream.events.column("mjj")[pop]
     inside = (mjj >= SIGNAL_REGION[0]) & (mjj < SIGNAL_REGION[1])
     rows = []
-    for line in stream.lines:
+    bits = stream.bits[pop]
+    for i, line in enumerate(stream.lines):
         learner = str(line["learner"])
-        rate = float(line["stream_fraction"])
+        accepted = (bits >> np.uint64(i)) & np.uint64(1) == 1
+        rate = float(accepted.mean())
+        signal = int((accepted & (labels == 1)).sum())
         row: dict[str, Any] = {
             "line": line["name"], "rate": rate, "scored_fraction": line["scored_fraction"],
-            "online_line": {"eff_s": line["eff_s"], "purity": line["signal_accepted"] / max(line["accepted"], 1),
-                            "sr_eff_s": line["sr_eff_s"], "sr_sic": line["sr_sic"]},
+            "online_line": {"eff_s": signal / max(int((labels == 1).sum()), 1),
+                            "purity": signal / max(int(accepted.sum()), 1),
+                            "sr_eff_s": int((accepted & inside & (labels == 1)).sum())
+                            / max(int((inside & (labels == 1)).sum()), 1)},
             "online_scores": figures(labels, mjj, stream.online_scores[learner][pop], rate),
             "offline_same_architecture": figures(labels, mjj, networks[learner][pop], rate),
         }
