@@ -120,13 +120,13 @@ def hgb_cwola(events: EventBatch, folds: int, seed: int) -> np.ndarray:
     return out
 
 
-def offline_networks(events: EventBatch, epochs: int, q: float, seed: int) -> dict[str, np.ndarray]:
+def offline_networks(events: EventBatch, epochs: int, batch_size: int, q: float, seed: int) -> dict[str, np.ndarray]:
     """The lhco menu's learners trained offline for ``epochs`` passes, 2-fold: each half scored by the
     model trained on the other half."""
     configs = preset("lhco", q=q).learners
     half = np.random.default_rng(seed).permutation(len(events)) < len(events) // 2
     out = {c.name: np.full(len(events), np.nan, np.float32) for c in configs}
-    study = StudyConfig(epochs=epochs, batch_size=1024)
+    study = StudyConfig(epochs=epochs, batch_size=batch_size)
     for fold in (half, ~half):
         train_events, test_events = events.take(np.flatnonzero(fold)), events.take(np.flatnonzero(~fold))
         learners = {config.name: train(config, train_events, study) for config in configs}
@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     offline = {"hgb_cwola": hgb_cwola(stream.events, args.folds, args.seed)}
     hgb_s = time.monotonic() - started
-    networks = offline_networks(stream.events, args.epochs, args.q, args.seed)
+    networks = offline_networks(stream.events, args.epochs, args.batch_size, args.q, args.seed)
     offline_s = time.monotonic() - started
     pop = slice(stream.start, None)
     labels = stream.events.labels
@@ -187,7 +187,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "population_events": len(labels), "signal_fraction": float((labels == 1).mean()),
         "signal_region": list(SIGNAL_REGION), "sr_events": int(inside.sum()),
         "sr_s_over_b": float((labels[inside] == 1).sum() / max(int((labels[inside] == 0).sum()), 1)),
-        "q": args.q, "window": args.window, "epochs": args.epochs, "folds": args.folds,
+        "q": args.q, "window": args.window, "epochs": args.epochs, "batch_size": args.batch_size,
+        "folds": args.folds,
         "online_s": round(stream.online_s, 1),
         "hgb_s": round(hgb_s, 1), "offline_s": round(offline_s, 1), "lines": rows,
     }
@@ -202,7 +203,8 @@ def render(result: dict[str, Any]) -> str:
            f"from the first frame every line judges on; signal fraction {result['signal_fraction']:.3%}; "
            f"SR {result['signal_region'][0]:g}-{result['signal_region'][1]:g} GeV: {result['sr_events']:,} events, "
            f"S/B {result['sr_s_over_b']:.3%}. Online pass {result['online_s']} s; offline {result['offline_s']} s "
-           f"(HGB CWoLA {result['hgb_s']} s, {result['folds']} folds; networks {result['epochs']} epochs, 2 folds).",
+           f"(HGB CWoLA {result['hgb_s']} s, {result['folds']} folds; networks {result['epochs']} epochs of "
+           f"minibatches of {result['batch_size']}, 2 folds).",
            "",
            "| line | model | stream rate r | eff_S at r | purity at r | online/offline eff_S at r "
            "| eff_S at 1% | SR AUC | SR max SIC |",
@@ -237,13 +239,18 @@ def main(argv: list[str] | None = None) -> int:
                         "of the events, so its line warms up after ~70k)")
     p.add_argument("--folds", type=int, default=5, help="HistGradientBoosting CWoLA folds (default 5)")
     p.add_argument("--epochs", type=int, default=3, help="offline epochs of the networks (default 3)")
+    p.add_argument("--batch-size", type=int, default=1024,
+                   help="offline minibatch of the networks (default 1024, the online learners'; smaller gives a "
+                        "short stream more steps)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--json", help="write every figure to this JSON file")
     args = p.parse_args(argv)
     if args.events is None and args.source == "synthetic":
         args.events = 1_000_000
-    if args.folds < 2 or args.epochs < 1 or not 0 < args.q < 1 or not 0 <= args.signal_fraction <= 1:
-        print("bench.offline: error: --folds >= 2, --epochs >= 1, 0 < --q < 1, 0 <= --signal-fraction <= 1",
+    if (args.folds < 2 or args.epochs < 1 or args.batch_size < 1 or not 0 < args.q < 1
+            or not 0 <= args.signal_fraction <= 1):
+        print("bench.offline: error: --folds >= 2, --epochs >= 1, --batch-size >= 1, 0 < --q < 1, "
+              "0 <= --signal-fraction <= 1",
               file=sys.stderr)
         return 2
     result = run(args)
