@@ -155,7 +155,7 @@ def physical_range(name: str) -> tuple[float, float]:
     values (tau_N and their ratios) are >= 0; anything else is unbounded.
 
     The ratios tau21, tau32 are not capped at 1: with the file's subjet axes tau2 > tau1
-    happens (4.3% of tau21_jmin > 1 in the LHCO 60k file, up to 2.0)."""
+    happens (tau21_jmin > 1 for 4.0% of the LHCO 60k file's events, up to 2.0)."""
     if is_mass_column(name) or name == "delta_m" or _TAU_VALUE.match(name):
         return 0.0, math.inf
     return -math.inf, math.inf
