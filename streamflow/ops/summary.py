@@ -72,10 +72,10 @@ def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return metrics.auc(labels, scores)
 
 
-def _figures(line: dict[str, Any], prefix: str, names: tuple[str, ...]) -> dict[str, Any]:
+def _figures(line: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
     """fraction, eff_S, eff_B (with errors) and SIC from a line's counts named ``names``:
     (events, accepted, signal, signal accepted, background, background accepted)."""
-    events, accepted, signal, signal_acc, background, background_acc = (int(number(line.get(prefix + n)) or 0)
+    events, accepted, signal, signal_acc, background, background_acc = (int(number(line.get(n)) or 0)
                                                                         for n in names)
     eff_s, eff_b = _ratio(signal_acc, signal), _ratio(background_acc, background)
     return {"events": events, "fraction": _ratio(accepted, events),
@@ -127,7 +127,7 @@ def run_summary(run: RunData) -> dict[str, Any]:
             learner = str(line.get("learner") or "")
             scores = learners.get(learner)
             scored = _ratio(line.get("judged"), line.get("events"))
-            stream_part, sr_part = _figures(line, "", STREAM_COUNTS), _figures(line, "", SR_COUNTS)
+            stream_part, sr_part = _figures(line, STREAM_COUNTS), _figures(line, SR_COUNTS)
             stream_part["auc"] = _auc(labels, scores) if scores is not None else None
             sr_part["auc"] = _auc(labels[inside], scores[inside]) if scores is not None else None
             row: dict[str, Any] = {
@@ -159,11 +159,18 @@ def run_summary(run: RunData) -> dict[str, Any]:
 def write_summary(run: RunData) -> Path:
     """Write ``summary.json`` into the run folder; returns its path."""
     path = run.run_dir / SUMMARY_FILE
-    path.write_text(json.dumps(run_summary(run), indent=2, allow_nan=False, default=_plain) + "\n")
+    path.write_text(json.dumps(_plain(run_summary(run)), indent=2, allow_nan=False) + "\n")
     return path
 
 
 def _plain(value: Any) -> Any:
+    """JSON-ready: numpy scalars as Python numbers, NaN and infinities as null."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
     if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"not JSON: {type(value).__name__}")
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
