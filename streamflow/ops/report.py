@@ -38,7 +38,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter
 
 from streamflow import metrics
-from streamflow.ops.dashboard import fmt_count, fmt_fraction, fmt_ms, fmt_value, lookup, number, problems
+from streamflow.ops.dashboard import fmt_count, fmt_fraction, fmt_ms, lookup, number, problems
 from streamflow.ops.run_folder import RunData, Stream, load_run, nan_of
 from streamflow.ops.summary import run_summary
 from streamflow.scoring.score_buffer import RESERVED

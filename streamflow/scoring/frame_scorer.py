@@ -67,7 +67,8 @@ class ScorerConfig:
     def __post_init__(self) -> None:
         low, high = self.signal_region
         if not low < high:
-            raise ConfigError(f"signal_region must be [low, high] with low < high (GeV), got {list(self.signal_region)}")
+            raise ConfigError(f"signal_region must be [low, high] with low < high (GeV), "
+                              f"got {list(self.signal_region)}")
         names = [learner.name for learner in self.learners]
         if len(set(names)) != len(names):
             raise ConfigError(f"learner names must be unique, got {names}")
