@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from streamflow.errors import ConfigError
+from streamflow.scoring.frame_scorer import ScorerConfig
 from streamflow.trigger import LineConfig, TriggerMenu
 
 FRAME = 5_000
@@ -80,3 +82,14 @@ def test_without_a_region_feature_the_signal_region_figures_are_undefined() -> N
         menu.select({"flow": rng.normal(size=200)}, (rng.random(200) < 0.1).astype(np.int8))
     stats = menu.stats()[0]
     assert stats.sr_events == 0 and np.isnan(stats.sr_eff_s) and np.isfinite(stats.eff_s)
+
+
+def test_the_signal_region_is_configurable_and_checked() -> None:
+    tables = {"learners": [{"kind": "autoencoder", "name": "ae"}],
+              "lines": [{"name": "ae", "learner": "ae", "accept": 0.01}]}
+    assert ScorerConfig.from_tables(tables).signal_region == (3300.0, 3700.0)
+    config = ScorerConfig.from_tables({**tables, "signal_region": [3000, 3500]})
+    assert config.signal_region == (3000.0, 3500.0) and config.to_tables()["signal_region"] == [3000.0, 3500.0]
+    for bad in ([3500, 3000], [3000], "SR"):
+        with pytest.raises(ConfigError, match="signal_region"):
+            ScorerConfig.from_tables({**tables, "signal_region": bad})
