@@ -149,7 +149,7 @@ def toy_study(args: argparse.Namespace) -> int:
     if failed:
         raise StreamflowError("pipeline failed: " + ", ".join(f"{r} exited with {c}" for r, c in failed.items()))
     streamed_s = time.monotonic() - started
-    learners = coordinates.load_learners(Path(run.run_dir) / "scorer.ckpt.pt")
+    learners = coordinates.load_learners(out / "run" / "scorer.ckpt.pt")
     study = coordinates.run_study(learners, events, source=args.source, q=args.q, exact=True)
     table = coordinates.markdown(study)
     (out / "coordinates.md").write_text(table)
