@@ -10,6 +10,9 @@ import torch
 
 from streamflow.errors import ConfigError
 from streamflow.events import COORDINATE_NAMES, LHCO_NAMES, get_coordinates
+from streamflow.events.coordinates import BoundedLogitMap, CoordinateMap
+
+POSITIVE = ("identity", "log_mass", "tau_ratio", "bounded")
 
 
 def lhco_like(n: int = 500, seed: int = 0) -> torch.Tensor:
@@ -30,13 +33,42 @@ def test_known_values() -> None:
     assert torch.equal(get_coordinates("identity").forward(x, names), x)
 
 
-def test_log_mass_touches_only_masses_and_guards_nonpositive() -> None:
+def fitted(name: str, x: torch.Tensor, names) -> CoordinateMap:
+    """The map called ``name``, fitted on x if it is the stateful bounded one."""
+    coordinates = get_coordinates(name)
+    if isinstance(coordinates, BoundedLogitMap):
+        coordinates.fit(x, names)
+    return coordinates
+
+
+def test_log_mass_logs_invariant_masses_only_and_guards_nonpositive() -> None:
     names = ["mjj", "mjmin", "delta_m", "tau21_jmin"]
     x = torch.tensor([[3500.0, 100.0, 400.0, 0.3], [3000.0, -2e-5, 0.0, 0.7]], dtype=torch.float64)
     y = get_coordinates("log_mass").forward(x, names)
-    assert y[0, 0] == pytest.approx(math.log(3500.0)) and y[0, 2] == pytest.approx(math.log(400.0))
+    assert y[0, 0] == pytest.approx(math.log(3500.0)) and y[0, 1] == pytest.approx(math.log(100.0))
+    assert torch.equal(y[:, 2], x[:, 2]), "delta_m (a difference, often ~0) stays linear"
     assert torch.equal(y[:, 3], x[:, 3])
     assert torch.isfinite(y).all()
+    # Its Jacobian has no delta_m term: only -log mjj - log mjmin.
+    expected = -torch.log(x[0, 0]) - torch.log(x[0, 1])
+    assert get_coordinates("log_mass").log_abs_det_jacobian(x[:1], names)[0] == pytest.approx(float(expected))
+
+
+def test_bounded_map_keeps_every_value_it_returns_inside_the_physical_range() -> None:
+    names = ["mjmin", "delta_m", "tau21_jmin", "x0"]
+    x = torch.tensor([[0.0, 0.5, 0.0, -3.0], [300.0, 800.0, 1.2, 4.0], [50.0, 10.0, 0.4, 0.0]], dtype=torch.float64)
+    bounded = fitted("bounded", x, names)
+    assert isinstance(bounded, BoundedLogitMap) and bounded.low is not None and bounded.high is not None
+    assert bounded.low[:3].tolist() == [0.0, 0.0, 0.0], "cut at the physical edge, not widened below 0"
+    assert bounded.low[3] < -3.0 and bounded.high[3] > 4.0, "an unbounded column is widened on both sides"
+    y = torch.linspace(-60, 60, 1001, dtype=torch.float64)[:, None].repeat(1, 4)
+    back = bounded.inverse(y, names)
+    assert (back[:, :3] >= 0).all() and torch.isfinite(back).all()
+    assert torch.isfinite(bounded.forward(x, names)).all(), "events at the physical edge map to finite values"
+    unfitted = get_coordinates("bounded")
+    assert torch.isnan(unfitted.forward(x, names)).all(), "not fitted: not scored"
+    with pytest.raises(ConfigError, match="two distinct"):
+        get_coordinates("bounded").fit(torch.ones(5, 1, dtype=torch.float64), ["mjmin"])
 
 
 def test_tau_ratio_values() -> None:
@@ -50,16 +82,16 @@ def test_tau_ratio_values() -> None:
 
 @pytest.mark.parametrize("name", COORDINATE_NAMES)
 def test_round_trip(name: str) -> None:
-    x = lhco_like() if name in ("identity", "log_mass", "tau_ratio") else torch.randn(500, 16, dtype=torch.float64)
-    coordinates = get_coordinates(name)
+    x = lhco_like() if name in POSITIVE else torch.randn(500, 16, dtype=torch.float64)
+    coordinates = fitted(name, x, LHCO_NAMES)
     back = coordinates.inverse(coordinates.forward(x, LHCO_NAMES), LHCO_NAMES)
     torch.testing.assert_close(back, x, rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("name", COORDINATE_NAMES)
 def test_float32_round_trip(name: str) -> None:
-    x = lhco_like().float() if name in ("identity", "log_mass", "tau_ratio") else torch.randn(500, 16).clamp(-3, 3)
-    coordinates = get_coordinates(name)
+    x = lhco_like().float() if name in POSITIVE else torch.randn(500, 16).clamp(-3, 3)
+    coordinates = fitted(name, x, LHCO_NAMES)
     back = coordinates.inverse(coordinates.forward(x, LHCO_NAMES), LHCO_NAMES)
     assert back.dtype == torch.float32
     torch.testing.assert_close(back, x, rtol=1e-4, atol=1e-3)
@@ -67,11 +99,11 @@ def test_float32_round_trip(name: str) -> None:
 
 @pytest.mark.parametrize("name", COORDINATE_NAMES)
 def test_log_abs_det_jacobian_matches_autograd(name: str) -> None:
-    # Jacobian of the map of one event, n = 4 events, 6 columns of the LHCO schema.
-    names = ["mjj", "mjmin", "tau1_j1", "tau2_j1", "tau3_j1", "tau21_jmin"]
-    base = lhco_like(4)[:, [0, 3, 6, 7, 8, 12]]
-    x = base if name in ("identity", "log_mass", "tau_ratio") else torch.randn(4, 6, dtype=torch.float64)
-    coordinates = get_coordinates(name)
+    # Jacobian of the map of one event, n = 4 events, 7 columns of the LHCO schema (delta_m among them).
+    names = ["mjj", "mjmin", "delta_m", "tau1_j1", "tau2_j1", "tau3_j1", "tau21_jmin"]
+    base = lhco_like(4)[:, [0, 3, 5, 6, 7, 8, 12]]
+    x = base if name in POSITIVE else torch.randn(4, 7, dtype=torch.float64)
+    coordinates = fitted(name, x, names)
     expected = torch.stack(
         [torch.linalg.slogdet(
             torch.autograd.functional.jacobian(lambda r: coordinates.forward(r[None], names)[0], row))[1]

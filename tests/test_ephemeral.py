@@ -186,7 +186,8 @@ def test_ephemeral_command_end_to_end_on_the_real_file(features_file: Path, tmp_
     assert summary["stream"]["bytes"] == 8000 * (8 + 16 * 4)
     assert summary["checkpoint_bytes"] == (out / "ephemeral.ckpt.pt").stat().st_size
     hunts = summary["hunts"]
-    assert [h["name"] for h in hunts] == ["real stream events", "flow_m samples", "real background only (control)"]
+    assert [h["name"] for h in hunts] == ["real stream events", "flow_bounded samples",
+                                          "real background only (control)"]
     assert all(np.isfinite(h["max_sic"]) and h["max_sic"] > 0 for h in hunts)
     # The samples match the real stream's SR and sideband counts (the histogram's split).
     assert hunts[0]["n_signal_region"] == hunts[1]["n_signal_region"]

@@ -40,10 +40,22 @@ def pipeline_messages(t: float, lines: tuple[str, ...] = LHCO_LINES, labels: boo
         accepted = int(fraction * (scored - WARMUP)) if warm else 0
         eff_s = (0.05 + 0.3 * (1 - math.exp(-t / 4)) + 0.02 * i) if labels and warm else None
         eff_b = 0.0095 if eff_s is not None else None
+        events = max(scored - WARMUP, 0)
+        signal, sr = events // 100 if labels else 0, events // 5  # 1% signal, a fifth of the events in the SR
+        sr_signal = signal // 2
         line_stats.append({
             "name": name, "learner": name, "q": 0.01, "threshold": 3.0 + i + 0.5 * math.exp(-t / 3),
             "seen": scored, "accepted": accepted, "achieved": fraction if warm else None, "warm": warm,
+            "events": events, "judged": events, "stream_fraction": fraction if warm else None,
+            "scored_fraction": 1.0 if warm else None,
+            "signal_events": signal, "signal_accepted": int((eff_s or 0) * signal),
+            "background_events": events - signal if labels else 0,
+            "background_accepted": int((eff_b or 0) * (events - signal)),
+            "sr_events": sr, "sr_accepted": accepted // 2, "sr_signal": sr_signal,
+            "sr_signal_accepted": int((eff_s or 0) * sr_signal), "sr_background": sr - sr_signal if labels else 0,
+            "sr_background_accepted": int(2 * (eff_b or 0) * (sr - sr_signal)),
             "eff_s": eff_s, "eff_b": eff_b, "sic": eff_s / math.sqrt(eff_b) if eff_s is not None else None,
+            "sr_eff_s": eff_s, "sr_sic": eff_s / math.sqrt(2 * eff_b) if eff_s is not None else None,
         })
         learners[name] = {"loss": 2.5 * math.exp(-t / 5) + 0.5 + 0.1 * i, "grad_norm": 1.3,
                           "steps": int(30 * t), "skipped": 0, "dropped": 0}

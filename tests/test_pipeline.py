@@ -70,6 +70,17 @@ def test_lhco_file_selections_match_scorer_and_source(tmp_path, features_file):
     # bounded, and its selection is enriched in signal (real W' events at 3.5 TeV).
     assert 0.03 < lines["cwola"]["achieved"] < 0.15, lines["cwola"]
     assert lines["cwola"]["sic"] > 1.0, lines["cwola"]
+    # summary.json (written even with --no-report): CWoLA says it scores part of the stream, and its
+    # rate of all events is what it takes of the stream, well below its rate of the events it scores.
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rows = {row["name"]: row for row in summary["scorers"]["scorer"]["lines"]}
+    assert rows["cwola"]["scores_all_events"] is False and rows["ae"]["scores_all_events"] is True
+    assert rows["cwola"]["stream"]["fraction"] < 0.5 * rows["cwola"]["achieved"]
+    assert rows["cwola"]["stream"]["fraction"] == pytest.approx(
+        lines["cwola"]["accepted"] / lines["cwola"]["events"])
+    assert rows["cwola"]["signal_region"]["eff_s"] == pytest.approx(lines["cwola"]["sr_eff_s"])
+    assert 0.5 < rows["cwola"]["signal_region"]["auc"] <= 1.0
+    assert summary["population"]["signal_region_s_over_b"] > summary["population"]["signal_fraction"]
     ledger = json.loads((run_dir / "ledger.json").read_text())
     counts = {stage["name"]: stage["events"] for stage in ledger["stages"]}
     assert counts["sent"] == counts["received"] == counts["scored"]

@@ -12,6 +12,8 @@ import pytest
 import streamflow.cli.main
 from streamflow.errors import StreamflowError
 from streamflow.ops.report import make_report
+from streamflow.ops.run_folder import load_run
+from streamflow.ops.summary import run_summary
 from streamflow.stream.selections import SelectedEvents, SelectionWriter
 from streamflow.stream.telemetry import encode_stats
 from tests.test_monitor import pipeline_messages
@@ -86,18 +88,26 @@ def test_toy_run_report_has_every_figure_and_the_line_table(toy_run):
                                          "roc-scorer.png"}
     for figure in figures:
         assert figure.read_bytes()[:8] == PNG_MAGIC and figure.stat().st_size > 10_000
-    # line | learner | target q | achieved | threshold | eff_S | eff_B | SIC | AUC | exact AUC
-    cwola = table_row(report, "cwola_identity")
-    assert cwola[1:5] == ["cwola_identity", "1.00%", "0.98%", "5.001"]
+    # line | population | target q | achieved | of population | eff_S | eff_B | SIC | AUC | exact AUC
+    cwola = table_row(report, "cwola_identity | all events")
+    assert cwola[2:5] == ["1.00%", "0.98%", "0.98%"]
     assert abs(float(cwola[8]) - 0.841) < 0.02 and cwola[9] == "0.841"
-    flow = table_row(report, "flow_identity")
+    flow = table_row(report, "flow_identity | all events")
     assert abs(float(flow[8]) - 0.696) < 0.02 and flow[9] == "0.696"
-    assert table_row(report, "ae_identity")[9] == "-", "no exact value for an autoencoder"
+    assert table_row(report, "ae_identity | all events")[9] == "-", "no exact value for an autoencoder"
+    # The signal-region row counts the telemetry's SR events; this sample has no mjj, so no SR AUC.
+    sr = table_row(report, "flow_identity | signal region")
+    assert sr[7] != "-" and sr[8] == "-"
+    summary = json.loads(json.dumps(run_summary(load_run(run_dir))))
+    line = summary["scorers"]["scorer"]["lines"][0]
+    assert line["stream"]["fraction"] == pytest.approx(line["achieved"], rel=0.01)
+    assert line["scores_all_events"] is True
+    assert set(summary["scorers"]["scorer"]["equal_rate"]["learners"]) == set(TOY_LINES)
     # The selections: accepted events per line from the trigger bits, signal among them from the labels.
     passed = (selected.bits & 2) > 0  # bit 1: the second line, ae_identity
     rows = [r for r in report.read_text().splitlines() if r.startswith("| ae_identity |")]
-    assert len(rows) == 2, "one row in the line table, one in the selections table"
-    assert rows[1].startswith(f"| ae_identity | {passed.sum():,} | {(selected.labels[passed] == 1).sum():,} (")
+    assert len(rows) == 4, "two rows in the line table, one in the equal-rate table, one in the selections table"
+    assert rows[3].startswith(f"| ae_identity | {passed.sum():,} | {(selected.labels[passed] == 1).sum():,} (")
     assert "## Warnings\n\nNone." in report.read_text()
 
 
@@ -106,7 +116,7 @@ def test_report_without_labels_scores_or_selections_still_draws_what_there_is(tm
     report = make_report(tmp_path)
     assert {f.name for f in figures_of(report)} == {"throughput.png", "trigger.png", "losses.png"}
     assert all(f.stat().st_size > 10_000 for f in figures_of(report))
-    assert table_row(report, "flow_m")[5:10] == ["-", "-", "-", "-", "-"]
+    assert table_row(report, "flow_m | all events")[5:10] == ["-", "-", "-", "-", "-"]
     assert "No selections file" in report.read_text()
 
 

@@ -73,13 +73,13 @@ def test_the_run_streams_every_event_through_the_pipeline(toy_run):
     assert (out / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("coordinates", list(FRAMES))
+@pytest.mark.parametrize("frame", list(FRAMES))
 def test_cwola_reaches_the_likelihood_ratio_auc_in_every_frame(toy_run, frame):
     tolerance = TANH_CWOLA_TOLERANCE if frame == "tanh_shift" else TOLERANCE
     assert measured(toy_run, f"cwola_{FRAMES[frame]}") == pytest.approx(LIKELIHOOD_RATIO, abs=tolerance)
 
 
-@pytest.mark.parametrize("coordinates", ["identity", "tanh_shift"])
+@pytest.mark.parametrize("frame", ["identity", "tanh_shift"])
 def test_flow_reaches_the_exact_density_auc(toy_run, frame):
     assert measured(toy_run, f"flow_{FRAMES[frame]}") == pytest.approx(DENSITY[frame], abs=TOLERANCE)
 

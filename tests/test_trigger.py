@@ -162,8 +162,8 @@ def test_labels_give_signal_and_background_efficiencies_and_sic() -> None:
             accepted_s += (selection.accept & (labels == 1)).sum()
             accepted_b += (selection.accept & (labels == 0)).sum()
     stats = menu.stats()[0]
-    assert (stats.signal_judged, stats.signal_accepted) == (judged_s, accepted_s)
-    assert (stats.background_judged, stats.background_accepted) == (judged_b, accepted_b)
+    assert (stats.signal_events, stats.signal_accepted) == (judged_s, accepted_s)
+    assert (stats.background_events, stats.background_accepted) == (judged_b, accepted_b)
     assert stats.sic == pytest.approx((accepted_s / judged_s) / math.sqrt(accepted_b / judged_b))
     assert stats.eff_s > 5 * stats.eff_b  # the signal is shifted up: the line enriches it
     assert set(stats.to_dict()) >= {"eff_s", "eff_b", "sic", "accept_fraction", "threshold"}

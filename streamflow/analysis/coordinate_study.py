@@ -29,11 +29,8 @@ error of the difference) but were trained separately (training noise, not in se)
 so it is the scale on which "the AUCs agree within statistical error" is read,
 not an exact error of the difference.
 
-LHCO menu (:func:`lhco_menu`): the lhco preset's flows in m and log m and its CWoLA
-in both frames, plus a flow (conditional on mjj, as flow_m) and a CWoLA on
-TAU_FEATURES -- mjmin, delta_m and the raw tau1, tau2 of both jets -- in the
-identity frame and in the tau_ratio frame, where tau2_jX becomes tau21_jX =
-tau2_jX / (tau1_jX + 1e-5); the source paper's (tau1, tau2) vs (tau1, tau21).
+On LHCO the source paper's own study, with its controls, is
+streamflow.analysis.mass_coordinate_study.
 
 Exact-model AUCs of the toy (d = 2, background N(0, I), signal N(1, I)):
 
@@ -55,7 +52,6 @@ through the real pipeline and reads the scorer's checkpoint (see
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 from collections.abc import Mapping
@@ -73,37 +69,12 @@ from streamflow.errors import ConfigError
 from streamflow.events import EventBatch
 from streamflow.learners import TorchLearner, learner_from_state
 from streamflow.scoring.checkpoint import load_checkpoint
-from streamflow.scoring.frame_scorer import ScorerConfig
-from streamflow.scoring.presets import preset
 
 LIKELIHOOD_RATIO_AUC = 0.5 * (1.0 + math.erf(1.0 / math.sqrt(2.0)))
 """Phi(1): the exact likelihood ratio's AUC on the d = 2 toy, in every frame."""
 TOY_DENSITY_AUC = {"identity": 1.0 - math.exp(-0.5) / 2.0, "normal_cdf": 0.5, "tanh_shift": 0.175}
 """The exact background density's AUC (score -log p) on the d = 2 toy, per frame."""
 SCORE_CHUNK = 1 << 16
-TAU_FEATURES: tuple[str, ...] = ("mjmin", "delta_m", "tau1_j1", "tau2_j1", "tau1_j2", "tau2_j2")
-"""The substructure pair's features: raw tau1, tau2 of both jets (pT-ordered), with the CATHODE masses."""
-
-
-def lhco_menu(q: float) -> ScorerConfig:
-    """The LHCO study's learners (module docstring), one trigger line each at accept fraction ``q``.
-
-    Pairs are named <kind> / <kind>_logm (m vs log m) and <kind>_tau / <kind>_tau21.
-    """
-    base = preset("lhco", q=q)
-    flow_m = next(c for c in base.learners if c.name == "flow_m")
-    cwola = next(c for c in base.learners if c.kind == "cwola")
-    flow_tau = dataclasses.replace(flow_m, name="flow_tau", features=TAU_FEATURES)
-    cwola_tau = dataclasses.replace(cwola, name="cwola_tau", features=TAU_FEATURES)
-    learners = [c for c in base.learners if c.kind == "flow"] + [
-        cwola, dataclasses.replace(cwola, name=f"{cwola.name}_logm", coordinates="log_mass"),
-        flow_tau, dataclasses.replace(flow_tau, name="flow_tau21", coordinates="tau_ratio"),
-        cwola_tau, dataclasses.replace(cwola_tau, name="cwola_tau21", coordinates="tau_ratio"),
-    ]
-    lines = tuple(dataclasses.replace(base.lines[0], name=c.name, learner=c.name) for c in learners)
-    return dataclasses.replace(base, learners=tuple(learners), lines=lines)
-
-
 def auc_standard_error(labels: np.ndarray, scores: np.ndarray) -> float:
     """DeLong standard error of the AUC of ``scores`` (NaN: lowest, as in metrics.auc); see the module docstring."""
     positive = np.asarray(labels) == 1

@@ -102,7 +102,8 @@ class WarmupGaussian:
 
 
 def load_flow(state: Mapping[str, Any], name: str | None = None, device: str | torch.device = "cpu") -> FlowLearner:
-    """The conditional flow ``name`` of a scorer checkpoint (default: the first flow with a context)."""
+    """The conditional flow ``name`` of a scorer checkpoint (default: the first flow with a context in
+    the bounded frame, whose samples stay inside the physical range, else the first flow with a context)."""
     scorer = state.get("scorer")
     learners = scorer.get("learners") if isinstance(scorer, dict) else None
     if not isinstance(learners, dict) or not learners:
@@ -111,7 +112,8 @@ def load_flow(state: Mapping[str, Any], name: str | None = None, device: str | t
     if name is None:
         if not conditional:
             raise ConfigError(f"checkpoint has no conditional flow among its learners {sorted(learners)}")
-        name = conditional[0]
+        bounded = [n for n in conditional if learners[n]["config"].get("coordinates") == "bounded"]
+        name = (bounded or conditional)[0]
     elif name not in learners:
         raise ConfigError(f"checkpoint has no learner {name!r} (it has {', '.join(learners)})")
     elif name not in conditional:

@@ -1,20 +1,20 @@
 """`streamflow coordinates`: the coordinate study -- learners in several frames, side by side.
 
-Streams the source through the real pipeline (producer, scorer and sink processes,
-as ``streamflow run``, no monitor), then loads the scorer's final checkpoint and
-scores an evaluation sample with every learner (streamflow.analysis.coordinate_study):
+- Gaussian toy: streams the toy through the real pipeline (producer, scorer and
+  sink processes, as ``streamflow run``, no monitor) with the ``gaussian`` preset
+  (flow, autoencoder and CWoLA in the identity, normal_cdf and tanh_shift frames),
+  loads the scorer's final checkpoint and scores held-out toy events of another
+  seed (streamflow.analysis.coordinate_study); the exact models' AUCs beside the
+  measured ones; writes coordinates.md, coordinates.json and roc.png (the run
+  folder with the checkpoint is the output's ``run`` subfolder).
+- LHCO (a features/raw file or "synthetic"): the source paper's study with its
+  controls (streamflow.analysis.mass_coordinate_study): an unconditional flow and
+  the paper's autoencoder on (m_j1, m_j2) vs (log m_j1, log m_j2), trained offline
+  on background selected by truth (for this study only), scored on held-out
+  events, two seeds per frame and one model evaluated in both frames; and the
+  same for the CATHODE features given mjj. Writes coordinates.md and coordinates.json.
 
-- Gaussian toy: the ``gaussian`` preset (flow, autoencoder and CWoLA in the
-  identity, normal_cdf and tanh_shift frames); evaluation on held-out toy events
-  of another seed; the exact models' AUCs beside the measured ones.
-- LHCO (a features/raw file or "synthetic"): the conditional flow in the identity
-  and log-mass frames and CWoLA in both, and a flow and a CWoLA on (mjmin, delta_m,
-  tau1, tau2 of both jets) in the identity and tau_ratio (tau2 -> tau21) frames
-  (coordinates.lhco_menu); evaluation on the streamed events themselves for a file
-  (the models have seen them once), on events of another seed for the generator.
-
-Writes coordinates.md, coordinates.json and roc.png to the output folder (the run
-folder with the checkpoint is its ``run`` subfolder) and prints the table.
+Prints the tables.
 """
 
 from __future__ import annotations
@@ -34,26 +34,34 @@ if TYPE_CHECKING:  # torch-heavy: imported where used (fast start-up)
 
 TOY_EVENTS = 300_000
 GENERATOR_EVAL_EVENTS = 200_000
-LHCO_SIGNAL_FRACTION = 0.01
+LHCO_GENERATOR_EVENTS = 100_000
+LHCO_GENERATOR_SIGNAL_FRACTION = 0.05
+STUDY_EPOCHS = 10
 STUDY_Q = 0.01
-"""The trigger lines' accept fraction, and the top fraction whose selections are compared, without --q."""
+"""The accept fraction of the toy's trigger lines, and the top fraction whose selections are compared, without --q."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "coordinates", help="the coordinate study: learners in several frames, AUC/SIC and selection overlaps",
-        description="Stream a source through the pipeline with learners in several coordinate maps, then "
-                    "compare their AUC, SIC and top-q selections (and, for the Gaussian toy, the exact AUCs).",
+        description="Gaussian toy: stream it through the pipeline with learners in several coordinate maps, "
+                    "then compare their AUC, SIC and top-q selections with the exact models'. LHCO: the source "
+                    "paper's m vs log m study with two-seed and exact-Jacobian controls.",
     )
     p.add_argument("--source", default="gaussian",
                    help="gaussian (default), synthetic, or an LHCO features/raw HDF5 file")
-    p.add_argument("--events", type=int, help=f"events to stream (default: {TOY_EVENTS:,} for a generator, "
-                                              "a file once)")
+    p.add_argument("--events", type=int, help=f"toy: events to stream (default {TOY_EVENTS:,}); LHCO: events "
+                                              f"to study (default: a file's all, {LHCO_GENERATOR_EVENTS:,} "
+                                              "synthetic)")
     p.add_argument("--eval-events", type=int, default=GENERATOR_EVAL_EVENTS,
                    help=f"held-out events of a generator to evaluate on (default {GENERATOR_EVAL_EVENTS:,})")
     p.add_argument("--frame-size", type=int, default=4096, help="events per frame (default 4096)")
     p.add_argument("--signal-fraction", type=float,
-                   help=f"LHCO streams: signal fraction (default {LHCO_SIGNAL_FRACTION}); the toy has its own")
+                   help="LHCO: signal fraction of the events (default: a file's own, "
+                        f"{LHCO_GENERATOR_SIGNAL_FRACTION} synthetic; only held-out signal gives AUCs, training "
+                        "is on background only); the toy has its own")
+    p.add_argument("--epochs", type=int, default=STUDY_EPOCHS,
+                   help=f"LHCO: passes over the training background per model (default {STUDY_EPOCHS})")
     p.add_argument("--seed", type=int, default=0, help="seed of the stream (evaluation: seed + 1)")
     p.add_argument("--out", help="output folder (default runs/coordinates-<date-time>)")
     add_scorer_options(p, "q", "device", "threads", note="; --q is also the selection fraction compared "
@@ -63,7 +71,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _check(args: argparse.Namespace) -> None:
-    for key in ("events", "eval_events", "frame_size"):
+    for key in ("events", "eval_events", "frame_size", "epochs"):
         value = getattr(args, key)
         if value is not None and value < 1:
             raise ConfigError(f"--{key.replace('_', '-')} must be at least 1, got {value}")
@@ -71,49 +79,77 @@ def _check(args: argparse.Namespace) -> None:
         raise ConfigError("--signal-fraction is for LHCO streams; the toy's signal is 10% of its data sample")
 
 
-def evaluation_events(args: argparse.Namespace, signal_fraction: float | None) -> EventBatch:
-    """The events the final models are scored on (see the module docstring)."""
+def toy_evaluation_events(args: argparse.Namespace) -> EventBatch:
+    """Held-out toy events of another seed, for the final models."""
+    from streamflow.events import open_source
+
+    return next(iter(open_source(args.source, seed=args.seed + 1).chunks(args.eval_events)))
+
+
+def lhco_events(args: argparse.Namespace) -> EventBatch:
+    """The LHCO-like events the mass study splits into training background and held-out events."""
     from streamflow.events import EventBatch, open_source
 
-    if args.source in ("gaussian", "synthetic"):
-        source = open_source(args.source, signal_fraction=signal_fraction, seed=args.seed + 1)
-        return next(iter(source.chunks(args.eval_events)))
-    source = open_source(args.source, signal_fraction=signal_fraction, seed=args.seed)
-    batches = list(source.chunks(1 << 16))
-    events = EventBatch.concatenate(batches)
+    synthetic = args.source == "synthetic"
+    fraction = args.signal_fraction if args.signal_fraction is not None else (
+        LHCO_GENERATOR_SIGNAL_FRACTION if synthetic else None)
+    source = open_source(args.source, signal_fraction=fraction, seed=args.seed)
+    if synthetic:
+        return next(iter(source.chunks(args.events or LHCO_GENERATOR_EVENTS)))
+    events = EventBatch.concatenate(list(source.chunks(1 << 16)))
     return events if args.events is None else events.take(slice(0, args.events))
 
 
 def scorer_config(args: argparse.Namespace) -> ScorerConfig:
-    """The study's menu (the gaussian preset for the toy, else coordinate_study.lhco_menu) at
-    :data:`STUDY_Q`, then the options given (--q: every line's accept fraction)."""
-    from streamflow.analysis.coordinate_study import lhco_menu
+    """The toy study's menu (the gaussian preset at :data:`STUDY_Q`), then the options given (--q: every
+    line's accept fraction). The LHCO study trains offline and has no scorer menu."""
     from streamflow.scoring.presets import preset
 
-    menu = preset("gaussian", q=STUDY_Q) if args.source == "gaussian" else lhco_menu(STUDY_Q)
-    return apply_scorer_options(menu, args)
+    return apply_scorer_options(preset("gaussian", q=STUDY_Q), args)
 
 
 def main(args: argparse.Namespace) -> int:
+    _check(args)
+    return toy_study(args) if args.source == "gaussian" else mass_study(args)
+
+
+def mass_study(args: argparse.Namespace) -> int:
+    import torch
+
+    from streamflow.analysis import mass_coordinate_study as study
+    from streamflow.scoring.frame_scorer import cpu_threads, resolve_device
+
+    events = lhco_events(args)
+    torch.set_num_threads(cpu_threads(args.threads or 0))
+    config = study.StudyConfig(epochs=args.epochs, q=STUDY_Q if args.q is None else args.q, split_seed=args.seed,
+                               device=str(resolve_device(args.device or "auto")))
+    out = Path(args.out) if args.out is not None else Path("runs") / time.strftime("coordinates-%Y%m%d-%H%M%S")
+    started = time.monotonic()
+    result = study.run_study(events, source=args.source, study=config)
+    elapsed = time.monotonic() - started
+    out.mkdir(parents=True, exist_ok=True)
+    table = study.markdown(result)
+    (out / "coordinates.md").write_text(table)
+    (out / "coordinates.json").write_text(json.dumps({**result.to_dict(), "seconds": round(elapsed, 1)},
+                                                     indent=2) + "\n")
+    print(table)
+    print(f"trained and scored in {elapsed:.0f} s; wrote {out / 'coordinates.md'}, {out / 'coordinates.json'}")
+    return 0
+
+
+def toy_study(args: argparse.Namespace) -> int:
     from producers.replay import ReplayConfig
     from streamflow.analysis import coordinate_study as coordinates
     from streamflow.cli.run import CHILD_HWM, EOS_TIMEOUT_S, RunConfig, RunOptions, run_pipeline
 
-    _check(args)
+    events = toy_evaluation_events(args)
     scorer = scorer_config(args)
     q = STUDY_Q if args.q is None else args.q  # the lines' accept fraction, as scorer_config set it
-    toy = args.source == "gaussian"
-    signal_fraction = None if toy else (LHCO_SIGNAL_FRACTION if args.signal_fraction is None
-                                        else args.signal_fraction)
-    events = evaluation_events(args, signal_fraction)  # also checks the source before any process starts
     out = Path(args.out) if args.out is not None else Path("runs") / time.strftime("coordinates-%Y%m%d-%H%M%S")
     run = RunOptions(run_dir=str(out / "run"), base_port=args.base_port, monitor=False, report=False)
-    stream_events = args.events
-    if stream_events is None and args.source in ("gaussian", "synthetic"):
-        stream_events = TOY_EVENTS
+    stream_events = TOY_EVENTS if args.events is None else args.events
     replay = ReplayConfig(source=args.source, events=stream_events, frame_size=args.frame_size,
-                          signal_fraction=signal_fraction, seed=args.seed, endpoint=run.endpoint(0),
-                          hwm=CHILD_HWM, eos_timeout=EOS_TIMEOUT_S)
+                          seed=args.seed, endpoint=run.endpoint(0), hwm=CHILD_HWM, eos_timeout=EOS_TIMEOUT_S)
     started = time.monotonic()
     codes = run_pipeline(RunConfig(run=run, replay=replay, scorer=scorer))
     failed = {role: code for role, code in codes.items() if code != 0}
@@ -121,7 +157,7 @@ def main(args: argparse.Namespace) -> int:
         raise StreamflowError("pipeline failed: " + ", ".join(f"{r} exited with {c}" for r, c in failed.items()))
     streamed_s = time.monotonic() - started
     learners = coordinates.load_learners(run.folder / "scorer.ckpt.pt")
-    study = coordinates.run_study(learners, events, source=args.source, q=q, exact=toy)
+    study = coordinates.run_study(learners, events, source=args.source, q=q, exact=True)
     table = coordinates.markdown(study)
     (out / "coordinates.md").write_text(table)
     (out / "coordinates.json").write_text(json.dumps(

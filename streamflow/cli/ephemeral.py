@@ -43,8 +43,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", metavar="TOML", default=None,
                    help="train the [scorer] table of this run config (default: the lhco preset's --learner alone)")
     p.add_argument("--learner", default=None,
-                   help="the flow to train and sample (default: flow_m of the lhco preset; with --config or "
-                        "--checkpoint, the first flow with a context)")
+                   help="the flow to train and sample (default: flow_bounded, the lhco preset's flow_m in the "
+                        "bounded coordinates, whose samples stay in the physical range; or flow_m, flow_logm; with "
+                        "--config or --checkpoint, the first flow with a context)")
     p.add_argument("--steps-per-frame", type=int, default=None,
                    help=f"passes of the flow(s) over each frame before the next one (default: "
                         f"{PRESET_STEPS_PER_FRAME} for the preset flow -- the lhco preset's 1 leaves it far "
@@ -63,9 +64,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def scorer_config(args: argparse.Namespace) -> ScorerConfig:
-    """The [scorer] table of --config, else the lhco preset's flow (--learner, default flow_m) alone, trained
-    with more passes over each frame in smaller batches (:data:`PRESET_STEPS_PER_FRAME`, :data:`PRESET_BATCH_SIZE`);
-    then the options given (--steps-per-frame and --batch-size: every flow's)."""
+    """The [scorer] table of --config, else one lhco preset flow (--learner, default flow_bounded: flow_m in the
+    bounded coordinates) alone, trained with more passes over each frame in smaller batches
+    (:data:`PRESET_STEPS_PER_FRAME`, :data:`PRESET_BATCH_SIZE`); then the options given (--steps-per-frame and
+    --batch-size: every flow's)."""
     from streamflow.config import read_toml
     from streamflow.errors import ConfigError
     from streamflow.scoring.presets import preset
@@ -75,13 +77,14 @@ def scorer_config(args: argparse.Namespace) -> ScorerConfig:
         menu = scorer_menu(None, read_toml(args.config).get("scorer", {}), f"{args.config}[scorer]", "lhco")
     else:
         full = preset("lhco")
-        name = "flow_m" if args.learner is None else args.learner
+        name = "flow_bounded" if args.learner is None else args.learner
         flows = [c for c in full.learners if c.kind == "flow"]
+        flows.append(dataclasses.replace(flows[0], name="flow_bounded", coordinates="bounded"))
         chosen = [c for c in flows if c.name == name]
         if not chosen:
             raise ConfigError(f"the lhco preset has no flow {name!r} (its flows: {', '.join(c.name for c in flows)})")
         menu = dataclasses.replace(full, learners=(chosen[0],),
-                                   lines=tuple(line for line in full.lines if line.learner == name))
+                                   lines=(dataclasses.replace(full.lines[0], name=name, learner=name),))
         steps = PRESET_STEPS_PER_FRAME if steps is None else steps
         batch = PRESET_BATCH_SIZE if batch is None else batch
     learners = tuple(

@@ -403,6 +403,11 @@ def main(args: argparse.Namespace) -> int:
     ledger.write(run_dir / "ledger.json")
     print(ledger.render())
     failed = {role: code for role, code in codes.items() if code != 0}
+    if not failed:
+        from streamflow.ops.run_folder import load_run
+        from streamflow.ops.summary import write_summary
+
+        print(f"summary: {write_summary(load_run(run_dir))}")
     if config.run.report and not failed:
         from streamflow.ops.report import make_report
 

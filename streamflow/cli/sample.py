@@ -19,7 +19,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="an mjj range in GeV, repeatable (default: SR 3300 3700 and sidebands 3100 3300, "
                         "3700 3900)")
     p.add_argument("--output", required=True, metavar="FILE", help="HDF5 file to write (replaced if it exists)")
-    p.add_argument("--learner", default=None, help="the flow to sample (default: the first flow with a context)")
+    p.add_argument("--learner", default=None, help="the flow to sample (default: the first conditional flow in the "
+                                                   "bounded frame, whose samples stay physical, else the first "
+                                                   "conditional flow)")
     p.add_argument("--seed", type=int, default=0, help="random seed of mjj and of the flow (default 0)")
     p.set_defaults(func=main)
 

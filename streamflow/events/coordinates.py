@@ -15,10 +15,27 @@ per-column terms.
 Frames (names as in the shared contract):
 
 - ``identity``: y = x.
-- ``log_mass``: y = log(max(x, MASS_FLOOR)) for the mass-like columns (names
-  starting with "m", i.e. mjj, mj1, mj2, mjmin, mjmax, and delta_m); other
-  columns unchanged. The floor (1 MeV) guards the tiny negative and zero masses of
-  real data (rounding, single-constituent jets); the inverse is exact for x >= floor.
+- ``log_mass``: y = log(max(x, MASS_FLOOR)) for the invariant masses (names
+  starting with "m": mjj, mj1, mj2, mjmin, mjmax); every other column unchanged --
+  in particular delta_m = mjmax - mjmin stays linear. delta_m is a difference, not
+  a mass: it goes to 0 for two jets of equal mass, and log(delta_m) would blow that
+  ordinary corner (1.65% of LHCO background has delta_m < 3 GeV) up into the
+  "rarest" events of a density score. The source paper compares (m_j1, m_j2) with
+  (log m_j1, log m_j2); a learner on CATHODE features (mjmin, delta_m, ...) thus
+  gets log mjmin and keeps its features. The floor (1 MeV) guards the tiny negative
+  and zero masses of real data; the inverse is exact for x >= floor.
+- ``bounded``: y = logit(u), u = (x - lo) / (hi - lo) on every column, with
+  [lo, hi] the range observed on the first events the map is fitted on (CATHODE's
+  min-max scaling then logit), widened by ``BOUNDED_MARGIN`` of its span and cut
+  to the column's physical range (:func:`physical_range`: masses, delta_m and the
+  N-subjettiness values >= 0). The inverse x = lo + (hi - lo) sigmoid(y) lies inside
+  (lo, hi) for every finite y, so a flow's samples stay physical by construction.
+  u is clamped to [BOUNDED_EPS, 1 - BOUNDED_EPS] (an event exactly at a physical
+  edge, e.g. tau1 = 0, or later outside the fitted range, gets a finite value
+  there; the map is not invertible beyond). log |dy/dx| = -log(hi - lo) - log u(1 - u).
+  The map is stateful: ``get_coordinates("bounded")`` gives a new, unfitted one,
+  which its owner fits once (:meth:`BoundedLogitMap.fit`) and checkpoints; before
+  that it maps every value to NaN (not scored).
 - ``tau_ratio``: tau2_jX -> tau2_jX / (tau1_jX + 1e-5) and tau3_jX ->
   tau3_jX / (tau2_jX + 1e-5) (the N-subjettiness ratios tau21, tau32 of jet X,
   guarded because tau1 = 0 occurs in real data); tau1_jX is kept, which makes the
@@ -123,8 +140,24 @@ class ElementwiseMap(CoordinateMap):
 
 
 def is_mass_column(name: str) -> bool:
-    """Mass-like columns of the LHCO schema: names starting with "m", and delta_m."""
-    return name.startswith("m") or name == "delta_m"
+    """The invariant masses of the LHCO schema (mjj, mj1, mj2, mjmin, mjmax): names starting with "m".
+
+    delta_m is not one (a difference of masses, often near 0): ``log_mass`` leaves it linear."""
+    return name.startswith("m")
+
+
+_TAU_VALUE = re.compile(r"^tau\d+_j\w+$")
+
+
+def physical_range(name: str) -> tuple[float, float]:
+    """The range a column's values can physically take: masses, delta_m and N-subjettiness
+    values (tau_N and their ratios) are >= 0; anything else is unbounded.
+
+    The ratios tau21, tau32 are not capped at 1: with the file's subjet axes tau2 > tau1
+    happens (tau21_jmin > 1 for 4.0% of the LHCO 60k file's events, up to 2.0)."""
+    if is_mass_column(name) or name == "delta_m" or _TAU_VALUE.match(name):
+        return 0.0, math.inf
+    return -math.inf, math.inf
 
 
 @functools.lru_cache(maxsize=64)
@@ -201,6 +234,86 @@ class TauRatioMap(CoordinateMap):
         return total
 
 
+BOUNDED_MARGIN = 0.01
+"""The bounded map's range is the observed one widened by this fraction of its span on each side."""
+BOUNDED_EPS = 1e-6
+"""u = (x - lo) / (hi - lo) is clamped to [eps, 1 - eps] before the logit."""
+
+
+class BoundedLogitMap(CoordinateMap):
+    """y = logit((x - lo) / (hi - lo)) per column, [lo, hi] fitted once on observed events (module docstring)."""
+
+    name = "bounded"
+
+    def __init__(self) -> None:
+        self.low: Tensor | None = None
+        self.high: Tensor | None = None
+
+    @property
+    def fitted(self) -> bool:
+        return self.low is not None
+
+    def fit(self, x: Tensor, names: Sequence[str], reduce_max: Callable[[Tensor], Tensor] | None = None) -> None:
+        """Fix [lo, hi] from the finite values of x (every column needs at least two distinct ones).
+
+        ``reduce_max``: an element-wise maximum over data-parallel ranks, so all ranks fit one range."""
+        _check(x, names)
+        values = x.double()
+        finite = torch.isfinite(values)
+        big = torch.full_like(values, math.inf)
+        low = torch.where(finite, values, big).amin(dim=0) if len(values) else big.new_full((x.shape[1],), math.inf)
+        high = (-torch.where(finite, -values, big).amin(dim=0) if len(values)
+                else big.new_full((x.shape[1],), -math.inf))
+        if reduce_max is not None:
+            both = reduce_max(torch.cat([-low, high]))
+            low, high = -both[: x.shape[1]], both[x.shape[1]:]
+        if not bool(torch.isfinite(low).all() and torch.isfinite(high).all() and (high > low).all()):
+            raise ConfigError(f"coordinates 'bounded': a column of {list(names)} has fewer than two distinct "
+                              "finite values to fit its range on")
+        span = high - low
+        limits = torch.tensor([physical_range(n) for n in names], dtype=torch.float64, device=x.device)
+        self.low = torch.maximum(low - BOUNDED_MARGIN * span, limits[:, 0])
+        self.high = torch.minimum(high + BOUNDED_MARGIN * span, limits[:, 1])
+
+    def _range(self, x: Tensor, names: Sequence[str]) -> tuple[Tensor, Tensor] | None:
+        _check(x, names)
+        if self.low is None or self.high is None:
+            return None
+        return self.low.to(x.device, x.dtype), self.high.to(x.device, x.dtype)
+
+    def _unit(self, x: Tensor, low: Tensor, high: Tensor) -> Tensor:
+        return ((x - low) / (high - low)).clamp(BOUNDED_EPS, 1.0 - BOUNDED_EPS)
+
+    def forward(self, x: Tensor, names: Sequence[str]) -> Tensor:
+        bounds = self._range(x, names)
+        if bounds is None:
+            return torch.full_like(x, math.nan)
+        return torch.logit(self._unit(x, *bounds))
+
+    def inverse(self, y: Tensor, names: Sequence[str]) -> Tensor:
+        bounds = self._range(y, names)
+        if bounds is None:
+            return torch.full_like(y, math.nan)
+        low, high = bounds
+        return low + (high - low) * torch.sigmoid(y)
+
+    def log_abs_det_jacobian(self, x: Tensor, names: Sequence[str]) -> Tensor:
+        bounds = self._range(x, names)
+        if bounds is None:
+            return torch.full_like(x[:, 0], math.nan)
+        low, high = bounds
+        u = self._unit(x, low, high)
+        return (-torch.log(high - low) - torch.log(u) - torch.log1p(-u)).sum(dim=1)
+
+    def state_dict(self) -> dict[str, Tensor | None]:
+        return {"low": self.low, "high": self.high}
+
+    def load_state_dict(self, state: dict[str, Tensor | None]) -> None:
+        low, high = state.get("low"), state.get("high")
+        self.low = None if low is None else low.double()
+        self.high = None if high is None else high.double()
+
+
 _SQRT2 = math.sqrt(2.0)
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -223,11 +336,14 @@ _FRAMES: dict[str, CoordinateMap] = {
     ),
 }
 
-COORDINATE_NAMES: tuple[str, ...] = tuple(_FRAMES)
+COORDINATE_NAMES: tuple[str, ...] = (*_FRAMES, BoundedLogitMap.name)
 
 
 def get_coordinates(name: str) -> CoordinateMap:
-    """The frame called ``name``; ConfigError listing the valid names otherwise."""
+    """The frame called ``name`` (a new, unfitted one for the stateful "bounded"); ConfigError
+    listing the valid names otherwise."""
+    if name == BoundedLogitMap.name:
+        return BoundedLogitMap()
     try:
         return _FRAMES[name]
     except (KeyError, TypeError):

@@ -244,11 +244,14 @@ class TorchLearner(ABC):
         events (rows learnt from)."""
         x = self._check(x)
         finite = torch.isfinite(x.index_select(1, self._used_columns())).all(dim=1)
+        wanted = self._learnable(x)
+        if self.config.train_where is not None:
+            wanted &= self.config.train_where.contains(self.aux(x, "train_where"))
+        for pre in self.preprocessors:
+            pre.prepare(x[finite & wanted])  # a bounded frame fits its range on the first events it learns
         for pre in self.preprocessors:
             finite &= torch.isfinite(pre.in_coordinates(x)).all(dim=1)
-        keep = finite & self._learnable(x)
-        if self.config.train_where is not None:
-            keep &= self.config.train_where.contains(self.aux(x, "train_where"))
+        keep = finite & wanted
         n_finite, n_kept = torch.stack([finite.sum(), keep.sum()]).tolist()
         tensors = self._training_tensors(x[keep])
         stats = self._steps(tensors, n_kept)

@@ -73,6 +73,9 @@ class FlowConfig(LearnerConfigBase):
         get_coordinates(self.context_coordinates)
         if self.model_coordinates is not None:
             get_coordinates(self.model_coordinates)
+            if "bounded" in (self.coordinates, self.model_coordinates) and self.model_coordinates != self.coordinates:
+                raise ConfigError("flow: the bounded frame fits its range on the events it learns; it cannot be "
+                                  "combined with another model_coordinates")
         if self.context is not None and self.context in self.features:
             raise ConfigError(f"flow: context {self.context!r} is also an input feature")
         for key in ("transforms", "hidden", "blocks"):

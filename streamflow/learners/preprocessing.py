@@ -11,6 +11,11 @@ frame that crosses the mark still counts): after the warm-up the model's input
 scale stops moving, so its score scale does too. The model learns during the
 warm-up as well, on the moments so far. Before any event is seen mu = 0, sigma = 1.
 
+A stateful frame (``bounded``: min-max range then logit) is fitted once, by
+:meth:`Preprocessor.prepare` on the first ``BOUNDED_FIT_EVENTS`` or more events the
+learner learns from, before any moment is taken; its range is checkpointed with
+the moments. Until then it scores nothing (NaN).
+
 The standardisation is affine, so densities in z and y differ by a constant:
 log p_Y(y) = log p_Z(z) - sum_j log sigma_j (``log_scale``).
 Everything is vectorised torch code on the learner's device.
@@ -26,7 +31,10 @@ from torch import Tensor
 
 from streamflow.distributed import Collective, SoloCollective
 from streamflow.errors import ConfigError
-from streamflow.events.coordinates import get_coordinates
+from streamflow.events.coordinates import BoundedLogitMap, get_coordinates
+
+BOUNDED_FIT_EVENTS = 100
+"""A bounded frame's range is fitted on the first batch of learnt events at least this large (all ranks')."""
 
 
 class Preprocessor:
@@ -62,6 +70,18 @@ class Preprocessor:
     def frozen(self) -> bool:
         """True once the warm-up is over and mu, sigma no longer move."""
         return self.count >= self.warmup_events
+
+    def prepare(self, x: Tensor) -> None:
+        """Fit a stateful frame's range on stream rows x (finite, learnt-from rows), once.
+
+        Data-parallel, every rank calls this together: the range is fitted on all ranks' rows."""
+        coordinates = self.coordinates
+        if not isinstance(coordinates, BoundedLogitMap) or coordinates.fitted:
+            return
+        n = int(self.collective.totals([x.shape[0]])[0])
+        if n < BOUNDED_FIT_EVENTS:
+            return
+        coordinates.fit(x.index_select(1, self.columns), self.features, reduce_max=self.collective.max_)
 
     def in_coordinates(self, x: Tensor) -> Tensor:
         """y = T(selected columns of x), float32."""
@@ -116,9 +136,14 @@ class Preprocessor:
         return self.coordinates.inverse(z * self._sigma + self._mu, self.features)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"count": self.count, "mean": self.mean.clone(), "m2": self.m2.clone()}
+        state: dict[str, Any] = {"count": self.count, "mean": self.mean.clone(), "m2": self.m2.clone()}
+        if isinstance(self.coordinates, BoundedLogitMap):
+            state["bounds"] = self.coordinates.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if isinstance(self.coordinates, BoundedLogitMap):
+            self.coordinates.load_state_dict(state.get("bounds") or {})
         self.count = int(state["count"])
         self.mean = state["mean"].to(self.device, torch.float64)
         self.m2 = state["m2"].to(self.device, torch.float64)

@@ -36,6 +36,9 @@ LOSS_HISTORY = 48  # loss values kept per learner (the sparkline shows the newes
 SPARK_WIDTH = 12
 MAX_WARNINGS = 4  # warning rows on the dashboard (the rest are counted)
 ACCEPT_TOLERANCE = 0.25  # achieved accept fraction within 25 % of the target is drawn green
+TREND_WIDTH = 6  # the lines table's loss sparkline (the latest loss value is in the report)
+PARTIAL_BELOW = 0.999  # a line whose learner scored less than this fraction of the events is marked "*"
+PARTIAL_NOTE = "* scores only part of the stream; of all, eff_s and SIC count all events"
 
 _SPARK = "▁▂▃▄▅▆▇█"
 
@@ -305,8 +308,15 @@ def _accept_cell(line: dict[str, Any]) -> Text:
     return Text(text, style="green" if close else "yellow")
 
 
+def _partial(line: dict[str, Any]) -> bool:
+    """True for a line whose learner scores only some events (e.g. CWoLA outside its sidebands)."""
+    scored = number(line.get("scored_fraction"))
+    return scored is not None and scored < PARTIAL_BELOW
+
+
 def _line_rows(state: MonitorState) -> list[tuple[str, ...] | tuple[Any, ...]]:
-    """One row per trigger line of every scorer, with its learner's loss and trend."""
+    """One row per trigger line of every scorer: threshold, accept fraction of its scored events vs
+    target, of all events, eff_S and SIC on all events and on the signal region, the learner's loss trend."""
     scorers = state.views("scorer")
     rows: list[tuple[Any, ...]] = []
     for view in scorers:
@@ -318,26 +328,29 @@ def _line_rows(state: MonitorState) -> list[tuple[str, ...] | tuple[Any, ...]]:
             shown.add(learner)
             rows.append((
                 prefix + str(line.get("name") or learner), fmt_value(line.get("threshold")), _accept_cell(line),
-                fmt_value(line.get("eff_s"), 3), fmt_value(line.get("eff_b"), 3), fmt_value(line.get("sic"), 3),
-                fmt_value(learners.get(learner, {}).get("loss")), sparkline(view.losses.get(learner, ())),
+                fmt_fraction(line.get("stream_fraction")) + ("*" if _partial(line) else ""),
+                fmt_value(line.get("eff_s"), 3), fmt_value(line.get("sic"), 3),
+                fmt_value(line.get("sr_eff_s"), 3), fmt_value(line.get("sr_sic"), 3),
+                sparkline(view.losses.get(learner, ()), TREND_WIDTH),
             ))
         for learner in learners:  # learners that no line reads still show their loss
             if learner not in shown:
-                rows.append((prefix + f"({learner})", "-", Text("-"), "-", "-", "-",
-                             fmt_value(learners[learner].get("loss")), sparkline(view.losses.get(learner, ()))))
+                rows.append((prefix + f"({learner})", "-", Text("-"), "-", "-", "-", "-", "-",
+                             sparkline(view.losses.get(learner, ()), TREND_WIDTH)))
     return rows
 
 
 def _lines_table(rows: list[tuple[Any, ...]], hidden: int) -> Table:
     table = Table(box=None, padding=(0, 1), header_style="bold cyan", pad_edge=False)
-    table.add_column("line", no_wrap=True, overflow="ellipsis", max_width=16)
+    table.add_column("line", no_wrap=True, overflow="ellipsis", max_width=14)
     table.add_column("thresh", justify="right", no_wrap=True)
     table.add_column("acc/target", justify="right", no_wrap=True)
+    table.add_column("of all", justify="right", no_wrap=True)
     table.add_column("eff_s", justify="right", no_wrap=True)
-    table.add_column("eff_b", justify="right", no_wrap=True)
     table.add_column("SIC", justify="right", no_wrap=True)
-    table.add_column("loss", justify="right", no_wrap=True)
-    table.add_column("trend", no_wrap=True, style="magenta", max_width=SPARK_WIDTH)
+    table.add_column("SR eff", justify="right", no_wrap=True)
+    table.add_column("SR SIC", justify="right", no_wrap=True)
+    table.add_column("loss", no_wrap=True, style="magenta", max_width=TREND_WIDTH)
     for row in rows:
         table.add_row(*row)
     if hidden:
@@ -353,15 +366,17 @@ def _header(state: MonitorState, now: float) -> Text:
 
 
 def render(state: MonitorState, now: float, height: int | None = None) -> RenderableType:
-    """The dashboard: stages (rates, latency), trigger lines (threshold, accept rate vs target,
-    efficiency, SIC, learner loss and its trend) and warnings, cut to ``height`` rows if given."""
+    """The dashboard: stages (rates, latency), trigger lines (threshold, accept rate vs target, the
+    fraction of all events taken, eff_S and SIC on all events and in the signal region, learner loss
+    trend) and warnings, cut to ``height`` rows if given."""
     if not state.processes:
         return Group(_header(state, now), Text(f"waiting for telemetry on {state.endpoint} ...", style="dim"))
     found = warnings(state, now)
     rows = _line_rows(state)
+    partial = any(_partial(line) for view in state.views("scorer") for line in view.lines())
     warn_rows = min(len(found), MAX_WARNINGS) + (len(found) > MAX_WARNINGS)
-    # header, stage header + stages, blank, lines header, blank + warnings
-    fixed = 1 + 1 + len(state.processes) + 1 + 1 + (1 + warn_rows if found else 0)
+    # header, stage header + stages, blank, lines header, [note], blank + warnings
+    fixed = 1 + 1 + len(state.processes) + 1 + 1 + int(partial) + (1 + warn_rows if found else 0)
     room = len(rows) if height is None else max(height - fixed, 1)
     hidden = 0
     if len(rows) > room:
@@ -370,6 +385,8 @@ def render(state: MonitorState, now: float, height: int | None = None) -> Render
     parts: list[RenderableType] = [_header(state, now), _stage_table(state, now), Text("")]
     if rows or hidden:
         parts.append(_lines_table(rows, hidden))
+        if partial:
+            parts.append(Text(PARTIAL_NOTE, style="dim", no_wrap=True, overflow="ellipsis"))
     if found:
         parts.append(Text(""))
         for severity, message in found[:MAX_WARNINGS]:
@@ -407,9 +424,11 @@ def plain_line(state: MonitorState, now: float) -> str:
             if line.get("warm") is False:
                 lines.append(f"{name} warm-up/{target}")
             else:
-                sic = number(line.get("sic"))
+                sic, sr_sic = number(line.get("sic")), number(line.get("sr_sic"))
                 lines.append(f"{name} {fmt_fraction(line.get('achieved'))}/{target}"
-                             + (f" SIC {sic:.3g}" if sic is not None else ""))
+                             + (f" of all {fmt_fraction(line.get('stream_fraction'))}" if _partial(line) else "")
+                             + (f" SIC {sic:.3g}" if sic is not None else "")
+                             + (f" SR SIC {sr_sic:.3g}" if sr_sic is not None else ""))
     if lines:
         parts.append("lines " + ", ".join(lines))
     found = warnings(state, now)

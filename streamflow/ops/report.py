@@ -7,9 +7,12 @@ Inputs, all written by the run's processes (each optional but the telemetry):
   learner losses, and per trigger line its threshold, accept fraction and, when
   the stream carries truth labels, its running signal and background
   efficiencies eff_S, eff_B and SIC = eff_S / sqrt(eff_B).
-- ``scores-<scorer>.npz``: a held-out sample of *every* scored event (``labels``
-  and one score array per learner, NaN = not scored). The selections file holds
-  only accepted events, so ROC and SIC curves can only come from this sample.
+- ``scores-<scorer>.npz``: a sample of the last scored events (``ids``, ``mjj``,
+  ``labels`` and one score array per learner, NaN = not scored). The selections
+  file holds only accepted events, so ROC and SIC curves can only come from this sample.
+
+The trigger-line table is the run's summary (streamflow.ops.summary, also
+``summary.json``): every line on the signal-region events and on all events.
 - ``selections.h5``: the accepted events (counts per line, signal among them).
 - ``run.json`` (or the selections file's ``config``): the run config, which says
   the source and each learner's kind and coordinates.
@@ -26,8 +29,6 @@ Figures are drawn with matplotlib's object API (no pyplot, no global backend):
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,110 +38,17 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter
 
 from streamflow import metrics
-from streamflow.errors import StreamflowError
-from streamflow.ops.dashboard import fmt_count, fmt_fraction, fmt_ms, fmt_value, lookup, number, problems
-from streamflow.stream.selections import SelectedEvents, read_selections
-from streamflow.stream.telemetry import ProducerRecord, ScorerRecord, read_jsonl, read_record, record_kind
+from streamflow.ops.dashboard import fmt_count, fmt_fraction, fmt_ms, lookup, number, problems
+from streamflow.ops.run_folder import RunData, Stream, load_run, nan_of
+from streamflow.ops.summary import run_summary
+from streamflow.scoring.score_buffer import RESERVED
+from streamflow.stream.telemetry import ScorerRecord, read_record
 
 FIGURES_DIR = "figures"
 SIC_MIN_BACKGROUND = 10  # SIC points need this many background events passing, else eff_B is noise
 EXACT_AUC_LIKELIHOOD_RATIO = 0.841
 EXACT_AUC_DENSITY = {"identity": 0.696, "normal_cdf": 0.500, "tanh_shift": 0.175}
 _DPI = 110
-
-
-@dataclass
-class Stream:
-    """The telemetry of one process: its file's role, its stage, its messages in time order."""
-
-    role: str
-    kind: str
-    messages: list[dict[str, Any]]
-
-    def times(self, t0: float) -> np.ndarray:
-        return np.array([(number(m.get("time")) or np.nan) - t0 for m in self.messages])
-
-    def values(self, *keys: str) -> np.ndarray:
-        """A nested numeric field over time, NaN where missing or null."""
-        return np.array([_nan(lookup(m, *keys)) for m in self.messages], dtype=np.float64)
-
-    @property
-    def final(self) -> dict[str, Any]:
-        return self.messages[-1]
-
-
-@dataclass
-class RunData:
-    """Everything a report is drawn from."""
-
-    run_dir: Path
-    streams: list[Stream]
-    t0: float
-    config: dict[str, Any]
-    scores: dict[str, dict[str, np.ndarray]]
-    selections: tuple[SelectedEvents, dict[str, Any]] | None
-
-    def of_kind(self, kind: str) -> list[Stream]:
-        return [s for s in self.streams if s.kind == kind]
-
-    @property
-    def source(self) -> str | None:
-        """The source spec: the run config's, else the one the producer reported."""
-        source = lookup(self.config, "replay", "source")
-        if source is None:
-            records = [read_record(s.final) for s in self.of_kind("producer")]
-            source = next((r.source for r in records if isinstance(r, ProducerRecord) and r.source), None)
-        return str(source) if source is not None else None
-
-    def learner_config(self, name: str) -> dict[str, Any]:
-        learners = lookup(self.config, "scorer", "learners") or self.config.get("learners") or []
-        return next((c for c in learners if isinstance(c, dict) and c.get("name") == name), {})
-
-
-def _nan(value: Any) -> float:
-    x = number(value)
-    return np.nan if x is None else x
-
-
-def load_run(run_dir: str | Path) -> RunData:
-    """Read a run folder; a missing folder or one without telemetry is a one-line StreamflowError."""
-    run_dir = Path(run_dir)
-    if not run_dir.exists():
-        raise StreamflowError(f"run folder {run_dir} does not exist")
-    if not run_dir.is_dir():
-        raise StreamflowError(f"{run_dir} is not a folder: give the run folder (RUN_DIR)")
-    files = sorted(run_dir.glob("telemetry-*.jsonl"))
-    if not files:
-        raise StreamflowError(f"no telemetry in {run_dir}: no telemetry-*.jsonl files (is it a run folder?)")
-    streams = []
-    for path in files:
-        messages = sorted((m for m in read_jsonl(path) if isinstance(m, dict) and number(m.get("time"))),
-                          key=lambda m: m["time"])
-        if messages:
-            streams.append(Stream(path.stem.removeprefix("telemetry-"), record_kind(messages[-1]), messages))
-    if not streams:
-        raise StreamflowError(f"no telemetry in {run_dir}: its telemetry-*.jsonl files hold no messages")
-    order = {"producer": 0, "scorer": 1, "sink": 2}
-    streams.sort(key=lambda s: (order.get(s.kind, 3), s.role))
-    selections_path = run_dir / "selections.h5"
-    selections = read_selections(selections_path) if selections_path.exists() else None
-    config: dict[str, Any] = {}
-    if (run_dir / "run.json").exists():
-        try:
-            config = json.loads((run_dir / "run.json").read_text())
-        except json.JSONDecodeError as exc:
-            raise StreamflowError(f"{run_dir / 'run.json'} is not valid JSON: {exc}") from None
-    elif selections is not None:
-        config = selections[1].get("config") or {}
-    scores = {}
-    for path in sorted(run_dir.glob("scores-*.npz")):
-        try:
-            with np.load(path) as data:
-                scores[path.stem.removeprefix("scores-")] = {key: data[key] for key in data.files}
-        except (OSError, ValueError) as exc:
-            raise StreamflowError(f"{path} is not a readable scores file: {exc}") from None
-    t0 = min(s.messages[0]["time"] - (number(s.messages[0].get("uptime_s")) or 0.0) for s in streams)
-    return RunData(run_dir, streams, float(t0), config if isinstance(config, dict) else {}, scores, selections)
 
 
 # ---------------------------------------------------------------- figures
@@ -203,7 +111,7 @@ def _line_values(stream: Stream, name: str, key: str) -> np.ndarray:
     for i, message in enumerate(stream.messages):
         for line in message.get("lines") or []:
             if isinstance(line, dict) and line.get("name") == name:
-                out[i] = _nan(line.get(key))
+                out[i] = nan_of(line.get(key))
     return out
 
 
@@ -311,19 +219,8 @@ def _labelled(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.n
     if not (labels == 1).any() or not (labels == 0).any():
         return None
     learners = {name: np.asarray(values, dtype=np.float64)[keep] for name, values in arrays.items()
-                if name != "labels" and np.shape(values) == keep.shape}
+                if name not in RESERVED and np.shape(values) == keep.shape}
     return labels, learners
-
-
-def held_out_aucs(run: RunData) -> dict[tuple[str, str], float]:
-    """(scorer, learner) -> AUC on the held-out scores sample."""
-    out = {}
-    for scorer, arrays in run.scores.items():
-        labelled = _labelled(arrays)
-        if labelled is not None:
-            labels, learners = labelled
-            out.update({(scorer, name): metrics.auc(labels, scores) for name, scores in learners.items()})
-    return out
 
 
 def _operating_points(run: RunData, scorer: str) -> list[tuple[str, str, float, float, float]]:
@@ -403,22 +300,51 @@ def _stage_rows(run: RunData) -> list[list[str]]:
     return rows
 
 
-def _line_rows(run: RunData, aucs: dict[tuple[str, str], float]) -> list[list[str]]:
+def _cell(value: Any, digits: int = 3) -> str:
+    x = number(value)
+    return "-" if x is None else f"{x:.{digits}g}"
+
+
+def _efficiency(value: Any, error: Any) -> str:
+    x, e = number(value), number(error)
+    if x is None:
+        return "-"
+    return f"{x:.3g} +- {e:.1g}" if e else f"{x:.3g}"
+
+
+def _line_rows(run: RunData, summary: dict[str, Any]) -> list[list[str]]:
+    """One row per line and population: the signal region's events, then all events of the stream."""
     rows = []
-    for stream in run.of_kind("scorer"):
-        for line in stream.final.get("lines") or []:
-            if not isinstance(line, dict):
-                continue
-            learner = str(line.get("learner") or "")
-            auc = aucs.get((stream.role, learner))
+    for scorer, entry in summary["scorers"].items():
+        for line in entry["lines"]:
+            learner = str(line["learner"])
             exact = exact_auc(run, learner)
-            rows.append([
-                _line_label(run, stream, str(line.get("name"))), learner, fmt_fraction(line.get("q")),
-                fmt_fraction(line.get("achieved")), fmt_value(line.get("threshold")),
-                fmt_value(line.get("eff_s")), fmt_value(line.get("eff_b")), fmt_value(line.get("sic")),
-                f"{auc:.3f}" if auc is not None else "-", f"{exact:.3f}" if exact is not None else "-",
-            ])
+            name = line["name"] if len(summary["scorers"]) == 1 else f"{scorer}/{line['name']}"
+            partial = line["scores_all_events"] is False
+            for population, key in (("signal region", "signal_region"), ("all events", "stream")):
+                f = line[key]
+                if key == "signal_region" and not f["events"]:
+                    continue  # no region feature (mjj) in this stream
+                rows.append([
+                    str(name), population, fmt_fraction(line["target"]),
+                    fmt_fraction(line["achieved"]) + (f" of {fmt_fraction(line['scored_fraction'])} scored"
+                                                      if partial else ""),
+                    fmt_fraction(f["fraction"]), _efficiency(f["eff_s"], f["eff_s_error"]),
+                    _efficiency(f["eff_b"], f["eff_b_error"]), _cell(f["sic"]), _cell(f["auc"]),
+                    f"{exact:.3f}" if exact is not None else "-",
+                ])
     return rows
+
+
+def _population_lines(summary: dict[str, Any]) -> list[str]:
+    p = summary["population"]
+    if not p or p.get("signal_fraction") is None:
+        return []
+    low, high = summary["signal_region_gev"]
+    sb = p.get("signal_region_s_over_b")
+    return [f"Population: {p['events_after_warmup']:,} events after warm-up, signal fraction "
+            f"{p['signal_fraction']:.3%}; signal region {low / 1000:g}-{high / 1000:g} TeV in mjj: "
+            f"{p['signal_region_events']:,} events" + (f", S/B = {sb:.3%}." if sb is not None else "."), ""]
 
 
 def _selection_lines(run: RunData) -> list[str]:
@@ -456,19 +382,32 @@ def _summary(run: RunData) -> str:
 def make_report(run_dir: str | Path) -> Path:
     """Draw the figures into RUN_DIR/figures and write RUN_DIR/report.md; returns the markdown's path."""
     run = load_run(run_dir)
-    aucs = held_out_aucs(run)
+    summary = run_summary(run)
     lines = [f"# Run report: {run.run_dir.resolve().name}", "", _summary(run), "", "## Stages", ""]
     lines += _table(["stage", "events", "median events/s", "latency p50 / p99 (ms)", "notes"], _stage_rows(run))
     lines += ["", f"![throughput and latency]({_throughput_figure(run)})", ""]
-    line_rows = _line_rows(run, aucs)
+    line_rows = _line_rows(run, summary)
     if line_rows:
         lines += ["## Trigger lines", "",
-                  "At the end of the run: target and achieved accept fraction (after warm-up), threshold, "
-                  "running signal/background efficiency and SIC (when the stream had truth labels), the AUC "
-                  "of the line's learner on the held-out scores sample, and the exact model's AUC on the "
-                  "Gaussian toy.", ""]
-        lines += _table(["line", "learner", "target q", "achieved", "threshold", "eff_S", "eff_B", "SIC",
+                  "Each line two ways, at the end of the run (summary.json holds the same): on the events "
+                  "inside the signal region, and on all events of the stream. 'achieved' is what the "
+                  "threshold holds: accepted over the events the line's learner scored (a learner that "
+                  "scores only some events, e.g. CWoLA outside its sidebands, says of how many); 'of "
+                  "population' is accepted over all events of the population, the rate at which lines are "
+                  "compared. eff_S, eff_B (binomial errors) and SIC count an unscored event as rejected. "
+                  "AUC: of the line's learner on the scores sample (NaN ranked lowest), in that population; "
+                  "exact AUC: an exact model's on the Gaussian toy.", ""]
+        lines += _population_lines(summary)
+        lines += _table(["line", "population", "target q", "achieved", "of population", "eff_S", "eff_B", "SIC",
                          "AUC", "exact AUC"], line_rows)
+        equal = [(scorer, entry["equal_rate"]) for scorer, entry in summary["scorers"].items()
+                 if "equal_rate" in entry]
+        for scorer, block in equal:
+            lines += ["", f"At one stream-wide rate, {fmt_fraction(block['rate'])} of all events (the lowest "
+                      f"rate any line took), each learner's top events of the scores sample of {scorer}:", ""]
+            lines += _table(["learner", "eff_S", "eff_B", "SIC", "scores"], [
+                [name, _cell(f["eff_s"]), _cell(f["eff_b"]), _cell(f["sic"]), fmt_fraction(f["scored_fraction"])]
+                for name, f in block["learners"].items()])
         lines.append("")
     for title, figure in (("trigger thresholds and accept fractions", _trigger_figure(run)),
                           ("running efficiencies and SIC", _efficiency_figure(run)),

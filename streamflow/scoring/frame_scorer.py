@@ -32,6 +32,7 @@ from streamflow.errors import ConfigError
 from streamflow.events.batch import EventBatch
 from streamflow.learners import LearnerConfig, TorchLearner, build_learner
 from streamflow.trigger import LineConfig, LineStats, Selection, TriggerMenu
+from streamflow.trigger.menu import SIGNAL_REGION
 
 Thresholds = Literal["rank", "global"]
 """Whose windows a data-parallel scorer's lines judge against (see ScorerConfig)."""
@@ -53,6 +54,8 @@ class ScorerConfig:
     mergeable "histogram" estimator). Alone, a scorer's windows are its own either way.
     threshold_sync: global thresholds sum the histograms every this many frames
     (rounds), reusing the sum in between.
+    signal_region: (low, high) of mjj in GeV, the population of every line's
+    signal-region figures (streamflow.trigger.menu); the stream must carry mjj for them.
     threads: torch's CPU threads; 0 is automatic: all cores but three (kept for
     the producer, the sink and the monitor), at least one. More threads than free
     cores make torch's thread pool spin against the other processes and run many
@@ -66,10 +69,15 @@ class ScorerConfig:
     threads: int = 0
     thresholds: Thresholds = "rank"
     threshold_sync: int = 1
+    signal_region: tuple[float, float] = SIGNAL_REGION
 
     def __post_init__(self) -> None:
         if not self.learners:
             raise ConfigError("a scorer needs at least one learner (a [[scorer.learners]] table)")
+        low, high = self.signal_region
+        if not low < high:
+            raise ConfigError(f"signal_region must be [low, high] with low < high (GeV), "
+                              f"got {list(self.signal_region)}")
         names = [learner.name for learner in self.learners]
         if len(set(names)) != len(names):
             raise ConfigError(f"learner names must be unique, got {names}")
@@ -107,7 +115,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def line_figures(stats: LineStats) -> dict[str, Any]:
-    """A line's stats as telemetry and ledgers show them: counts, q, achieved fraction, eff_S, eff_B, SIC."""
+    """A line's stats as telemetry and ledgers show them: counts, q, achieved fraction (of the scored
+    events), the fraction of all events, eff_S, eff_B, SIC stream-wide and in the signal region."""
     return {**stats.to_dict(), "q": stats.target, "achieved": stats.accept_fraction, "warm": stats.judged > 0}
 
 
@@ -130,7 +139,7 @@ class FrameScorer:
         self.learners: dict[str, TorchLearner] = {
             c.name: build_learner(c, self.device) for c in config.learners
         }
-        self.menu = TriggerMenu(config.lines)
+        self.menu = TriggerMenu(config.lines, signal_region=config.signal_region)
         self.names: tuple[str, ...] | None = None
         self.frames = 0
         self.events_scored = 0
@@ -154,7 +163,7 @@ class FrameScorer:
             learner.distribute(collective)
         if self.config.thresholds == "global" and collective.world_size > 1:
             self.menu = TriggerMenu(self.config.lines, reduce=collective.sum_counts,
-                                    reduce_every=self.config.threshold_sync)
+                                    reduce_every=self.config.threshold_sync, signal_region=self.config.signal_region)
 
     def bind(self, names: Sequence[str]) -> None:
         """Resolve every learner's columns in this stream's schema (once, or when the schema changes)."""
@@ -185,7 +194,8 @@ class FrameScorer:
         with torch.no_grad():
             device_scores = {name: learner.score(x) for name, learner in self.learners.items()}
         scores = {name: s.float().cpu().numpy() for name, s in device_scores.items()}
-        selection = self.menu.select(scores, batch.labels)
+        region = batch.column("mjj") if "mjj" in batch.names else None
+        selection = self.menu.select(scores, batch.labels, region)
         self.frames += int(counted)
         self.events_scored += len(batch)
         learn_stats = self._learn(x)

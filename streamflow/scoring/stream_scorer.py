@@ -164,7 +164,7 @@ class StreamScorer:
         self.stats.events += len(batch)
         self.stats.accepted += int(np.count_nonzero(result.selection.accept))
         self.rates.add(len(batch))
-        self.sample.add(batch.labels, result.scores)
+        self.sample.add(batch, result.scores)
         if "mjj" in batch.names:
             self.mjj.add(batch.column("mjj"))
         self.add_learn_stats(result.learn_stats)

@@ -72,13 +72,28 @@ class LineConfig:
 
 @dataclass
 class LineStats:
-    """Running counts of one line since the menu started.
+    """Running counts of one line since the menu started, counted two ways.
 
     ``seen`` counts finite scores and ``skipped`` non-finite ones (never accepted,
-    never in the window). ``judged`` counts the finite scores met with a threshold
-    (after warm-up): the achieved accept fraction is ``accepted / judged``. With
-    truth labels the signal and background counts give eff_S, eff_B (over the
-    judged events) and SIC = eff_S / sqrt(eff_B).
+    never in the window). From the first frame the line judges (after warm-up) on:
+
+    - ``events``: every event of those frames, scored or not; ``judged``: those
+      with a finite score. The threshold holds ``accepted / judged`` near the
+      target (``accept_fraction``); what the line takes of the stream is
+      ``accepted / events`` (``stream_fraction``). The two differ for a learner
+      that scores only some events (CWoLA: NaN outside its sidebands), whose
+      ``scored_fraction = judged / events`` is then below 1.
+    - stream-wide efficiencies (with truth labels): eff_S = signal accepted / all
+      signal events, eff_B likewise, SIC = eff_S / sqrt(eff_B). An event the
+      learner does not score counts as not accepted, so lines are compared on the
+      same events; comparisons between lines belong at equal ``stream_fraction``.
+    - signal-region efficiencies (``sr_*``, when the menu is given the region
+      feature, mjj): the same, over the events inside the signal region only (the
+      literature's convention: 3.3-3.7 TeV for LHCO).
+
+    Counting only the scored events, as an earlier version did, divides a partial
+    line's accepted signal by the signal it happened to score: its eff_S and its
+    rate then describe another population than a line that scores everything.
     """
 
     name: str
@@ -88,31 +103,69 @@ class LineStats:
     skipped: int = 0
     judged: int = 0
     accepted: int = 0
-    signal_judged: int = 0
+    events: int = 0
+    signal_events: int = 0
     signal_accepted: int = 0
-    background_judged: int = 0
+    background_events: int = 0
     background_accepted: int = 0
+    sr_events: int = 0
+    sr_accepted: int = 0
+    sr_signal: int = 0
+    sr_signal_accepted: int = 0
+    sr_background: int = 0
+    sr_background_accepted: int = 0
     threshold: float = math.nan
 
     @property
     def accept_fraction(self) -> float:
-        return self.accepted / self.judged if self.judged else math.nan
+        """Accepted / scored events after warm-up: what the threshold holds at the target q."""
+        return _ratio(self.accepted, self.judged)
+
+    @property
+    def stream_fraction(self) -> float:
+        """Accepted / all events after warm-up: what the line takes of the stream."""
+        return _ratio(self.accepted, self.events)
+
+    @property
+    def scored_fraction(self) -> float:
+        """Scored / all events after warm-up (1 for a learner that scores everything)."""
+        return _ratio(self.judged, self.events)
 
     @property
     def eff_s(self) -> float:
-        return self.signal_accepted / self.signal_judged if self.signal_judged else math.nan
+        return _ratio(self.signal_accepted, self.signal_events)
 
     @property
     def eff_b(self) -> float:
-        return self.background_accepted / self.background_judged if self.background_judged else math.nan
+        return _ratio(self.background_accepted, self.background_events)
 
     @property
     def sic(self) -> float:
-        eff_b = self.eff_b
-        return self.eff_s / math.sqrt(eff_b) if eff_b > 0 else math.nan
+        return _sic(self.eff_s, self.eff_b)
 
-    COUNTS: ClassVar[tuple[str, ...]] = ("seen", "skipped", "judged", "accepted", "signal_judged",
-                                         "signal_accepted", "background_judged", "background_accepted")
+    @property
+    def sr_fraction(self) -> float:
+        return _ratio(self.sr_accepted, self.sr_events)
+
+    @property
+    def sr_eff_s(self) -> float:
+        return _ratio(self.sr_signal_accepted, self.sr_signal)
+
+    @property
+    def sr_eff_b(self) -> float:
+        return _ratio(self.sr_background_accepted, self.sr_background)
+
+    @property
+    def sr_sic(self) -> float:
+        return _sic(self.sr_eff_s, self.sr_eff_b)
+
+    COUNTS: ClassVar[tuple[str, ...]] = (
+        "seen", "skipped", "judged", "accepted", "events", "signal_events", "signal_accepted",
+        "background_events", "background_accepted", "sr_events", "sr_accepted", "sr_signal",
+        "sr_signal_accepted", "sr_background", "sr_background_accepted")
+    DERIVED: ClassVar[tuple[str, ...]] = (
+        "accept_fraction", "stream_fraction", "scored_fraction", "eff_s", "eff_b", "sic",
+        "sr_fraction", "sr_eff_s", "sr_eff_b", "sr_sic")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LineStats:
@@ -129,5 +182,13 @@ class LineStats:
     def to_dict(self) -> dict[str, float | int | str]:
         """Counts and derived figures, JSON-ready (NaN where undefined)."""
         out: dict[str, float | int | str] = asdict(self)
-        out.update(accept_fraction=self.accept_fraction, eff_s=self.eff_s, eff_b=self.eff_b, sic=self.sic)
+        out.update({key: getattr(self, key) for key in self.DERIVED})
         return out
+
+
+def _ratio(part: int, whole: int) -> float:
+    return part / whole if whole else math.nan
+
+
+def _sic(eff_s: float, eff_b: float) -> float:
+    return eff_s / math.sqrt(eff_b) if eff_b > 0 else math.nan

@@ -20,6 +20,12 @@ O(B / W). The price is a lag of one frame when the score scale jumps.
 Non-finite scores (NaN: a learner that does not score an event, +-inf) are never
 accepted and never enter a window; they are counted per line as ``skipped``.
 
+Every line is counted two ways (:class:`~streamflow.trigger.lines.LineStats`):
+over all events of the frames it judges (a NaN score is a rejection, so a line
+whose learner scores only some events is charged for the rest) and over the
+events inside the signal region, when ``select`` is given each event's region
+feature (mjj) -- ``signal_region`` = (low, high), low <= mjj < high.
+
 Scorers that must agree on thresholds use histogram lines and pass ``reduce``:
 a function that all-reduces (sums) an int64 array across scorers, e.g.
 ``torch.distributed.all_reduce`` on a tensor view. Once per frame the menu stacks
@@ -44,14 +50,21 @@ from streamflow.trigger.lines import LineConfig, LineStats
 from streamflow.trigger.selection import MAX_LINES, Selection
 from streamflow.trigger.sketch import RollingHistogramQuantile
 
+SIGNAL_REGION = (3300.0, 3700.0)
+"""GeV: the LHCO signal region in mjj (3.3-3.7 TeV), where a resonance search looks."""
+
 Reduce = Callable[[np.ndarray], np.ndarray]
 
 
 class TriggerMenu:
     """Runs trigger lines over frames of scores; see the module docstring for the rules."""
 
-    def __init__(self, lines: Sequence[LineConfig], reduce: Reduce | None = None, reduce_every: int = 1) -> None:
+    def __init__(self, lines: Sequence[LineConfig], reduce: Reduce | None = None, reduce_every: int = 1,
+                 signal_region: tuple[float, float] = SIGNAL_REGION) -> None:
         lines = tuple(lines)
+        if not signal_region[0] < signal_region[1]:
+            raise ConfigError(f"trigger menu: signal region {list(signal_region)} must have low < high")
+        self.signal_region = (float(signal_region[0]), float(signal_region[1]))
         if not 1 <= len(lines) <= MAX_LINES:
             raise ConfigError(f"trigger menu: needs 1 to {MAX_LINES} lines, got {len(lines)}")
         names = [line.name for line in lines]
@@ -85,8 +98,10 @@ class TriggerMenu:
         """A snapshot of every line's running counts."""
         return [dataclasses.replace(s) for s in self._stats]
 
-    def select(self, scores: Mapping[str, np.ndarray], labels: np.ndarray | None = None) -> Selection:
-        """Judge one frame: ``scores`` maps learner name -> float[n]; ``labels`` (1 = signal) are optional."""
+    def select(self, scores: Mapping[str, np.ndarray], labels: np.ndarray | None = None,
+               region: np.ndarray | None = None) -> Selection:
+        """Judge one frame: ``scores`` maps learner name -> float[n]; ``labels`` (1 = signal) and
+        ``region`` (each event's mjj, for the signal-region counts) are optional."""
         frame = {name: self._scores(scores, name) for name in self.learners}
         n = len(next(iter(frame.values())))
         for name, values in frame.items():
@@ -96,6 +111,12 @@ class TriggerMenu:
             labels = np.asarray(labels).reshape(-1)
             if len(labels) != n:
                 raise StreamflowError(f"trigger menu: {len(labels)} labels for {n} events")
+        inside = None
+        if region is not None:
+            region = np.asarray(region).reshape(-1)
+            if len(region) != n:
+                raise StreamflowError(f"trigger menu: {len(region)} region values for {n} events")
+            inside = (region >= self.signal_region[0]) & (region < self.signal_region[1])
         thresholds = self._thresholds()
         bits = np.zeros(n, dtype=np.uint64)
         for i, (line, estimator, stats) in enumerate(zip(self.lines, self._estimators, self._stats, strict=True)):
@@ -103,7 +124,7 @@ class TriggerMenu:
             finite = np.isfinite(values)
             passed = finite & (values > thresholds[i])
             bits |= passed.astype(np.uint64) << np.uint64(i)
-            self._count(stats, finite, passed, labels, judged=not np.isnan(thresholds[i]))
+            self._count(stats, finite, passed, labels, inside, judged=not np.isnan(thresholds[i]))
             stats.threshold = float(thresholds[i])
             estimator.update(values)
         return Selection(accept=bits != 0, bits=bits, thresholds=thresholds)
@@ -137,20 +158,28 @@ class TriggerMenu:
         return out
 
     @staticmethod
-    def _count(
-        stats: LineStats, finite: np.ndarray, passed: np.ndarray, labels: np.ndarray | None, judged: bool
-    ) -> None:
+    def _count(stats: LineStats, finite: np.ndarray, passed: np.ndarray, labels: np.ndarray | None,
+               inside: np.ndarray | None, judged: bool) -> None:
         n_finite = int(finite.sum())
         stats.seen += n_finite
         stats.skipped += len(finite) - n_finite
         if not judged:
             return
+        stats.events += len(finite)
         stats.judged += n_finite
         stats.accepted += int(passed.sum())
+        signal = background = None
         if labels is not None:
-            signal = labels == 1
-            background = labels == 0
-            stats.signal_judged += int((finite & signal).sum())
+            signal, background = labels == 1, labels == 0
+            stats.signal_events += int(signal.sum())
             stats.signal_accepted += int((passed & signal).sum())
-            stats.background_judged += int((finite & background).sum())
+            stats.background_events += int(background.sum())
             stats.background_accepted += int((passed & background).sum())
+        if inside is not None:
+            stats.sr_events += int(inside.sum())
+            stats.sr_accepted += int((passed & inside).sum())
+            if signal is not None and background is not None:
+                stats.sr_signal += int((inside & signal).sum())
+                stats.sr_signal_accepted += int((passed & inside & signal).sum())
+                stats.sr_background += int((inside & background).sum())
+                stats.sr_background_accepted += int((passed & inside & background).sum())
