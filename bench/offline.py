@@ -50,10 +50,10 @@ from streamflow import metrics
 from streamflow.analysis.coordinate_study import score_events
 from streamflow.analysis.mass_coordinate_study import StudyConfig, train
 from streamflow.events import EventBatch, open_source
+from streamflow.events.chunking import first_events
 from streamflow.learners import CATHODE_FEATURES
 from streamflow.scoring.frame_scorer import FrameScorer
 from streamflow.scoring.presets import preset
-from streamflow.stream.pacing import frames
 from streamflow.trigger.menu import SIGNAL_REGION
 
 SIDEBANDS = (3100.0, 3900.0)
@@ -77,7 +77,7 @@ def stream_events(source: str, events: int | None, signal_fraction: float, seed:
                   frame_size: int) -> list[EventBatch]:
     """The frames the producer would send (same source, fraction, seed, frame cutter)."""
     opened = open_source(source, signal_fraction=signal_fraction, seed=seed)
-    return list(frames(opened.chunks(frame_size), frame_size, events))
+    return list(first_events(opened.chunks(frame_size), events))
 
 
 def online(batches: list[EventBatch], q: float, window: int, threads: int) -> Stream:

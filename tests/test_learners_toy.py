@@ -67,8 +67,8 @@ def heldout_scores(learner: TorchLearner) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("coordinates", ["identity", "normal_cdf", "tanh_shift"])
-def test_cwola_learns_the_likelihood_ratio_in_every_frame(frame: str) -> None:
-    learner = stream({**CWOLA, "coordinates": frame}, n_events=300_000)
+def test_cwola_learns_the_likelihood_ratio_in_every_frame(coordinates: str) -> None:
+    learner = stream({**CWOLA, "coordinates": coordinates}, n_events=300_000)
     assert auc(*heldout_scores(learner)) == pytest.approx(0.841, abs=TOLERANCE)
 
 
@@ -106,9 +106,9 @@ def test_flow_density_in_the_normal_cdf_frame_is_flat() -> None:
 
 
 @pytest.mark.parametrize(("coordinates", "expected_auc"), [("tanh_shift", 0.175), ("normal_cdf", None)])
-def test_flow_learning_in_x_reports_the_density_in_its_frame(frame: str, expected_auc: float | None) -> None:
+def test_flow_learning_in_x_reports_the_density_in_its_frame(coordinates: str, expected_auc: float | None) -> None:
     """model_coordinates: the flow learns p_X and scores -log p_Y = -log p_X + log|det dy/dx|."""
-    learner = stream({**FLOW_AFFINE, "coordinates": frame, "model_coordinates": "identity"}, n_events=200_000)
+    learner = stream({**FLOW_AFFINE, "coordinates": coordinates, "model_coordinates": "identity"}, n_events=200_000)
     labels, scores = heldout_scores(learner)
     if expected_auc is None:
         assert abs(mean_score_gap(labels, scores)) < 0.05
