@@ -49,6 +49,7 @@ from streamflow.scoring.checkpoint import load_checkpoint, save_checkpoint
 from streamflow.distributed import Collective, close_collective, init_collective, rank_endpoint, weights_digest
 from streamflow.errors import ConfigError, StreamflowError
 from streamflow.events.batch import EventBatch
+from streamflow.learners import is_level_stat
 from streamflow.stream.journal import FrameJournal
 from streamflow.stream.ledger import (
     Ledger,
@@ -324,11 +325,11 @@ class _ScorerLoop:
         self.add_learn_stats(self.scorer.process(empty, counted=False).learn_stats)
 
     def add_learn_stats(self, learn_stats: dict[str, dict[str, float]]) -> None:
-        """Fold one learning call's stats into the running totals (the last loss, summed counts)."""
+        """Fold one learning call's stats into the running totals (the last loss or gate state, summed counts)."""
         for name, stats in learn_stats.items():
             totals = self.learn_totals.setdefault(name, {})
             for key, value in stats.items():
-                totals[key] = value if key == "loss" else totals.get(key, 0.0) + value
+                totals[key] = value if is_level_stat(key) else totals.get(key, 0.0) + value
 
     def end_selections(self, timeout_s: float) -> None:
         """END_OF_STREAM to the sink(s), with the totals per stream that a sink accounts against.

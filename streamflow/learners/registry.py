@@ -3,7 +3,7 @@
 A learner's TOML table names its kind, which selects the config dataclass::
 
     [learner]
-    kind = "flow"            # "flow" | "cwola" | "autoencoder"
+    kind = "flow"            # "flow" | "cwola" | "autoencoder" | "cathode" | "anode"
     features = ["mjmin", "delta_m", "tau21_jmin", "tau21_jmax"]
     context = "mjj"
     frame = "identity"
@@ -13,23 +13,31 @@ A learner's TOML table names its kind, which selects the config dataclass::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 
 from streamflow.config import from_dict
 from streamflow.errors import ConfigError
+from streamflow.learners.anode import AnodeConfig, AnodeLearner
 from streamflow.learners.autoencoder import AutoencoderConfig, AutoencoderLearner
 from streamflow.learners.base import TorchLearner
+from streamflow.learners.cathode import CathodeConfig, CathodeLearner
+from streamflow.learners.composite import CompositeLearner
 from streamflow.learners.cwola import CWoLAConfig, CWoLALearner
 from streamflow.learners.flow import FlowConfig, FlowLearner
 
-LearnerConfig = Union[FlowConfig, CWoLAConfig, AutoencoderConfig]
+LearnerConfig = FlowConfig | CWoLAConfig | AutoencoderConfig | CathodeConfig | AnodeConfig
 
-KINDS: dict[str, tuple[type, type[TorchLearner]]] = {
+AnyLearner = TorchLearner | CompositeLearner
+"""A learner the scorer runs: one torch model, or a composite of them (learners/composite.py)."""
+
+KINDS: dict[str, tuple[type, type[TorchLearner] | type[CompositeLearner]]] = {
     "flow": (FlowConfig, FlowLearner),
     "cwola": (CWoLAConfig, CWoLALearner),
     "autoencoder": (AutoencoderConfig, AutoencoderLearner),
+    "cathode": (CathodeConfig, CathodeLearner),
+    "anode": (AnodeConfig, AnodeLearner),
 }
 
 
@@ -43,17 +51,17 @@ def learner_config(data: dict[str, Any], where: str = "learner") -> LearnerConfi
     return from_dict(KINDS[kind][0], data, where)
 
 
-def build_learner(config: LearnerConfig, device: str | torch.device = "cpu") -> TorchLearner:
+def build_learner(config: LearnerConfig, device: str | torch.device = "cpu") -> AnyLearner:
     """A fresh learner for ``config`` on ``device`` (bind it to a stream before use)."""
     return KINDS[config.kind][1](config, device)
 
 
-def save_learner(learner: TorchLearner, path: str | Path) -> None:
+def save_learner(learner: AnyLearner, path: str | Path) -> None:
     """Write the learner's checkpoint (readable with torch.load(weights_only=True))."""
     torch.save(learner.state_dict(), Path(path))
 
 
-def load_learner(path: str | Path, device: str | torch.device = "cpu") -> TorchLearner:
+def load_learner(path: str | Path, device: str | torch.device = "cpu") -> AnyLearner:
     """The learner saved at ``path``, rebuilt from the config inside the checkpoint."""
     try:
         state = torch.load(Path(path), map_location=device, weights_only=True)
@@ -64,7 +72,7 @@ def load_learner(path: str | Path, device: str | torch.device = "cpu") -> TorchL
     return learner_from_state(state, device, where=str(path))
 
 
-def learner_from_state(state: Any, device: str | torch.device = "cpu", where: str = "learner") -> TorchLearner:
+def learner_from_state(state: Any, device: str | torch.device = "cpu", where: str = "learner") -> AnyLearner:
     """A trained learner rebuilt from its ``state_dict()`` (alone, or one of a scorer checkpoint's)."""
     if not isinstance(state, dict) or "config" not in state:
         raise ConfigError(f"{where}: not a learner checkpoint")

@@ -29,7 +29,7 @@ from streamflow.config import from_dict, to_dict
 from streamflow.distributed import Collective
 from streamflow.errors import ConfigError
 from streamflow.events.batch import EventBatch
-from streamflow.learners import LearnerConfig, TorchLearner, build_learner, learner_config
+from streamflow.learners import AnyLearner, LearnerConfig, build_learner, learner_config
 from streamflow.trigger import LineConfig, LineStats, Selection, TriggerMenu
 
 
@@ -156,7 +156,7 @@ class FrameScorer:
         self.config = config
         self.device = resolve_device(config.device)
         torch.set_num_threads(cpu_threads(config.threads))
-        self.learners: dict[str, TorchLearner] = {
+        self.learners: dict[str, AnyLearner] = {
             c.name: build_learner(c, self.device) for c in config.learners
         }
         self.menu = TriggerMenu(config.lines)
