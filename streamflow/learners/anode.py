@@ -36,8 +36,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from streamflow.errors import ConfigError
-from streamflow.learners.bands import Band, BandFlow, FlowShape, band_flow_config, check_bands, in_bands
+from streamflow.learners.bands import Band, BandFlow, FlowShape, band_flow_config, check_band_options, in_bands
 from streamflow.learners.base import LearnerConfigBase, TorchLearner
 from streamflow.learners.composite import CompositeLearner
 
@@ -47,6 +46,7 @@ class AnodeConfig(LearnerConfigBase):
     """Online ANODE (see the module docstring); flow: the shape of both flows."""
 
     kind: Literal["anode"] = "anode"
+    coordinates: str = "log_mass"
     region_feature: str = "mjj"
     signal_region: Band = (3300.0, 3700.0)
     sidebands: tuple[Band, Band] = ((3100.0, 3300.0), (3700.0, 3900.0))
@@ -54,9 +54,7 @@ class AnodeConfig(LearnerConfigBase):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_bands(self.kind, self.signal_region, self.sidebands)
-        if self.train_where is not None:
-            raise ConfigError(f"{self.kind}: train_where is not an option (the bands route the events)")
+        check_band_options(self)
         band_flow_config(self, "background", self.flow, self.region_feature)  # the flows' own checks
 
 

@@ -55,6 +55,17 @@ def band_flow_config(config: LearnerConfigBase, part: str, shape: FlowShape, con
     return FlowConfig(name=f"{config.name}.{part}", context=context, **vars(shape), **part_options(config))
 
 
+def check_band_options(config: Any) -> None:
+    """The checks every band learner's config shares: its bands (:func:`check_bands`), a region feature that
+    is not an input, and no ``train_where`` (the bands route the events)."""
+    kind = config.kind
+    check_bands(kind, config.signal_region, config.sidebands)
+    if config.region_feature in config.features:
+        raise ConfigError(f"{kind}: the region feature {config.region_feature!r} must not be an input feature")
+    if config.train_where is not None:
+        raise ConfigError(f"{kind}: train_where is not an option (the bands route the events)")
+
+
 def check_bands(kind: str, signal_region: Band, sidebands: tuple[Band, Band]) -> None:
     """ConfigError unless SR and sidebands are ordered, positive, non-overlapping bands: SB_low < SR < SB_high."""
     bands = {"signal_region": signal_region, "low sideband": sidebands[0], "high sideband": sidebands[1]}
