@@ -30,6 +30,7 @@ from streamflow.distributed import Collective
 from streamflow.errors import ConfigError
 from streamflow.events.batch import EventBatch
 from streamflow.learners import AnyLearner, LearnerConfig, build_learner, learner_config
+from streamflow.scoring.scan import ScanConfig
 from streamflow.trigger import LineConfig, LineStats, Selection, TriggerMenu
 
 
@@ -82,7 +83,8 @@ class ScorerConfig:
 
     @staticmethod
     def from_tables(data: Mapping[str, Any], where: str = "scorer") -> "ScorerConfig":
-        """From a TOML table with ``[[learners]]`` (kind selects the type) and ``[[lines]]``."""
+        """From a TOML table with ``[[learners]]`` (kind selects the type), ``[[lines]]`` and optionally a
+        ``[scan]`` (scoring/scan.py: its windows' learners and lines are added to the others)."""
         data = dict(data)
         learners = tuple(
             learner_config(table, where=f"{where}.learners[{i}]")
@@ -91,6 +93,9 @@ class ScorerConfig:
         lines = tuple(
             from_dict(LineConfig, table, where=f"{where}.lines[{i}]") for i, table in enumerate(data.pop("lines", []))
         )
+        if "scan" in data:
+            scan_learners, scan_lines = from_dict(ScanConfig, data.pop("scan"), where=f"{where}.scan").expand()
+            learners, lines = learners + tuple(scan_learners), lines + tuple(scan_lines)
         if not learners:
             raise ConfigError(f"{where}: no [[learners]] given")
         rest = from_dict(_ScorerOptions, data, where)
