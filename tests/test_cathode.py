@@ -27,7 +27,7 @@ FAKE_SR = {"signal_region": [3100.0, 3300.0], "sidebands": [[2900.0, 3100.0], [3
 
 def frames(n_events: int, signal_fraction: float = 0.0, seed: int = 3) -> list[EventBatch]:
     source = open_source("synthetic", signal_fraction=signal_fraction, seed=seed)
-    return [batch for _, batch in zip(range(n_events // FRAME), source.chunks(FRAME))]
+    return [batch for _, batch in zip(range(n_events // FRAME), source.chunks(FRAME), strict=False)]
 
 
 def closure_auc(learner: CathodeLearner, held_out: torch.Tensor) -> tuple[float, int]:

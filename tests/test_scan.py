@@ -17,7 +17,7 @@ def test_windows_cover_the_range_overlap_by_half_and_share_the_budget() -> None:
     windows = scan.windows()
     assert len(windows) == 14
     assert windows[0][1][0][0] == pytest.approx(2600.0) and windows[-1][1][1][1] <= 6000.0
-    for (sr, (low, high)), (next_sr, _) in zip(windows, windows[1:]):
+    for (sr, (low, high)), (next_sr, _) in zip(windows, windows[1:], strict=False):
         assert sr[1] / sr[0] == pytest.approx(1.10) and low[1] == sr[0] and high[0] == sr[1]
         assert next_sr[0] == pytest.approx(sr[0] + 0.5 * (sr[1] - sr[0]))  # half a width further on
     learners, lines = scan.expand()
@@ -44,7 +44,7 @@ def test_the_window_holding_the_resonance_stands_out() -> None:
     config = ScorerConfig.from_tables({"scan": {"kinds": ["cwola"], "budget": 0.14, "window": 5000},
                                        "device": "cpu", "threads": 1})
     scorer = FrameScorer(config)
-    for _, batch in zip(range(98), open_source("synthetic", signal_fraction=0.01, seed=5).chunks(4096)):
+    for _, batch in zip(range(98), open_source("synthetic", signal_fraction=0.01, seed=5).chunks(4096), strict=False):
         scorer.process(batch)
     sic = {line["name"]: line["sic"] for line in scorer.line_stats()}
     regions = {c.name: c.signal_region for c in config.learners}
