@@ -43,10 +43,17 @@ from streamflow.learners.composite import CompositeLearner
 
 @dataclass(frozen=True, kw_only=True)
 class AnodeConfig(LearnerConfigBase):
-    """Online ANODE (see the module docstring); flow: the shape of both flows."""
+    """Online ANODE (see the module docstring); flow: the shape of both flows.
+
+    Defaults as CATHODE's flow: log-mass coordinates, batches of 256, two passes per frame at lr 3e-3 (a
+    flow learning only one band's ~15% of the stream needs many more steps per event than one on all of it).
+    """
 
     kind: Literal["anode"] = "anode"
     coordinates: str = "log_mass"
+    lr: float = 3e-3
+    batch_size: int = 256
+    steps_per_frame: int = 2
     region_feature: str = "mjj"
     signal_region: Band = (3300.0, 3700.0)
     sidebands: tuple[Band, Band] = ((3100.0, 3300.0), (3700.0, 3900.0))

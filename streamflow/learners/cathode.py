@@ -69,7 +69,10 @@ class CathodeConfig(LearnerConfigBase):
     gate_events, gate_block, gate_tolerance: the gate (sideband events learnt before it
     may open; events per held-out loss block; nats a block may differ from the last).
     mass_bins: bins of the SR mjj histogram the sample masses are drawn from.
-    The optimiser, warm-up, EMA, features and coordinates apply to both the flow and the classifier.
+    The optimiser, warm-up, EMA, features and coordinates apply to both the flow and the classifier; by
+    default log-mass coordinates, batches of 256 and two passes per frame at lr 3e-3 (the sideband flow
+    sees ~15% of the stream: at the template's 1024 and 1e-3 it took ~70 steps in 300k events and its
+    gate never opened; in identity coordinates the closure AUC was 0.53-0.54, in log m 0.515-0.53).
     """
 
     kind: Literal["cathode"] = "cathode"

@@ -16,7 +16,7 @@ standardisation warm-up), and the protocol carries through by delegation:
   checks its own;
 - ``learn`` returns the template's stats (loss, grad_norm, steps, skipped, dropped,
   events) plus the composite's own: counts (summed by the telemetry) and levels
-  (``*_loss``, ``gate_*``: the latest value is kept, see :func:`is_level_stat`).
+  (``loss``, ``grad_norm``, ``*_loss``, ``gate_*``: the latest value is kept, see :func:`is_level_stat`).
 
 Why a composite, not learners naming another learner (``background = "flow_sb"``):
 the parts of CATHODE only make sense together -- the classifier's class 0 *is* the
@@ -45,7 +45,7 @@ from streamflow.learners.preprocessing import column_indices
 
 def is_level_stat(key: str) -> bool:
     """A learn stat whose latest value is the figure (a loss, a gate state), not a count to sum."""
-    return key == "loss" or key.endswith("_loss") or key.startswith("gate_")
+    return key in ("loss", "grad_norm") or key.endswith("_loss") or key.startswith("gate_")
 
 
 class CompositeLearner(ABC):
