@@ -119,7 +119,9 @@ def injection(source: str, n_events: int, signal_fraction: float, held_out: int,
         "learners": [{"kind": "cathode", "name": "cathode"}, {"kind": "anode", "name": "anode"},
                      {"kind": "cwola", "name": "cwola"},
                      {"kind": "flow", "name": "flow_logm", "context": "mjj", "coordinates": "log_mass"}],
-        "lines": [], "device": "cpu", "threads": 1})
+        "lines": [{"name": n, "learner": n, "accept": 0.01, "window": 20_000}
+                  for n in ("cathode", "anode", "cwola", "flow_logm")],
+        "device": "cpu", "threads": 1})
     scorer = FrameScorer(config)
     online: dict[str, list[np.ndarray]] = {n: [] for n in scorer.learners}
     started = time.time()
