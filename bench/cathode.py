@@ -2,6 +2,7 @@
 
     python -m bench.cathode closure   [--events N]                   # background-only synthetic stream
     python -m bench.cathode injection [--events N] [--signal-fraction F] [--source S]
+    python -m bench.cathode scan      [--events N] [--signal-fraction F] [--kinds cwola,cathode] [--budget B]
 
 Each runs one :class:`~streamflow.scoring.frame_scorer.FrameScorer` over the stream,
 test-then-train (every event scored before it is learnt from), frames of 4096,
@@ -24,6 +25,11 @@ scored by the final learners. Statistical errors: AUC by DeLong
 (analysis.coordinate_study.auc_standard_error); max SIC is quoted with the signal
 count behind it (its relative error is about 1/sqrt(2 n_S) at the optimum).
 The population is stated per row: SR events, or the whole stream.
+
+scan: the mjj scan (scoring/scan.py, 2.6-6 TeV, 14 windows) over the stream; per
+window its SR, the line's q, achieved accept fraction (of its scored events), and
+its running eff_S, eff_B and SIC at the end (signal and background efficiencies
+over the whole stream's signal and background, as the trigger counts them).
 """
 
 from __future__ import annotations
@@ -153,18 +159,43 @@ def injection(source: str, n_events: int, signal_fraction: float, held_out: int,
           f"SR events learnt by its background flow: {cathode.background.forbidden_events}")
 
 
+def scan(n_events: int, signal_fraction: float, kinds: list[str], budget: float, seed: int) -> None:
+    frames = stream("synthetic", n_events, signal_fraction, seed)
+    config = ScorerConfig.from_tables({"scan": {"kinds": kinds, "budget": budget, "window": 5000},
+                                       "device": "cpu", "threads": 1})
+    scorer = FrameScorer(config)
+    started = time.time()
+    for batch in frames:
+        scorer.process(batch)
+    elapsed = time.time() - started
+    print(f"scan: {len(frames) * FRAME} synthetic events, signal fraction {signal_fraction} (seed {seed}), "
+          f"{len(config.lines)} lines sharing a budget of {budget}; {len(frames) * FRAME / elapsed:.0f} events/s "
+          f"on this machine\n")
+    regions = {c.name: c.signal_region for c in config.learners}
+    print("| line | SR (GeV) | q | achieved | eff_S | eff_B | SIC |")
+    print("|---|---|---|---|---|---|---|")
+    for line in scorer.line_stats():
+        lo, hi = regions[line["name"]]
+        print(f"| {line['name']} | {lo:.0f}-{hi:.0f} | {line['q']:.4f} | {line['achieved']:.4f} | "
+              f"{line['eff_s']:.4f} | {line['eff_b']:.4f} | {line['sic']:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("study", choices=("closure", "injection"))
+    parser.add_argument("study", choices=("closure", "injection", "scan"))
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--signal-fraction", type=float, default=0.01)
     parser.add_argument("--source", default="synthetic")
     parser.add_argument("--held-out", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--kinds", default="cwola")
+    parser.add_argument("--budget", type=float, default=0.14)
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.study == "closure":
         closure(args.events, args.seed)
+    elif args.study == "scan":
+        scan(args.events, args.signal_fraction, args.kinds.split(","), args.budget, args.seed)
     else:
         injection(args.source, args.events, args.signal_fraction, args.held_out, args.seed)
 
