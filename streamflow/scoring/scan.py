@@ -34,6 +34,9 @@ from streamflow.trigger import LineConfig
 
 SCAN_KINDS = ("cwola", "cathode")
 
+Band = tuple[float, float]
+Window = tuple[Band, tuple[Band, Band]]
+
 
 @dataclass(frozen=True)
 class ScanConfig:
@@ -74,9 +77,9 @@ class ScanConfig:
             raise ConfigError(f"scan: no window of relative width {self.width} with its sidebands fits in "
                               f"[{self.low}, {self.high}]")
 
-    def windows(self) -> list[tuple[tuple[float, float], tuple[tuple[float, float], tuple[float, float]]]]:
+    def windows(self) -> list[Window]:
         """(signal region, (low sideband, high sideband)) of every window, in GeV, low to high."""
-        out = []
+        out: list[Window] = []
         start = self.low / (1 - self.sideband * self.width)  # the first low sideband begins at ``low``
         while True:
             lo, hi = start, start * (1 + self.width)
