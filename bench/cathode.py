@@ -28,8 +28,8 @@ The population is stated per row: SR events, or the whole stream.
 
 scan: the mjj scan (scoring/scan.py, 2.6-6 TeV, 14 windows) over the stream; per
 window its SR, the line's q, achieved accept fraction (of its scored events), and
-its running eff_S, eff_B and SIC at the end (signal and background efficiencies
-over the whole stream's signal and background, as the trigger counts them).
+its running eff_S, eff_B and SIC at the end (as the trigger counts them: fractions
+of the signal and background events the line judged, i.e. its window's events).
 """
 
 from __future__ import annotations
