@@ -196,10 +196,16 @@ def test_bad_cathode_options_are_one_line_errors(options: dict, message: str) ->
     assert "\n" not in str(error.value)
 
 
-def test_a_toml_with_a_bad_cathode_line_fails_in_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("toml, message", [
+    ('[[scorer.learners]]\nkind = "cathode"\nname = "cathode"\noversample = 0\n\n'
+     '[[scorer.lines]]\nname = "cathode"\nlearner = "cathode"\naccept = 0.01\n', "oversample"),
+    ('[[scorer.learners]]\nkind = "cathode"\nname = "cathode"\nsidebands = [[3100.0, 3400.0], [3700.0, 3900.0]]\n',
+     "overlap the signal_region"),
+    ('[scorer.scan]\nkinds = ["cwola", "cathode"]\nlow = -100.0\n', "outside the data"),
+])
+def test_a_toml_with_a_bad_cathode_or_scan_option_fails_in_one_line(tmp_path: Path, toml: str, message: str) -> None:
     config = tmp_path / "run.toml"
-    config.write_text('[[scorer.learners]]\nkind = "cathode"\nname = "cathode"\noversample = 0\n\n'
-                      '[[scorer.lines]]\nname = "cathode"\nlearner = "cathode"\naccept = 0.01\n')
+    config.write_text(toml)
     result = streamflow("run", "--config", str(config), "--no-monitor", "--events", "4096", timeout=60)
     assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0 and "oversample" in result.stderr, result.stderr
+    assert result.stderr.strip().count("\n") == 0 and message in result.stderr, result.stderr
