@@ -3,6 +3,7 @@
     python -m bench.cathode closure   [--events N]                   # background-only synthetic stream
     python -m bench.cathode injection [--events N] [--signal-fraction F] [--source S]
     python -m bench.cathode scan      [--events N] [--signal-fraction F] [--kinds cwola,cathode] [--budget B]
+    python -m bench.cathode invariance [--events N] [--signal-fraction F]
 
 Each runs one :class:`~streamflow.scoring.frame_scorer.FrameScorer` over the stream,
 test-then-train (every event scored before it is learnt from), frames of 4096,
@@ -180,9 +181,40 @@ def scan(n_events: int, signal_fraction: float, kinds: list[str], budget: float,
               f"{line['eff_s']:.4f} | {line['eff_b']:.4f} | {line['sic']:.2f} |")
 
 
+def invariance(n_events: int, signal_fraction: float, held_out: int, seed: int) -> None:
+    """CATHODE, ANODE and CWoLA each in the m and the log m coordinates (identity / log_mass), streamed side by
+    side; on the held-out SR events, the share of the top 1% by one that is also in the top 1% by the other."""
+    frames = stream("synthetic", n_events, signal_fraction, seed)
+    n_held = held_out // FRAME
+    train, test = frames[:-n_held], frames[-n_held:]
+    kinds = ("cathode", "anode", "cwola")
+    learners = [{"kind": kind, "name": f"{kind}_{short}", "coordinates": coordinates}
+                for kind in kinds for short, coordinates in (("m", "identity"), ("logm", "log_mass"))]
+    config = ScorerConfig.from_tables({
+        "learners": learners,
+        "lines": [{"name": c["name"], "learner": c["name"], "accept": 0.01, "window": 20_000} for c in learners],
+        "device": "cpu", "threads": 1})
+    scorer = FrameScorer(config)
+    for batch in train:
+        scorer.process(batch)
+    test_x = torch.from_numpy(np.concatenate([b.features for b in test]))
+    mjj = np.concatenate([b.column("mjj") for b in test])
+    labels = np.concatenate([b.labels for b in test]).astype(int)
+    in_sr = (mjj >= SR[0]) & (mjj < SR[1])
+    print(f"invariance: {len(train) * FRAME} synthetic events streamed, signal fraction {signal_fraction}; "
+          f"{in_sr.sum()} held-out SR events ({labels[in_sr].sum()} signal)\n")
+    print("| learner | top-1% overlap, m vs log m (SR events) | SR-only AUC, m | SR-only AUC, log m |")
+    print("|---|---|---|---|")
+    for kind in kinds:
+        m, logm = (scorer.learners[f"{kind}_{s}"].score(test_x).numpy()[in_sr] for s in ("m", "logm"))
+        overlap = metrics.selection_overlap(m, logm, 0.01)
+        print(f"| {kind} | {100 * overlap:.1f}% | {metrics.auc(labels[in_sr], m):.3f} | "
+              f"{metrics.auc(labels[in_sr], logm):.3f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("study", choices=("closure", "injection", "scan"))
+    parser.add_argument("study", choices=("closure", "injection", "scan", "invariance"))
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--signal-fraction", type=float, default=0.01)
     parser.add_argument("--source", default="synthetic")
@@ -194,6 +226,8 @@ def main() -> None:
     torch.set_num_threads(1)
     if args.study == "closure":
         closure(args.events, args.seed)
+    elif args.study == "invariance":
+        invariance(args.events, args.signal_fraction, args.held_out, args.seed)
     elif args.study == "scan":
         scan(args.events, args.signal_fraction, args.kinds.split(","), args.budget, args.seed)
     else:
