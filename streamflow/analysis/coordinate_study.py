@@ -67,7 +67,7 @@ from scipy.stats import rankdata
 from streamflow import metrics
 from streamflow.errors import ConfigError
 from streamflow.events import EventBatch
-from streamflow.learners import TorchLearner, learner_from_state
+from streamflow.learners import AnyLearner, learner_from_state
 from streamflow.scoring.checkpoint import load_checkpoint
 
 LIKELIHOOD_RATIO_AUC = 0.5 * (1.0 + math.erf(1.0 / math.sqrt(2.0)))
@@ -149,7 +149,7 @@ class CoordinateStudy:
         }
 
 
-def load_learners(checkpoint: str | Path, device: str = "cpu") -> dict[str, TorchLearner]:
+def load_learners(checkpoint: str | Path, device: str = "cpu") -> dict[str, AnyLearner]:
     """The trained learners of a scorer checkpoint (``streamflow run`` / ``consume``), by name."""
     state = load_checkpoint(checkpoint, device)
     learners = state["scorer"].get("learners") if isinstance(state.get("scorer"), dict) else None
@@ -159,7 +159,7 @@ def load_learners(checkpoint: str | Path, device: str = "cpu") -> dict[str, Torc
             for name, learner in learners.items()}
 
 
-def score_events(learners: Mapping[str, TorchLearner], events: EventBatch) -> dict[str, np.ndarray]:
+def score_events(learners: Mapping[str, AnyLearner], events: EventBatch) -> dict[str, np.ndarray]:
     """Every learner's float32 scores of ``events`` (NaN: not scored), in chunks."""
     scores: dict[str, list[np.ndarray]] = {name: [] for name in learners}
     for learner in learners.values():
@@ -171,7 +171,7 @@ def score_events(learners: Mapping[str, TorchLearner], events: EventBatch) -> di
     return {name: np.concatenate(parts) for name, parts in scores.items()}
 
 
-def run_study(learners: Mapping[str, TorchLearner], events: EventBatch, *, source: str, q: float = 0.01,
+def run_study(learners: Mapping[str, AnyLearner], events: EventBatch, *, source: str, q: float = 0.01,
               exact: bool = False) -> CoordinateStudy:
     """Score ``events`` with every learner; figures per learner, overlaps per kind and pair of frames.
 

@@ -157,6 +157,7 @@ def train(config: LearnerConfig, events: EventBatch, study: StudyConfig) -> Torc
     config = dataclasses.replace(config, warmup_events=len(events), batch_size=study.batch_size,
                                  steps_per_frame=1)
     learner = build_learner(config, study.device)
+    assert isinstance(learner, TorchLearner)  # a flow or an autoencoder
     learner.bind(events.names)
     x = torch.from_numpy(np.ascontiguousarray(events.features)).to(learner.device)
     generator = torch.Generator().manual_seed(config.seed)
@@ -174,6 +175,7 @@ def evaluated_in(flow: TorchLearner, coordinates: str) -> TorchLearner:
     twin_config = dataclasses.replace(config, name=f"{config.name}_as_{coordinates}", coordinates=coordinates,
                                       model_coordinates=config.coordinates)
     twin = build_learner(twin_config, flow.device)
+    assert isinstance(twin, TorchLearner)
     state = flow.state_dict()
     twin.model.load_state_dict(state["model"])
     if twin.ema_model is not None and state["average"] is not None:

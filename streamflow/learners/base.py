@@ -355,18 +355,7 @@ class TorchLearner(ABC):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a checkpoint; ConfigError if it is not one of this learner's kind and config."""
-        if not isinstance(state, dict) or not {"kind", "config", "model"} <= set(state):
-            raise ConfigError(f"learner {self.name!r}: not a streamflow learner checkpoint")
-        if state["kind"] != self.kind:
-            raise ConfigError(f"learner {self.name!r}: checkpoint is a {state['kind']!r} learner, not {self.kind!r}")
-        ours = _plain(to_dict(self.config))
-        theirs = _plain(state["config"])
-        for key in sorted(set(ours) | set(theirs)):
-            if key not in type(self.config).TRAINING_KEYS and ours.get(key) != theirs.get(key):
-                raise ConfigError(
-                    f"learner {self.name!r}: checkpoint has {key} = {theirs.get(key)!r}, "
-                    f"this learner {ours.get(key)!r}"
-                )
+        check_checkpoint(self, state, "model")
         self.model.load_state_dict(state["model"])
         if self.ema_model is not None:
             self.ema_model.load_state_dict(state["average"])
@@ -378,6 +367,23 @@ class TorchLearner(ABC):
             pre.load_state_dict(pre_state)
         self._load_extra_state(state["extra"])
         self.totals = Totals(**state["totals"])
+
+
+def check_checkpoint(learner: Any, state: Any, body: str) -> None:
+    """ConfigError unless ``state`` is a checkpoint (holding ``body``) of ``learner``'s kind and config.
+
+    Configs may differ only in their ``TRAINING_KEYS`` (how learning goes on, not what is learnt)."""
+    if not isinstance(state, dict) or not {"kind", "config", body} <= set(state):
+        raise ConfigError(f"learner {learner.name!r}: not a streamflow learner checkpoint")
+    if state["kind"] != learner.kind:
+        raise ConfigError(f"learner {learner.name!r}: checkpoint is a {state['kind']!r} learner, not {learner.kind!r}")
+    ours = _plain(to_dict(learner.config))
+    theirs = _plain(state["config"])
+    for key in sorted(set(ours) | set(theirs)):
+        if key not in type(learner.config).TRAINING_KEYS and ours.get(key) != theirs.get(key):
+            raise ConfigError(
+                f"learner {learner.name!r}: checkpoint has {key} = {theirs.get(key)!r}, this learner {ours.get(key)!r}"
+            )
 
 
 def _plain(value: Any) -> Any:

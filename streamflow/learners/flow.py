@@ -144,6 +144,15 @@ class FlowLearner(TorchLearner):
         flow puts outside its image: such samples are redrawn (the flow's density
         truncated to the image), up to ``SAMPLE_ROUNDS`` times; any left are NaN rows.
         """
+        if context is not None:
+            values = np.asarray(context, dtype=np.float32).reshape(-1)
+            if values.shape[0] != n:
+                raise ConfigError(f"sample: {values.shape[0]} context values for {n} samples")
+            return self.sample_tensor(n, torch.from_numpy(values).to(self.device)).float().cpu().numpy()
+        return self.sample_tensor(n, None).float().cpu().numpy()
+
+    def sample_tensor(self, n: int, context: Tensor | None) -> Tensor:
+        """:meth:`sample` on the learner's device: context float[n] physical values, a tensor."""
         if self.context is None:
             if context is not None:
                 raise ConfigError(f"learner {self.name!r} is not conditional: sample it without context")
@@ -151,10 +160,7 @@ class FlowLearner(TorchLearner):
         else:
             if context is None:
                 raise ConfigError(f"learner {self.name!r} is conditional on {self.config.context!r}: give context")
-            values = np.asarray(context, dtype=np.float32).reshape(-1, 1)
-            if values.shape[0] != n:
-                raise ConfigError(f"sample: {values.shape[0]} context values for {n} samples")
-            c = self.context.encode(torch.from_numpy(values).to(self.device))
+            c = self.context.encode(context.reshape(-1, 1).float())
         density: Density = self.scoring_model  # type: ignore[assignment]
         with torch.no_grad():
             x = self.inputs.decode(density.sample(n, c))
@@ -164,4 +170,4 @@ class FlowLearner(TorchLearner):
                     break
                 redo = bad.nonzero().squeeze(1)
                 x[redo] = self.inputs.decode(density.sample(len(redo), None if c is None else c[redo]))
-        return x.float().cpu().numpy()
+        return x

@@ -30,7 +30,8 @@ from streamflow.config import to_dict
 from streamflow.distributed import Collective, SoloCollective
 from streamflow.errors import ConfigError
 from streamflow.events.batch import EventBatch
-from streamflow.learners import LearnerConfig, TorchLearner, build_learner
+from streamflow.learners import AnyLearner, LearnerConfig, build_learner
+from streamflow.scoring.scan import ScanConfig
 from streamflow.trigger import LineConfig, LineStats, Selection, TriggerMenu
 from streamflow.trigger.menu import SIGNAL_REGION
 
@@ -56,6 +57,9 @@ class ScorerConfig:
     (rounds), reusing the sum in between.
     signal_region: (low, high) of mjj in GeV, the population of every line's
     signal-region figures (streamflow.trigger.menu); the stream must carry mjj for them.
+    scan: a bump hunt along mjj (streamflow.scoring.scan): its windows' learners and
+    lines are added to ``learners`` and ``lines`` when the config is built (the built
+    config holds them, and ``scan`` is None, so it round-trips through to_dict/from_dict).
     threads: torch's CPU threads; 0 is automatic: all cores but three (kept for
     the producer, the sink and the monitor), at least one. More threads than free
     cores make torch's thread pool spin against the other processes and run many
@@ -70,8 +74,14 @@ class ScorerConfig:
     thresholds: Thresholds = "rank"
     threshold_sync: int = 1
     signal_region: tuple[float, float] = SIGNAL_REGION
+    scan: ScanConfig | None = None
 
     def __post_init__(self) -> None:
+        if self.scan is not None:  # a [scan] table becomes its windows' learners and lines, here, once
+            scan_learners, scan_lines = self.scan.expand()
+            object.__setattr__(self, "learners", tuple(self.learners) + tuple(scan_learners))
+            object.__setattr__(self, "lines", tuple(self.lines) + tuple(scan_lines))
+            object.__setattr__(self, "scan", None)
         if not self.learners:
             raise ConfigError("a scorer needs at least one learner (a [[scorer.learners]] table)")
         low, high = self.signal_region
@@ -136,7 +146,7 @@ class FrameScorer:
         self.config = config
         self.device = resolve_device(config.device)
         torch.set_num_threads(cpu_threads(config.threads))
-        self.learners: dict[str, TorchLearner] = {
+        self.learners: dict[str, AnyLearner] = {
             c.name: build_learner(c, self.device) for c in config.learners
         }
         self.menu = TriggerMenu(config.lines, signal_region=config.signal_region)

@@ -27,6 +27,7 @@ import numpy as np
 
 from streamflow.distributed import Collective, weights_digest
 from streamflow.events.batch import EventBatch
+from streamflow.learners import is_level_stat
 from streamflow.scoring.context_histogram import ContextHistogram
 from streamflow.scoring.frame_scorer import FrameResult, FrameScorer, ScorerConfig
 from streamflow.scoring.score_buffer import ScoreBuffer
@@ -189,11 +190,12 @@ class StreamScorer:
         self.stats.selections_by_stream[stream_id] = (frames + 1, events + accepted)
 
     def add_learn_stats(self, learn_stats: dict[str, dict[str, float]]) -> None:
-        """Fold one learning call's stats into the running totals (the last loss, summed counts)."""
+        """Fold one learning call's stats into the running totals (levels such as the last loss or a
+        gate's state as they are, counts summed; learners.is_level_stat tells them apart)."""
         for name, stats in learn_stats.items():
             totals = self.learn_totals.setdefault(name, {})
             for key, value in stats.items():
-                totals[key] = value if key == "loss" else totals.get(key, 0.0) + value
+                totals[key] = value if is_level_stat(key) else totals.get(key, 0.0) + value
 
     def flush(self) -> None:
         """Learn from the scored events still waiting for a step (the end of the stream)."""

@@ -1,0 +1,239 @@
+"""Online CATHODE and ANODE beside CWoLA and the density flow: closure, sculpting and injection figures.
+
+    python -m bench.cathode closure   [--events N]                   # background-only synthetic stream
+    python -m bench.cathode injection [--events N] [--signal-fraction F] [--source S]
+    python -m bench.cathode scan      [--events N] [--signal-fraction F] [--kinds cwola,cathode] [--budget B]
+    python -m bench.cathode invariance [--events N] [--signal-fraction F]
+
+Each runs one :class:`~streamflow.scoring.frame_scorer.FrameScorer` over the stream,
+test-then-train (every event scored before it is learnt from), frames of 4096,
+one CPU thread, and prints a markdown table.
+
+closure (no signal): CATHODE's classifier AUC for SR data against as many fresh
+samples of its background flow at SR masses (the last 40k events held out, checked
+every 5 frames once the gate is open), in the default SR (3.3-3.7 TeV) and a fake
+SR at 3.1-3.3 TeV (where the default sidebands are: an interpolation check); and per
+line (q = 5% of its scored events, window 2,000) the KS distance and p-value between
+the accepted events' mjj and every scored event's: a line that sculpts a bump has a
+small p.
+
+injection (1% signal by default): the stream's last ``--held-out`` events are kept
+apart; on the streamed events, per learner, (a) **online**: the test-then-train
+scores, SR-only (3.3-3.7 TeV events) AUC and max SIC, and the stream-wide signal
+efficiency when the top 1% of the *whole stream* by that score is accepted (NaN
+never accepted); (b) **final model**: the same figures on the held-out events
+scored by the final learners. Statistical errors: AUC by DeLong
+(analysis.coordinate_study.auc_standard_error); max SIC is quoted with the signal
+count behind it (its relative error is about 1/sqrt(2 n_S) at the optimum).
+The population is stated per row: SR events, or the whole stream.
+
+scan: the mjj scan (scoring/scan.py, 2.6-6 TeV, 14 windows) over the stream; per
+window its SR, the line's q, achieved accept fraction (of its scored events), and
+its running eff_S, eff_B and SIC at the end (as the trigger counts them: fractions
+of the signal and background events the line judged, i.e. its window's events).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from scipy import stats
+
+from streamflow import metrics
+from streamflow.analysis.coordinate_study import auc_standard_error
+from streamflow.config import from_dict
+from streamflow.events import EventBatch, open_source
+from streamflow.learners import CathodeLearner
+from streamflow.scoring.frame_scorer import FrameScorer, ScorerConfig
+
+FRAME = 4096
+SR = (3300.0, 3700.0)
+FAKE_SR = {"signal_region": [3100.0, 3300.0], "sidebands": [[2900.0, 3100.0], [3300.0, 3500.0]]}
+
+
+def stream(source: str, n_events: int, signal_fraction: float, seed: int) -> list[EventBatch]:
+    src = open_source(source, signal_fraction=signal_fraction, seed=seed)
+    return [batch for _, batch in zip(range(n_events // FRAME), src.chunks(FRAME), strict=False)]
+
+
+def closure(n_events: int, seed: int) -> None:
+    frames = stream("synthetic", n_events + 40_000, 0.0, seed)
+    held_out = torch.from_numpy(np.concatenate([b.features for b in frames[-10:]]))
+    config = from_dict(ScorerConfig, {
+        "learners": [{"kind": "cathode", "name": "cathode"}, {"kind": "cathode", "name": "cathode_fake_sr", **FAKE_SR},
+                     {"kind": "anode", "name": "anode"}, {"kind": "cwola", "name": "cwola"}],
+        "lines": [{"name": n, "learner": n, "accept": 0.05, "window": 2000}
+                  for n in ("cathode", "cathode_fake_sr", "anode", "cwola")],
+        "device": "cpu", "threads": 1})
+    scorer = FrameScorer(config)
+    names = [line.name for line in config.lines]
+    aucs: dict[str, list[tuple[int, float, float]]] = {"cathode": [], "cathode_fake_sr": []}
+    mjj, bits, scores = [], [], {n: [] for n in names}
+    started = time.time()
+    for i, batch in enumerate(frames[:-10]):
+        result = scorer.process(batch)
+        mjj.append(batch.column("mjj"))
+        bits.append(result.selection.bits)
+        for n in names:
+            scores[n].append(result.scores[n])
+        if i % 5 == 4:
+            for n in aucs:
+                learner = scorer.learners[n]
+                assert isinstance(learner, CathodeLearner)
+                if learner.gate.open:
+                    data, samples = (t.numpy() for t in learner.closure_logits(held_out))
+                    labels, values = np.r_[np.ones(len(data)), np.zeros(len(samples))], np.r_[data, samples]
+                    aucs[n].append(((i + 1) * FRAME, metrics.auc(labels, values),
+                                    auc_standard_error(labels, values)))
+    elapsed = time.time() - started
+    print(f"closure: {len(frames) - 10} frames x {FRAME} background-only synthetic events (seed {seed}), "
+          f"{elapsed:.0f} s on this machine\n")
+    print("| learner | gate opened at (sideband events learnt) | closure AUC (events streamed: AUC +- DeLong) |")
+    print("|---|---|---|")
+    for n, values in aucs.items():
+        learner = scorer.learners[n]
+        assert isinstance(learner, CathodeLearner)
+        row = ", ".join(f"{e // 1000}k: {a:.3f} +- {s:.3f}" for e, a, s in values)
+        print(f"| {n} | {learner.gate.opened_at} | {row} |")
+    all_mjj, all_bits = np.concatenate(mjj), np.concatenate(bits)
+    print("\n| line | scored events | accepted | KS D (accepted vs scored mjj) | KS p |")
+    print("|---|---|---|---|---|")
+    for i, n in enumerate(names):
+        scored = np.isfinite(np.concatenate(scores[n]))
+        accepted = (all_bits & np.uint64(1 << i)) > 0
+        ks = stats.ks_2samp(all_mjj[accepted], all_mjj[scored])
+        print(f"| {n} | {scored.sum()} | {accepted.sum()} | {ks.statistic:.3f} | {ks.pvalue:.2g} |")
+
+
+def _figures(labels: np.ndarray, mjj: np.ndarray, scores: np.ndarray) -> str:
+    in_sr = (mjj >= SR[0]) & (mjj < SR[1])
+    sr_labels, sr_scores = labels[in_sr], scores[in_sr]
+    auc = metrics.auc(sr_labels, sr_scores)
+    error = auc_standard_error(sr_labels, sr_scores)
+    sic = metrics.max_sic(sr_labels, sr_scores)
+    top = metrics.top_fraction(scores, 0.01)
+    efficiency = labels[top].sum() / max(labels.sum(), 1)
+    return f"{auc:.3f} +- {error:.3f} | {sic:.2f} | {100 * efficiency:.1f}%"
+
+
+def injection(source: str, n_events: int, signal_fraction: float, held_out: int, seed: int) -> None:
+    frames = stream(source, n_events, signal_fraction, seed)
+    n_held = held_out // FRAME
+    train, test = frames[:-n_held], frames[-n_held:]
+    config = from_dict(ScorerConfig, {
+        "learners": [{"kind": "cathode", "name": "cathode"}, {"kind": "anode", "name": "anode"},
+                     {"kind": "cwola", "name": "cwola"},
+                     {"kind": "flow", "name": "flow_logm", "context": "mjj", "coordinates": "log_mass"}],
+        "lines": [{"name": n, "learner": n, "accept": 0.01, "window": 20_000}
+                  for n in ("cathode", "anode", "cwola", "flow_logm")],
+        "device": "cpu", "threads": 1})
+    scorer = FrameScorer(config)
+    online: dict[str, list[np.ndarray]] = {n: [] for n in scorer.learners}
+    started = time.time()
+    for batch in train:
+        result = scorer.process(batch)
+        for n in online:
+            online[n].append(result.scores[n])
+    elapsed = time.time() - started
+    labels = np.concatenate([b.labels for b in train]).astype(int)
+    mjj = np.concatenate([b.column("mjj") for b in train])
+    test_labels = np.concatenate([b.labels for b in test]).astype(int)
+    test_mjj = np.concatenate([b.column("mjj") for b in test])
+    test_x = torch.from_numpy(np.concatenate([b.features for b in test]))
+    in_sr = (mjj >= SR[0]) & (mjj < SR[1])
+    n_s, n_b = int(labels[in_sr].sum()), int((1 - labels[in_sr]).sum())
+    print(f"injection: {source}, {len(train) * FRAME} streamed + {len(test) * FRAME} held-out events, "
+          f"signal fraction {signal_fraction} (stream: {int(labels.sum())} signal); SR 3.3-3.7 TeV holds "
+          f"{n_s} signal and {n_b} background streamed events (S/B = {n_s / max(n_b, 1):.4f}); "
+          f"{elapsed:.0f} s on this machine\n")
+    print("| learner | scores | SR-only AUC +- DeLong | SR-only max SIC | stream-wide eff_S at 1% accept |")
+    print("|---|---|---|---|---|")
+    for n, learner in scorer.learners.items():
+        print(f"| {n} | online (test-then-train) | {_figures(labels, mjj, np.concatenate(online[n]))} |")
+        final = learner.score(test_x).numpy()
+        print(f"| {n} | final model, held-out | {_figures(test_labels, test_mjj, final)} |")
+    cathode = scorer.learners["cathode"]
+    assert isinstance(cathode, CathodeLearner)
+    print(f"\ncathode gate opened after {cathode.gate.opened_at} sideband events; "
+          f"SR events learnt by its background flow: {cathode.background.forbidden_events}")
+
+
+def scan(n_events: int, signal_fraction: float, kinds: list[str], budget: float, seed: int) -> None:
+    frames = stream("synthetic", n_events, signal_fraction, seed)
+    config = from_dict(ScorerConfig, {"scan": {"kinds": kinds, "budget": budget, "window": 5000},
+                                       "device": "cpu", "threads": 1})
+    scorer = FrameScorer(config)
+    started = time.time()
+    for batch in frames:
+        scorer.process(batch)
+    elapsed = time.time() - started
+    print(f"scan: {len(frames) * FRAME} synthetic events, signal fraction {signal_fraction} (seed {seed}), "
+          f"{len(config.lines)} lines sharing a budget of {budget}; {len(frames) * FRAME / elapsed:.0f} events/s "
+          f"on this machine\n")
+    regions = {c.name: c.signal_region for c in config.learners}
+    print("| line | SR (GeV) | q | achieved | eff_S | eff_B | SIC |")
+    print("|---|---|---|---|---|---|---|")
+    for line in scorer.line_stats():
+        lo, hi = regions[line["name"]]
+        print(f"| {line['name']} | {lo:.0f}-{hi:.0f} | {line['q']:.4f} | {line['achieved']:.4f} | "
+              f"{line['eff_s']:.4f} | {line['eff_b']:.4f} | {line['sic']:.2f} |")
+
+
+def invariance(n_events: int, signal_fraction: float, held_out: int, seed: int) -> None:
+    """CATHODE, ANODE and CWoLA each in the m and the log m coordinates (identity / log_mass), streamed side by
+    side; on the held-out SR events, the share of the top 1% by one that is also in the top 1% by the other."""
+    frames = stream("synthetic", n_events, signal_fraction, seed)
+    n_held = held_out // FRAME
+    train, test = frames[:-n_held], frames[-n_held:]
+    kinds = ("cathode", "anode", "cwola")
+    learners = [{"kind": kind, "name": f"{kind}_{short}", "coordinates": coordinates}
+                for kind in kinds for short, coordinates in (("m", "identity"), ("logm", "log_mass"))]
+    config = from_dict(ScorerConfig, {
+        "learners": learners,
+        "lines": [{"name": c["name"], "learner": c["name"], "accept": 0.01, "window": 20_000} for c in learners],
+        "device": "cpu", "threads": 1})
+    scorer = FrameScorer(config)
+    for batch in train:
+        scorer.process(batch)
+    test_x = torch.from_numpy(np.concatenate([b.features for b in test]))
+    mjj = np.concatenate([b.column("mjj") for b in test])
+    labels = np.concatenate([b.labels for b in test]).astype(int)
+    in_sr = (mjj >= SR[0]) & (mjj < SR[1])
+    print(f"invariance: {len(train) * FRAME} synthetic events streamed, signal fraction {signal_fraction}; "
+          f"{in_sr.sum()} held-out SR events ({labels[in_sr].sum()} signal)\n")
+    print("| learner | top-1% overlap, m vs log m (SR events) | SR-only AUC, m | SR-only AUC, log m |")
+    print("|---|---|---|---|")
+    for kind in kinds:
+        m, logm = (scorer.learners[f"{kind}_{s}"].score(test_x).numpy()[in_sr] for s in ("m", "logm"))
+        overlap = metrics.selection_overlap(m, logm, 0.01)
+        print(f"| {kind} | {100 * overlap:.1f}% | {metrics.auc(labels[in_sr], m):.3f} | "
+              f"{metrics.auc(labels[in_sr], logm):.3f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("study", choices=("closure", "injection", "scan", "invariance"))
+    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--signal-fraction", type=float, default=0.01)
+    parser.add_argument("--source", default="synthetic")
+    parser.add_argument("--held-out", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--kinds", default="cwola")
+    parser.add_argument("--budget", type=float, default=0.14)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.study == "closure":
+        closure(args.events, args.seed)
+    elif args.study == "invariance":
+        invariance(args.events, args.signal_fraction, args.held_out, args.seed)
+    elif args.study == "scan":
+        scan(args.events, args.signal_fraction, args.kinds.split(","), args.budget, args.seed)
+    else:
+        injection(args.source, args.events, args.signal_fraction, args.held_out, args.seed)
+
+
+if __name__ == "__main__":
+    main()
