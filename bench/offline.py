@@ -4,8 +4,9 @@
 
 1. The stream: the events ``streamflow replay`` sends for the same source, signal
    fraction, seed and frame size (the producer's own frame cutter), in order.
-2. Online: the default ``lhco`` menu (flow in m and log m, CWoLA, autoencoder, one
-   line each at q) in-process on those frames, test-then-train, as a scorer does;
+2. Online: the default ``lhco`` menu's single-network learners (flow in m and log m,
+   CWoLA, autoencoder, one line each at q; CATHODE is judged by
+   ``bench.cathode``) in-process on those frames, test-then-train, as a scorer does;
    every event keeps the score it got before it was learnt from, and each line
    its trigger decisions.
 3. Offline, every event scored by a model that did not see it:
@@ -46,13 +47,14 @@ import torch
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.model_selection import StratifiedKFold
 
+from bench.hotpaths import network_learners
 from streamflow import metrics
 from streamflow.analysis.coordinate_study import score_events
 from streamflow.analysis.mass_coordinate_study import StudyConfig, train
 from streamflow.events import EventBatch, open_source
 from streamflow.events.chunking import first_events
 from streamflow.learners import CATHODE_FEATURES
-from streamflow.scoring.frame_scorer import FrameScorer
+from streamflow.scoring.frame_scorer import FrameScorer, ScorerConfig
 from streamflow.scoring.presets import preset
 from streamflow.trigger.menu import SIGNAL_REGION
 
@@ -80,9 +82,20 @@ def stream_events(source: str, events: int | None, signal_fraction: float, seed:
     return list(first_events(opened.chunks(frame_size), events))
 
 
+def anchored_menu(q: float, window: int, threads: int) -> ScorerConfig:
+    """The lhco menu's single-network learners (flows, CWoLA, autoencoder) and their lines: the ones with an
+    offline twin here. CATHODE and ANODE are composites (a flow and a classifier that learn together) and are
+    judged by ``python -m bench.cathode``."""
+    full = preset("lhco", q=q, window=window, device="cpu")
+    learners = tuple(network_learners("lhco"))
+    names = {c.name for c in learners}
+    lines = tuple(line for line in full.lines if line.learner in names)
+    return dataclasses.replace(full, learners=learners, lines=lines, threads=threads)
+
+
 def online(batches: list[EventBatch], q: float, window: int, threads: int) -> Stream:
     """The lhco menu test-then-train over the frames: every event's score before learning, the lines' counts."""
-    config = dataclasses.replace(preset("lhco", q=q, window=window, device="cpu"), threads=threads)
+    config = anchored_menu(q, window, threads)
     scorer = FrameScorer(config)
     scores: dict[str, list[np.ndarray]] = {name: [] for name in scorer.learners}
     bits: list[np.ndarray] = []
@@ -123,7 +136,7 @@ def hgb_cwola(events: EventBatch, folds: int, seed: int) -> np.ndarray:
 def offline_networks(events: EventBatch, epochs: int, batch_size: int, q: float, seed: int) -> dict[str, np.ndarray]:
     """The lhco menu's learners trained offline for ``epochs`` passes, 2-fold: each half scored by the
     model trained on the other half."""
-    configs = preset("lhco", q=q).learners
+    configs = network_learners("lhco")
     half = np.random.default_rng(seed).permutation(len(events)) < len(events) // 2
     out = {c.name: np.full(len(events), np.nan, np.float32) for c in configs}
     study = StudyConfig(epochs=epochs, batch_size=batch_size)
