@@ -69,6 +69,8 @@ from streamflow.stream.transport import (
     DEFAULT_ENDPOINT,
     DEFAULT_HWM,
     Curve,
+    DownstreamStuck,
+    HandshakeError,
     Receiver,
     Sender,
     check_endpoint,
@@ -154,6 +156,10 @@ class ConsumeStats:
     """stream id -> (SELECTION frames, accepted events) sent to the sink, for its END_OF_STREAM."""
     busy: tuple[float, float] | None = None
     """Wall-clock times (s since the epoch) of the first frame's arrival and the last frame's end."""
+    sink_error: str | None = None
+    """Why the selections did not reach a sink to the end (stuck sink, END_OF_STREAM not acknowledged)."""
+    sink_confirmed: int | None = None
+    """Selected events the sink(s) acknowledged having received at END_OF_STREAM (None: no handshake)."""
 
 
 def _lost_json(lost: dict[int, dict[int, int]]) -> dict[str, dict[str, int]]:
@@ -310,13 +316,28 @@ class _ScorerLoop:
                 tuple(line.name for line in self.config.scorer.lines),
                 seq=msg.seq, stream_id=msg.stream_id, send_ns=msg.send_ns,
             )
-            self.selections.send(parts, len(accepted), self.stop_event)
-            self.stats.selections_sent += len(accepted)
-            frames, events = self.stats.selections_by_stream.get(msg.stream_id, (0, 0))
-            self.stats.selections_by_stream[msg.stream_id] = (frames + 1, events + len(accepted))
+            if self._send_selection(parts, len(accepted)):
+                frames, events = self.stats.selections_by_stream.get(msg.stream_id, (0, 0))
+                self.stats.selections_by_stream[msg.stream_id] = (frames + 1, events + len(accepted))
         self.latency.record(time.time_ns() - msg.send_ns)
         self.journal.record(msg.stream_id, msg.seq, len(batch))
         self.stats.busy = (started, time.time())
+
+    def _send_selection(self, parts: list[Any], accepted: int) -> bool:
+        """Push one SELECTION message; False if a stop or a stuck sink kept it from going.
+
+        A sink that takes nothing for the idle timeout (gone, or wedged) is reported once:
+        the error is kept for the ledger and the exit, and the loop is stopped like a signal
+        would (data-parallel ranks vote on it), without the selections handshake."""
+        assert self.selections is not None and self.stop_event is not None
+        try:
+            sent = self.selections.send(parts, accepted, self.stop_event, give_up_s=self.config.idle_timeout)
+        except DownstreamStuck as exc:
+            self.stats.sink_error = f"the sink stopped taking selections: {exc}"
+            self.stop_event.set()
+            return False
+        self.stats.selections_sent += accepted if sent else 0
+        return sent
 
     def on_no_frame(self, names: tuple[str, ...]) -> None:
         """A data-parallel round without a frame here: take part in the others' step with no events."""
@@ -342,7 +363,15 @@ class _ScorerLoop:
         if shared > 1:
             streams = {sid: (self.stats.sent_totals[sid][0], events) for sid, (_, events) in streams.items()
                        if sid in self.stats.sent_totals}
-        self.selections.end_stream(timeout_s, streams=streams, shared_by=shared if shared > 1 else None)
+        if self.stats.sink_error is not None:
+            return  # a stuck sink would not acknowledge: do not wait for it again
+        try:
+            eos = self.selections.end_stream(timeout_s, streams=streams, shared_by=shared if shared > 1 else None,
+                                             stop_event=self.stop_event)
+        except HandshakeError as exc:
+            self.stats.sink_error = str(exc)
+        else:
+            self.stats.sink_confirmed = eos.acked_events
 
     def telemetry(self) -> dict[str, Any]:
         sender = self.selections
@@ -374,6 +403,12 @@ class _ScorerLoop:
                    "every scored event is learned from after its frame")
         ledger.add("accepted", stats.accepted, "by at least one trigger line")
         ledger.add("sent to sink", stats.selections_sent, "" if self.selections else "no sink configured")
+        if self.selections is not None:
+            confirmed = stats.sink_confirmed or 0
+            unconfirmed = stats.selections_sent - confirmed
+            ledger.add("confirmed by sink", confirmed, (
+                "acknowledged at END_OF_STREAM" if stats.sink_confirmed is not None else "no sink acknowledged")
+                + (f"; {unconfirmed:,d} not: lost, or taken by a sink that left" if unconfirmed > 0 else ""))
         lost = {sid: {"frames": sorted(frames), "events": sum(frames.values())}
                 for sid, frames in stats.lost_after_processing.items()}
         ledger.details.update(sequence=self.tracker.summary(), missing_frames=self.tracker.missing_frames(),
@@ -390,6 +425,8 @@ class _ScorerLoop:
             ledger.notes.append(f"rejected {receiver.rejected} messages; last: {receiver.last_error}")
         if stats.idle_error:
             ledger.notes.append(f"ended: {stats.idle_error}")
+        if stats.sink_error:
+            ledger.notes.append(f"ended: {stats.sink_error}")
         return ledger
 
     def close(self) -> None:
@@ -548,7 +585,7 @@ def run_consume(config: ConsumeConfig, stop_event: threading.Event | None = None
             _alone(loop, stop_event)
         else:
             _in_rounds(loop, collective, stop_event)
-        loop.stats.stopped = stop_event.is_set()
+        loop.stats.stopped = stop_event.is_set() and loop.stats.sink_error is None
         loop.add_learn_stats({name: {"loss": stats.get("loss", float("nan"))}
                               for name, stats in loop.scorer.flush().items()})
         loop.checkpoint()
@@ -557,16 +594,18 @@ def run_consume(config: ConsumeConfig, stop_event: threading.Event | None = None
         loop.stats.sequence = loop.tracker.summary()
         loop.stats.missing_frames = loop.tracker.missing_frames()
         loop.stats.rejected = loop.receiver.rejected
+        if loop.selections is not None:  # before the ledger, which says what the sink confirmed
+            loop.end_selections(config.eos_timeout)
         ledger = loop.ledger()
         ledger.write(Path(config.run_dir) / f"ledger-{loop.config.name}.json")
-        if collective is not None:  # the last collective: a rank's own handshake below may fail alone
+        if collective is not None:
             ledger = _merged_ledger(loop, collective, ledger)
             if loop.leader:
                 ledger.write(Path(config.run_dir) / f"ledger-{config.name}.json")
-        if loop.selections is not None:
-            loop.end_selections(config.eos_timeout)
         if loop.stats.idle_error and loop.leader:  # the ranks decided it together: rank 0 says it
             raise StreamflowError(loop.stats.idle_error)
+        if loop.stats.sink_error:  # this scorer's (or rank's) own sink
+            raise StreamflowError(loop.stats.sink_error)
         return loop.stats, ledger
     finally:
         if loop is not None:

@@ -35,6 +35,7 @@ from streamflow.stream.ledger import Ledger, stream_totals
 from streamflow.stream.transport import (
     DEFAULT_HWM,
     Curve,
+    DownstreamStuck,
     EndOfStream,
     HandshakeError,
     Receiver,
@@ -58,7 +59,8 @@ class ProxyConfig:
     stream_id: the proxy's own id, on its END_OF_STREAM header (the streams keep theirs).
     eos_timeout: seconds to wait for every downstream receiver to acknowledge END_OF_STREAM;
     a receiver acknowledges only after working through its queue, hence more than a producer's.
-    idle_timeout: seconds without any message from any upstream before the proxy gives up.
+    idle_timeout: seconds without any message from any upstream, or with a forwarded frame finding no
+    room downstream (receivers gone or wedged), before the proxy gives up.
     upstream_curve: connect to every upstream as a CURVE client (they share one server key).
     curve: serve downstream as a CURVE server, admitting only authorised receivers.
     """
@@ -245,8 +247,12 @@ class _Forwarder:
                     error = self._claim(index, msg)
                     if error is not None:
                         return error
-                    if not self.sender.send(parts, len(msg.batch), stop_event):
-                        return None  # stopped while the downstream queues were full
+                    try:
+                        if not self.sender.send(parts, len(msg.batch), stop_event,
+                                                give_up_s=self.config.idle_timeout):
+                            return None  # stopped while the downstream queues were full
+                    except DownstreamStuck as exc:
+                        return f"the downstream stopped taking frames: {exc}"
                     upstream.forwarded.setdefault(msg.stream_id, Count()).add(len(msg.batch))
         return None
 
@@ -296,7 +302,7 @@ def run_proxy(config: ProxyConfig, stop_event: threading.Event | None = None) ->
             stats.seconds, stats.blocked_s = time.perf_counter() - start, sender.blocked_s
             stats.stopped = stop_event.is_set()
             try:
-                stats.eos = sender.end_stream(config.eos_timeout, streams=stats.streams())
+                stats.eos = sender.end_stream(config.eos_timeout, streams=stats.streams(), stop_event=stop_event)
             except HandshakeError as exc:
                 if stats.error is None:
                     raise

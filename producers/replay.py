@@ -133,7 +133,7 @@ def run_replay(config: ReplayConfig, stop_event: threading.Event | None = None,
             if progress is not None:
                 progress(sender.events, sender.frames, True)
             seconds = time.perf_counter() - start - wait_s
-            eos = sender.end_stream(config.eos_timeout)
+            eos = sender.end_stream(config.eos_timeout, stop_event=stop_event)
             return ReplayStats(events=sender.events, frames=sender.frames, wait_s=wait_s,
                                seconds=seconds, blocked_s=sender.blocked_s - wait_s,
                                paced_s=paced_s, stopped=stopped, eos=eos)

@@ -105,10 +105,9 @@ def main(args: argparse.Namespace) -> int:
                           signal_fraction=signal_fraction, seed=args.seed, endpoint=run.endpoint(0),
                           hwm=CHILD_HWM, eos_timeout=EOS_TIMEOUT_S)
     started = time.monotonic()
-    codes = run_pipeline(RunConfig(run=run, replay=replay, scorer=scorer))
-    failed = {role: code for role, code in codes.items() if code != 0}
-    if failed:
-        raise StreamflowError("pipeline failed: " + ", ".join(f"{r} exited with {c}" for r, c in failed.items()))
+    result = run_pipeline(RunConfig(run=run, replay=replay, scorer=scorer))
+    if result.error is not None:
+        raise StreamflowError(result.error)
     streamed_s = time.monotonic() - started
     learners = coordinates.load_learners(Path(run.run_dir) / "scorer.ckpt.pt")
     study = coordinates.run_study(learners, events, source=args.source, q=args.q, exact=toy)

@@ -161,15 +161,16 @@ def _keep_learners(scorer: ScorerConfig, names: list[str]) -> ScorerConfig:
     )
 
 
-def _child(role: str, target: Callable[..., Any], *args: Any) -> None:
-    """A pipeline process: stops on SIGTERM (the parent orders the stop), errors as one line, exit 2."""
+def _child(role: str, errors: Any, target: Callable[..., Any], *args: Any) -> None:
+    """A pipeline process: stops on SIGTERM (the parent orders the stop); a StreamflowError goes to
+    the parent on ``errors`` (it says the first one, once) and the exit code is 2."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         target(*args, stop)
     except StreamflowError as exc:
-        print(f"streamflow run: {role}: error: {exc}", file=sys.stderr)
+        errors.put((time.time(), role, str(exc)))
         sys.exit(2)
 
 
@@ -210,14 +211,42 @@ def _produce(config: ReplayConfig, run_dir: str, telemetry: str, stop: threading
         ctx.destroy(linger=0)
 
 
-def _start(role: str, target: Callable[..., Any], *args: Any) -> mp.Process:
-    process = mp.get_context("spawn").Process(target=_child, args=(role, target, *args), name=role, daemon=False)
+def _start(role: str, errors: Any, target: Callable[..., Any], *args: Any) -> mp.Process:
+    process = mp.get_context("spawn").Process(target=_child, args=(role, errors, target, *args), name=role,
+                                              daemon=False)
     process.start()
     return process
 
 
-def run_pipeline(config: RunConfig, *, console_monitor: Callable[..., Any] | None = None) -> dict[str, int]:
-    """Run the pipeline to the end of its stream; returns each child's exit code."""
+@dataclass(frozen=True)
+class PipelineResult:
+    """How the pipeline's processes ended: each one's exit code, and one line saying why it failed.
+
+    error: the first error a child reported (role: message) -- the cause; the others'
+    failures follow from it and are not repeated -- else, for a child that died
+    without a word (killed by a signal), its exit; None when every child exited 0.
+    """
+
+    codes: dict[str, int | None]
+    error: str | None
+
+
+def _pipeline_error(codes: dict[str, int | None], reported: list[tuple[float, str, str]]) -> str | None:
+    if reported:
+        _, role, message = min(reported)
+        return f"{role}: {message}"
+    failed = [(role, code) for role, code in codes.items() if code != 0]
+    if not failed:
+        return None
+    role, code = failed[0]
+    return f"{role} {'was killed by signal ' + str(-code) if code is not None and code < 0 else f'exited with {code}'}"
+
+
+def run_pipeline(config: RunConfig, *, console_monitor: Callable[..., Any] | None = None) -> PipelineResult:
+    """Run the pipeline to the end of its stream (or a stop: Ctrl-C, SIGTERM, a failed child).
+
+    SIGTERM to this process stops the pipeline like Ctrl-C (when called from the main thread).
+    """
     from consumers.scorer import ConsumeConfig, run_consume
 
     run, run_dir = config.run, Path(config.run.run_dir)
@@ -229,13 +258,16 @@ def run_pipeline(config: RunConfig, *, console_monitor: Callable[..., Any] | Non
                            telemetry=telemetry, run_dir=str(run_dir), checkpoint_every=run.checkpoint_every,
                            hwm=CHILD_HWM, kernel_buffer=CHILD_KERNEL_BUFFER)
     stop = threading.Event()
+    errors = mp.get_context("spawn").SimpleQueue()
     children = {
-        "sink": _start("sink", functools.partial(run_sink, run_config=config.to_tables()), sink),
-        "scorer": _start("scorer", run_consume, scorer),
-        "producer": _start("producer", _produce, config.replay, str(run_dir), telemetry),
+        "sink": _start("sink", errors, functools.partial(run_sink, run_config=config.to_tables()), sink),
+        "scorer": _start("scorer", errors, run_consume, scorer),
+        "producer": _start("producer", errors, _produce, config.replay, str(run_dir), telemetry),
     }
     supervisor = threading.Thread(target=_supervise, args=(children, stop, run.duration), daemon=True)
     supervisor.start()
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if in_main else None
     try:
         if console_monitor is not None:
             console_monitor(telemetry, stop)  # returns once ``stop`` is set, or early on q
@@ -243,9 +275,18 @@ def run_pipeline(config: RunConfig, *, console_monitor: Callable[..., Any] | Non
             while not stop.wait(0.2):
                 pass
     except KeyboardInterrupt:
-        print("streamflow run: stopping (Ctrl-C): the producer ends the stream, the rest drains", file=sys.stderr)
+        print("streamflow: stopping: the producer ends the stream, the rest drains", file=sys.stderr)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the stop below is already under way
     _stop_all(children)
-    return {role: p.exitcode for role, p in children.items()}
+    if in_main:
+        signal.signal(signal.SIGTERM, previous)
+    reported = []
+    while not errors.empty():
+        reported.append(errors.get())
+    codes = {role: p.exitcode for role, p in children.items()}
+    return PipelineResult(codes, _pipeline_error(codes, reported))
 
 
 def _supervise(children: dict[str, mp.Process], stop: threading.Event, duration: float | None) -> None:
@@ -298,21 +339,18 @@ def combined_ledger(run_dir: Path) -> Ledger:
 def main(args: argparse.Namespace) -> int:
     config = build_config(args)
     monitor = _monitor_runner(config.run) if config.run.monitor else None
-    codes = run_pipeline(config, console_monitor=monitor)
+    result = run_pipeline(config, console_monitor=monitor)
     run_dir = Path(config.run.run_dir)
     ledger = combined_ledger(run_dir)
     ledger.write(run_dir / "ledger.json")
     print(ledger.render())
-    failed = {role: code for role, code in codes.items() if code != 0}
-    if config.run.report and not failed:
+    if config.run.report and result.error is None:
         from streamflow.ops.report import make_report
 
         print(f"report: {make_report(run_dir)}")
     print(f"run folder: {run_dir}")
-    if failed:
-        print("streamflow run: error: " + ", ".join(f"{r} exited with {c}" for r, c in failed.items()),
-              file=sys.stderr)
-        return 2
+    if result.error is not None:
+        raise StreamflowError(result.error)
     return 0
 
 

@@ -48,11 +48,17 @@ from streamflow.stream.wire import Kind, Message, decode, encode_control, encode
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 DEFAULT_HWM = 64  # frames queued per socket before a send blocks
 _POLL_MS = 100  # how often a blocked send or receive looks at its stop flag
-_IN_USE = "address already in use (another producer running? pick another --endpoint)"
+_IN_USE = "address already in use (is another streamflow process bound there? pick another endpoint)"
+STOP_HANDSHAKE_S = 10.0
+"""The longest an END_OF_STREAM handshake waits once the process has been told to stop (SIGINT/SIGTERM)."""
 
 
 class HandshakeError(StreamflowError):
     """END_OF_STREAM was not acknowledged by every receiver in time."""
+
+
+class DownstreamStuck(StreamflowError):
+    """A send found no room for ``give_up_s``: the receivers stopped taking messages (gone, or wedged)."""
 
 
 def check_endpoint(endpoint: str) -> str:
@@ -311,12 +317,18 @@ class Sender(_SocketPair):
         self._stop_auth()
 
     def send(self, parts: list[Any], n_events: int, stop_event: threading.Event | None = None,
-             restamp_on_wait: bool = False) -> bool:
+             restamp_on_wait: bool = False, give_up_s: float | None = None) -> bool:
         """Send one encoded message (zero-copy), blocking while the queue is full.
 
         With ``restamp_on_wait`` a message that had to wait gets the time ZeroMQ took it
         as its send time. Returns False, without sending, if ``stop_event`` is set while blocked.
+        With ``give_up_s``, a message that finds no room for that long raises
+        :class:`DownstreamStuck` (not sent): a receiver that died leaves PUSH with no
+        peer, and a wedged one never frees its queue -- either would block forever.
+        A slow but live receiver frees room within a frame's processing time, so
+        ``give_up_s`` should be far above that (a process's idle timeout).
         """
+        waited = time.monotonic()
         while True:
             start = time.perf_counter()
             try:  # blocks at most SNDTIMEO inside ZeroMQ, then looks at stop_event
@@ -325,6 +337,9 @@ class Sender(_SocketPair):
             except zmq.Again:
                 if stop_event is not None and stop_event.is_set():
                     return False
+                if give_up_s is not None and time.monotonic() - waited > give_up_s:
+                    raise DownstreamStuck(f"no receiver took a message from {self.endpoint} for {give_up_s:g} s: "
+                                          f"is it running?") from None
                 if restamp_on_wait:
                     parts = restamp(parts, time.time_ns())
             finally:
@@ -360,7 +375,8 @@ class Sender(_SocketPair):
 
     def end_stream(self, timeout_s: float = 10.0, interval_s: float = 0.1,
                    streams: dict[int, tuple[int, int]] | None = None,
-                   shared_by: int | None = None) -> EndOfStream:
+                   shared_by: int | None = None, stop_event: threading.Event | None = None,
+                   extra: dict[str, Any] | None = None) -> EndOfStream:
         """Send END_OF_STREAM until every receiver that said HELLO (at least one) acknowledged it.
 
         The meta carries this sender's "frames" and "events" and "receivers": how many
@@ -373,9 +389,11 @@ class Sender(_SocketPair):
         :func:`streamflow.stream.ledger.stream_totals`), since its own counts mix them.
         ``shared_by`` replaces the receiver count, for a sender whose stream is one
         share of a stream split upstream (a scorer's selections, when several scorers
-        split the producer's stream). Raises HandshakeError naming the silent receivers after ``timeout_s``.
+        split the producer's stream). ``extra`` adds keys to the meta. Raises HandshakeError naming the
+        silent receivers after ``timeout_s`` -- at most :data:`STOP_HANDSHAKE_S` once ``stop_event`` is
+        set, so a process told to stop does not wait long on a receiver that is gone.
         """
-        meta: dict[str, Any] = {"frames": self.frames, "events": self.events}
+        meta: dict[str, Any] = {"frames": self.frames, "events": self.events, **(extra or {})}
         if streams is not None:
             meta["streams"] = {str(sid): {"frames": frames, "events": events}
                                for sid, (frames, events) in streams.items()}
@@ -397,6 +415,8 @@ class Sender(_SocketPair):
             if self._acks and self._hellos.keys() <= self._acks.keys():
                 acks = {self._hellos[rid]: meta for rid, meta in self._acks.items()}
                 return EndOfStream(acks, time.monotonic() - start, sent)
+            if stop_event is not None and stop_event.is_set():
+                timeout_s = min(timeout_s, STOP_HANDSHAKE_S)
             if time.monotonic() - start > timeout_s:
                 raise HandshakeError(self._silence(timeout_s))
 
