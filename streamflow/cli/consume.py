@@ -9,6 +9,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from streamflow.cli.common import curve_options, curves_from_args, stop_on_signals
+from streamflow.cli.outputs import output_folder
 from streamflow.config import read_toml
 from streamflow.errors import ConfigError
 from streamflow.stream.transport import DEFAULT_ENDPOINT, DEFAULT_HWM
@@ -87,6 +88,7 @@ def main(args: argparse.Namespace) -> int:
     from consumers.scorer import ConsumeConfig, run_consume
     from streamflow.distributed import launched_ranks
 
+    output_folder(args.run_dir, "--run-dir")
     curve, selections_curve = curves_from_args(args)
     config = ConsumeConfig(
         scorer=scorer_config(args), endpoint=args.endpoint, selections=args.selections,

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from streamflow.cli.outputs import output_folder
 from streamflow.errors import ConfigError, StreamflowError
 
 if TYPE_CHECKING:  # torch-heavy: imported where used (fast start-up)
@@ -92,13 +93,13 @@ def main(args: argparse.Namespace) -> int:
     from streamflow.analysis import coordinate_study as coordinates
 
     _check(args)
+    out = output_folder(args.out or Path("runs") / time.strftime("coordinates-%Y%m%d-%H%M%S"), "--out")
     toy = args.source == "gaussian"
     signal_fraction = None if toy else (LHCO_SIGNAL_FRACTION if args.signal_fraction is None
                                         else args.signal_fraction)
     events = evaluation_events(args, signal_fraction)  # also checks the source before any process starts
     scorer = preset("gaussian", q=args.q) if toy else coordinates.lhco_menu(args.q)
     scorer = dataclasses.replace(scorer, device=args.device, threads=args.threads)
-    out = Path(args.out or Path("runs") / time.strftime("coordinates-%Y%m%d-%H%M%S"))
     run = RunOptions(run_dir=str(out / "run"), base_port=args.base_port, monitor=False, report=False)
     stream_events = args.events or (TOY_EVENTS if args.source in ("gaussian", "synthetic") else None)
     replay = ReplayConfig(source=args.source, events=stream_events, frame_size=args.frame_size,

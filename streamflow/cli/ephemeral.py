@@ -75,10 +75,11 @@ def scorer_config(args: argparse.Namespace) -> ScorerConfig:
 
 def main(args: argparse.Namespace) -> int:
     from streamflow.analysis.ephemeral_study import HuntConfig, StreamSpec, run_study
+    from streamflow.cli.outputs import output_folder
 
+    out = output_folder(args.out, "--out")
     spec = StreamSpec(args.source, signal_fraction=args.signal_fraction, events=args.events,
                       test_fraction=args.test_fraction, test_events=args.test_events, seed=args.seed)
-    out = Path(args.out)
     checkpoint = Path(args.checkpoint) if args.checkpoint else out / "ephemeral.ckpt.pt"
     scorer = None if args.checkpoint else scorer_config(args)
     run_study(spec, checkpoint, out, scorer=scorer, hunt=HuntConfig(epochs=args.epochs, seed=args.seed),

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from streamflow.cli.common import curve_options, curves_from_args, stop_on_signals
+from streamflow.cli.outputs import output_folder
 from producers.proxy import DEFAULT_PROXY_ENDPOINT, ProxyConfig, ProxyError, ProxyStats, run_proxy
 from streamflow.stream.transport import DEFAULT_HWM
 
@@ -57,11 +58,12 @@ def report(stats: ProxyStats, name: str, run_dir: str | None) -> None:
     ledger = stats.ledger()
     print(ledger.render())
     if run_dir is not None:
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
         ledger.write(Path(run_dir) / f"ledger-{name}.json")
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.run_dir is not None:
+        output_folder(args.run_dir, "--run-dir")
     config = config_from_args(args)
     try:
         stats = run_proxy(config, stop_on_signals())

@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from typing import TYPE_CHECKING
 
+from streamflow.cli.outputs import output_folder
 from streamflow.cli.replay import parse_rate
 from consumers.sink import SinkConfig, run_sink
 from producers.replay import ReplayConfig, run_replay
@@ -338,6 +339,7 @@ def combined_ledger(run_dir: Path) -> Ledger:
 
 def main(args: argparse.Namespace) -> int:
     config = build_config(args)
+    output_folder(config.run.run_dir, "--run-dir")
     monitor = _monitor_runner(config.run) if config.run.monitor else None
     result = run_pipeline(config, console_monitor=monitor)
     run_dir = Path(config.run.run_dir)

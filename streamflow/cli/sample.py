@@ -26,7 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from streamflow.analysis.sampling import DEFAULT_RANGES, MassRange, sample_checkpoint, write_samples
+    from streamflow.cli.outputs import output_file
 
+    output_file(args.output, "--output")
     ranges = [MassRange(lo, hi) for lo, hi in args.mjj_range] if args.mjj_range else DEFAULT_RANGES
     flow, samples = sample_checkpoint(args.checkpoint, args.events, ranges, learner=args.learner, seed=args.seed)
     write_samples(args.output, samples)
