@@ -20,7 +20,7 @@ import zmq
 
 from streamflow.errors import ConfigError
 from streamflow.events import open_source
-from streamflow.stream.pacing import TokenBucket, frames
+from streamflow.stream.pacing import TokenBucket, check_frame_size, frames
 from streamflow.stream.transport import (
     DEFAULT_ENDPOINT,
     DEFAULT_HWM,
@@ -39,8 +39,9 @@ class ReplayConfig:
 
     source: an LHCO features or raw file, "synthetic" or "gaussian" (streamflow.events.open_source).
     rate: events/s, None for as fast as the receivers take them.
+    frame_size: events per frame, 1 to ``MAX_FRAME_EVENTS`` (1,048,576).
     events: stop after this many events (None: the whole source once; forever for
-    a generator, or for a file with ``loop``).
+    a generator, or for a file with ``loop``); streamed, so any number.
     loop: replay a file again and again (ids continue: pass p, row r -> p * n_rows + r).
     curve: CURVE-secure the sockets, admitting only authorised receivers (None: plain sockets).
     """
@@ -60,8 +61,7 @@ class ReplayConfig:
     curve: Curve | None = None
 
     def __post_init__(self) -> None:
-        if self.frame_size < 1:
-            raise ConfigError(f"frame size must be at least 1 event, got {self.frame_size}")
+        check_frame_size(self.frame_size)
         if self.rate is not None and not (math.isfinite(self.rate) and self.rate > 0):
             raise ConfigError(f"rate must be a positive number of events/s, got {self.rate}")
         if self.signal_fraction is not None and not 0 <= self.signal_fraction <= 1:

@@ -12,10 +12,13 @@ from streamflow.cli.common import curve_options, curves_from_args, stop_on_signa
 from streamflow.cli.outputs import output_folder
 from streamflow.config import read_toml
 from streamflow.errors import ConfigError
-from streamflow.stream.transport import DEFAULT_ENDPOINT, DEFAULT_HWM
+from streamflow.stream.transport import DEFAULT_ENDPOINT, DEFAULT_HWM, MAX_HWM, MAX_KERNEL_BUFFER
 
 if TYPE_CHECKING:
     from streamflow.scoring.frame_scorer import ScorerConfig
+
+MAX_LOCAL_RANKS = 64
+"""The most ranks ``--ranks`` starts on one machine (one process each); beyond, use torchrun across hosts."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,15 +31,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "replaces the preset")
     p.add_argument("--preset", default="lhco", help="built-in menu when no --config: lhco or gaussian (default lhco)")
     p.add_argument("--q", type=float, default=0.01, help="accept fraction of each preset line (default 0.01)")
-    p.add_argument("--window", type=int, default=20_000, help="rolling-quantile window in events (default 20000)")
+    p.add_argument("--window", type=int, default=20_000, help="rolling-quantile window in events, at most 10,000,000 "
+                   "(default 20000)")
     p.add_argument("--warmup", type=int, default=None, help="events before a line accepts anything (default: window)")
     p.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help=f"producer data endpoint (default {DEFAULT_ENDPOINT})")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda[:N] (default auto)")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: all cores but three, at least one)")
+                   help="torch CPU threads, at most 1024 (default: all cores but three, at least one)")
     p.add_argument("--ranks", type=int, default=1, metavar="K",
                    help="run K data-parallel scorer ranks on this machine that hold one model (gloo on CPU, "
-                        "NCCL on CUDA); across machines use torchrun (default 1)")
+                        f"NCCL on CUDA), at most {MAX_LOCAL_RANKS}; across machines use torchrun (default 1)")
     p.add_argument("--thresholds", choices=("rank", "global"), default="rank",
                    help="under torchrun: each rank's lines use its own windows (rank, default) or all ranks "
                         "sum their windows' histograms each frame and apply one threshold (global; the "
@@ -44,7 +48,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold-sync", type=int, default=1, metavar="FRAMES",
                    help="with --thresholds global: sum the ranks' histograms every N rounds (default 1)")
     p.add_argument("--learn-events", type=int, default=0, metavar="N",
-                   help="learn once N scored events have accumulated (0: after every frame; default 0)")
+                   help="learn once N scored events have accumulated, at most 10,000,000 (0: after every frame; "
+                        "default 0)")
     p.add_argument("--selections", metavar="ENDPOINT", default=None,
                    help="bind here and push accepted events to a sink (default: none)")
     p.add_argument("--telemetry", metavar="ENDPOINT", default=None,
@@ -58,10 +63,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--idle-timeout", type=float, default=60.0, metavar="S",
                    help="give up after S seconds without a frame (default 60)")
     p.add_argument("--hwm", type=int, default=DEFAULT_HWM, metavar="FRAMES",
-                   help=f"frames queued on the receiving socket (default {DEFAULT_HWM})")
+                   help=f"frames queued on the receiving socket, 1 to {MAX_HWM:,} (default {DEFAULT_HWM})")
     p.add_argument("--kernel-buffer", type=int, default=0, metavar="BYTES",
-                   help="cap the OS socket buffers: fewer frames queued, lower latency, smaller crash window "
-                        "(default 0: the OS default)")
+                   help=f"cap the OS socket buffers, at most {MAX_KERNEL_BUFFER:,} bytes: fewer frames queued, "
+                        "lower latency, smaller crash window (default 0: the OS default)")
     curve_options(p, connects_to="producer (or proxy)", binds="the --selections socket (the sinks' keys)")
     p.set_defaults(func=main)
 
@@ -96,8 +101,8 @@ def main(args: argparse.Namespace) -> int:
         resume=args.resume, idle_timeout=args.idle_timeout, name=args.name, hwm=args.hwm,
         kernel_buffer=args.kernel_buffer, curve=curve, selections_curve=selections_curve,
     )
-    if args.ranks < 1:
-        raise ConfigError(f"--ranks must be at least 1, got {args.ranks}")
+    if not 1 <= args.ranks <= MAX_LOCAL_RANKS:
+        raise ConfigError(f"--ranks must be 1 to {MAX_LOCAL_RANKS} (processes on this machine), got {args.ranks:,d}")
     launched = launched_ranks()
     if launched > 1 and args.ranks not in (1, launched):
         raise ConfigError(f"started as one of {launched} ranks (WORLD_SIZE), so --ranks {args.ranks} does not apply")

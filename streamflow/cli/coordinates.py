@@ -35,6 +35,8 @@ if TYPE_CHECKING:  # torch-heavy: imported where used (fast start-up)
 TOY_EVENTS = 300_000
 GENERATOR_EVAL_EVENTS = 200_000
 LHCO_SIGNAL_FRACTION = 0.01
+MAX_EVAL_EVENTS = 10_000_000
+"""The most evaluation events: they are held in memory and scored by every learner at once."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -48,8 +50,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--events", type=int, help=f"events to stream (default: {TOY_EVENTS:,} for a generator, "
                                               "a file once)")
     p.add_argument("--eval-events", type=int, default=GENERATOR_EVAL_EVENTS,
-                   help=f"held-out events of a generator to evaluate on (default {GENERATOR_EVAL_EVENTS:,})")
-    p.add_argument("--frame-size", type=int, default=4096, help="events per frame (default 4096)")
+                   help=f"held-out events of a generator to evaluate on, at most {MAX_EVAL_EVENTS:,} "
+                        f"(default {GENERATOR_EVAL_EVENTS:,})")
+    p.add_argument("--frame-size", type=int, default=4096, help="events per frame, 1 to 1,048,576 (default 4096)")
     p.add_argument("--signal-fraction", type=float,
                    help=f"LHCO streams: signal fraction (default {LHCO_SIGNAL_FRACTION}); the toy has its own")
     p.add_argument("--seed", type=int, default=0, help="seed of the stream (evaluation: seed + 1)")
@@ -63,10 +66,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _check(args: argparse.Namespace) -> None:
-    for key in ("events", "eval_events", "frame_size"):
-        value = getattr(args, key)
-        if value is not None and value < 1:
-            raise ConfigError(f"--{key.replace('_', '-')} must be at least 1, got {value}")
+    from streamflow.stream.pacing import check_frame_size
+
+    if args.events is not None and args.events < 1:  # streamed: no upper bound
+        raise ConfigError(f"--events must be at least 1, got {args.events}")
+    if not 1 <= args.eval_events <= MAX_EVAL_EVENTS:
+        raise ConfigError(f"--eval-events must be 1 to {MAX_EVAL_EVENTS:,d}, got {args.eval_events:,d}")
+    check_frame_size(args.frame_size)
     if not 0 < args.q <= 1:
         raise ConfigError(f"--q must be in (0, 1], got {args.q}")
     if args.source == "gaussian" and args.signal_fraction is not None:

@@ -33,6 +33,12 @@ from streamflow.learners import LearnerConfig, TorchLearner, build_learner, lear
 from streamflow.trigger import LineConfig, LineStats, Selection, TriggerMenu
 
 
+MAX_LEARN_EVENTS = 10_000_000
+"""The most scored events held back for one deferred learning step (``learn_events``): they wait in memory."""
+MAX_THREADS = 1024
+"""The most torch CPU threads a scorer asks for."""
+
+
 @dataclass(frozen=True)
 class ScorerConfig:
     """Learners and trigger lines of one scorer.
@@ -67,10 +73,10 @@ class ScorerConfig:
         for line in self.lines:
             if line.learner not in names:
                 raise ConfigError(f"trigger line {line.name!r} reads learner {line.learner!r}, not among {names}")
-        if self.learn_events < 0:
-            raise ConfigError(f"learn_events must be >= 0, got {self.learn_events}")
-        if self.threads < 0:
-            raise ConfigError(f"threads must be >= 0 (0: automatic), got {self.threads}")
+        if not 0 <= self.learn_events <= MAX_LEARN_EVENTS:
+            raise ConfigError(f"learn_events must be 0 to {MAX_LEARN_EVENTS:,d} events, got {self.learn_events:,d}")
+        if not 0 <= self.threads <= MAX_THREADS:
+            raise ConfigError(f"threads must be 0 (automatic) to {MAX_THREADS}, got {self.threads:,d}")
         if self.threshold_sync < 1:
             raise ConfigError(f"threshold_sync must be at least 1 frame, got {self.threshold_sync}")
         if self.thresholds not in ("rank", "global"):

@@ -75,12 +75,18 @@ def check_endpoint(endpoint: str) -> str:
     return endpoint
 
 
+MAX_HWM = 10_000
+"""The largest high-water mark, in frames: queued frames are held in memory (2.3 GB of 4096-event LHCO frames)."""
+MAX_KERNEL_BUFFER = 1 << 30
+"""The largest OS socket buffer to ask for, in bytes (1 GiB; the kernel caps it lower anyway)."""
+
+
 def check_queue_options(hwm: int, kernel_buffer: int) -> None:
-    """ConfigError unless the high-water mark is at least 1 frame and the OS buffer >= 0 bytes."""
-    if hwm < 1:
-        raise ConfigError(f"high-water mark must be at least 1 frame, got {hwm}")
-    if kernel_buffer < 0:
-        raise ConfigError(f"kernel buffer must be >= 0 bytes, got {kernel_buffer}")
+    """ConfigError unless the high-water mark is 1 to MAX_HWM frames and the OS buffer 0 to MAX_KERNEL_BUFFER bytes."""
+    if not 1 <= hwm <= MAX_HWM:
+        raise ConfigError(f"high-water mark must be 1 to {MAX_HWM:,d} frames, got {hwm:,d}")
+    if not 0 <= kernel_buffer <= MAX_KERNEL_BUFFER:
+        raise ConfigError(f"kernel buffer must be 0 to {MAX_KERNEL_BUFFER:,d} bytes, got {kernel_buffer:,d}")
 
 
 def check_stream_id(stream_id: int) -> None:
