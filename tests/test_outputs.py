@@ -80,8 +80,8 @@ def test_the_sink_refuses_an_existing_file_that_is_not_hdf5_at_start(tmp_path, c
     assert code == 2 and len(err) == 1 and "is not an HDF5 file" in err[0], err
 
 
-def test_good_locations_are_created_and_an_existing_file_is_left_as_it_was(tmp_path) -> None:
-    assert output_folder(tmp_path / "new" / "run", "--run-dir").is_dir()
+def test_good_locations_pass_and_are_left_as_they_were(tmp_path) -> None:
+    assert not output_folder(tmp_path / "new" / "run", "--run-dir").exists()  # made by the command, later
     existing = tmp_path / "kept.h5"
     existing.write_bytes(b"12345")
     assert output_file(existing, "--output") == existing and existing.read_bytes() == b"12345"

@@ -281,6 +281,7 @@ def write_samples(path: str | Path, samples: Samples) -> None:
     ids count the samples; seq is 0; labels -1 (no truth); ``samples.meta`` is the config attribute.
     """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.unlink(missing_ok=True)
     n, n_ranges = len(samples), len(samples.ranges)

@@ -37,6 +37,7 @@ def make_keys(directory: Path, name: str) -> tuple[Path, Path]:
         if path.exists():
             raise ConfigError(f"{path} exists: refusing to overwrite a key (remove it or pick another --name)")
     output_folder(directory, "key folder")
+    directory.mkdir(parents=True, exist_ok=True)
     written_public, written_secret = zmq.auth.create_certificates(directory, name)
     os.chmod(written_secret, 0o600)
     return Path(written_public), Path(written_secret)

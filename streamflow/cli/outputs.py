@@ -23,34 +23,37 @@ def _reason(exc: OSError) -> str:
 
 
 def output_folder(path: str | Path, option: str) -> Path:
-    """``path`` as a folder this process can write to, created with its parents if missing.
+    """``path`` as a folder this process can write to or create; nothing is created here.
 
-    ``option`` names where the path came from (``--run-dir``) in the one-line ConfigError.
+    The nearest part of the path that exists must be a folder in which a file can be
+    made: a command that then fails on another input leaves nothing behind. ``option``
+    names where the path came from (``--run-dir``) in the one-line ConfigError.
     """
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"{option} {path}: is a file, not a folder")
+    existing = folder.absolute()
+    while not existing.exists():  # a path under a regular file does not "exist" either
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{option} {path}: {existing} is a file, not a folder")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"{option} {path}: cannot create the folder ({_reason(exc)})") from None
-    try:
-        with tempfile.TemporaryFile(dir=folder):
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as exc:
-        raise ConfigError(f"{option} {path}: cannot write in the folder ({_reason(exc)})") from None
+        raise ConfigError(f"{option} {path}: cannot write in {existing} ({_reason(exc)})") from None
     return folder
 
 
 def output_file(path: str | Path, option: str) -> Path:
-    """``path`` as a file this process can create or replace; its folder is created if missing.
+    """``path`` as a file this process can create or replace (its folder may still have to be made).
 
     An existing file is opened for writing without changing it, to prove it can be replaced.
     """
     file = Path(path)
     if file.is_dir():
         raise ConfigError(f"{option} {path}: is a folder, not a file")
-    output_folder(file.parent, f"{option} {path}: its folder")
+    output_folder(file.parent, f"{option} {path}: folder")
     if file.exists():
         try:
             with open(file, "r+b"):

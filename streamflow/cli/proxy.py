@@ -60,6 +60,7 @@ def report(stats: ProxyStats, name: str, run_dir: str | None) -> None:
     ledger = stats.ledger()
     print(ledger.render())
     if run_dir is not None:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
         ledger.write(Path(run_dir) / f"ledger-{name}.json")
 
 
