@@ -56,6 +56,7 @@ from streamflow.stream.ledger import (
     StreamAccount,
     account_stream,
     merge_sequence_states,
+    not_sent_json,
     seen_runs,
     stream_receivers,
     stream_totals,
@@ -153,7 +154,8 @@ class ConsumeStats:
     rank: int | None = None
     """This scorer's rank when data-parallel (rank 0 holds the merged ledger), else None."""
     selections_by_stream: dict[int, tuple[int, int]] = field(default_factory=dict)
-    """stream id -> (SELECTION frames, accepted events) sent to the sink, for its END_OF_STREAM."""
+    """stream id -> (SELECTION frames, accepted events) sent to the sink by this scorer over all its lifetimes
+    (checkpointed; a crash window's from the journal), for the sink's END_OF_STREAM."""
     busy: tuple[float, float] | None = None
     """Wall-clock times (s since the epoch) of the first frame's arrival and the last frame's end."""
     sink_error: str | None = None
@@ -171,6 +173,17 @@ def _add_lost(into: dict[int, dict[int, int]], saved: dict[str, dict[str, int]])
     """Merge what :func:`_lost_json` wrote (a checkpoint's, or another rank's) into ``into``."""
     for sid, frames in saved.items():
         into.setdefault(int(sid), {}).update({int(seq): int(n) for seq, n in frames.items()})
+
+
+def _sent_selections(state: dict[str, Any], name: str, journal: Path) -> dict[int, tuple[int, int]]:
+    """stream id -> (SELECTION frames, events) that the earlier lifetimes of scorer ``name`` sent:
+    the checkpoint's count, plus the frames of the crash window, from the journal."""
+    saved = state.get("selections_sent", {}).get(name, {})
+    counts = {int(sid): (int(frames), int(events)) for sid, (frames, events) in saved.items()}
+    for sid, sent in FrameJournal.read_file(journal, column=3).items():
+        frames, events = counts.get(sid, (0, 0))
+        counts[sid] = (frames + len(sent), events + sum(sent.values()))
+    return counts
 
 
 _COUNTERS = ("frames", "events_scored", "events_learned")
@@ -246,6 +259,7 @@ class _ScorerLoop:
         self.scorer.load_state_dict(state["scorer"])
         self.base = self._counters()
         self.stats.resumed_from_frame = self.scorer.frames
+        self.stats.selections_by_stream = _sent_selections(state, self.config.name, self.journal.path)
         if not self.leader:  # rank 0 carries the stream's account (and reads this rank's journal)
             self.checkpoint()
             return
@@ -274,9 +288,12 @@ class _ScorerLoop:
         sequence = self.tracker.state_dict()
         scorer = self.scorer.state_dict()
         mjj = self.mjj.state_dict()
+        selections = {self.config.name: {str(sid): list(counts)
+                                         for sid, counts in self.stats.selections_by_stream.items()}}
         if self.collective is not None:  # the stream's account, counts and mjj are those of all ranks
-            views = self.collective.gather_json({"sequence": sequence, "counted": [
+            views = self.collective.gather_json({"sequence": sequence, "selections": selections, "counted": [
                 now - base for now, base in zip(self._counters(), self.base)]})
+            selections = {name: counts for view in views for name, counts in view["selections"].items()}
             sequence, _ = merge_sequence_states([view["sequence"] for view in views])
             scorer["counters"] = {key: base + sum(view["counted"][i] for view in views)
                                   for i, (key, base) in enumerate(zip(_COUNTERS, self.base))}
@@ -286,6 +303,7 @@ class _ScorerLoop:
             save_checkpoint(self.checkpoint_path, {
                 "scorer": scorer, "sequence": sequence, HISTOGRAM_KEY: mjj,
                 "lost_after_processing": _lost_json(self.stats.lost_after_processing),
+                "selections_sent": selections,
             })
         if self.collective is not None:  # no rank forgets its frames before rank 0 has saved them
             self.collective.barrier()
@@ -307,6 +325,7 @@ class _ScorerLoop:
         if "mjj" in batch.names:
             self.mjj.add(batch.column("mjj"))
         self.add_learn_stats(result.learn_stats)
+        sent = 0
         if self.selections is not None:
             line_scores = np.column_stack(
                 [result.scores[line.learner][accepted] for line in self.config.scorer.lines]
@@ -319,8 +338,9 @@ class _ScorerLoop:
             if self._send_selection(parts, len(accepted)):
                 frames, events = self.stats.selections_by_stream.get(msg.stream_id, (0, 0))
                 self.stats.selections_by_stream[msg.stream_id] = (frames + 1, events + len(accepted))
+                sent = len(accepted)
         self.latency.record(time.time_ns() - msg.send_ns)
-        self.journal.record(msg.stream_id, msg.seq, len(batch))
+        self.journal.record(msg.stream_id, msg.seq, len(batch), sent)
         self.stats.busy = (started, time.time())
 
     def _send_selection(self, parts: list[Any], accepted: int) -> bool:
@@ -354,24 +374,44 @@ class _ScorerLoop:
     def end_selections(self, timeout_s: float) -> None:
         """END_OF_STREAM to the sink(s), with the totals per stream that a sink accounts against.
 
-        When scorers split the producer's stream, a sink sees this scorer's share of
-        the producer's sequence numbers: the totals are then the producer's frames (the
-        others' are "taken by the other receivers", as for the scorer) and this
-        scorer's accepted events."""
+        A sink sees the producer's sequence numbers, so the frame total is the producer's
+        (or, before its END_OF_STREAM, the span seen so far) and the events are those this
+        scorer selected over all its lifetimes (a resumed scorer's sink holds both). When
+        scorers split the producer's stream, the frames a scorer never had are "taken by the
+        other receivers", as for the scorer; alone, the ones it lost are listed as never sent
+        ("not_sent"), so that the sink does not call them its own loss."""
         assert self.selections is not None
-        streams, shared = self.stats.selections_by_stream, self.stats.receivers
-        if shared > 1:
-            streams = {sid: (self.stats.sent_totals[sid][0], events) for sid, (_, events) in streams.items()
-                       if sid in self.stats.sent_totals}
         if self.stats.sink_error is not None:
             return  # a stuck sink would not acknowledge: do not wait for it again
+        events = {sid: sent for sid, (_, sent) in self.stats.selections_by_stream.items()}
+        shared, extra = self.stats.receivers, None
+        if shared > 1:
+            streams = {sid: (self.stats.sent_totals[sid][0], n) for sid, n in events.items()
+                       if sid in self.stats.sent_totals}
+        else:
+            spans = {sid: self._span(sid) for sid in events}
+            streams = {sid: (spans[sid], n) for sid, n in events.items()}
+            extra = {"not_sent": not_sent_json({sid: self._never_sent(sid, span) for sid, span in spans.items()})}
         try:
             eos = self.selections.end_stream(timeout_s, streams=streams, shared_by=shared if shared > 1 else None,
-                                             stop_event=self.stop_event)
+                                             stop_event=self.stop_event, extra=extra)
         except HandshakeError as exc:
             self.stats.sink_error = str(exc)
         else:
             self.stats.sink_confirmed = eos.acked_events
+
+    def _span(self, stream_id: int) -> int:
+        """Frames the producer sent on a stream: its END_OF_STREAM total, else the sequence numbers seen."""
+        if stream_id in self.stats.sent_totals:
+            return self.stats.sent_totals[stream_id][0]
+        lost = self.stats.lost_after_processing.get(stream_id, {})
+        return max(self.tracker.segment(stream_id)[0], max(lost, default=-1) + 1)
+
+    def _never_sent(self, stream_id: int, span: int) -> set[int]:
+        """Sequence numbers below ``span`` that no lifetime of this scorer processed (no selection sent)."""
+        next_seq, _, _ = self.tracker.segment(stream_id)
+        processed = set(range(next_seq)) - set(self.tracker.missing_frames().get(stream_id, []))
+        return set(range(span)) - processed - self.stats.lost_after_processing.get(stream_id, {}).keys()
 
     def telemetry(self) -> dict[str, Any]:
         sender = self.selections

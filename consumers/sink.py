@@ -26,7 +26,15 @@ import numpy as np
 import zmq
 
 from streamflow.errors import ConfigError, StreamflowError
-from streamflow.stream.ledger import Ledger, SequenceTracker, StreamAccount, account_stream, stream_receivers, stream_totals
+from streamflow.stream.ledger import (
+    Ledger,
+    SequenceTracker,
+    StreamAccount,
+    account_stream,
+    stream_not_sent,
+    stream_receivers,
+    stream_totals,
+)
 from streamflow.stream.selections import SelectedEvents, SelectionWriter
 from streamflow.ops.telemetry import LatencyHistogram, RateMeter, TelemetryReporter
 from streamflow.stream.transport import Curve, Receiver, check_endpoint, connect
@@ -122,7 +130,9 @@ def run_sink(config: SinkConfig, stop_event: threading.Event | None = None,
                 if writer is not None:
                     writer.flush()  # the account compares the sender's totals with committed rows
                     others = stream_receivers(msg.meta) - 1
-                    accounts = {sid: account_stream(tracker, sid, frames, events, other_receivers=others)
+                    skipped = stream_not_sent(msg.meta)  # frames its scorer never had: no selection
+                    accounts = {sid: account_stream(tracker, sid, frames, events, other_receivers=others,
+                                                    not_sent=skipped.get(sid))
                                 for sid, (frames, events) in stream_totals(msg.meta, msg.stream_id).items()}
                 break
             elif msg.kind == Kind.SELECTION:

@@ -181,7 +181,9 @@ class StreamAccount:
     or socket buffers when it was killed) -- the sequence numbers the tracker found
     missing that the journal does not hold;
     elsewhere: those same frames when ``other_receivers`` > 0, i.e. the stream was
-    shared: PUSH gave them to the other receivers, so they are not called lost.
+    shared: PUSH gave them to the other receivers, so they are not called lost;
+    not_sent: sequence numbers the sender says it never sent (a scorer's selections
+    stream skips the producer's frames that never reached the scorer), no events.
     Per receiver a genuine loss cannot then be told from another receiver's share:
     the totals are checked by the sender's END_OF_STREAM acknowledgements (each
     receiver's ACK carries its frames and events) and, for data-parallel ranks, by
@@ -198,6 +200,7 @@ class StreamAccount:
     lost_in_flight: list[int]
     elsewhere: list[int] = field(default_factory=list)
     other_receivers: int = 0
+    not_sent: list[int] = field(default_factory=list)
 
     @property
     def lost_after_processing_events(self) -> int:
@@ -218,7 +221,7 @@ class StreamAccount:
     @property
     def unaccounted_frames(self) -> int:
         return (self.sent_frames - self.processed_frames - len(self.lost_after_processing)
-                - len(self.lost_in_flight) - len(self.elsewhere))
+                - len(self.lost_in_flight) - len(self.elsewhere) - len(self.not_sent))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -229,6 +232,7 @@ class StreamAccount:
             "lost_in_flight": {"frames": self.lost_in_flight, "events": self.lost_in_flight_events},
             "taken_by_other_receivers": {"receivers": self.other_receivers, "frames": self.elsewhere,
                                          "events": self.elsewhere_events},
+            "not_sent": {"frames": self.not_sent},
             "unaccounted_frames": self.unaccounted_frames,
         }
 
@@ -236,27 +240,32 @@ class StreamAccount:
         unseen = (f"taken by the other {self.other_receivers} receiver(s) {self.elsewhere_events:,d} events "
                   f"({len(self.elsewhere):,d} frames)" if self.other_receivers else
                   f"lost in flight {self.lost_in_flight_events:,d} ({len(self.lost_in_flight)} frames)")
+        skipped = f" + never sent {len(self.not_sent):,d} frames" if self.not_sent else ""
         return (f"stream {stream_id}: sent {self.sent_events:,d} events in {self.sent_frames:,d} frames = "
                 f"processed {self.processed_events:,d} + lost after processing "
-                f"{self.lost_after_processing_events:,d} ({len(self.lost_after_processing)} frames) + {unseen}; "
-                f"unaccounted frames {self.unaccounted_frames}")
+                f"{self.lost_after_processing_events:,d} ({len(self.lost_after_processing)} frames) + {unseen}"
+                f"{skipped}; unaccounted frames {self.unaccounted_frames}")
 
 
 def account_stream(tracker: SequenceTracker, stream_id: int, sent_frames: int, sent_events: int,
-                   lost_after_processing: dict[int, int] | None = None, other_receivers: int = 0) -> StreamAccount:
+                   lost_after_processing: dict[int, int] | None = None, other_receivers: int = 0,
+                   not_sent: set[int] | None = None) -> StreamAccount:
     """The account of one stream from the tracker's segment and the sender's END_OF_STREAM totals.
 
     Frames the sender sent after the last one that arrived (none, when END_OF_STREAM
     arrived on the same pipe) count as lost in flight too -- or, with
-    ``other_receivers`` > 0 (see :func:`stream_receivers`), as taken by them.
+    ``other_receivers`` > 0 (see :func:`stream_receivers`), as taken by them. Sequence
+    numbers in ``not_sent`` (:func:`stream_not_sent`) that did not arrive are neither.
     """
     lost_after = dict(lost_after_processing or {})
     next_seq, frames, events = tracker.segment(stream_id)
     missing = set(tracker.missing_frames().get(stream_id, [])) | set(range(next_seq, sent_frames))
-    unseen = sorted(missing - lost_after.keys())
+    skipped = sorted(missing & (not_sent or set()))
+    unseen = sorted(missing - lost_after.keys() - set(skipped))
     if other_receivers > 0:
-        return StreamAccount(sent_frames, sent_events, frames, events, lost_after, [], unseen, other_receivers)
-    return StreamAccount(sent_frames, sent_events, frames, events, lost_after, unseen)
+        return StreamAccount(sent_frames, sent_events, frames, events, lost_after, [], unseen, other_receivers,
+                             skipped)
+    return StreamAccount(sent_frames, sent_events, frames, events, lost_after, unseen, not_sent=skipped)
 
 
 def stream_totals(meta: dict[str, Any], stream_id: int) -> dict[int, tuple[int, int]]:
@@ -274,6 +283,31 @@ def stream_totals(meta: dict[str, Any], stream_id: int) -> dict[int, tuple[int, 
                 totals[int(sid)] = (sent["frames"], sent["events"])
         return totals
     return {stream_id: (meta["frames"], meta["events"])} if _counts(meta) else {}
+
+
+def not_sent_json(not_sent: dict[int, set[int]]) -> dict[str, list[list[int]]]:
+    """stream id -> sequence numbers a sender skipped, as the END_OF_STREAM meta's "not_sent" runs."""
+    return {str(sid): _runs(seqs) for sid, seqs in not_sent.items()}
+
+
+def stream_not_sent(meta: dict[str, Any]) -> dict[int, set[int]]:
+    """stream id -> the sequence numbers the sender says it never sent, from an END_OF_STREAM's meta.
+
+    A scorer's selections stream carries the producer's sequence numbers and skips the
+    frames that never reached the scorer (:func:`not_sent_json` wrote them); absent,
+    malformed or more than MAX_TRACKED_MISSING frames a stream: none.
+    """
+    streams = meta.get("not_sent")
+    if not isinstance(streams, dict):
+        return {}
+    try:
+        runs = {int(sid): [(int(start), int(stop)) for start, stop in seqs] for sid, seqs in streams.items()}
+    except (TypeError, ValueError):
+        return {}
+    if any(not 0 <= start <= stop or sum(b - a for a, b in seqs) > MAX_TRACKED_MISSING
+           for seqs in runs.values() for start, stop in seqs):
+        return {}
+    return {sid: {seq for start, stop in seqs for seq in range(start, stop)} for sid, seqs in runs.items()}
 
 
 def stream_receivers(meta: dict[str, Any]) -> int:

@@ -1,0 +1,110 @@
+"""What an adversarial pass found (issue 20): a scorer stuck on a dead sink, a sink's ledger across
+scorer lifetimes, processes that outlived their stop signal.
+
+Each test runs real `streamflow` processes on the Gaussian toy with the small one-learner
+scorer of the fault tests; every wait has a timeout and every process is killed on the way out.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from streamflow.stream.ledger import SequenceTracker, account_stream, not_sent_json, stream_not_sent
+from streamflow.stream.selections import read_selections
+from streamflow.stream.transport import STOP_HANDSHAKE_S
+from tests.helpers import free_port_block
+from tests.test_faults import finish, journal_lines, scorer_args, sink_written, start, wait_for
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def stages(ledger: dict) -> dict[str, int]:
+    return {stage["name"]: stage["events"] for stage in ledger["stages"]}
+
+
+def test_a_scorer_whose_sink_died_says_so_once_and_exits_2_with_what_the_sink_did_not_confirm(tmp_path) -> None:
+    port = free_port_block(4)
+    data, selections = f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{port + 2}"
+    run_dir, idle = tmp_path / "run", 3
+    with ExitStack() as stack:
+        sink = start(stack, "sink", "--endpoint", selections, "--run-dir", str(tmp_path / "sink"),
+                     "--flush-interval", "0.1", log=tmp_path / "sink.log")
+        scorer = start(stack, *scorer_args(tmp_path, data, run_dir, "--selections", selections,
+                                           "--idle-timeout", str(idle)), log=tmp_path / "scorer.log")
+        start(stack, "replay", "gaussian", "--events", "400000", "--frame-size", "500", "--rate", "40000",
+              "--endpoint", data, log=tmp_path / "producer.log")
+        wait_for(lambda: sink_written(tmp_path / "sink" / "telemetry-sink.jsonl") > 0, 60, "selections written")
+        sink.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        output = finish(scorer, tmp_path / "scorer.log", timeout=60)
+        took = time.monotonic() - killed
+    assert scorer.returncode == 2, output
+    errors = [line for line in output.splitlines() if "error" in line]
+    assert len(errors) == 1 and "the sink stopped taking selections" in errors[0] and selections in errors[0], output
+    assert took < idle + STOP_HANDSHAKE_S, f"the scorer took {took:.1f} s to give up on its sink"
+    ledger = json.loads((run_dir / "ledger-scorer.json").read_text())
+    counts = stages(ledger)
+    assert counts["sent to sink"] > 0 and counts["confirmed by sink"] == 0
+    note = next(s["note"] for s in ledger["stages"] if s["name"] == "confirmed by sink")
+    assert f"{counts['sent to sink']:,d} not" in note
+    assert any("the sink stopped taking selections" in n for n in ledger["notes"])
+
+
+def test_the_sinks_ledger_balances_across_a_scorer_crash_and_resume(tmp_path) -> None:
+    """kill -9 of the scorer, --resume, one sink all along: the sink's account of the selections stream
+    adds up with no negative figure -- events of both scorer lifetimes, and the frames the dead scorer
+    never processed listed as never sent rather than as the sink's own loss."""
+    events, frame = 200_000, 500
+    port = free_port_block(4)
+    data, selections = f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{port + 2}"
+    run_dir, sink_dir = tmp_path / "run", tmp_path / "sink"
+    with ExitStack() as stack:
+        sink = start(stack, "sink", "--endpoint", selections, "--run-dir", str(sink_dir), log=tmp_path / "sink.log")
+        producer = start(stack, "replay", "gaussian", "--events", str(events), "--frame-size", str(frame),
+                         "--endpoint", data, "--eos-timeout", "90", log=tmp_path / "producer.log")
+        args = scorer_args(tmp_path, data, run_dir, "--selections", selections, "--checkpoint-every", "5",
+                           "--idle-timeout", "60")
+        first = start(stack, *args, log=tmp_path / "scorer-1.log")
+        wait_for(lambda: (run_dir / "scorer.ckpt.pt").exists() and len(journal_lines(run_dir)) >= 2
+                 and sink_written(sink_dir / "telemetry-sink.jsonl") > 0, 90,
+                 "a checkpoint, frames scored after it and selections written")
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        assert producer.poll() is None, "the stream ended before the kill: make it longer"
+        second = start(stack, *args, "--resume", log=tmp_path / "scorer-2.log")
+        assert finish(second, tmp_path / "scorer-2.log", timeout=120) and second.returncode == 0
+        sink_log = finish(sink, tmp_path / "sink.log", timeout=60)
+        assert sink.returncode == 0, sink_log
+
+    scorer = json.loads((run_dir / "ledger-scorer.json").read_text())["streams"]["0"]
+    account = json.loads((sink_dir / "ledger-sink.json").read_text())["stream"]
+    rows, _ = read_selections(sink_dir / "selections.h5")
+    assert scorer["lost_in_flight"]["frames"] and scorer["lost_after_processing"]["frames"], "no crash window"
+    assert account["unaccounted_frames"] == 0 and account["lost_in_flight"]["events"] >= 0, account
+    assert account["sent_frames"] == events // frame
+    assert account["processed_events"] == len(rows)
+    assert account["sent_events"] == len(rows) + account["lost_in_flight"]["events"]
+    # The frames the scorer lost in flight had no selection: the sink says so and does not count them lost.
+    assert account["not_sent"]["frames"] == scorer["lost_in_flight"]["frames"]
+    assert not set(account["lost_in_flight"]["frames"]) & set(scorer["lost_in_flight"]["frames"])
+    assert "-" not in " ".join(line for line in sink_log.splitlines() if line.startswith("stream 0"))
+
+
+def test_not_sent_frames_are_neither_processed_nor_lost() -> None:
+    tracker = SequenceTracker()
+    for seq in (0, 1, 4, 6):  # 2, 3 never sent (the scorer lost them); 5 sent and lost; 7 sent last, lost
+        tracker.observe(0, seq, 10)
+    not_sent = stream_not_sent({"not_sent": not_sent_json({0: {2, 3}})})
+    account = account_stream(tracker, 0, 8, 60, not_sent=not_sent[0])
+    assert account.not_sent == [2, 3] and account.lost_in_flight == [5, 7]
+    assert account.lost_in_flight_events == 20 and account.unaccounted_frames == 0
+    assert "never sent 2 frames" in account.render(0)
+    for bad in ({"not_sent": {"0": [[5, 2]]}}, {"not_sent": {"0": [[0, 10**12]]}}, {"not_sent": "x"},
+                {"not_sent": {"0": [["a", 1]]}}):
+        assert stream_not_sent(bad) == {}  # malformed or absurd: ignored, never expanded
