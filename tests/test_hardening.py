@@ -108,3 +108,18 @@ def test_not_sent_frames_are_neither_processed_nor_lost() -> None:
     for bad in ({"not_sent": {"0": [[5, 2]]}}, {"not_sent": {"0": [[0, 10**12]]}}, {"not_sent": "x"},
                 {"not_sent": {"0": [["a", 1]]}}):
         assert stream_not_sent(bad) == {}  # malformed or absurd: ignored, never expanded
+
+
+def test_the_ledger_table_fits_80_columns_and_keeps_every_note() -> None:
+    from streamflow.stream.ledger import Ledger
+
+    ledger = Ledger()
+    ledger.add("sent", 1_000_000_000, "244,141 frames by the producer; stopped early")
+    ledger.add("selections received", 25_387, "6,104 frames; 0 rejected")
+    ledger.add("written", 25_387, "to run/selections.h5; 12 not written (write failed)")
+    ledger.notes.append("stream 0: " + "x " * 80)
+    table = ledger.render().splitlines()[: -len(ledger.notes)]
+    assert all(len(row) <= 80 for row in table), table
+    assert " ".join(" ".join(table).split()).count("to run/selections.h5; 12 not written (write failed)") == 1
+    assert "25,387 -999,974,613 6,104 frames" in " ".join(" ".join(table).split())
+    assert ledger.render().splitlines()[-1] == ledger.notes[-1]

@@ -302,23 +302,31 @@ def _supervise(children: dict[str, mp.Process], stop: threading.Event, duration:
     stop.set()
 
 
-def _stop_all(children: dict[str, mp.Process], grace_s: float = 60.0) -> None:
+STOP_GRACE_S = 15.0
+"""How long the children of a stopped pipeline get to drain and exit by themselves."""
+
+
+def _stop_all(children: dict[str, mp.Process], grace_s: float = STOP_GRACE_S) -> None:
     """Stop in stream order: end the producer's stream, let the scorer and sink drain and exit.
 
     Only the producer is told to stop; END_OF_STREAM then finishes the scorer and the
     sink by themselves (signalling a process that is already finishing could kill it
-    during interpreter shutdown). Whatever outlives the grace period is terminated,
-    then killed. If a child failed, the rest are terminated at once.
+    during interpreter shutdown). If a child failed, the rest are told to stop at once.
+    Whatever is still running ``grace_s`` after the stop began is terminated (SIGTERM:
+    it stops within its 10 s handshake limit), then killed: at most about 30 s in all.
     """
     failed = any(p.exitcode not in (None, 0) for p in children.values())
+    deadline = time.monotonic() + grace_s
     for role in ("producer", "scorer", "sink"):
         process = children[role]
         if process.is_alive() and (failed or role == "producer"):
             process.terminate()  # SIGTERM: the child finishes cleanly
-        process.join(10.0 if failed else grace_s)
+        process.join(max(0.0, deadline - time.monotonic()))
+    for process in children.values():
         if process.is_alive():
             process.terminate()
-            process.join(10.0)
+    for process in children.values():
+        process.join(12.0)
         if process.is_alive():
             process.kill()
             process.join(5.0)

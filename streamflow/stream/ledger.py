@@ -19,6 +19,7 @@ for every difference; it is written to the run folder and printed.
 from __future__ import annotations
 
 import json
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -344,15 +345,22 @@ class Ledger:
     def add(self, name: str, events: int, note: str = "") -> None:
         self.stages.append(Stage(name, int(events), note))
 
-    def render(self) -> str:
-        """A fixed-width table: stage, events, difference to the previous stage, reason."""
-        lines = [f"{'stage':<22}{'events':>14}{'diff':>12}  note"]
+    def render(self, width: int = 80) -> str:
+        """A fixed-width table: stage, events, difference to the previous stage, reason.
+
+        The table fits ``width`` columns (a terminal's 80 by default): a long note goes on
+        under its column. The notes under the table are prose, one line each (a terminal
+        wraps them without breaking the table's columns)."""
+        head = 20 + 13 + 14 + 2  # stage, events (up to 1,000,000,000), diff (and its sign), gap
+        rows = [f"{'stage':<20}{'events':>13}{'diff':>14}  note"]
         previous = None
         for stage in self.stages:
             diff = "" if previous is None else f"{stage.events - previous:+,d}"
-            lines.append(f"{stage.name:<22}{stage.events:>14,d}{diff:>12}  {stage.note}")
+            cells = f"{stage.name:<20}{stage.events:>13,d}{diff:>14}  "
+            note = textwrap.wrap(stage.note, max(20, width - head), break_on_hyphens=False) or [""]
+            rows += [(cells if i == 0 else " " * head) + part for i, part in enumerate(note)]
             previous = stage.events
-        return "\n".join(lines + self.notes)
+        return "\n".join([row.rstrip() for row in rows] + self.notes)
 
     def write(self, path: str | Path) -> None:
         data = {"stages": [vars(s) for s in self.stages], "notes": self.notes, **self.details}

@@ -397,7 +397,8 @@ class Sender(_SocketPair):
         share of a stream split upstream (a scorer's selections, when several scorers
         split the producer's stream). ``extra`` adds keys to the meta. Raises HandshakeError naming the
         silent receivers after ``timeout_s`` -- at most :data:`STOP_HANDSHAKE_S` once ``stop_event`` is
-        set, so a process told to stop does not wait long on a receiver that is gone.
+        set, so a process told to stop does not wait long on a receiver that is gone, and at once
+        when it was stopped before any receiver said HELLO.
         """
         meta: dict[str, Any] = {"frames": self.frames, "events": self.events, **(extra or {})}
         if streams is not None:
@@ -422,6 +423,8 @@ class Sender(_SocketPair):
                 acks = {self._hellos[rid]: meta for rid, meta in self._acks.items()}
                 return EndOfStream(acks, time.monotonic() - start, sent)
             if stop_event is not None and stop_event.is_set():
+                if not self._hellos:  # stopped before any receiver came: nobody to wait for
+                    raise HandshakeError(self._silence(time.monotonic() - start))
                 timeout_s = min(timeout_s, STOP_HANDSHAKE_S)
             if time.monotonic() - start > timeout_s:
                 raise HandshakeError(self._silence(timeout_s))
@@ -440,7 +443,7 @@ class Sender(_SocketPair):
 
     def _silence(self, timeout_s: float) -> str:
         if not self._hellos:
-            return (f"END_OF_STREAM not acknowledged within {timeout_s:g} s: no receiver said HELLO "
+            return (f"END_OF_STREAM not acknowledged within {timeout_s:.3g} s: no receiver said HELLO "
                     f"on {control_endpoint(self.endpoint)}")
         silent = [name for rid, name in self._hellos.items() if rid not in self._acks]
         return (f"END_OF_STREAM not acknowledged within {timeout_s:g} s by {len(silent)} of "
