@@ -123,3 +123,82 @@ def test_the_ledger_table_fits_80_columns_and_keeps_every_note() -> None:
     assert " ".join(" ".join(table).split()).count("to run/selections.h5; 12 not written (write failed)") == 1
     assert "25,387 -999,974,613 6,104 frames" in " ".join(" ".join(table).split())
     assert ledger.render().splitlines()[-1] == ledger.notes[-1]
+
+
+STOP_S = 15.0
+"""What the README promises: every process exits within this long of SIGTERM or SIGINT."""
+
+
+def _blocked(tmp_path: Path, role: str, port: int) -> tuple[list[list[str]], Path]:
+    """Commands (the last one is signalled) that leave ``role`` blocked, and a file that exists once it is."""
+    data, selections = f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{port + 2}"
+    scorer = scorer_args(tmp_path, data, tmp_path / "run", "--idle-timeout", "600", "--selections", selections)
+    replay = ["replay", "gaussian", "--frame-size", "500", "--rate", "20000", "--endpoint", data]
+    return {  # what it waits on: a receiver that never comes, a sink that never takes, an upstream that is silent
+        "producer": ([[*replay, "--eos-timeout", "600"]], tmp_path / "never"),
+        "scorer": ([replay, scorer], tmp_path / "run" / "scorer.journal"),
+        "sink": ([["sink", "--endpoint", selections, "--idle-timeout", "600", "--run-dir", str(tmp_path / "s")]],
+                 tmp_path / "s" / "telemetry-sink.jsonl"),
+        "proxy": ([["proxy", "--from", data, "--endpoint", f"tcp://127.0.0.1:{port + 4}", "--idle-timeout", "600"]],
+                  tmp_path / "never"),
+    }[role]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("role", ["producer", "scorer", "sink", "proxy"])
+def test_every_process_stops_within_the_stated_time_whatever_it_waits_on(role, signum, tmp_path) -> None:
+    commands, ready = _blocked(tmp_path, role, free_port_block(6))
+    with ExitStack() as stack:
+        procs = [start(stack, *argv, log=tmp_path / f"{n}.log") for n, argv in enumerate(commands)]
+        if ready.name == "never":
+            time.sleep(3)  # a light process: in its loop well within this
+        else:
+            wait_for(ready.exists, 60, f"{role} to start")
+            time.sleep(2)  # and block (the scorer: on its sink, which never connects)
+        target = procs[-1]
+        assert target.poll() is None, (tmp_path / f"{len(procs) - 1}.log").read_text()
+        target.send_signal(signum)
+        signalled = time.monotonic()
+        target.wait(STOP_S + 30)
+        took = time.monotonic() - signalled
+    log = (tmp_path / f"{len(procs) - 1}.log").read_text()
+    assert took <= STOP_S, f"{role} took {took:.1f} s to stop: {log}"
+    assert "Traceback" not in log, log
+
+
+@pytest.mark.parametrize("command", ["run", "coordinates"])
+def test_a_pipeline_childs_error_is_relayed_as_one_line_under_the_commands_own_name(command, tmp_path) -> None:
+    import socket
+    import subprocess
+
+    from tests.helpers import streamflow
+
+    port = free_port_block(6)
+    small = {"run": ["--source", "gaussian", "--events", "20000", "--no-monitor", "--no-report",
+                     "--run-dir", str(tmp_path / "run")],
+             "coordinates": ["--events", "20000", "--eval-events", "1000", "--out", str(tmp_path / "out")]}
+    with socket.socket() as busy:  # the scorer's selections port: the scorer fails, the others are stopped
+        busy.bind(("127.0.0.1", port + 2))
+        busy.listen()
+        try:
+            result = streamflow(command, *small[command], "--base-port", str(port), timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"streamflow {command} did not stop after its scorer failed")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"streamflow {command}: error: scorer: cannot bind tcp://127.0.0.1:{port + 2}"), lines
+
+
+def test_a_busy_monitor_port_does_not_blame_a_producer(tmp_path, capsys) -> None:
+    import socket
+
+    from streamflow.cli.main import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        endpoint = f"tcp://127.0.0.1:{busy.getsockname()[1]}"
+        assert main(["monitor", "--endpoint", endpoint, "--plain", "--duration", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"cannot bind {endpoint}: address already in use" in err[0], err
+    assert "producer" not in err[0]
