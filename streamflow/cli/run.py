@@ -347,6 +347,7 @@ def combined_ledger(run_dir: Path) -> Ledger:
 
 def main(args: argparse.Namespace) -> int:
     config = build_config(args)
+    assert config.run.run_dir is not None  # build_config names one
     output_folder(config.run.run_dir, "--run-dir")
     monitor = _monitor_runner(config.run) if config.run.monitor else None
     result = run_pipeline(config, console_monitor=monitor)
