@@ -202,3 +202,21 @@ def test_a_busy_monitor_port_does_not_blame_a_producer(tmp_path, capsys) -> None
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"cannot bind {endpoint}: address already in use" in err[0], err
     assert "producer" not in err[0]
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["run", "--device", "tpu", "--events", "100", "--no-monitor", "--no-report"], "device must be auto, cpu or cuda"),
+    (["coordinates", "--device", "cuda:x", "--events", "100", "--eval-events", "100"], "device must be auto, cpu"),
+    (["ephemeral", "synthetic", "--samples", "0", "--events", "100"], "number of events to sample must be 1 to"),
+])  # fmt: skip
+def test_second_pass_inputs_are_refused_at_start(argv, words, tmp_path, capsys, monkeypatch) -> None:
+    """Found by the second adversarial pass: a bad device reached the scorer process before it was refused,
+    and ``--samples 0`` was replaced by the default."""
+    from streamflow.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    start_s = time.monotonic()
+    code = main([*argv, *(["--base-port", str(free_port_block(5))] if argv[0] in ("run", "coordinates") else [])])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2 and len(err) == 1 and words in err[0], err
+    assert time.monotonic() - start_s < 10 and not list(tmp_path.iterdir()), "refused only after starting work"

@@ -77,10 +77,13 @@ def scorer_config(args: argparse.Namespace) -> ScorerConfig:
 
 def main(args: argparse.Namespace) -> int:
     from streamflow.analysis.ephemeral_study import HuntConfig, StreamSpec, run_study
+    from streamflow.analysis.sampling import check_sample_events
     from streamflow.cli.outputs import output_folder
     from streamflow.stream.pacing import check_frame_size
 
     check_frame_size(args.frame_size)
+    if args.samples is not None:
+        check_sample_events(args.samples)
     out = output_folder(args.out, "--out")
     spec = StreamSpec(args.source, signal_fraction=args.signal_fraction, events=args.events,
                       test_fraction=args.test_fraction, test_events=args.test_events, seed=args.seed)

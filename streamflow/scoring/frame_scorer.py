@@ -19,6 +19,7 @@ drive it directly.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Sequence
 
@@ -67,6 +68,7 @@ class ScorerConfig:
     threshold_sync: int = 1
 
     def __post_init__(self) -> None:
+        check_device(self.device)
         names = [learner.name for learner in self.learners]
         if len(set(names)) != len(names):
             raise ConfigError(f"learner names must be unique, got {names}")
@@ -130,14 +132,19 @@ def cpu_threads(requested: int) -> int:
     return requested if requested > 0 else max(1, (os.cpu_count() or 1) - 3)
 
 
+def check_device(name: str) -> None:
+    """ConfigError unless ``name`` is auto, cpu, cuda or cuda:N (whether the GPU exists is :func:`resolve_device`'s)."""
+    if not isinstance(name, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise ConfigError(f"device must be auto, cpu or cuda[:N], got {name!r}")
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` is CUDA when a GPU is visible, else the CPU; asking for a missing GPU is an error."""
+    check_device(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("device cuda asked for, but torch sees no CUDA GPU (use --device cpu or auto)")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise ConfigError(f"device must be auto, cpu or cuda[:N], got {name!r}")
     return torch.device(name)
 
 
