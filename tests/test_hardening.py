@@ -220,3 +220,22 @@ def test_second_pass_inputs_are_refused_at_start(argv, words, tmp_path, capsys, 
     err = capsys.readouterr().err.splitlines()
     assert code == 2 and len(err) == 1 and words in err[0], err
     assert time.monotonic() - start_s < 10 and not list(tmp_path.iterdir()), "refused only after starting work"
+
+
+def test_a_proxy_whose_scorer_died_gives_up_once_with_one_line(tmp_path) -> None:
+    port = free_port_block(4)
+    upstream, downstream = f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{port + 2}"
+    with ExitStack() as stack:
+        start(stack, "replay", "gaussian", "--events", "2000000", "--frame-size", "500", "--rate", "20000",
+              "--endpoint", upstream, log=tmp_path / "producer.log")
+        proxy = start(stack, "proxy", "--from", upstream, "--endpoint", downstream, "--idle-timeout", "3",
+                      log=tmp_path / "proxy.log")
+        scorer = start(stack, *scorer_args(tmp_path, downstream, tmp_path / "run", "--idle-timeout", "60"),
+                       log=tmp_path / "scorer.log")
+        wait_for(lambda: len(journal_lines(tmp_path / "run")) > 2, 60, "the scorer to take frames from the proxy")
+        assert proxy.poll() is None, "the proxy must wait for a slow-starting scorer"
+        scorer.send_signal(signal.SIGKILL)
+        output = finish(proxy, tmp_path / "proxy.log", timeout=30)
+    assert proxy.returncode == 2, output
+    errors = [line for line in output.splitlines() if "error" in line]
+    assert len(errors) == 1 and "the downstream stopped taking frames" in errors[0], output
