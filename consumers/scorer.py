@@ -56,8 +56,8 @@ from streamflow.stream.ledger import (
     StreamAccount,
     account_stream,
     merge_sequence_states,
-    not_sent_json,
     seen_runs,
+    selection_totals,
     stream_receivers,
     stream_totals,
 )
@@ -374,24 +374,14 @@ class _ScorerLoop:
     def end_selections(self, timeout_s: float) -> None:
         """END_OF_STREAM to the sink(s), with the totals per stream that a sink accounts against.
 
-        A sink sees the producer's sequence numbers, so the frame total is the producer's
-        (or, before its END_OF_STREAM, the span seen so far) and the events are those this
-        scorer selected over all its lifetimes (a resumed scorer's sink holds both). When
-        scorers split the producer's stream, the frames a scorer never had are "taken by the
-        other receivers", as for the scorer; alone, the ones it lost are listed as never sent
-        ("not_sent"), so that the sink does not call them its own loss."""
+        The totals cover all of this scorer's lifetimes (streamflow.stream.ledger.selection_totals)."""
         assert self.selections is not None
         if self.stats.sink_error is not None:
             return  # a stuck sink would not acknowledge: do not wait for it again
-        events = {sid: sent for sid, (_, sent) in self.stats.selections_by_stream.items()}
-        shared, extra = self.stats.receivers, None
-        if shared > 1:
-            streams = {sid: (self.stats.sent_totals[sid][0], n) for sid, n in events.items()
-                       if sid in self.stats.sent_totals}
-        else:
-            spans = {sid: self._span(sid) for sid in events}
-            streams = {sid: (spans[sid], n) for sid, n in events.items()}
-            extra = {"not_sent": not_sent_json({sid: self._never_sent(sid, span) for sid, span in spans.items()})}
+        shared = self.stats.receivers
+        streams, extra = selection_totals(
+            self.tracker, {sid: sent for sid, (_, sent) in self.stats.selections_by_stream.items()},
+            self.stats.sent_totals, self.stats.lost_after_processing, shared)
         try:
             eos = self.selections.end_stream(timeout_s, streams=streams, shared_by=shared if shared > 1 else None,
                                              stop_event=self.stop_event, extra=extra)
@@ -399,19 +389,6 @@ class _ScorerLoop:
             self.stats.sink_error = str(exc)
         else:
             self.stats.sink_confirmed = eos.acked_events
-
-    def _span(self, stream_id: int) -> int:
-        """Frames the producer sent on a stream: its END_OF_STREAM total, else the sequence numbers seen."""
-        if stream_id in self.stats.sent_totals:
-            return self.stats.sent_totals[stream_id][0]
-        lost = self.stats.lost_after_processing.get(stream_id, {})
-        return max(self.tracker.segment(stream_id)[0], max(lost, default=-1) + 1)
-
-    def _never_sent(self, stream_id: int, span: int) -> set[int]:
-        """Sequence numbers below ``span`` that no lifetime of this scorer processed (no selection sent)."""
-        next_seq, _, _ = self.tracker.segment(stream_id)
-        processed = set(range(next_seq)) - set(self.tracker.missing_frames().get(stream_id, []))
-        return set(range(span)) - processed - self.stats.lost_after_processing.get(stream_id, {}).keys()
 
     def telemetry(self) -> dict[str, Any]:
         sender = self.selections

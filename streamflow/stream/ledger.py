@@ -311,6 +311,33 @@ def stream_not_sent(meta: dict[str, Any]) -> dict[int, set[int]]:
     return {sid: {seq for start, stop in seqs for seq in range(start, stop)} for sid, seqs in runs.items()}
 
 
+def selection_totals(tracker: SequenceTracker, selected: dict[int, int], sent_totals: dict[int, tuple[int, int]],
+                     lost_after_processing: dict[int, dict[int, int]], receivers: int,
+                     ) -> tuple[dict[int, tuple[int, int]], dict[str, Any] | None]:
+    """What a scorer's END_OF_STREAM tells its sink: (stream id -> (frames, events), extra meta or None).
+
+    A selections stream carries the producer's sequence numbers, one SELECTION per frame the
+    scorer processed, so a sink accounts against the producer's frames (``sent_totals``, from
+    its END_OF_STREAM; before one, the sequence numbers seen so far) and the events the scorer
+    ``selected`` over all its lifetimes -- a resumed scorer's sink holds both lifetimes' rows.
+    When ``receivers`` > 1 scorers split the producer's stream, the frames this one never had
+    are the other receivers' (the caller says so with ``shared_by``); alone, the frames that no
+    lifetime of it processed -- its own losses in flight -- had no selection, and the extra meta
+    lists them as "not_sent" (:func:`stream_not_sent`) so that the sink does not count them lost.
+    """
+    if receivers > 1:
+        return {sid: (sent_totals[sid][0], events) for sid, events in selected.items() if sid in sent_totals}, None
+    streams, not_sent = {}, {}
+    for sid, events in selected.items():
+        next_seq, _, _ = tracker.segment(sid)
+        lost = lost_after_processing.get(sid, {})
+        span = sent_totals[sid][0] if sid in sent_totals else max(next_seq, max(lost, default=-1) + 1)
+        processed = set(range(next_seq)) - set(tracker.missing_frames().get(sid, []))
+        streams[sid] = (span, events)
+        not_sent[sid] = set(range(span)) - processed - lost.keys()
+    return streams, {"not_sent": not_sent_json(not_sent)}
+
+
 def stream_receivers(meta: dict[str, Any]) -> int:
     """How many receivers shared the stream(s), from an END_OF_STREAM's meta ("receivers").
 
