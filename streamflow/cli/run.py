@@ -280,9 +280,15 @@ def run_pipeline(config: RunConfig, *, console_monitor: Callable[..., Any] | Non
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the stop below is already under way
-    _stop_all(children)
-    if in_main:
-        signal.signal(signal.SIGTERM, previous)
+    try:
+        _stop_all(children)
+    except KeyboardInterrupt:  # a second Ctrl-C: no more waiting for a clean end
+        for process in children.values():
+            process.kill()
+        raise
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
     reported = []
     while not errors.empty():
         reported.append(errors.get())
