@@ -302,8 +302,8 @@ def run_study(spec: StreamSpec, checkpoint: Path, out_dir: Path, *, scorer: Scor
     else:
         record = stream(None, source, hunt, frame_size)
     real = record.in_ranges()
-    flow, samples = sample_checkpoint(checkpoint, len(real) if n_samples is None else n_samples, hunt.ranges, learner=learner,
-                                      seed=spec.seed)
+    n = len(real) if n_samples is None else n_samples
+    flow, samples = sample_checkpoint(checkpoint, n, hunt.ranges, learner=learner, seed=spec.seed)
     write_samples(out_dir / "samples.h5", samples)
     sampled = EventBatch(np.arange(len(samples), dtype=np.uint64), samples.features.astype(np.float32),
                          samples.names)

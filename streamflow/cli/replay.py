@@ -32,7 +32,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "(default: synthetic)")
     p.add_argument("--config", metavar="TOML", help="read defaults from this file's [replay] table")
     p.add_argument("--rate", metavar="EVENTS_PER_S", help="target event rate, or 'max' (default)")
-    p.add_argument("--frame-size", type=int, metavar="N", help=f"events per frame, 1 to {MAX_FRAME_EVENTS:,} (default 4096)")
+    p.add_argument("--frame-size", type=int, metavar="N",
+                   help=f"events per frame, 1 to {MAX_FRAME_EVENTS:,} (default 4096)")
     p.add_argument("--signal-fraction", type=float, metavar="F", help="fraction of signal events to inject")
     p.add_argument("--events", type=int, metavar="N", help="stop after N events (streamed: any number)")
     p.add_argument("--loop", action="store_const", const=True, help="start the source again when it ends")
@@ -45,8 +46,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--hwm", type=int, metavar="FRAMES",
                    help=f"frames queued before sends block, 1 to {MAX_HWM:,} (default {DEFAULT_HWM})")
     p.add_argument("--kernel-buffer", type=int, metavar="BYTES",
-                   help=f"cap the OS socket buffers, at most {MAX_KERNEL_BUFFER:,} bytes: fewer frames queued beyond --hwm "
-                        "(default: the OS default)")
+                   help=f"cap the OS socket buffers, at most {MAX_KERNEL_BUFFER:,} bytes: fewer frames queued "
+                        "beyond --hwm (default: the OS default)")
     p.add_argument("--curve-secret", metavar="FILE",
                    help="CURVE-secure the stream with this NAME.key_secret (from `streamflow keys`); "
                         "needs --curve-authorized")

@@ -14,7 +14,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "units. Written in the selections-file layout (one bit per range).",
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a scorer checkpoint (e.g. RUN_DIR/scorer.ckpt.pt)")
-    p.add_argument("--events", type=int, required=True, metavar="N", help="events to draw over all ranges, 1 to 10,000,000")
+    p.add_argument("--events", type=int, required=True, metavar="N",
+                   help="events to draw over all ranges, 1 to 10,000,000")
     p.add_argument("--mjj-range", type=float, nargs=2, action="append", metavar=("LO", "HI"),
                    help="an mjj range in GeV, repeatable (default: SR 3300 3700 and sidebands 3100 3300, "
                         "3700 3900)")

@@ -33,7 +33,6 @@ from streamflow.events.batch import EventBatch
 from streamflow.learners import LearnerConfig, TorchLearner, build_learner, learner_config
 from streamflow.trigger import LineConfig, LineStats, Selection, TriggerMenu
 
-
 MAX_LEARN_EVENTS = 10_000_000
 """The most scored events held back for one deferred learning step (``learn_events``): they wait in memory."""
 MAX_THREADS = 1024
