@@ -2,16 +2,17 @@
 
 Per frame: decode (zero-copy), hand it to
 :class:`streamflow.scoring.stream_scorer.StreamScorer` (sequence check, score with
-every learner, select, learn, count), send the frame's accepted events as one
-SELECTION message (empty ones too: the sink counts frames by them;
+every learner, select, learn, count), journal it, send the frame's accepted events
+as one SELECTION message (empty ones too: the sink counts frames by them;
 streamflow.scoring.selection), record the frame's latency from the producer's send
-time, journal it, checkpoint every ``checkpoint_every`` frames
-(streamflow.scoring.durability, which also explains crash recovery), and publish
-telemetry about twice a second. END_OF_STREAM, SIGINT, SIGTERM and the idle
-timeout all end the loop the same way: a last learning step, a checkpoint, the
-selections stream ended with its own handshake, and the ledger (the idle timeout
-then exits with its one-line error). This module holds the sockets and the loops;
-everything else is in the library, testable without sockets.
+time, checkpoint every ``checkpoint_every`` frames (streamflow.scoring.durability,
+which also explains crash recovery), and publish telemetry about twice a second.
+END_OF_STREAM, SIGINT, SIGTERM, the idle timeout and a sink that takes nothing for
+the idle timeout all end the loop the same way: a last learning step, a checkpoint,
+the selections stream ended with its own handshake (not to a stuck sink), and the
+ledger, with what the sink confirmed (the idle timeout and a failed sink then exit
+with their one-line error). This module holds the sockets and the loops; everything
+else is in the library, testable without sockets.
 
 Data-parallel (started by torchrun with WORLD_SIZE > 1, see streamflow.distributed):
 every rank pulls its own frames, and the ranks work in rounds -- each round every
@@ -30,6 +31,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import zmq
@@ -48,6 +50,8 @@ from streamflow.stream.transport import (
     DEFAULT_ENDPOINT,
     DEFAULT_HWM,
     Curve,
+    DownstreamStuck,
+    HandshakeError,
     Receiver,
     Sender,
     check_endpoint,
@@ -123,7 +127,7 @@ class _ScorerLoop:
         run_dir = Path(config.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         self.state = StreamScorer(config.scorer, collective)
-        self.durability = Durability(checkpoint_path, run_dir / f"{config.name}.journal")
+        self.durability = Durability(checkpoint_path, run_dir / f"{config.name}.journal", config.name)
         self.durability.start(self.state, config.resume)
         self.receiver = Receiver(ctx, config.endpoint, name=config.name, hwm=config.hwm,
                                  kernel_buffer=config.kernel_buffer, curve=config.curve)
@@ -136,15 +140,45 @@ class _ScorerLoop:
         )
 
     def on_frame(self, msg: Message, batch: EventBatch) -> None:
-        """Score, select and learn one frame (``msg``'s ``batch``); send its selections; journal it."""
+        """Score, select and learn one frame (``msg``'s ``batch``); journal it; send its selections."""
         result = self.state.on_frame(batch, msg.stream_id, msg.seq)
-        if self.selections is not None:
+        if self.selections is None:
+            self.durability.record(msg.stream_id, msg.seq, len(batch))
+        else:
             parts, accepted = selection_parts(batch, result, self.config.scorer.lines,
                                               seq=msg.seq, stream_id=msg.stream_id, send_ns=msg.send_ns)
-            self.selections.send(parts, accepted, self.stop_event)
-            self.state.selection_sent(msg.stream_id, accepted)
+            self.durability.record(msg.stream_id, msg.seq, len(batch), accepted)  # before it goes (durability)
+            if self._send_selection(parts, accepted):
+                self.state.selection_sent(msg.stream_id, accepted)
         self.state.on_frame_done(msg.send_ns)
-        self.durability.record(msg.stream_id, msg.seq, len(batch))
+
+    def _send_selection(self, parts: list[Any], accepted: int) -> bool:
+        """Push one SELECTION message; False if a stop or a stuck sink kept it from going. A sink that
+        takes nothing for the idle timeout (gone, or wedged) is kept for the ledger and the exit, and
+        stops the loop as a signal would (data-parallel ranks vote on it), without the handshake."""
+        assert self.selections is not None
+        try:
+            return self.selections.send(parts, accepted, self.stop_event, give_up_s=self.config.idle_timeout)
+        except DownstreamStuck as exc:
+            self.state.stats.sink_error = f"the sink stopped taking selections: {exc}"
+            self.stop_event.set()
+            return False
+
+    def end_selections(self) -> None:
+        """END_OF_STREAM to the sink(s) with the totals they account against; what they acknowledged
+        goes to the ledger, a failed handshake to ``stats.sink_error``."""
+        assert self.selections is not None
+        stats = self.state.stats
+        if stats.sink_error is not None:
+            return  # a stuck sink would not acknowledge: do not wait for it again
+        streams, shared_by, extra = self.state.sink_totals()
+        try:
+            eos = self.selections.end_stream(self.config.eos_timeout, streams=streams, shared_by=shared_by,
+                                             stop_event=self.stop_event, extra=extra)
+        except HandshakeError as exc:
+            stats.sink_error = str(exc)
+        else:
+            stats.sink_confirmed = eos.acked_events
 
     def checkpoint(self) -> None:
         self.durability.checkpoint(self.state)
@@ -266,7 +300,7 @@ def run_consume(config: ConsumeConfig, stop_event: threading.Event | None = None
             _alone(loop, stop_event)
         else:
             _in_rounds(loop, collective, stop_event)
-        stats.stopped = stop_event.is_set()
+        stats.stopped = stop_event.is_set() and stats.sink_error is None
         state.flush()
         loop.checkpoint()
         state.sample.save(Path(loop.config.run_dir) / f"scores-{loop.config.name}.npz")
@@ -274,17 +308,18 @@ def run_consume(config: ConsumeConfig, stop_event: threading.Event | None = None
         stats.sequence = state.tracker.summary()
         stats.missing_frames = state.tracker.missing_frames()
         stats.rejected = loop.receiver.rejected
+        if loop.selections is not None:  # before the ledger, which says what the sink confirmed
+            loop.end_selections()
         ledger = loop.ledger()
         ledger.write(Path(config.run_dir) / f"ledger-{loop.config.name}.json")
-        if collective.world_size > 1:  # the last collective: a rank's own handshake below may fail alone
+        if collective.world_size > 1:
             ledger = merged_ledger(state, ledger)
             if state.leader:
                 ledger.write(Path(config.run_dir) / f"ledger-{config.name}.json")
-        if loop.selections is not None:
-            streams, shared_by = state.sink_totals()
-            loop.selections.end_stream(config.eos_timeout, streams=streams, shared_by=shared_by)
         if stats.idle_error and state.leader:  # the ranks decided it together: rank 0 says it
             raise StreamflowError(stats.idle_error)
+        if stats.sink_error:  # this scorer's (or rank's) own sink
+            raise StreamflowError(stats.sink_error)
         return stats, ledger
     finally:
         if loop is not None:

@@ -31,6 +31,7 @@ from streamflow.stream.ledger import (
     SequenceTracker,
     StreamAccount,
     account_stream,
+    stream_not_sent,
     stream_receivers,
     stream_totals,
 )
@@ -133,7 +134,9 @@ def run_sink(config: SinkConfig, stop_event: threading.Event | None = None,
                 if writer is not None:
                     writer.flush()  # the account compares the sender's totals with committed rows
                     others = stream_receivers(msg.meta) - 1
-                    accounts = {sid: account_stream(tracker, sid, frames, events, other_receivers=others)
+                    skipped = stream_not_sent(msg.meta)  # frames its scorer never had: no selection
+                    accounts = {sid: account_stream(tracker, sid, frames, events, other_receivers=others,
+                                                    not_sent=skipped.get(sid))
                                 for sid, (frames, events) in stream_totals(msg.meta, msg.stream_id).items()}
                 break
             elif msg.kind == Kind.SELECTION:

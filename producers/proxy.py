@@ -35,6 +35,7 @@ from streamflow.stream.ledger import Ledger, stream_totals
 from streamflow.stream.transport import (
     DEFAULT_HWM,
     Curve,
+    DownstreamStuck,
     EndOfStream,
     HandshakeError,
     Receiver,
@@ -58,7 +59,9 @@ class ProxyConfig:
     stream_id: the proxy's own id, on its END_OF_STREAM header (the streams keep theirs).
     eos_timeout: seconds to wait for every downstream receiver to acknowledge END_OF_STREAM;
     a receiver acknowledges only after working through its queue, hence more than a producer's.
-    idle_timeout: seconds without any message from any upstream before the proxy gives up.
+    idle_timeout: seconds without any message from any upstream, or -- once the downstream has taken a
+    frame -- with a forwarded frame finding no room there (receivers gone or wedged), before the proxy
+    gives up. Like a producer, it waits for its first downstream receiver as long as it takes.
     upstream_curve: connect to every upstream as a CURVE client (they share one server key).
     curve: serve downstream as a CURVE server, admitting only authorised receivers.
     """
@@ -217,6 +220,7 @@ class _Forwarder:
         self.config, self.sender, self.receivers, self.stats = config, sender, receivers, stats
         self.owners: dict[int, int] = {}  # DATA stream id -> index of the upstream that sends it
         self.kind: Kind | None = None  # DATA or SELECTION: the first event message decides
+        self.stuck = False  # the downstream stopped taking frames
 
     def run(self, stop_event: threading.Event) -> str | None:
         """Forward until every upstream has ended or ``stop_event``; the error that ended it early, if any."""
@@ -245,8 +249,13 @@ class _Forwarder:
                     error = self._claim(index, msg)
                     if error is not None:
                         return error
-                    if not self.sender.send(parts, len(msg.batch), stop_event):
-                        return None  # stopped while the downstream queues were full
+                    try:  # waits for a first receiver as long as it takes (scorers start slowly), then not
+                        if not self.sender.send(parts, len(msg.batch), stop_event,
+                                                give_up_s=self.config.idle_timeout if self.sender.frames else None):
+                            return None  # stopped while the downstream queues were full
+                    except DownstreamStuck as exc:
+                        self.stuck = True
+                        return f"the downstream stopped taking frames: {exc}"
                     upstream.forwarded.setdefault(msg.stream_id, Count()).add(len(msg.batch))
         return None
 
@@ -292,11 +301,13 @@ def run_proxy(config: ProxyConfig, stop_event: threading.Event | None = None) ->
                          curve=config.upstream_curve)) for endpoint in config.upstream]
             stats = ProxyStats([UpstreamStats(endpoint) for endpoint in config.upstream])
             start = time.perf_counter()
-            stats.error = _Forwarder(config, sender, receivers, stats).run(stop_event)
+            forwarder = _Forwarder(config, sender, receivers, stats)
+            stats.error = forwarder.run(stop_event)
             stats.seconds, stats.blocked_s = time.perf_counter() - start, sender.blocked_s
             stats.stopped = stop_event.is_set()
             try:
-                stats.eos = sender.end_stream(config.eos_timeout, streams=stats.streams())
+                if not forwarder.stuck:  # a downstream that took nothing for the idle timeout would not answer
+                    stats.eos = sender.end_stream(config.eos_timeout, streams=stats.streams(), stop_event=stop_event)
             except HandshakeError as exc:
                 if stats.error is None:
                     raise

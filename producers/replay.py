@@ -32,7 +32,7 @@ from streamflow.events.chunking import first_events
 from streamflow.events.lhco_features import LHCOFeaturesFile
 from streamflow.events.particles import particle_frames
 from streamflow.events.sources import open_file
-from streamflow.stream.pacing import TokenBucket
+from streamflow.stream.pacing import TokenBucket, check_frame_size
 from streamflow.stream.transport import (
     DEFAULT_ENDPOINT,
     DEFAULT_HWM,
@@ -51,8 +51,9 @@ class ReplayConfig:
 
     source: an LHCO features or raw file, "synthetic" or "gaussian" (streamflow.events.open_source).
     rate: events/s, None for as fast as the receivers take them.
+    frame_size: events per frame, 1 to ``MAX_FRAME_EVENTS`` (1,048,576).
     events: stop after this many events (None: the whole source once; forever for
-    a generator, or for a file with ``loop``).
+    a generator, or for a file with ``loop``); streamed, so any number.
     loop: replay a file again and again (ids continue: pass p, row r -> p * n_rows + r).
     curve: CURVE-secure the sockets, admitting only authorised receivers (None: plain sockets).
     receivers: before the first frame, wait up to ``eos_timeout`` seconds for this many
@@ -78,8 +79,7 @@ class ReplayConfig:
     raw: bool = False
 
     def __post_init__(self) -> None:
-        if self.frame_size < 1:
-            raise ConfigError(f"frame size must be at least 1 event, got {self.frame_size}")
+        check_frame_size(self.frame_size)
         if self.rate is not None and not (math.isfinite(self.rate) and self.rate > 0):
             raise ConfigError(f"rate must be a positive number of events/s, got {self.rate}")
         if self.signal_fraction is not None and not 0 <= self.signal_fraction <= 1:
@@ -169,7 +169,7 @@ def run_replay(config: ReplayConfig, stop_event: threading.Event | None = None,
             if progress is not None:
                 progress(sender.events, sender.frames, True)
             seconds = time.perf_counter() - start - wait_s
-            eos = sender.end_stream(config.eos_timeout)
+            eos = sender.end_stream(config.eos_timeout, stop_event=stop_event)
             if failure is not None:
                 raise SourceError(f"{failure} (stream ended after {sender.events:,d} events in "
                                   f"{sender.frames:,d} frames)")

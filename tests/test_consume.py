@@ -173,8 +173,8 @@ def test_resume_goes_on_from_the_checkpoint(first_run, tmp_path) -> None:
 
 
 @pytest.mark.parametrize(("option", "value", "words"), [
-    ("--hwm", "0", ("high-water mark", "at least 1 frame", "0")),
-    ("--kernel-buffer", "-5", ("kernel buffer", ">= 0 bytes", "-5")),
+    ("--hwm", "0", ("high-water mark", "must be 1 to 10,000 frames", "0")),
+    ("--kernel-buffer", "-5", ("kernel buffer", "must be 0 to 1,073,741,824 bytes", "-5")),
 ])  # fmt: skip
 def test_bad_queue_options_are_one_line_errors(option, value, words) -> None:
     assert_one_line_error(consume(option, value, "--idle-timeout", "1"), *words)

@@ -186,7 +186,7 @@ def test_ranks_killed_mid_stream_resume_and_name_every_lost_frame(tmp_path: Path
 
     def journals() -> dict[int, int]:
         return {seq: n for path in run_dir.glob("scorer-rank*.journal")
-                for line in path.read_text().splitlines() for _, seq, n in [map(int, line.split())]}
+                for line in path.read_text().splitlines() for _, seq, n in [map(int, line.split()[:3])]}
 
     producer = subprocess.Popen(
         [*STREAMFLOW, "replay", "gaussian", "--events", str(events), "--frame-size", str(frame), "--hwm", "4",

@@ -148,7 +148,7 @@ def test_overlapping_or_empty_ranges_are_refused() -> None:
 def test_checkpoint_without_the_learner_or_no_events_is_refused(trained: tuple[Path, EventBatch]) -> None:
     with pytest.raises(ConfigError, match="no learner 'nope'"):
         sample_checkpoint(trained[0], 10, learner="nope")
-    with pytest.raises(ConfigError, match="must be >= 1"):
+    with pytest.raises(ConfigError, match="must be 1 to 10,000,000"):
         sample_checkpoint(trained[0], 0)
 
 

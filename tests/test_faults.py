@@ -70,7 +70,7 @@ def finish(proc: subprocess.Popen, log: Path, timeout: float = 60) -> str:
 def journal_lines(run_dir: Path) -> list[tuple[int, int, int]]:
     path = run_dir / "scorer.journal"
     text = path.read_text() if path.exists() else ""
-    return [tuple(map(int, line.split())) for line in text.splitlines()]
+    return [tuple(map(int, line.split()[:3])) for line in text.splitlines()]  # stream, seq, events
 
 
 def scorer_args(tmp_path: Path, endpoint: str, run_dir: Path, *extra: str) -> list[str]:

@@ -183,7 +183,7 @@ def assert_one_line_error(code: int, err: str, problem: str) -> None:
 @pytest.mark.parametrize(
     "args, problem",
     [
-        (["gaussian", "--frame-size", "0"], "frame size must be at least 1"),
+        (["gaussian", "--frame-size", "0"], "frame size must be 1 to 1,048,576 events, got 0"),
         (["gaussian", "--endpoint", "BUSY"], "cannot bind tcp://127.0.0.1:\\d+: address already in use"),
         (["/no/such/file.h5"], "/no/such/file.h5: no such file"),
     ],
@@ -198,7 +198,7 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], problem: str, busy_en
 @pytest.mark.parametrize(
     "args, problem",
     [
-        (["gaussian", "--frame-size", "-5"], "frame size must be at least 1"),
+        (["gaussian", "--frame-size", "-5"], "frame size must be 1 to 1,048,576 events"),
         (["gaussian", "--signal-fraction", "1.5"], r"signal fraction must be in \[0, 1\]"),
         (["synthetic", "--signal-fraction", "-0.1"], r"signal fraction must be in \[0, 1\]"),
         (["gaussian", "--rate", "fast"], "bad --rate 'fast'"),

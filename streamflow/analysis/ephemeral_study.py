@@ -66,6 +66,10 @@ ID_BYTES = 8  # a uint64 event id on the wire, beside 4 bytes per float32 featur
 READ_EVENTS = 1 << 16
 
 
+MAX_STUDY_EVENTS = 10_000_000
+"""The most stream or test events of a study: the hunt holds the signal-region and sideband events, and
+the test events, in memory (about 60 bytes an event)."""
+
 @dataclass(frozen=True)
 class HuntConfig:
     """The offline CWoLA classifier (see the module docstring)."""
@@ -191,8 +195,9 @@ class StreamSpec:
             raise ConfigError("ephemeral needs an LHCO-like source (a features file or synthetic), not the toy")
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"test fraction must be in (0, 1), got {self.test_fraction}")
-        if self.events is not None and self.events < 1:
-            raise ConfigError(f"events must be >= 1, got {self.events}")
+        for name, value in (("events", self.events), ("test events", self.test_events)):
+            if value is not None and not 1 <= value <= MAX_STUDY_EVENTS:
+                raise ConfigError(f"{name} must be 1 to {MAX_STUDY_EVENTS:,d}, got {value:,d}")
 
     def open(self) -> tuple[Any, EventBatch]:
         """(the stream source, the held-out test events)."""
@@ -308,8 +313,8 @@ def run_study(spec: StreamSpec, checkpoint: Path, out_dir: Path, *, scorer: Scor
     else:
         record = stream(None, source, hunt, frame_size)
     real = record.in_ranges()
-    flow, samples = sample_checkpoint(checkpoint, n_samples or len(real), hunt.ranges, learner=learner,
-                                      seed=spec.seed)
+    n = len(real) if n_samples is None else n_samples
+    flow, samples = sample_checkpoint(checkpoint, n, hunt.ranges, learner=learner, seed=spec.seed)
     write_samples(out_dir / "samples.h5", samples)
     sampled = EventBatch(np.arange(len(samples), dtype=np.uint64), samples.features.astype(np.float32),
                          samples.names)

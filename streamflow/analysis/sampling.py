@@ -36,7 +36,10 @@ from streamflow.scoring.context_histogram import HISTOGRAM_KEY, ContextHistogram
 from streamflow.stream.selections import SelectedEvents, SelectionWriter
 
 SAMPLE_CHUNK = 1 << 16
-"""Flow samples drawn per call (bounds memory for large N)."""
+"""Flow samples drawn per call (bounds the flow's working memory for large N)."""
+MAX_SAMPLE_EVENTS = 10_000_000
+"""The most events one sampling draws: they are held in memory and written as one file (about 60 bytes an
+event with their selections-file columns, 600 MB at the bound)."""
 
 
 DEFAULT_RANGES = (MassRange(3300.0, 3700.0), MassRange(3100.0, 3300.0), MassRange(3700.0, 3900.0))
@@ -163,11 +166,16 @@ class Samples:
         return len(self.range_index)
 
 
+def check_sample_events(n: int) -> None:
+    """ConfigError unless ``n`` is 1 to MAX_SAMPLE_EVENTS."""
+    if not 1 <= n <= MAX_SAMPLE_EVENTS:
+        raise ConfigError(f"number of events to sample must be 1 to {MAX_SAMPLE_EVENTS:,d}, got {n:,d}")
+
+
 def sample_ranges(flow: FlowLearner, distribution: ContextDistribution, n: int,
                   ranges: Sequence[MassRange], seed: int = 0) -> Samples:
     """n events from ``flow`` with the context drawn from ``distribution`` in ``ranges`` (see module doc)."""
-    if n < 1:
-        raise ConfigError(f"number of events to sample must be >= 1, got {n}")
+    check_sample_events(n)
     ranges = check_ranges(ranges)
     counts = split_events(n, [distribution.mass(r) for r in ranges])
     rng = np.random.default_rng(seed)
@@ -190,6 +198,7 @@ def sample_ranges(flow: FlowLearner, distribution: ContextDistribution, n: int,
 def sample_checkpoint(path: str | Path, n: int, ranges: Sequence[MassRange] = DEFAULT_RANGES, *,
                       learner: str | None = None, seed: int = 0) -> tuple[FlowLearner, Samples]:
     """The conditional flow of the scorer checkpoint at ``path`` and n events drawn from it in ``ranges``."""
+    check_sample_events(n)
     ranges = check_ranges(ranges)
     state = load_checkpoint(path)
     flow = load_flow(state, learner)
@@ -205,6 +214,7 @@ def write_samples(path: str | Path, samples: Samples) -> None:
     ids count the samples; seq is 0; labels -1 (no truth); ``samples.meta`` is the config attribute.
     """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.unlink(missing_ok=True)
     n, n_ranges = len(samples), len(samples.ranges)

@@ -14,12 +14,14 @@ from streamflow.stream.transport import Curve
 def stop_on_signals() -> threading.Event:
     """An event set by SIGINT or SIGTERM, so a loop can finish cleanly (checkpoint, flush, handshake).
 
-    A second SIGINT while stopping raises KeyboardInterrupt, for a user who cannot wait.
+    Every wait of a process loop looks at the event at least every 200 ms, and an END_OF_STREAM
+    handshake after a stop waits at most ``transport.STOP_HANDSHAKE_S`` (10 s); a second SIGINT or
+    SIGTERM while stopping raises KeyboardInterrupt, for a user (or supervisor) who cannot wait.
     """
     stop = threading.Event()
 
     def handler(signum: int, frame: Any) -> None:
-        if stop.is_set() and signum == signal.SIGINT:
+        if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
 

@@ -7,13 +7,17 @@ import sys
 from typing import TYPE_CHECKING
 
 from streamflow.cli.common import curve_options, curves_from_args, stop_on_signals
+from streamflow.cli.outputs import output_folder
 from streamflow.cli.scorer_options import add_scorer_options, apply_scorer_options, scorer_menu
 from streamflow.config import read_toml
 from streamflow.errors import ConfigError
-from streamflow.stream.transport import DEFAULT_ENDPOINT, DEFAULT_HWM
+from streamflow.stream.transport import DEFAULT_ENDPOINT, DEFAULT_HWM, MAX_HWM, MAX_KERNEL_BUFFER
 
 if TYPE_CHECKING:
     from streamflow.scoring.frame_scorer import ScorerConfig
+
+MAX_LOCAL_RANKS = 64
+"""The most ranks ``--ranks`` starts on one machine (one process each); beyond, use torchrun across hosts."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help=f"producer data endpoint (default {DEFAULT_ENDPOINT})")
     p.add_argument("--ranks", type=int, default=1, metavar="K",
                    help="run K data-parallel scorer ranks on this machine that hold one model (gloo on CPU, "
-                        "NCCL on CUDA); across machines use torchrun (default 1)")
+                        f"NCCL on CUDA), at most {MAX_LOCAL_RANKS}; across machines use torchrun (default 1)")
     add_scorer_options(p, "q", "window", "warmup", "device", "threads", "thresholds", "threshold_sync",
                        "learn_events", note="; given, it replaces the --config file's or the preset's value")
     p.add_argument("--selections", metavar="ENDPOINT", default=None,
@@ -44,10 +48,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--idle-timeout", type=float, default=60.0, metavar="S",
                    help="give up after S seconds without a frame (default 60)")
     p.add_argument("--hwm", type=int, default=DEFAULT_HWM, metavar="FRAMES",
-                   help=f"frames queued on the receiving socket (default {DEFAULT_HWM})")
+                   help=f"frames queued on the receiving socket, 1 to {MAX_HWM:,} (default {DEFAULT_HWM})")
     p.add_argument("--kernel-buffer", type=int, default=0, metavar="BYTES",
-                   help="cap the OS socket buffers: fewer frames queued, lower latency, smaller crash window "
-                        "(default 0: the OS default)")
+                   help=f"cap the OS socket buffers, at most {MAX_KERNEL_BUFFER:,} bytes: fewer frames queued, "
+                        "lower latency, smaller crash window (default 0: the OS default)")
     curve_options(p, connects_to="producer (or proxy)", binds="the --selections socket (the sinks' keys)")
     p.set_defaults(func=main)
 
@@ -65,6 +69,7 @@ def main(args: argparse.Namespace) -> int:
     from consumers.scorer import ConsumeConfig, run_consume
     from streamflow.distributed import launched_ranks
 
+    output_folder(args.run_dir, "--run-dir")
     curve, selections_curve = curves_from_args(args)
     config = ConsumeConfig(
         scorer=scorer_config(args), endpoint=args.endpoint, selections=args.selections,
@@ -72,8 +77,8 @@ def main(args: argparse.Namespace) -> int:
         resume=args.resume, idle_timeout=args.idle_timeout, name=args.name, hwm=args.hwm,
         kernel_buffer=args.kernel_buffer, curve=curve, selections_curve=selections_curve,
     )
-    if args.ranks < 1:
-        raise ConfigError(f"--ranks must be at least 1, got {args.ranks}")
+    if not 1 <= args.ranks <= MAX_LOCAL_RANKS:
+        raise ConfigError(f"--ranks must be 1 to {MAX_LOCAL_RANKS} (processes on this machine), got {args.ranks:,d}")
     launched = launched_ranks()
     if launched > 1 and args.ranks not in (1, launched):
         raise ConfigError(f"started as one of {launched} ranks (WORLD_SIZE), so --ranks {args.ranks} does not apply")

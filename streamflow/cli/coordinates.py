@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from streamflow.cli.outputs import output_folder
 from streamflow.cli.scorer_options import add_scorer_options, apply_scorer_options
 from streamflow.errors import ConfigError, StreamflowError
 
@@ -39,6 +40,8 @@ LHCO_GENERATOR_SIGNAL_FRACTION = 0.05
 STUDY_EPOCHS = 10
 STUDY_Q = 0.01
 """The accept fraction of the toy's trigger lines, and the top fraction whose selections are compared, without --q."""
+MAX_EVAL_EVENTS = 10_000_000
+"""The most evaluation events: they are held in memory and scored by every learner at once."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -54,8 +57,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                               f"to study (default: a file's all, {LHCO_GENERATOR_EVENTS:,} "
                                               "synthetic)")
     p.add_argument("--eval-events", type=int, default=GENERATOR_EVAL_EVENTS,
-                   help=f"held-out events of a generator to evaluate on (default {GENERATOR_EVAL_EVENTS:,})")
-    p.add_argument("--frame-size", type=int, default=4096, help="events per frame (default 4096)")
+                   help=f"held-out events of a generator to evaluate on, at most {MAX_EVAL_EVENTS:,} "
+                        f"(default {GENERATOR_EVAL_EVENTS:,})")
+    p.add_argument("--frame-size", type=int, default=4096, help="events per frame, 1 to 1,048,576 (default 4096)")
     p.add_argument("--signal-fraction", type=float,
                    help="LHCO: signal fraction of the events (default: a file's own, "
                         f"{LHCO_GENERATOR_SIGNAL_FRACTION} synthetic; only held-out signal gives AUCs, training "
@@ -71,10 +75,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _check(args: argparse.Namespace) -> None:
-    for key in ("events", "eval_events", "frame_size", "epochs"):
+    from streamflow.stream.pacing import check_frame_size
+
+    for key in ("events", "epochs"):  # events are streamed or read: no upper bound
         value = getattr(args, key)
         if value is not None and value < 1:
             raise ConfigError(f"--{key.replace('_', '-')} must be at least 1, got {value}")
+    if not 1 <= args.eval_events <= MAX_EVAL_EVENTS:
+        raise ConfigError(f"--eval-events must be 1 to {MAX_EVAL_EVENTS:,d}, got {args.eval_events:,d}")
+    check_frame_size(args.frame_size)
+    if args.q is not None and not 0 < args.q <= 1:
+        raise ConfigError(f"--q must be in (0, 1], got {args.q}")
     if args.source == "gaussian" and args.signal_fraction is not None:
         raise ConfigError("--signal-fraction is for LHCO streams; the toy's signal is 10% of its data sample")
 
@@ -110,10 +121,12 @@ def scorer_config(args: argparse.Namespace) -> ScorerConfig:
 
 def main(args: argparse.Namespace) -> int:
     _check(args)
-    return toy_study(args) if args.source == "gaussian" else mass_study(args)
+    out = output_folder(Path(args.out) if args.out is not None
+                        else Path("runs") / time.strftime("coordinates-%Y%m%d-%H%M%S"), "--out")
+    return toy_study(args, out) if args.source == "gaussian" else mass_study(args, out)
 
 
-def mass_study(args: argparse.Namespace) -> int:
+def mass_study(args: argparse.Namespace, out: Path) -> int:
     import torch
 
     from streamflow.analysis import mass_coordinate_study as study
@@ -123,7 +136,6 @@ def mass_study(args: argparse.Namespace) -> int:
     torch.set_num_threads(cpu_threads(args.threads or 0))
     config = study.StudyConfig(epochs=args.epochs, q=STUDY_Q if args.q is None else args.q, split_seed=args.seed,
                                device=str(resolve_device(args.device or "auto")))
-    out = Path(args.out) if args.out is not None else Path("runs") / time.strftime("coordinates-%Y%m%d-%H%M%S")
     started = time.monotonic()
     result = study.run_study(events, source=args.source, study=config)
     elapsed = time.monotonic() - started
@@ -137,7 +149,7 @@ def mass_study(args: argparse.Namespace) -> int:
     return 0
 
 
-def toy_study(args: argparse.Namespace) -> int:
+def toy_study(args: argparse.Namespace, out: Path) -> int:
     from producers.replay import ReplayConfig
     from streamflow.analysis import coordinate_study as coordinates
     from streamflow.cli.run import CHILD_HWM, EOS_TIMEOUT_S, RunConfig, RunOptions, run_pipeline
@@ -145,16 +157,14 @@ def toy_study(args: argparse.Namespace) -> int:
     events = toy_evaluation_events(args)
     scorer = scorer_config(args)
     q = STUDY_Q if args.q is None else args.q  # the lines' accept fraction, as scorer_config set it
-    out = Path(args.out) if args.out is not None else Path("runs") / time.strftime("coordinates-%Y%m%d-%H%M%S")
     run = RunOptions(run_dir=str(out / "run"), base_port=args.base_port, monitor=False, report=False)
     stream_events = TOY_EVENTS if args.events is None else args.events
     replay = ReplayConfig(source=args.source, events=stream_events, frame_size=args.frame_size,
                           seed=args.seed, endpoint=run.endpoint(0), hwm=CHILD_HWM, eos_timeout=EOS_TIMEOUT_S)
     started = time.monotonic()
-    codes = run_pipeline(RunConfig(run=run, replay=replay, scorer=scorer))
-    failed = {role: code for role, code in codes.items() if code != 0}
-    if failed:
-        raise StreamflowError("pipeline failed: " + ", ".join(f"{r} exited with {c}" for r, c in failed.items()))
+    result = run_pipeline(RunConfig(run=run, replay=replay, scorer=scorer))
+    if result.error is not None:
+        raise StreamflowError(result.error)
     streamed_s = time.monotonic() - started
     learners = coordinates.load_learners(run.folder / "scorer.ckpt.pt")
     study = coordinates.run_study(learners, events, source=args.source, q=q, exact=True)

@@ -31,12 +31,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="signal fraction of the stream (file: injected after the test split; default: as in "
                         "the file; synthetic: default 0.01)")
     p.add_argument("--events", type=int, default=None,
-                   help="events in the stream (synthetic: default 100000; file: a cap, default all)")
+                   help="events in the stream, at most 10,000,000 (synthetic: default 100000; file: a cap, "
+                        "default all)")
     p.add_argument("--test-fraction", type=float, default=0.3,
                    help="file: fraction of its rows held out as labelled test events (default 0.3)")
     p.add_argument("--test-events", type=int, default=200_000,
-                   help="synthetic: held-out test events, drawn from seed + 1 at signal fraction 0.1 "
-                        "(default 200000)")
+                   help="synthetic: held-out test events, drawn from seed + 1 at signal fraction 0.1, at most "
+                        "10,000,000 (default 200000)")
     p.add_argument("--checkpoint", default=None,
                    help="sample this scorer checkpoint instead of training one (give the same SOURCE, "
                         "--signal-fraction and --seed as it was trained with, so the test events stay held out)")
@@ -53,10 +54,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None,
                    help=f"the flow(s)' minibatch size (default: {PRESET_BATCH_SIZE} for the preset flow, "
                         f"else the --config file's value)")
-    p.add_argument("--frame-size", type=int, default=1000, help="events per frame (default 1000)")
+    p.add_argument("--frame-size", type=int, default=1000, help="events per frame, 1 to 1,048,576 (default 1000)")
     add_scorer_options(p, "device", note="; given, it replaces the --config file's value")
     p.add_argument("--samples", type=int, default=None,
-                   help="events to sample (default: as many as the stream had in the SR and sidebands)")
+                   help="events to sample, at most 10,000,000 (default: as many as the stream had in the SR and "
+                        "sidebands)")
     p.add_argument("--epochs", type=int, default=20, help="CWoLA training epochs (default 20)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, injection and sampling (default 0)")
     p.add_argument("--out", default="ephemeral", help="output folder (default ./ephemeral)")
@@ -97,10 +99,16 @@ def scorer_config(args: argparse.Namespace) -> ScorerConfig:
 
 def main(args: argparse.Namespace) -> int:
     from streamflow.analysis.ephemeral_study import HuntConfig, StreamSpec, run_study
+    from streamflow.analysis.sampling import check_sample_events
+    from streamflow.cli.outputs import output_folder
+    from streamflow.stream.pacing import check_frame_size
 
+    check_frame_size(args.frame_size)
+    if args.samples is not None:
+        check_sample_events(args.samples)
+    out = output_folder(args.out, "--out")
     spec = StreamSpec(args.source, signal_fraction=args.signal_fraction, events=args.events,
                       test_fraction=args.test_fraction, test_events=args.test_events, seed=args.seed)
-    out = Path(args.out)
     checkpoint = Path(args.checkpoint) if args.checkpoint else out / "ephemeral.ckpt.pt"
     scorer = None if args.checkpoint else scorer_config(args)
     run_study(spec, checkpoint, out, scorer=scorer, hunt=HuntConfig(epochs=args.epochs, seed=args.seed),

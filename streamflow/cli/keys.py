@@ -15,6 +15,7 @@ from pathlib import Path
 
 import zmq.auth
 
+from streamflow.cli.outputs import output_folder
 from streamflow.errors import ConfigError
 
 
@@ -35,10 +36,8 @@ def make_keys(directory: Path, name: str) -> tuple[Path, Path]:
     for path in (public, secret):
         if path.exists():
             raise ConfigError(f"{path} exists: refusing to overwrite a key (remove it or pick another --name)")
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create key folder {directory}: {exc.strerror}") from None
+    output_folder(directory, "key folder")
+    directory.mkdir(parents=True, exist_ok=True)
     written_public, written_secret = zmq.auth.create_certificates(directory, name)
     os.chmod(written_secret, 0o600)
     return Path(written_public), Path(written_secret)

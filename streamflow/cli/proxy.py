@@ -14,7 +14,8 @@ from pathlib import Path
 
 from producers.proxy import DEFAULT_PROXY_ENDPOINT, ProxyConfig, ProxyError, ProxyStats, run_proxy
 from streamflow.cli.common import curve_options, curves_from_args, stop_on_signals
-from streamflow.stream.transport import DEFAULT_HWM
+from streamflow.cli.outputs import output_folder
+from streamflow.stream.transport import DEFAULT_HWM, MAX_HWM, MAX_KERNEL_BUFFER
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,9 +31,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="the proxy's own stream id on its END_OF_STREAM (forwarded frames keep their "
                         "producer's; default 0)")
     p.add_argument("--hwm", type=int, default=DEFAULT_HWM, metavar="FRAMES",
-                   help=f"frames queued per socket before forwarding blocks (default {DEFAULT_HWM})")
+                   help=f"frames queued per socket before forwarding blocks, 1 to {MAX_HWM:,} "
+                        f"(default {DEFAULT_HWM})")
     p.add_argument("--kernel-buffer", type=int, default=0, metavar="BYTES",
-                   help="cap the OS socket buffers: fewer frames queued (default 0: the OS default)")
+                   help=f"cap the OS socket buffers, at most {MAX_KERNEL_BUFFER:,} bytes: fewer frames queued "
+                        "(default 0: the OS default)")
     p.add_argument("--eos-timeout", type=float, default=30.0, metavar="S",
                    help="seconds to wait for the receivers to acknowledge END_OF_STREAM (default 30)")
     p.add_argument("--idle-timeout", type=float, default=60.0, metavar="S",
@@ -62,6 +65,8 @@ def report(stats: ProxyStats, name: str, run_dir: str | None) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.run_dir is not None:
+        output_folder(args.run_dir, "--run-dir")
     config = config_from_args(args)
     try:
         stats = run_proxy(config, stop_on_signals())

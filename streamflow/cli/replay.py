@@ -18,7 +18,8 @@ from producers.replay import ReplayConfig, ReplayStats, run_replay
 from streamflow.cli.common import stop_on_signals
 from streamflow.config import load_toml
 from streamflow.errors import ConfigError
-from streamflow.stream.transport import Curve
+from streamflow.stream.pacing import MAX_FRAME_EVENTS
+from streamflow.stream.transport import DEFAULT_HWM, MAX_HWM, MAX_KERNEL_BUFFER, Curve
 
 _OPTIONS = ("rate", "frame_size", "signal_fraction", "events", "loop", "seed", "endpoint", "stream_id",
             "eos_timeout", "hwm", "kernel_buffer", "raw")
@@ -32,9 +33,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "(default: synthetic)")
     p.add_argument("--config", metavar="TOML", help="read defaults from this file's [replay] table")
     p.add_argument("--rate", metavar="EVENTS_PER_S", help="target event rate, or 'max' (default)")
-    p.add_argument("--frame-size", type=int, metavar="N", help="events per frame (default 4096)")
+    p.add_argument("--frame-size", type=int, metavar="N",
+                   help=f"events per frame, 1 to {MAX_FRAME_EVENTS:,} (default 4096)")
     p.add_argument("--signal-fraction", type=float, metavar="F", help="fraction of signal events to inject")
-    p.add_argument("--events", type=int, metavar="N", help="stop after N events")
+    p.add_argument("--events", type=int, metavar="N", help="stop after N events (streamed: any number)")
     p.add_argument("--loop", action="store_const", const=True, help="start the source again when it ends")
     p.add_argument("--raw", action="store_const", const=True,
                    help="send a raw LHCO file's particle events as RAW frames, for `streamflow reco` workers")
@@ -44,9 +46,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--stream-id", type=int, help="stream id stamped on every frame (default 0)")
     p.add_argument("--eos-timeout", type=float, metavar="S",
                    help="seconds to wait for receivers to acknowledge END_OF_STREAM (default 10)")
-    p.add_argument("--hwm", type=int, metavar="FRAMES", help="frames queued before sends block (default 64)")
+    p.add_argument("--hwm", type=int, metavar="FRAMES",
+                   help=f"frames queued before sends block, 1 to {MAX_HWM:,} (default {DEFAULT_HWM})")
     p.add_argument("--kernel-buffer", type=int, metavar="BYTES",
-                   help="cap the OS socket buffers: fewer frames queued beyond --hwm (default: the OS default)")
+                   help=f"cap the OS socket buffers, at most {MAX_KERNEL_BUFFER:,} bytes: fewer frames queued "
+                        "beyond --hwm (default: the OS default)")
     p.add_argument("--curve-secret", metavar="FILE",
                    help="CURVE-secure the stream with this NAME.key_secret (from `streamflow keys`); "
                         "needs --curve-authorized")

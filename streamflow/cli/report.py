@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from streamflow.cli.outputs import output_file, output_folder
+from streamflow.errors import ConfigError
 from streamflow.ops.report import make_report
 
 
@@ -18,5 +21,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"RUN_DIR {run_dir}: {'is a file, not a' if run_dir.exists() else 'no such'} run folder")
+    output_folder(run_dir / "figures", "RUN_DIR")
+    output_file(run_dir / "report.md", "RUN_DIR")
     print(make_report(args.run_dir))
     return 0

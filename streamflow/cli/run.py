@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from consumers.sink import SinkConfig, run_sink
 from producers.replay import ReplayConfig, run_replay
+from streamflow.cli.outputs import output_folder
 from streamflow.cli.replay import parse_rate
 from streamflow.cli.scorer_options import add_scorer_options, apply_scorer_options, scorer_menu
 from streamflow.config import from_dict, read_toml, to_dict
@@ -106,9 +107,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", metavar="TOML", help="a run config with [run], [replay] and [scorer] tables")
     p.add_argument("--source", help="synthetic (default), gaussian, or an LHCO features/raw HDF5 file")
-    p.add_argument("--events", type=int, help=f"events to replay (default {DEFAULT_EVENTS:,})")
+    p.add_argument("--events", type=int, help=f"events to replay (streamed: any number; default {DEFAULT_EVENTS:,})")
     p.add_argument("--rate", help="events/s, or max (default max)")
-    p.add_argument("--frame-size", type=int, help="events per frame (default 4096)")
+    p.add_argument("--frame-size", type=int, help="events per frame, 1 to 1,048,576 (default 4096)")
     p.add_argument("--signal-fraction", type=float, help="signal fraction of the stream (default 0.01)")
     p.add_argument("--seed", type=int, help="seed of the source and the injection (default 0)")
     p.add_argument("--preset", help="learner menu: lhco or gaussian (default: the one that fits the source)")
@@ -194,15 +195,16 @@ def _keep_learners(scorer: ScorerConfig, names: list[str]) -> ScorerConfig:
     )
 
 
-def _child(role: str, target: Callable[..., Any], *args: Any) -> None:
-    """A pipeline process: stops on SIGTERM (the parent orders the stop), errors as one line, exit 2."""
+def _child(role: str, errors: Any, target: Callable[..., Any], *args: Any) -> None:
+    """A pipeline process: stops on SIGTERM (the parent orders the stop); a StreamflowError goes to
+    the parent on ``errors`` (it says the first one, once) and the exit code is 2."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         target(*args, stop)
     except StreamflowError as exc:
-        print(f"streamflow run: {role}: error: {exc}", file=sys.stderr)
+        errors.put((time.time(), role, str(exc)))
         sys.exit(2)
 
 
@@ -244,14 +246,42 @@ def _produce(config: ReplayConfig, run_dir: str, telemetry: str, stop: threading
         ctx.destroy(linger=0)
 
 
-def _start(role: str, target: Callable[..., Any], *args: Any) -> BaseProcess:
-    process = mp.get_context("spawn").Process(target=_child, args=(role, target, *args), name=role, daemon=False)
+def _start(role: str, errors: Any, target: Callable[..., Any], *args: Any) -> BaseProcess:
+    process = mp.get_context("spawn").Process(target=_child, args=(role, errors, target, *args), name=role,
+                                              daemon=False)
     process.start()
     return process
 
 
-def run_pipeline(config: RunConfig, *, console_monitor: Callable[..., Any] | None = None) -> dict[str, int | None]:
-    """Run the pipeline to the end of its stream; returns each child's exit code (all set: every child is joined)."""
+@dataclass(frozen=True)
+class PipelineResult:
+    """How the pipeline's processes ended: each one's exit code, and one line saying why it failed.
+
+    error: the first error a child reported (role: message) -- the cause; the others'
+    failures follow from it and are not repeated -- else, for a child that died
+    without a word (killed by a signal), its exit; None when every child exited 0.
+    """
+
+    codes: dict[str, int | None]
+    error: str | None
+
+
+def _pipeline_error(codes: dict[str, int | None], reported: list[tuple[float, str, str]]) -> str | None:
+    if reported:
+        _, role, message = min(reported)
+        return f"{role}: {message}"
+    failed = [(role, code) for role, code in codes.items() if code != 0]
+    if not failed:
+        return None
+    role, code = failed[0]
+    return f"{role} {'was killed by signal ' + str(-code) if code is not None and code < 0 else f'exited with {code}'}"
+
+
+def run_pipeline(config: RunConfig, *, console_monitor: Callable[..., Any] | None = None) -> PipelineResult:
+    """Run the pipeline to the end of its stream (or a stop: Ctrl-C, SIGTERM, a failed child).
+
+    SIGTERM to this process stops the pipeline like Ctrl-C (when called from the main thread).
+    """
     from consumers.scorer import ConsumeConfig, run_consume
 
     run, run_dir = config.run, config.run.folder
@@ -263,14 +293,17 @@ def run_pipeline(config: RunConfig, *, console_monitor: Callable[..., Any] | Non
                            telemetry=telemetry, run_dir=str(run_dir), checkpoint_every=run.checkpoint_every,
                            hwm=CHILD_HWM, kernel_buffer=CHILD_KERNEL_BUFFER)
     stop = threading.Event()
-    children = {"sink": _start("sink", functools.partial(run_sink, run_config=to_dict(config)), sink)}
+    errors = mp.get_context("spawn").SimpleQueue()
+    children = {"sink": _start("sink", errors, functools.partial(run_sink, run_config=to_dict(config)), sink)}
     if run.reco_workers:
-        scorer = dataclasses.replace(scorer, endpoint=_start_reco(children, run, str(run_dir), telemetry))
-    children["scorer"] = _start("scorer", run_consume, scorer)
+        scorer = dataclasses.replace(scorer, endpoint=_start_reco(children, errors, run, str(run_dir), telemetry))
+    children["scorer"] = _start("scorer", errors, run_consume, scorer)
     replay = dataclasses.replace(config.replay, receivers=run.reco_workers)  # every worker gets a share
-    children["producer"] = _start("producer", _produce, replay, str(run_dir), telemetry)
+    children["producer"] = _start("producer", errors, _produce, replay, str(run_dir), telemetry)
     supervisor = threading.Thread(target=_supervise, args=(children, stop, run.duration), daemon=True)
     supervisor.start()
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if in_main else None
     try:
         if console_monitor is not None:
             console_monitor(telemetry, stop)  # returns once ``stop`` is set, or early on q
@@ -278,12 +311,27 @@ def run_pipeline(config: RunConfig, *, console_monitor: Callable[..., Any] | Non
             while not stop.wait(0.2):
                 pass
     except KeyboardInterrupt:
-        print("streamflow run: stopping (Ctrl-C): the producer ends the stream, the rest drains", file=sys.stderr)
-    _stop_all(children)
-    return {role: p.exitcode for role, p in children.items()}
+        print("streamflow: stopping: the producer ends the stream, the rest drains", file=sys.stderr)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the stop below is already under way
+    try:
+        _stop_all(children)
+    except KeyboardInterrupt:  # a second Ctrl-C: no more waiting for a clean end
+        for process in children.values():
+            process.kill()
+        raise
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+    reported = []
+    while not errors.empty():
+        reported.append(errors.get())
+    codes = {role: p.exitcode for role, p in children.items()}
+    return PipelineResult(codes, _pipeline_error(codes, reported))
 
 
-def _start_reco(children: dict[str, BaseProcess], run: RunOptions, run_dir: str, telemetry: str) -> str:
+def _start_reco(children: dict[str, BaseProcess], errors: Any, run: RunOptions, run_dir: str, telemetry: str) -> str:
     """Start the K reco workers (and the proxy joining them when K > 1); the endpoint the scorer reads."""
     from consumers.reco import RecoWorkerConfig, run_reco_worker
     from producers.proxy import ProxyConfig
@@ -293,13 +341,13 @@ def _start_reco(children: dict[str, BaseProcess], run: RunOptions, run_dir: str,
         worker = RecoWorkerConfig(endpoint=run.endpoint(0), output=output, stream_id=k + 1, name=f"reco-{k}",
                                   telemetry=telemetry, run_dir=run_dir, hwm=CHILD_HWM,
                                   kernel_buffer=CHILD_KERNEL_BUFFER, eos_timeout=EOS_TIMEOUT_S)
-        children[worker.name] = _start(worker.name, run_reco_worker, worker)
+        children[worker.name] = _start(worker.name, errors, run_reco_worker, worker)
     if len(outputs) == 1:
         return outputs[0]
     proxy = ProxyConfig(upstream=tuple(outputs), endpoint=run.endpoint(5 + 2 * len(outputs)), stream_id=0,
                         hwm=CHILD_HWM, kernel_buffer=CHILD_KERNEL_BUFFER, eos_timeout=EOS_TIMEOUT_S,
                         name="reco-proxy")
-    children["reco-proxy"] = _start("reco-proxy", _join_workers, proxy, run_dir)
+    children["reco-proxy"] = _start("reco-proxy", errors, _join_workers, proxy, run_dir)
     return proxy.endpoint
 
 
@@ -332,23 +380,31 @@ def _supervise(children: dict[str, BaseProcess], stop: threading.Event, duration
     stop.set()
 
 
-def _stop_all(children: dict[str, BaseProcess], grace_s: float = 60.0) -> None:
+STOP_GRACE_S = 15.0
+"""How long the children of a stopped pipeline get to drain and exit by themselves."""
+
+
+def _stop_all(children: dict[str, BaseProcess], grace_s: float = STOP_GRACE_S) -> None:
     """Stop in stream order: end the producer's stream, let the scorer and sink drain and exit.
 
     Only the producer is told to stop; END_OF_STREAM then finishes the scorer and the
     sink by themselves (signalling a process that is already finishing could kill it
-    during interpreter shutdown). Whatever outlives the grace period is terminated,
-    then killed. If a child failed, the rest are terminated at once.
+    during interpreter shutdown). If a child failed, the rest are told to stop at once.
+    Whatever is still running ``grace_s`` after the stop began is terminated (SIGTERM:
+    it stops within its 10 s handshake limit), then killed: at most about 30 s in all.
     """
     failed = any(p.exitcode not in (None, 0) for p in children.values())
+    deadline = time.monotonic() + grace_s
     for role in _stream_order(children):
         process = children[role]
         if process.is_alive() and (failed or role == "producer"):
             process.terminate()  # SIGTERM: the child finishes cleanly
-        process.join(10.0 if failed else grace_s)
+        process.join(max(0.0, deadline - time.monotonic()))
+    for process in children.values():
         if process.is_alive():
             process.terminate()
-            process.join(10.0)
+    for process in children.values():
+        process.join(12.0)
         if process.is_alive():
             process.kill()
             process.join(5.0)
@@ -396,27 +452,26 @@ def _add_reco_stages(ledger: Ledger, run_dir: Path) -> None:
 
 def main(args: argparse.Namespace) -> int:
     config = build_config(args)
+    assert config.run.run_dir is not None  # build_config names one
+    output_folder(config.run.run_dir, "--run-dir")
     monitor = _monitor_runner(config.run) if config.run.monitor else None
-    codes = run_pipeline(config, console_monitor=monitor)
+    result = run_pipeline(config, console_monitor=monitor)
     run_dir = config.run.folder
     ledger = combined_ledger(run_dir)
     ledger.write(run_dir / "ledger.json")
     print(ledger.render())
-    failed = {role: code for role, code in codes.items() if code != 0}
-    if not failed:
+    if result.error is None:
         from streamflow.ops.run_folder import load_run
         from streamflow.ops.summary import write_summary
 
         print(f"summary: {write_summary(load_run(run_dir))}")
-    if config.run.report and not failed:
+    if config.run.report and result.error is None:
         from streamflow.ops.report import make_report
 
         print(f"report: {make_report(run_dir)}")
     print(f"run folder: {run_dir}")
-    if failed:
-        print("streamflow run: error: " + ", ".join(f"{r} exited with {c}" for r, c in failed.items()),
-              file=sys.stderr)
-        return 2
+    if result.error is not None:
+        raise StreamflowError(result.error)
     return 0
 
 

@@ -14,7 +14,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "units. Written in the selections-file layout (one bit per range).",
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a scorer checkpoint (e.g. RUN_DIR/scorer.ckpt.pt)")
-    p.add_argument("--events", type=int, required=True, metavar="N", help="events to draw over all ranges")
+    p.add_argument("--events", type=int, required=True, metavar="N",
+                   help="events to draw over all ranges, 1 to 10,000,000")
     p.add_argument("--mjj-range", type=float, nargs=2, action="append", metavar=("LO", "HI"),
                    help="an mjj range in GeV, repeatable (default: SR 3300 3700 and sidebands 3100 3300, "
                         "3700 3900)")
@@ -28,7 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from streamflow.analysis.sampling import DEFAULT_RANGES, MassRange, sample_checkpoint, write_samples
+    from streamflow.cli.outputs import output_file
 
+    output_file(args.output, "--output")
     ranges = [MassRange(lo, hi) for lo, hi in args.mjj_range] if args.mjj_range else DEFAULT_RANGES
     flow, samples = sample_checkpoint(args.checkpoint, args.events, ranges, learner=args.learner, seed=args.seed)
     write_samples(args.output, samples)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from consumers.sink import DEFAULT_SELECTIONS_ENDPOINT, SinkConfig, run_sink
 from streamflow.cli.common import curve_options, curves_from_args, stop_on_signals
+from streamflow.cli.outputs import output_file, output_folder
 from streamflow.config import read_toml
+from streamflow.errors import ConfigError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +30,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    import h5py
+
+    output = output_file(Path(output_folder(args.run_dir, "--run-dir")) / args.output, "--output")
+    if output.exists() and not h5py.is_hdf5(output):  # the sink appends to its own files only
+        raise ConfigError(f"--output {output}: exists and is not an HDF5 file (give a new name, or a selections file "
+                          f"to append to)")
     curve, _ = curves_from_args(args)
     config = SinkConfig(endpoint=args.endpoint, output=args.output, telemetry=args.telemetry,
                         run_dir=args.run_dir, flush_interval=args.flush_interval, idle_timeout=args.idle_timeout,

@@ -31,6 +31,8 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint; a missing, corrupt or other-version file is a one-line ConfigError."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"checkpoint {path} is a folder, not a checkpoint file (e.g. RUN_DIR/scorer.ckpt.pt)")
     if not path.is_file():
         raise ConfigError(f"checkpoint not found: {path}")
     try:

@@ -1,11 +1,17 @@
 """What survives a scorer process: its checkpoint, resume, and crash recovery from the frame journal.
 
 A checkpoint (every ``checkpoint_every`` frames and at the end) holds the
-learners and counters, the stream's sequence account, the streamed mjj histogram
-and the crash window carried forward ("lost after processing", below).
+learners and counters, the stream's sequence account, the streamed mjj histogram,
+the crash window carried forward ("lost after processing", below) and the
+SELECTION frames and events each scorer (or rank) sent to its sink over all its
+lifetimes ("selections_sent": {scorer name: {stream id: [frames, events]}}), so that
+a resumed scorer's END_OF_STREAM tells the sink the totals of every lifetime.
 
 Crashes: every handled frame is appended to a journal (streamflow.stream.journal),
-emptied at each checkpoint. A scorer restarted with ``resume`` after ``kill -9``
+emptied at each checkpoint; with a sink, a frame is journalled (with the events
+it selected) just before its SELECTION goes: a kill between the two leaves the sink
+one frame short, counted lost in flight, where the other order would leave it one
+frame over that its account cannot place. A scorer restarted with ``resume`` after ``kill -9``
 reads the journal: those frames were scored (their selections sent) but the
 learning from them died with the process -- "lost after processing". The frames
 that were still queued in the dead process show up as a sequence gap -- "lost in
@@ -21,6 +27,7 @@ journal before rank 0 has saved.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from streamflow.errors import ConfigError
 from streamflow.scoring.checkpoint import load_checkpoint, save_checkpoint
@@ -30,14 +37,36 @@ from streamflow.scoring.stream_scorer import Counters, StreamScorer, add_lost, l
 from streamflow.stream.journal import FrameJournal
 
 CHECKPOINT_SUFFIX = ".ckpt.pt"
+SELECTIONS_KEY = "selections_sent"
+"""The checkpoint's {scorer name: {stream id: [SELECTION frames, events]}} sent to the sink(s)."""
+
+
+def sent_selections(saved: dict[str, Any], name: str, journal: Path) -> dict[int, tuple[int, int]]:
+    """stream id -> (SELECTION frames, events) that the earlier lifetimes of scorer ``name`` sent:
+    the checkpoint's count, plus the frames of the crash window, from the journal."""
+    counts = {int(sid): (int(frames), int(events))
+              for sid, (frames, events) in saved.get(SELECTIONS_KEY, {}).get(name, {}).items()}
+    for sid, sent in FrameJournal.read_file(journal, column=3).items():
+        frames, events = counts.get(sid, (0, 0))
+        counts[sid] = (frames + len(sent), events + sum(sent.values()))
+    return counts
+
+
+def selections_json(name: str, by_stream: dict[int, tuple[int, int]]) -> dict[str, dict[str, list[int]]]:
+    """One scorer's SELECTION counts as the checkpoint keeps them under :data:`SELECTIONS_KEY`."""
+    return {name: {str(sid): list(counts) for sid, counts in by_stream.items()}}
 
 
 class Durability:
-    """A scorer's checkpoint file (one for all ranks) and this process's frame journal."""
+    """A scorer's checkpoint file (one for all ranks) and this process's frame journal.
 
-    def __init__(self, checkpoint_path: Path, journal_path: Path) -> None:
+    ``name`` is this process's scorer name (a rank's carries ``-rank<r>``), under which the
+    checkpoint keeps its selections count; by default the journal's file name without suffix."""
+
+    def __init__(self, checkpoint_path: Path, journal_path: Path, name: str | None = None) -> None:
         self.checkpoint_path = checkpoint_path
         self.journal = FrameJournal(journal_path)
+        self.name = name or journal_path.stem
 
     def journals(self, ranks: int) -> list[Path]:
         """The journals of the scorer's processes: this one's, or data-parallel every rank's."""
@@ -66,6 +95,7 @@ class Durability:
         state.scorer.load_state_dict(saved["scorer"])
         state.base = Counters.of(state.scorer)
         state.stats.resumed_from_frame = state.scorer.frames
+        state.stats.selections_by_stream = sent_selections(saved, self.name, self.journal.path)
         if not state.leader:  # rank 0 carries the stream's account (and reads this rank's journal)
             self.checkpoint(state)
             return
@@ -83,22 +113,24 @@ class Durability:
                     {seq: n for seq, n in frames.items() if seq >= next_seq or seq in gaps})
         self.checkpoint(state)  # carries the crash window forward before the journal is emptied
 
-    def record(self, stream_id: int, seq: int, events: int) -> None:
-        """Journal one handled frame (scored, its selections sent)."""
-        self.journal.record(stream_id, seq, events)
+    def record(self, stream_id: int, seq: int, events: int, selected: int = 0) -> None:
+        """Journal one handled frame (scored; with a sink, ``selected`` events about to be sent to it)."""
+        self.journal.record(stream_id, seq, events, selected)
 
     def checkpoint(self, state: StreamScorer) -> None:
         """Save learners, the stream's account and the crash window; empty the journal.
 
         Data-parallel this is collective: rank 0 saves the union of every rank's account."""
         scorer, sequence, mjj = state.scorer.state_dict(), state.tracker.state_dict(), state.mjj.state_dict()
+        selections = selections_json(self.name, state.stats.selections_by_stream)
         if state.collective.world_size > 1:  # the stream's account, counts and mjj are those of all ranks
-            sequence, counters, mjj = ranks_checkpoint(state)
+            sequence, counters, mjj, selections = ranks_checkpoint(state, selections)
             scorer["counters"] = counters.to_dict()
         if state.leader:
             save_checkpoint(self.checkpoint_path, {
                 "scorer": scorer, "sequence": sequence, HISTOGRAM_KEY: mjj,
                 "lost_after_processing": lost_json(state.stats.lost_after_processing),
+                SELECTIONS_KEY: selections,
             })
         state.collective.barrier()  # no rank forgets its frames before rank 0 has saved them
         self.journal.clear()

@@ -19,6 +19,7 @@ drive it directly.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -37,6 +38,11 @@ from streamflow.trigger.menu import SIGNAL_REGION
 
 Thresholds = Literal["rank", "global"]
 """Whose windows a data-parallel scorer's lines judge against (see ScorerConfig)."""
+
+MAX_LEARN_EVENTS = 10_000_000
+"""The most scored events held back for one deferred learning step (``learn_events``): they wait in memory."""
+MAX_THREADS = 1024
+"""The most torch CPU threads a scorer asks for."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,7 @@ class ScorerConfig:
     scan: ScanConfig | None = None
 
     def __post_init__(self) -> None:
+        check_device(self.device)
         if self.scan is not None:  # a [scan] table becomes its windows' learners and lines, here, once
             scan_learners, scan_lines = self.scan.expand()
             object.__setattr__(self, "learners", tuple(self.learners) + tuple(scan_learners))
@@ -94,10 +101,10 @@ class ScorerConfig:
         for line in self.lines:
             if line.learner not in names:
                 raise ConfigError(f"trigger line {line.name!r} reads learner {line.learner!r}, not among {names}")
-        if self.learn_events < 0:
-            raise ConfigError(f"learn_events must be >= 0, got {self.learn_events}")
-        if self.threads < 0:
-            raise ConfigError(f"threads must be >= 0 (0: automatic), got {self.threads}")
+        if not 0 <= self.learn_events <= MAX_LEARN_EVENTS:
+            raise ConfigError(f"learn_events must be 0 to {MAX_LEARN_EVENTS:,d} events, got {self.learn_events:,d}")
+        if not 0 <= self.threads <= MAX_THREADS:
+            raise ConfigError(f"threads must be 0 (automatic) to {MAX_THREADS}, got {self.threads:,d}")
         if self.threshold_sync < 1:
             raise ConfigError(f"threshold_sync must be at least 1 frame, got {self.threshold_sync}")
         if self.thresholds not in ("rank", "global"):
@@ -113,14 +120,19 @@ def cpu_threads(requested: int) -> int:
     return requested if requested > 0 else max(1, (os.cpu_count() or 1) - 3)
 
 
+def check_device(name: str) -> None:
+    """ConfigError unless ``name`` is auto, cpu, cuda or cuda:N (whether the GPU exists is :func:`resolve_device`'s)."""
+    if not isinstance(name, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise ConfigError(f"device must be auto, cpu or cuda[:N], got {name!r}")
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` is CUDA when a GPU is visible, else the CPU; asking for a missing GPU is an error."""
+    check_device(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("device cuda asked for, but torch sees no CUDA GPU (use --device cpu or auto)")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise ConfigError(f"device must be auto, cpu or cuda[:N], got {name!r}")
     return torch.device(name)
 
 

@@ -9,7 +9,7 @@ missing frames (streamflow.stream.ledger; 1M frames, about 4 billion events at
 other ranks' frames from losses.
 
 Rank 0 writes the one checkpoint (:func:`ranks_checkpoint`: the union of the
-accounts, the summed counters and mjj histogram) and the merged ledger
+accounts, the summed counters and mjj histogram, every rank's selections count) and the merged ledger
 (:func:`merge_rank_views`: every stage summed with each rank's share, every
 stream accounted across the ranks, the trigger lines' figures combined, and
 whether the ranks' weights agree bit for bit). A rank's contribution to the
@@ -30,10 +30,14 @@ from streamflow.stream.ledger import Ledger, SequenceTracker, account_stream, me
 from streamflow.trigger import LineStats
 
 
-def ranks_checkpoint(state: StreamScorer) -> tuple[dict[str, Any], Counters, dict[str, Any]]:
-    """(sequence account, counters, mjj histogram state) of all ranks together (collective)."""
-    views = state.collective.gather_json({"sequence": state.tracker.state_dict(),
+def ranks_checkpoint(state: StreamScorer, selections: dict[str, Any],
+                     ) -> tuple[dict[str, Any], Counters, dict[str, Any], dict[str, Any]]:
+    """(sequence account, counters, mjj histogram state, selections sent) of all ranks together (collective).
+
+    ``selections`` is this rank's {scorer name: {stream id: [frames, events]}}; the merged one holds every rank's."""
+    views = state.collective.gather_json({"sequence": state.tracker.state_dict(), "selections": selections,
                                           "counted": state.counted().to_dict()})
+    selections = {name: counts for view in views for name, counts in view["selections"].items()}
     sequence, _ = merge_sequence_states([view["sequence"] for view in views])
     counters = state.base
     for view in views:
@@ -41,7 +45,7 @@ def ranks_checkpoint(state: StreamScorer) -> tuple[dict[str, Any], Counters, dic
     summed = state.collective.sum_counts(np.append(state.mjj.counts, state.mjj.outside))
     mjj = state.mjj.state_dict()
     mjj.update(counts=torch.from_numpy(summed[:-1]), outside=int(summed[-1]))
-    return sequence, counters, mjj
+    return sequence, counters, mjj, selections
 
 
 def rank_view(state: StreamScorer, ledger: Ledger) -> dict[str, Any]:

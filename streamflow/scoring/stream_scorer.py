@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -37,6 +38,7 @@ from streamflow.stream.ledger import (
     StreamAccount,
     account_stream,
     seen_runs,
+    selection_totals,
     stream_receivers,
     stream_totals,
 )
@@ -69,9 +71,14 @@ class ConsumeStats:
     rank: int = 0
     """This scorer's rank among data-parallel ranks (rank 0 holds the merged ledger); 0 alone."""
     selections_by_stream: dict[int, tuple[int, int]] = field(default_factory=dict)
-    """stream id -> (SELECTION frames, accepted events) sent to the sink, for its END_OF_STREAM."""
+    """stream id -> (SELECTION frames, accepted events) sent to the sink by this scorer over all its lifetimes
+    (checkpointed; a crash window's from the journal), for the sink's END_OF_STREAM."""
     busy: tuple[float, float] | None = None
     """Wall-clock times (s since the epoch) of the first frame's arrival and the last frame's end."""
+    sink_error: str | None = None
+    """Why the selections did not reach a sink to the end (stuck sink, END_OF_STREAM not acknowledged)."""
+    sink_confirmed: int | None = None
+    """Selected events the sink(s) acknowledged having received at END_OF_STREAM (None: no handshake)."""
 
 
 @dataclass(frozen=True)
@@ -212,18 +219,18 @@ class StreamScorer:
                 self.tracker, sid, frames, events, self.stats.lost_after_processing.get(sid),
                 self.stats.receivers - 1)
 
-    def sink_totals(self) -> tuple[dict[int, tuple[int, int]], int | None]:
-        """(stream id -> (frames, events), receivers sharing the stream or None) for the sink's END_OF_STREAM.
+    def sink_totals(self) -> tuple[dict[int, tuple[int, int]], int | None, dict[str, Any] | None]:
+        """(stream id -> (frames, events), receivers sharing the stream or None, extra meta or None)
+        for the sink's END_OF_STREAM.
 
-        When scorers split the producer's stream, a sink sees this scorer's share of
-        the producer's sequence numbers: the totals are then the producer's frames (the
-        others' are "taken by the other receivers", as for the scorer) and this
-        scorer's accepted events."""
-        streams, shared = self.stats.selections_by_stream, self.stats.receivers
-        if shared == 1:
-            return streams, None
-        return {sid: (self.stats.sent_totals[sid][0], events) for sid, (_, events) in streams.items()
-                if sid in self.stats.sent_totals}, shared
+        The totals cover all of this scorer's lifetimes (streamflow.stream.ledger.selection_totals):
+        when scorers split the producer's stream, a sink sees this scorer's share of the
+        producer's sequence numbers, the others' being "taken by the other receivers"."""
+        stats, shared = self.stats, self.stats.receivers
+        streams, extra = selection_totals(
+            self.tracker, {sid: events for sid, (_, events) in stats.selections_by_stream.items()},
+            stats.sent_totals, stats.lost_after_processing, shared)
+        return streams, shared if shared > 1 else None, extra
 
     def telemetry(self, rejected: int, blocked_s: float) -> ScorerRecord:
         """The scorer's telemetry record; ``rejected`` messages and ``blocked_s`` on the sink are the sockets'."""
@@ -235,7 +242,8 @@ class StreamScorer:
             lines=self.scorer.line_stats(), device=str(self.scorer.device))
 
     def ledger(self, intake: Intake, sink: bool) -> Ledger:
-        """This scorer's ledger: received, scored, learned from, accepted, sent to the sink (if ``sink``)."""
+        """This scorer's ledger: received, scored, learned from, accepted, sent to the sink and confirmed by
+        it (if ``sink``; call it after the selections' END_OF_STREAM handshake)."""
         ledger = Ledger()
         stats, counted = self.stats, self.counted()
         ledger.add("received", intake.events, f"{intake.frames} frames; {intake.rejected} rejected messages")
@@ -243,6 +251,12 @@ class StreamScorer:
         ledger.add("learned from", counted.events_learned, "every scored event is learned from after its frame")
         ledger.add("accepted", stats.accepted, "by at least one trigger line")
         ledger.add("sent to sink", stats.selections_sent, "" if sink else "no sink configured")
+        if sink:
+            confirmed = stats.sink_confirmed or 0
+            unconfirmed = stats.selections_sent - confirmed
+            ledger.add("confirmed by sink", confirmed, (
+                "acknowledged at END_OF_STREAM" if stats.sink_confirmed is not None else "no sink acknowledged")
+                + (f"; {unconfirmed:,d} not: lost, or taken by a sink that left" if unconfirmed > 0 else ""))
         lost = {sid: {"frames": sorted(frames), "events": sum(frames.values())}
                 for sid, frames in stats.lost_after_processing.items()}
         ledger.details.update(sequence=self.tracker.summary(), missing_frames=self.tracker.missing_frames(),
@@ -259,4 +273,6 @@ class StreamScorer:
             ledger.notes.append(f"rejected {intake.rejected} messages; last: {intake.last_error}")
         if stats.idle_error:
             ledger.notes.append(f"ended: {stats.idle_error}")
+        if stats.sink_error:
+            ledger.notes.append(f"ended: {stats.sink_error}")
         return ledger

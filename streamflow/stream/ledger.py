@@ -19,6 +19,7 @@ for every difference; it is written to the run folder and printed.
 from __future__ import annotations
 
 import json
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,7 +182,9 @@ class StreamAccount:
     or socket buffers when it was killed) -- the sequence numbers the tracker found
     missing that the journal does not hold;
     elsewhere: those same frames when ``other_receivers`` > 0, i.e. the stream was
-    shared: PUSH gave them to the other receivers, so they are not called lost.
+    shared: PUSH gave them to the other receivers, so they are not called lost;
+    not_sent: sequence numbers the sender says it never sent (a scorer's selections
+    stream skips the producer's frames that never reached the scorer), no events.
     Per receiver a genuine loss cannot then be told from another receiver's share:
     the totals are checked by the sender's END_OF_STREAM acknowledgements (each
     receiver's ACK carries its frames and events) and, for data-parallel ranks, by
@@ -198,6 +201,7 @@ class StreamAccount:
     lost_in_flight: list[int]
     elsewhere: list[int] = field(default_factory=list)
     other_receivers: int = 0
+    not_sent: list[int] = field(default_factory=list)
 
     @property
     def lost_after_processing_events(self) -> int:
@@ -218,7 +222,7 @@ class StreamAccount:
     @property
     def unaccounted_frames(self) -> int:
         return (self.sent_frames - self.processed_frames - len(self.lost_after_processing)
-                - len(self.lost_in_flight) - len(self.elsewhere))
+                - len(self.lost_in_flight) - len(self.elsewhere) - len(self.not_sent))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -229,6 +233,7 @@ class StreamAccount:
             "lost_in_flight": {"frames": self.lost_in_flight, "events": self.lost_in_flight_events},
             "taken_by_other_receivers": {"receivers": self.other_receivers, "frames": self.elsewhere,
                                          "events": self.elsewhere_events},
+            "not_sent": {"frames": self.not_sent},
             "unaccounted_frames": self.unaccounted_frames,
         }
 
@@ -236,27 +241,32 @@ class StreamAccount:
         unseen = (f"taken by the other {self.other_receivers} receiver(s) {self.elsewhere_events:,d} events "
                   f"({len(self.elsewhere):,d} frames)" if self.other_receivers else
                   f"lost in flight {self.lost_in_flight_events:,d} ({len(self.lost_in_flight)} frames)")
+        skipped = f" + never sent {len(self.not_sent):,d} frames" if self.not_sent else ""
         return (f"stream {stream_id}: sent {self.sent_events:,d} events in {self.sent_frames:,d} frames = "
                 f"processed {self.processed_events:,d} + lost after processing "
-                f"{self.lost_after_processing_events:,d} ({len(self.lost_after_processing)} frames) + {unseen}; "
-                f"unaccounted frames {self.unaccounted_frames}")
+                f"{self.lost_after_processing_events:,d} ({len(self.lost_after_processing)} frames) + {unseen}"
+                f"{skipped}; unaccounted frames {self.unaccounted_frames}")
 
 
 def account_stream(tracker: SequenceTracker, stream_id: int, sent_frames: int, sent_events: int,
-                   lost_after_processing: dict[int, int] | None = None, other_receivers: int = 0) -> StreamAccount:
+                   lost_after_processing: dict[int, int] | None = None, other_receivers: int = 0,
+                   not_sent: set[int] | None = None) -> StreamAccount:
     """The account of one stream from the tracker's segment and the sender's END_OF_STREAM totals.
 
     Frames the sender sent after the last one that arrived (none, when END_OF_STREAM
     arrived on the same pipe) count as lost in flight too -- or, with
-    ``other_receivers`` > 0 (see :func:`stream_receivers`), as taken by them.
+    ``other_receivers`` > 0 (see :func:`stream_receivers`), as taken by them. Sequence
+    numbers in ``not_sent`` (:func:`stream_not_sent`) that did not arrive are neither.
     """
     lost_after = dict(lost_after_processing or {})
     next_seq, frames, events = tracker.segment(stream_id)
     missing = set(tracker.missing_frames().get(stream_id, [])) | set(range(next_seq, sent_frames))
-    unseen = sorted(missing - lost_after.keys())
+    skipped = sorted(missing & (not_sent or set()))
+    unseen = sorted(missing - lost_after.keys() - set(skipped))
     if other_receivers > 0:
-        return StreamAccount(sent_frames, sent_events, frames, events, lost_after, [], unseen, other_receivers)
-    return StreamAccount(sent_frames, sent_events, frames, events, lost_after, unseen)
+        return StreamAccount(sent_frames, sent_events, frames, events, lost_after, [], unseen, other_receivers,
+                             skipped)
+    return StreamAccount(sent_frames, sent_events, frames, events, lost_after, unseen, not_sent=skipped)
 
 
 def stream_totals(meta: dict[str, Any], stream_id: int) -> dict[int, tuple[int, int]]:
@@ -274,6 +284,58 @@ def stream_totals(meta: dict[str, Any], stream_id: int) -> dict[int, tuple[int, 
                 totals[int(sid)] = (sent["frames"], sent["events"])
         return totals
     return {stream_id: (meta["frames"], meta["events"])} if _counts(meta) else {}
+
+
+def not_sent_json(not_sent: dict[int, set[int]]) -> dict[str, list[list[int]]]:
+    """stream id -> sequence numbers a sender skipped, as the END_OF_STREAM meta's "not_sent" runs."""
+    return {str(sid): _runs(seqs) for sid, seqs in not_sent.items()}
+
+
+def stream_not_sent(meta: dict[str, Any]) -> dict[int, set[int]]:
+    """stream id -> the sequence numbers the sender says it never sent, from an END_OF_STREAM's meta.
+
+    A scorer's selections stream carries the producer's sequence numbers and skips the
+    frames that never reached the scorer (:func:`not_sent_json` wrote them); absent,
+    malformed or more than MAX_TRACKED_MISSING frames a stream: none.
+    """
+    streams = meta.get("not_sent")
+    if not isinstance(streams, dict):
+        return {}
+    try:
+        runs = {int(sid): [(int(start), int(stop)) for start, stop in seqs] for sid, seqs in streams.items()}
+    except (TypeError, ValueError):
+        return {}
+    if any(not 0 <= start <= stop or sum(b - a for a, b in seqs) > MAX_TRACKED_MISSING
+           for seqs in runs.values() for start, stop in seqs):
+        return {}
+    return {sid: {seq for start, stop in seqs for seq in range(start, stop)} for sid, seqs in runs.items()}
+
+
+def selection_totals(tracker: SequenceTracker, selected: dict[int, int], sent_totals: dict[int, tuple[int, int]],
+                     lost_after_processing: dict[int, dict[int, int]], receivers: int,
+                     ) -> tuple[dict[int, tuple[int, int]], dict[str, Any] | None]:
+    """What a scorer's END_OF_STREAM tells its sink: (stream id -> (frames, events), extra meta or None).
+
+    A selections stream carries the producer's sequence numbers, one SELECTION per frame the
+    scorer processed, so a sink accounts against the producer's frames (``sent_totals``, from
+    its END_OF_STREAM; before one, the sequence numbers seen so far) and the events the scorer
+    ``selected`` over all its lifetimes -- a resumed scorer's sink holds both lifetimes' rows.
+    When ``receivers`` > 1 scorers split the producer's stream, the frames this one never had
+    are the other receivers' (the caller says so with ``shared_by``); alone, the frames that no
+    lifetime of it processed -- its own losses in flight -- had no selection, and the extra meta
+    lists them as "not_sent" (:func:`stream_not_sent`) so that the sink does not count them lost.
+    """
+    if receivers > 1:
+        return {sid: (sent_totals[sid][0], events) for sid, events in selected.items() if sid in sent_totals}, None
+    streams, not_sent = {}, {}
+    for sid, events in selected.items():
+        next_seq, _, _ = tracker.segment(sid)
+        lost = lost_after_processing.get(sid, {})
+        span = sent_totals[sid][0] if sid in sent_totals else max(next_seq, max(lost, default=-1) + 1)
+        processed = set(range(next_seq)) - set(tracker.missing_frames().get(sid, []))
+        streams[sid] = (span, events)
+        not_sent[sid] = set(range(span)) - processed - lost.keys()
+    return streams, {"not_sent": not_sent_json(not_sent)}
 
 
 def stream_receivers(meta: dict[str, Any]) -> int:
@@ -310,15 +372,22 @@ class Ledger:
     def add(self, name: str, events: int, note: str = "") -> None:
         self.stages.append(Stage(name, int(events), note))
 
-    def render(self) -> str:
-        """A fixed-width table: stage, events, difference to the previous stage, reason."""
-        lines = [f"{'stage':<22}{'events':>14}{'diff':>12}  note"]
+    def render(self, width: int = 80) -> str:
+        """A fixed-width table: stage, events, difference to the previous stage, reason.
+
+        The table fits ``width`` columns (a terminal's 80 by default): a long note goes on
+        under its column. The notes under the table are prose, one line each (a terminal
+        wraps them without breaking the table's columns)."""
+        head = 20 + 13 + 14 + 2  # stage, events (up to 1,000,000,000), diff (and its sign), gap
+        rows = [f"{'stage':<20}{'events':>13}{'diff':>14}  note"]
         previous = None
         for stage in self.stages:
             diff = "" if previous is None else f"{stage.events - previous:+,d}"
-            lines.append(f"{stage.name:<22}{stage.events:>14,d}{diff:>12}  {stage.note}")
+            cells = f"{stage.name:<20}{stage.events:>13,d}{diff:>14}  "
+            note = textwrap.wrap(stage.note, max(20, width - head), break_on_hyphens=False) or [""]
+            rows += [(cells if i == 0 else " " * head) + part for i, part in enumerate(note)]
             previous = stage.events
-        return "\n".join(lines + self.notes)
+        return "\n".join([row.rstrip() for row in rows] + self.notes)
 
     def write(self, path: str | Path) -> None:
         data = {"stages": [vars(s) for s in self.stages], "notes": self.notes, **self.details}

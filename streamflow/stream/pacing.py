@@ -13,6 +13,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from streamflow.errors import ConfigError
+
 
 class TokenBucket:
     """Blocks ``acquire(n)`` so that events leave at ``rate`` per second (None: no limit).
@@ -46,3 +48,14 @@ class TokenBucket:
         delay = -self._tokens / self.rate
         self._sleep(delay)
         return delay
+
+
+MAX_FRAME_EVENTS = 1 << 20
+"""The largest frame, in events (1,048,576): about 60 MB of LHCO features, and a sender and its
+receiver each queue up to a high-water mark of them; larger frames buy no speed."""
+
+
+def check_frame_size(size: int) -> None:
+    """ConfigError unless ``size`` is in [1, MAX_FRAME_EVENTS]."""
+    if not 1 <= size <= MAX_FRAME_EVENTS:
+        raise ConfigError(f"frame size must be 1 to {MAX_FRAME_EVENTS:,d} events, got {size:,d}")

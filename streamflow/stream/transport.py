@@ -49,11 +49,17 @@ from streamflow.stream.wire import Kind, Message, decode, encode_control, encode
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 DEFAULT_HWM = 64  # frames queued per socket before a send blocks
 _POLL_MS = 100  # how often a blocked send or receive looks at its stop flag
-_IN_USE = "address already in use (another producer running? pick another --endpoint)"
+_IN_USE = "address already in use (is another streamflow process bound there? pick another endpoint)"
+STOP_HANDSHAKE_S = 10.0
+"""The longest an END_OF_STREAM handshake waits once the process has been told to stop (SIGINT/SIGTERM)."""
 
 
 class HandshakeError(StreamflowError):
     """END_OF_STREAM was not acknowledged by every receiver in time."""
+
+
+class DownstreamStuck(StreamflowError):
+    """A send found no room for ``give_up_s``: the receivers stopped taking messages (gone, or wedged)."""
 
 
 def check_endpoint(endpoint: str) -> str:
@@ -70,12 +76,18 @@ def check_endpoint(endpoint: str) -> str:
     return endpoint
 
 
+MAX_HWM = 10_000
+"""The largest high-water mark, in frames: queued frames are held in memory (2.3 GB of 4096-event LHCO frames)."""
+MAX_KERNEL_BUFFER = 1 << 30
+"""The largest OS socket buffer to ask for, in bytes (1 GiB; the kernel caps it lower anyway)."""
+
+
 def check_queue_options(hwm: int, kernel_buffer: int) -> None:
-    """ConfigError unless the high-water mark is at least 1 frame and the OS buffer >= 0 bytes."""
-    if hwm < 1:
-        raise ConfigError(f"high-water mark must be at least 1 frame, got {hwm}")
-    if kernel_buffer < 0:
-        raise ConfigError(f"kernel buffer must be >= 0 bytes, got {kernel_buffer}")
+    """ConfigError unless the high-water mark is 1 to MAX_HWM frames and the OS buffer 0 to MAX_KERNEL_BUFFER bytes."""
+    if not 1 <= hwm <= MAX_HWM:
+        raise ConfigError(f"high-water mark must be 1 to {MAX_HWM:,d} frames, got {hwm:,d}")
+    if not 0 <= kernel_buffer <= MAX_KERNEL_BUFFER:
+        raise ConfigError(f"kernel buffer must be 0 to {MAX_KERNEL_BUFFER:,d} bytes, got {kernel_buffer:,d}")
 
 
 def check_stream_id(stream_id: int) -> None:
@@ -312,12 +324,18 @@ class Sender(_SocketPair):
         self._stop_auth()
 
     def send(self, parts: list[Any], n_events: int, stop_event: threading.Event | None = None,
-             restamp_on_wait: bool = False) -> bool:
+             restamp_on_wait: bool = False, give_up_s: float | None = None) -> bool:
         """Send one encoded message (zero-copy), blocking while the queue is full.
 
         With ``restamp_on_wait`` a message that had to wait gets the time ZeroMQ took it
         as its send time. Returns False, without sending, if ``stop_event`` is set while blocked.
+        With ``give_up_s``, a message that finds no room for that long raises
+        :class:`DownstreamStuck` (not sent): a receiver that died leaves PUSH with no
+        peer, and a wedged one never frees its queue -- either would block forever.
+        A slow but live receiver frees room within a frame's processing time, so
+        ``give_up_s`` should be far above that (a process's idle timeout).
         """
+        waited = time.monotonic()
         while True:
             start = time.perf_counter()
             try:  # blocks at most SNDTIMEO inside ZeroMQ, then looks at stop_event
@@ -326,6 +344,9 @@ class Sender(_SocketPair):
             except zmq.Again:
                 if stop_event is not None and stop_event.is_set():
                     return False
+                if give_up_s is not None and time.monotonic() - waited > give_up_s:
+                    raise DownstreamStuck(f"no receiver took a message from {self.endpoint} for {give_up_s:g} s: "
+                                          f"is it running?") from None
                 if restamp_on_wait:
                     parts = restamp(parts, time.time_ns())
             finally:
@@ -379,7 +400,8 @@ class Sender(_SocketPair):
 
     def end_stream(self, timeout_s: float = 10.0, interval_s: float = 0.1,
                    streams: dict[int, tuple[int, int]] | None = None,
-                   shared_by: int | None = None) -> EndOfStream:
+                   shared_by: int | None = None, stop_event: threading.Event | None = None,
+                   extra: dict[str, Any] | None = None) -> EndOfStream:
         """Send END_OF_STREAM until every receiver that said HELLO (at least one) acknowledged it.
 
         The meta carries this sender's "frames" and "events" and "receivers": how many
@@ -392,9 +414,12 @@ class Sender(_SocketPair):
         :func:`streamflow.stream.ledger.stream_totals`), since its own counts mix them.
         ``shared_by`` replaces the receiver count, for a sender whose stream is one
         share of a stream split upstream (a scorer's selections, when several scorers
-        split the producer's stream). Raises HandshakeError naming the silent receivers after ``timeout_s``.
+        split the producer's stream). ``extra`` adds keys to the meta. Raises HandshakeError naming the
+        silent receivers after ``timeout_s`` -- at most :data:`STOP_HANDSHAKE_S` once ``stop_event`` is
+        set, so a process told to stop does not wait long on a receiver that is gone, and at once
+        when it was stopped before any receiver said HELLO.
         """
-        meta: dict[str, Any] = {"frames": self.frames, "events": self.events}
+        meta: dict[str, Any] = {"frames": self.frames, "events": self.events, **(extra or {})}
         if streams is not None:
             meta["streams"] = {str(sid): {"frames": frames, "events": events}
                                for sid, (frames, events) in streams.items()}
@@ -416,6 +441,10 @@ class Sender(_SocketPair):
             if self._acks and self._hellos.keys() <= self._acks.keys():
                 acks = {self._hellos[rid]: meta for rid, meta in self._acks.items()}
                 return EndOfStream(acks, time.monotonic() - start, sent)
+            if stop_event is not None and stop_event.is_set():
+                if not self._hellos:  # stopped before any receiver came: nobody to wait for
+                    raise HandshakeError(self._silence(time.monotonic() - start))
+                timeout_s = min(timeout_s, STOP_HANDSHAKE_S)
             if time.monotonic() - start > timeout_s:
                 raise HandshakeError(self._silence(timeout_s))
 
@@ -433,7 +462,7 @@ class Sender(_SocketPair):
 
     def _silence(self, timeout_s: float) -> str:
         if not self._hellos:
-            return (f"END_OF_STREAM not acknowledged within {timeout_s:g} s: no receiver said HELLO "
+            return (f"END_OF_STREAM not acknowledged within {timeout_s:.3g} s: no receiver said HELLO "
                     f"on {control_endpoint(self.endpoint)}")
         silent = [name for rid, name in self._hellos.items() if rid not in self._acks]
         return (f"END_OF_STREAM not acknowledged within {timeout_s:g} s by {len(silent)} of "

@@ -20,6 +20,10 @@ from streamflow.trigger.sketch import RollingHistogramQuantile
 Estimator = RollingQuantile | RollingHistogramQuantile
 
 
+MAX_WINDOW = 10_000_000
+"""The longest rolling window, in events: the exact estimator holds about 41 bytes an event (the ring
+of scores and its two-heap index: 410 MB per line at the bound), the histogram about 10."""
+
 @dataclass(frozen=True)
 class LineConfig:
     """One trigger line.
@@ -45,8 +49,9 @@ class LineConfig:
             raise ConfigError("trigger line: name must not be empty")
         if not (isinstance(self.accept, (int, float)) and 0.0 < self.accept < 1.0):
             raise ConfigError(f"{where}: accept must be a fraction in (0, 1), got {self.accept!r}")
-        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
-            raise ConfigError(f"{where}: window must be a positive integer, got {self.window!r}")
+        if isinstance(self.window, bool) or not isinstance(self.window, int) or not 1 <= self.window <= MAX_WINDOW:
+            raise ConfigError(f"{where}: window must be an integer in [1, {MAX_WINDOW:,d}] events, "
+                              f"got {self.window!r}")
         if self.warmup is not None and (
             isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or not 1 <= self.warmup <= self.window
         ):
