@@ -133,3 +133,43 @@ def test_unique_and_overlap_counts_match_the_bits() -> None:
         for j in range(3):
             if j != i:
                 assert matrix[i, j] == stats[i].overlap[f"l{j}"] == int((member[i] & member[j]).sum())
+
+
+def test_a_toml_menu_sets_the_budget_a_zero_bias_line_and_a_prescale(tmp_path) -> None:
+    from streamflow.config import from_dict, read_toml
+    from streamflow.scoring.frame_scorer import ScorerConfig
+
+    path = tmp_path / "menu.toml"
+    path.write_text("""
+[scorer]
+budget = 0.03
+
+[[scorer.learners]]
+kind = "autoencoder"
+name = "ae"
+features = ["mj1", "mj2"]
+
+[[scorer.lines]]
+name = "ae_1pc"
+learner = "ae"
+accept = 0.01
+
+[[scorer.lines]]
+name = "ae_10pc_ps10"
+learner = "ae"
+accept = 0.1
+prescale = 10
+
+[[scorer.lines]]
+name = "zero_bias"
+kind = "zero_bias"
+accept = 0.001
+seed = 3
+""")
+    config = from_dict(ScorerConfig, read_toml(path)["scorer"], "menu.toml [scorer]")
+    assert config.budget == 0.03
+    assert [(line.kind, line.recorded) for line in config.lines] == [("score", 0.01), ("score", 0.01),
+                                                                     ("zero_bias", 0.001)]
+    table = read_toml(path)["scorer"]
+    with pytest.raises(ConfigError, match="'ae_1pc': records 0.01 of its population, more than the menu budget"):
+        from_dict(ScorerConfig, {**table, "budget": 0.005}, "menu.toml [scorer]")

@@ -29,8 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ranks", type=int, default=1, metavar="K",
                    help="run K data-parallel scorer ranks on this machine that hold one model (gloo on CPU, "
                         "NCCL on CUDA); across machines use torchrun (default 1)")
-    add_scorer_options(p, "q", "window", "warmup", "device", "threads", "thresholds", "threshold_sync",
-                       "learn_events", note="; given, it replaces the --config file's or the preset's value")
+    add_scorer_options(p, "q", "window", "warmup", "control", "budget", "zero_bias", "device", "threads",
+                       "thresholds", "threshold_sync", "learn_events",
+                       note="; given, it replaces the --config file's or the preset's value")
     p.add_argument("--selections", metavar="ENDPOINT", default=None,
                    help="bind here and push accepted events to a sink (default: none)")
     p.add_argument("--telemetry", metavar="ENDPOINT", default=None,

@@ -32,6 +32,7 @@ from streamflow.errors import ConfigError
 from streamflow.events.batch import EventBatch
 from streamflow.learners import LearnerConfig, TorchLearner, build_learner
 from streamflow.trigger import LineConfig, LineStats, Selection, TriggerMenu
+from streamflow.trigger.menu import check_budget
 
 Thresholds = Literal["rank", "global"]
 """Whose windows a data-parallel scorer's lines judge against (see ScorerConfig)."""
@@ -53,6 +54,10 @@ class ScorerConfig:
     mergeable "histogram" estimator). Alone, a scorer's windows are its own either way.
     threshold_sync: global thresholds sum the histograms every this many frames
     (rounds), reusing the sum in between.
+    budget: the menu's total recorded fraction of the stream (the union of its
+    lines' accepts, an event counted once), None for no budget; the lines keep
+    their ``accept`` values as relative shares (streamflow.trigger.menu).
+    budget_control: the budget feedback's time constant in accepts.
     threads: torch's CPU threads; 0 is automatic: all cores but three (kept for
     the producer, the sink and the monitor), at least one. More threads than free
     cores make torch's thread pool spin against the other processes and run many
@@ -66,6 +71,8 @@ class ScorerConfig:
     threads: int = 0
     thresholds: Thresholds = "rank"
     threshold_sync: int = 1
+    budget: float | None = None
+    budget_control: float = 80.0
 
     def __post_init__(self) -> None:
         if not self.learners:
@@ -74,7 +81,7 @@ class ScorerConfig:
         if len(set(names)) != len(names):
             raise ConfigError(f"learner names must be unique, got {names}")
         for line in self.lines:
-            if line.learner not in names:
+            if line.kind == "score" and line.learner not in names:
                 raise ConfigError(f"trigger line {line.name!r} reads learner {line.learner!r}, not among {names}")
         if self.learn_events < 0:
             raise ConfigError(f"learn_events must be >= 0, got {self.learn_events}")
@@ -84,10 +91,11 @@ class ScorerConfig:
             raise ConfigError(f"threshold_sync must be at least 1 frame, got {self.threshold_sync}")
         if self.thresholds not in ("rank", "global"):
             raise ConfigError(f"thresholds must be 'rank' or 'global', got {self.thresholds!r}")
-        exact = [line.name for line in self.lines if line.estimator != "histogram"]
+        exact = [line.name for line in self.lines if line.kind == "score" and line.estimator != "histogram"]
         if self.thresholds == "global" and exact:
             raise ConfigError(f"global thresholds need estimator = 'histogram' on every line; "
                               f"line(s) {', '.join(exact)} use the exact one")
+        check_budget(self.lines, self.budget, self.budget_control)
 
 
 def cpu_threads(requested: int) -> int:
@@ -106,9 +114,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def line_figures(stats: LineStats) -> dict[str, Any]:
-    """A line's stats as telemetry and ledgers show them: counts, q, achieved fraction, eff_S, eff_B, SIC."""
-    return {**stats.to_dict(), "q": stats.target, "achieved": stats.accept_fraction, "warm": stats.judged > 0}
+def line_figures(stats: LineStats, learner_warming_up: bool = False) -> dict[str, Any]:
+    """A line's stats as telemetry and ledgers show them: counts, q, achieved fraction, eff_S, eff_B, SIC.
+
+    ``achieved`` is the fraction of the line's whole population it accepted, warm-up
+    included (accepted / seen); ``warm`` says the line judges; ``learner_warming_up``
+    that its learner is still in its own warm-up (standardisation not yet frozen),
+    so its scores -- and the line's selections -- are not yet those of a trained model.
+    """
+    return {**stats.to_dict(), "q": stats.target, "achieved": stats.population_fraction, "warm": stats.judged > 0,
+            "learner_warming_up": learner_warming_up}
 
 
 @dataclass
@@ -130,7 +145,7 @@ class FrameScorer:
         self.learners: dict[str, TorchLearner] = {
             c.name: build_learner(c, self.device) for c in config.learners
         }
-        self.menu = TriggerMenu(config.lines)
+        self.menu = TriggerMenu(config.lines, budget=config.budget, budget_control=config.budget_control)
         self.names: tuple[str, ...] | None = None
         self.frames = 0
         self.events_scored = 0
@@ -154,7 +169,8 @@ class FrameScorer:
             learner.distribute(collective)
         if self.config.thresholds == "global" and collective.world_size > 1:
             self.menu = TriggerMenu(self.config.lines, reduce=collective.sum_counts,
-                                    reduce_every=self.config.threshold_sync)
+                                    reduce_every=self.config.threshold_sync, budget=self.config.budget,
+                                    budget_control=self.config.budget_control)
 
     def bind(self, names: Sequence[str]) -> None:
         """Resolve every learner's columns in this stream's schema (once, or when the schema changes)."""
@@ -221,7 +237,8 @@ class FrameScorer:
 
     def line_stats(self) -> list[dict[str, Any]]:
         """Every trigger line's running figures, JSON-ready: target q, achieved fraction, eff_S, eff_B, SIC."""
-        return [line_figures(stats) for stats in self.menu.stats()]
+        return [line_figures(stats, line.kind == "score" and self.learners[line.learner].warming_up)
+                for line, stats in zip(self.config.lines, self.menu.stats(), strict=True)]
 
     def state_dict(self) -> dict[str, Any]:
         """What a resume needs: learners, counters and the config (trigger windows warm up again)."""
