@@ -10,7 +10,26 @@ Per frame and per line, in this order:
    accepts less than q, never more); a zero-bias line passes each event with
    probability q instead; a prescale N records every N-th passing event;
 3. the frame's finite scores enter the window;
-4. the rate control updates q_eff from the frame's passes (:mod:`.lines`).
+4. the rate control updates q_eff from the frame's passes (:mod:`.lines`), or,
+   when the passes are more than 3 Poisson sigmas off the target or the
+   correction would leave [1/2, 2] -- the scores moved faster than the window
+   follows, as a learner's do early in its training -- the window restarts from
+   this frame's scores (a window policy: the past no longer describes the
+   learner's scores) and the line *tracks*.
+
+Tracking (a controlled line from its first frame, and after each restart): the
+line judges a frame against the frame's own (1 - q_eff) quantile -- the only
+threshold that is right when the scores move more from frame to frame than the
+counting noise -- and its window keeps only the latest frame; as soon as that
+window's threshold (the previous frame's) would have passed the frame within 1
+Poisson sigma of the target, the line judges against its window again, and the
+window grows to W from there. So the first frame of a stream is judged (on
+itself: a frame with fewer than ``warmup`` finite scores is judged against the
+window including it, or not at all while that holds fewer), and a learner's
+early training costs no rate. The price of tracking: a burst inside a frame is
+diluted by the frame itself -- only while the line tracks. A line with
+``control`` = 0 is the plain window quantile: no correction, no restarts, no
+tracking; its first judged frame is the one after its window holds ``warmup``.
 
 After all lines: the union of the recorded events is counted against the
 menu's ``budget`` (a fraction of the whole stream), and the unique and overlap
@@ -68,6 +87,13 @@ from streamflow.trigger.sketch import RollingHistogramQuantile
 
 Reduce = Callable[[np.ndarray], np.ndarray]
 
+RESTART_SIGMAS = 3.0
+"""A line's window restarts when a frame's pass count is this many Poisson sigmas from its target ..."""
+RESTART_CORRECTION = 2.0
+"""... or when its rate control needs more than this factor (either way) to hold the target."""
+TRACK_SIGMAS = 1.0
+"""A tracking line returns to its window once the window's threshold is this close (Poisson sigmas) to target."""
+
 
 class TriggerMenu:
     """Runs trigger lines over frames of scores; see the module docstring for the rules."""
@@ -100,6 +126,7 @@ class TriggerMenu:
         self._budget = RateControl(budget_control)
         self._random = {i: np.random.default_rng(line.seed) for i, line in enumerate(lines) if line.kind == "zero_bias"}
         self._overlap = np.zeros((len(lines), len(lines)), dtype=np.int64)
+        self._tracking = [True] * len(lines)
 
     @property
     def learners(self) -> tuple[str, ...]:
@@ -139,21 +166,82 @@ class TriggerMenu:
             else:
                 values = frame[line.learner]
                 finite = np.isfinite(values)
+                thresholds[i] = self._judge(i, values, finite, thresholds[i])
                 passed = finite & (values > thresholds[i])
                 judged = not np.isnan(thresholds[i])
-                self._estimators[i].update(values)
             recorded = passed & ((stats.accepted + np.cumsum(passed)) % line.prescale == 0)
             passed_bits |= passed.astype(np.uint64) << np.uint64(i)
             recorded_bits |= recorded.astype(np.uint64) << np.uint64(i)
             self._count(stats, finite, passed, recorded, labels, judged=judged)
             stats.threshold = float(thresholds[i])
             if judged:
-                self._controls[i].update(int(passed.sum()), int(finite.sum()), line.accept * self._budget.correction)
+                self._control(i, values if line.kind == "score" else None, int(passed.sum()), int(finite.sum()))
         self._count_union(recorded_bits)
         if self.budget is not None:
             self._budget.update(int((recorded_bits != 0).sum()), n, self.budget)
         self._set_levels()
         return Selection(accept=recorded_bits != 0, bits=recorded_bits, thresholds=thresholds, passed=passed_bits)
+
+    def _judge(self, i: int, values: np.ndarray, finite: np.ndarray, threshold: float) -> float:
+        """Put the frame's scores in line i's window; the threshold to judge the frame with.
+
+        A plain line (``control`` 0, or a shared threshold): the threshold of the
+        window before the frame. A controlled line *tracking* (from its first frame,
+        and again after a restart): the frame's own (1 - q_eff) quantile, if the
+        frame alone holds ``warmup`` finite scores, else the window's including the
+        frame once that reaches ``warmup`` (else not judged); the window then keeps
+        only this frame. Tracking ends at the first frame the window's threshold --
+        the previous frame's -- would have passed within ``TRACK_SIGMAS`` Poisson
+        sigmas of q_t n: the scores move less per frame than the counting noise,
+        and the window grows from there to W."""
+        line, estimator = self.lines[i], self._estimators[i]
+        n = int(finite.sum())
+        ready = estimator.count + n >= line.warmup_events
+        estimator.update(values)
+        if line.control == 0 or i in self._shared or not self._tracking[i]:
+            return threshold
+        q_eff = min(1.0, line.accept * self._budget.correction * self._controls[i].correction)
+        expected = line.accept * self._budget.correction * n
+        if not np.isnan(threshold):
+            passed = int(np.count_nonzero(values[finite] > threshold))
+            if abs(passed - expected) <= TRACK_SIGMAS * np.sqrt(expected):
+                self._tracking[i] = False
+                return threshold
+        if n >= line.warmup_events:
+            own = float(np.quantile(values[finite], 1.0 - q_eff))
+        else:
+            own = estimator.value() if ready else threshold
+        if n:
+            self._restart(i, values)
+        return own
+
+    def _restart(self, i: int, values: np.ndarray) -> None:
+        """Line i's window restarts from this frame's scores."""
+        estimator = self.lines[i].make_estimator()
+        estimator.update(values)
+        self._estimators[i] = estimator
+
+    def _control(self, i: int, values: np.ndarray | None, passed: int, events: int) -> None:
+        """Line i's rate control after a judged frame; a restart of its window on a jump in its scores.
+
+        A restart: the frame's pass count a is more than ``RESTART_SIGMAS`` Poisson
+        sigmas from q_t n, or the correction c has left [1/2, 2] -- the scores have
+        moved faster than the window can follow (a learner early in its training).
+        The window then restarts from this frame's scores (those of the learner as
+        it is now) and the line tracks (see :meth:`_judge`). The correction carries
+        on: the accepts the line still owes (or has taken too many) are made up
+        in the next frames, so its count stays within max(tau, 2 q_t n) |log c| of
+        q_t times its judged events across restarts too."""
+        line, control = self.lines[i], self._controls[i]
+        target = line.accept * self._budget.correction
+        expected = target * events
+        control.update(passed, events, target)
+        jumped = abs(passed - expected) > RESTART_SIGMAS * np.sqrt(expected)
+        if values is not None and control.tau > 0 and not self._tracking[i] \
+                and (jumped or abs(control.log_c) > np.log(RESTART_CORRECTION)):
+            self._restart(i, values)
+            self._tracking[i] = True
+            self._stats[i].restarts += 1
 
     def _frame_size(self, frame: Mapping[str, np.ndarray], scores: Mapping[str, np.ndarray]) -> int:
         sizes = {name: len(values) for name, values in frame.items()}
