@@ -235,8 +235,8 @@ class LineStats:
         eff_b = self.eff_b
         return self.eff_s / math.sqrt(eff_b) if eff_b > 0 else math.nan
 
-    COUNTS: ClassVar[tuple[str, ...]] = ("seen", "skipped", "not_judged", "judged", "accepted", "recorded", "unique", "restarts",
-                                         "signal_judged", "signal_accepted", "background_judged",
+    COUNTS: ClassVar[tuple[str, ...]] = ("seen", "skipped", "not_judged", "judged", "accepted", "recorded", "unique",
+                                         "restarts", "signal_judged", "signal_accepted", "background_judged",
                                          "background_accepted")
 
     @classmethod
