@@ -21,7 +21,7 @@ window; a learning classifier's scores grow, the threshold lags them and the
 line takes more than q (1.33% for 1% was measured before this control). So the
 level is corrected by integral feedback on the line's count of accepts:
 
-    log c  <-  clip( log c - (a - q_t n) / max(tau, 2 q_t n),  +-log 16 )
+    log c  <-  clip( log c - (a - q_t n) / max(tau, q_t n),  +-log 16 )
     q_eff  =   q_t * c
 
 per judged frame of n finite scores with a accepts, q_t the line's target
@@ -29,16 +29,20 @@ per judged frame of n finite scores with a accepts, q_t the line's target
 (in accepts). Stability: near q the line's accept fraction is q_eff * d with d
 the (slowly changing) lag of the threshold behind the scores, so log(a / q_t n)
 ~ log c + log d, and the error e = log c + log d obeys e' = (1 - g) e + (change
-of log d) with loop gain g = q_t n / max(tau, 2 q_t n) in (0, 1/2]: it decays
-geometrically without overshoot, for any frame size (the max() caps g at 1/2,
-so large frames cannot make it oscillate -- it would at g > 1 -- and a frame's
-Poisson noise moves the next frame's level by at most half of it: the stationary
-jitter of log c is sqrt(g / ((2 - g) q_t n)), 9% for 4096-event frames at 1%),
-and a constant lag d -- a steady drift -- is removed entirely (integral action). Since log c is the
+of log d) with loop gain g = q_t n / max(tau, q_t n) in (0, 1]: it decays
+geometrically without overshoot, for any frame size (the max() caps g at 1, the
+deadbeat gain, so large frames cannot make it oscillate -- it would at g > 1;
+a frame's Poisson noise then moves the next frame's level by as much: the
+stationary jitter of log c is sqrt(g / ((2 - g) q_t n)), 16% for 4096-event
+frames at 1%), and a constant lag d -- a steady drift -- is removed entirely
+(integral action). Since log c is the
 running sum of -(a - q_t n)/tau, the count of accepts itself can never be more
 than tau * |log c| away from q_t times the judged events: a tight rate over
-every interval longer than a few tau / q events (max(tau, 2 q_t n) in place of tau
-for large frames). The warm-up's events are not
+every interval longer than a few tau / q events (max(tau, q_t n) in place of tau
+for large frames). That is why the gain may go up to deadbeat: a smaller one
+would smooth the per-frame rate, but every swing of the correction (a learner
+whose drift speeds up or slows down) would cost max(tau, q_t n) |delta log c|
+accepts in its interval -- doubled at g = 1/2. The warm-up's events are not
 made up for (that would be a burst of accepts right after it): they are counted
 as ``not_judged`` and cost the line warmup / population of its rate. The price: the per-frame rate jitters by about
 1/sqrt(2 tau) (16% at tau = 20, for small frames) around q_t. ``control`` = 0 turns it off (the
@@ -169,7 +173,7 @@ class RateControl:
         if self.tau == 0 or events == 0:
             return
         expected = target * events
-        step = (accepted - expected) / max(self.tau, 2.0 * expected)
+        step = (accepted - expected) / max(self.tau, expected)
         self.log_c = min(math.log(MAX_CORRECTION), max(-math.log(MAX_CORRECTION), self.log_c - step))
 
 

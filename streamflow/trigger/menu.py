@@ -12,7 +12,7 @@ Per frame and per line, in this order:
 3. the frame's finite scores enter the window;
 4. the rate control updates q_eff from the frame's passes (:mod:`.lines`), or,
    when the passes are more than 3 Poisson sigmas off the target or the
-   correction would leave [1/2, 2] -- the scores moved faster than the window
+   correction leaves [2/3, 3/2] -- the scores moved faster than the window
    follows, as a learner's do early in its training -- the window restarts from
    this frame's scores (a window policy: the past no longer describes the
    learner's scores) and the line *tracks*.
@@ -89,8 +89,9 @@ Reduce = Callable[[np.ndarray], np.ndarray]
 
 RESTART_SIGMAS = 3.0
 """A line's window restarts when a frame's pass count is this many Poisson sigmas from its target ..."""
-RESTART_CORRECTION = 2.0
-"""... or when its rate control needs more than this factor (either way) to hold the target."""
+RESTART_CORRECTION = 1.5
+"""... or when its rate control needs more than this factor (either way) to hold the target: its window lags
+the scores so much that the correction's swings would cost accepts (max(tau, q n) |delta log c| per swing)."""
 TRACK_SIGMAS = 1.0
 """A tracking line returns to its window once the window's threshold is this close (Poisson sigmas) to target."""
 
@@ -225,7 +226,7 @@ class TriggerMenu:
         """Line i's rate control after a judged frame; a restart of its window on a jump in its scores.
 
         A restart: the frame's pass count a is more than ``RESTART_SIGMAS`` Poisson
-        sigmas from q_t n, or the correction c has left [1/2, 2] -- the scores have
+        sigmas from q_t n, or the correction c has left [2/3, 3/2] -- the scores have
         moved faster than the window can follow (a learner early in its training).
         The window then restarts from this frame's scores (those of the learner as
         it is now) and the line tracks (see :meth:`_judge`). The correction carries
