@@ -1,0 +1,127 @@
+"""Prometheus /metrics: a live scorer scraped over HTTP, its counters checked against its ledger."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from streamflow.errors import ConfigError
+from streamflow.ops.prometheus import MetricsExporter, check_metrics
+from streamflow.stream.telemetry import LatencyHistogram, TelemetryReporter
+from tests.helpers import REPO, STREAMFLOW, free_port_block
+
+MENU = """
+[scorer]
+device = "cpu"
+
+[[scorer.learners]]
+kind = "autoencoder"
+name = "ae"
+features = ["x0", "x1"]
+warmup_events = 1000
+
+[[scorer.lines]]
+name = "ae_5pc"
+learner = "ae"
+accept = 0.05
+window = 4000
+
+[[scorer.lines]]
+name = "ae_20pc_ps4"
+learner = "ae"
+accept = 0.2
+window = 4000
+prescale = 4
+
+[[scorer.lines]]
+name = "zero_bias"
+kind = "zero_bias"
+accept = 0.01
+"""
+EVENTS, FRAME = 12_000, 1000
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of http://127.0.0.1:port/metrics: {(name, sorted labels): value}."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def test_a_live_scorer_serves_counters_equal_to_its_ledger(tmp_path: Path) -> None:
+    (tmp_path / "menu.toml").write_text(MENU)
+    base = free_port_block(3)  # the producer's data socket and the one after it, then /metrics
+    endpoint, metrics_port = f"tcp://127.0.0.1:{base}", base + 2
+    run_dir = tmp_path / "run"
+    producer = subprocess.Popen(  # first: it binds (a scorer connecting to a free port could take it)
+        [*STREAMFLOW, "replay", "gaussian", "--events", str(EVENTS), "--frame-size", str(FRAME),
+         "--endpoint", endpoint, "--eos-timeout", "90"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    scorer = subprocess.Popen(
+        [*STREAMFLOW, "consume", "--config", str(tmp_path / "menu.toml"), "--endpoint", endpoint,
+         "--run-dir", str(run_dir), "--idle-timeout", "60", "--metrics-port", str(metrics_port),
+         "--metrics-hold", "60"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ledger_path = run_dir / "ledger-scorer.json"
+    try:
+        deadline = time.monotonic() + 120
+        while not ledger_path.exists():  # written at the end of the run, before the metrics hold
+            assert scorer.poll() is None and time.monotonic() < deadline, scorer.communicate()[1]
+            time.sleep(0.2)
+        time.sleep(0.5)  # the ledger is one write; the final record was observed before it
+        samples = scrape(metrics_port)
+        _, producer_err = producer.communicate(timeout=60)
+        assert producer.returncode == 0, producer_err
+    finally:
+        scorer.kill()
+        producer.kill()
+        scorer.communicate()
+    ledger = json.loads(ledger_path.read_text())
+    stages = {stage["name"]: stage["events"] for stage in ledger["stages"]}
+    scorer_labels = (("process", "scorer"),)
+    assert samples[("streamflow_events_total", (("process", "scorer"), ("stage", "scored")))] == stages["scored"]
+    assert stages["scored"] == EVENTS
+    assert samples[("streamflow_accepted_total", scorer_labels)] == stages["accepted"]
+    lines = {line["name"]: line for line in ledger["lines"]}
+    assert set(lines) == {"ae_5pc", "ae_20pc_ps4", "zero_bias"}
+    for name, line in lines.items():
+        labels = (("line", name), ("process", "scorer"))
+        for key in ("seen", "not_judged", "accepted", "recorded", "unique"):
+            assert samples[(f"streamflow_line_{key}_total", labels)] == line[key], (name, key)
+        assert samples[("streamflow_line_target", labels)] == line["q"]
+    assert lines["ae_20pc_ps4"]["recorded"] == lines["ae_20pc_ps4"]["accepted"] // 4
+    frames = ledger["sequence"]["frames"]
+    assert samples[("streamflow_latency_seconds_count", scorer_labels)] == frames == EVENTS // FRAME
+
+
+def test_exporter_histogram_buckets_are_cumulative_decades_of_the_latency_histogram() -> None:
+    histogram = LatencyHistogram()
+    latencies_ns = np.array([5e3, 2e6, 2e6, 4e7, 3e9])
+    histogram.record(latencies_ns)
+    exporter = MetricsExporter("sink", histogram)
+    reporter = TelemetryReporter("sink", observers=[exporter.observe])
+    reporter.report({"kind": "sink", "events": 7, "frames": 2, "written": 5, "pending": 2, "rejected": 0})
+    port = exporter.serve(0, "127.0.0.1")
+    try:
+        samples = scrape(port)
+    finally:
+        exporter.close()
+    labels = (("process", "sink"),)
+    assert samples[("streamflow_written_total", labels)] == 5
+    assert samples[("streamflow_pending_rows", labels)] == 2
+    for le in ("1e-05", "0.001", "0.01", "0.1", "1", "10", "+Inf"):
+        bound = float(le)
+        expected = int((latencies_ns * 1e-9 <= bound).sum())
+        assert samples[("streamflow_latency_seconds_bucket", (("le", le), ("process", "sink")))] == expected, le
+
+
+@pytest.mark.parametrize(("port", "hold"), [(-1, 0.0), (70000, 0.0), (9100, -1.0)])
+def test_bad_metrics_options_are_config_errors(port: int, hold: float) -> None:
+    with pytest.raises(ConfigError, match="--metrics-"):
+        check_metrics(port, hold)
