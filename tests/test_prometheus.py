@@ -125,3 +125,40 @@ def test_exporter_histogram_buckets_are_cumulative_decades_of_the_latency_histog
 def test_bad_metrics_options_are_config_errors(port: int, hold: float) -> None:
     with pytest.raises(ConfigError, match="--metrics-"):
         check_metrics(port, hold)
+
+
+def test_the_monitor_serves_every_process_telemetry_beside_its_dashboard() -> None:
+    import io
+    import threading
+
+    from rich.console import Console
+
+    from consumers.monitor import run_monitor
+    from tests.test_monitor import Publisher, free_endpoint
+
+    endpoint, port = free_endpoint(), free_port_block(1)
+    publisher = Publisher(endpoint)
+    publisher.start()
+    out, scraped = io.StringIO(), {}
+    stop = threading.Event()
+
+    def scrape_then_stop() -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any(k[0] == "streamflow_line_accepted_total" for k in scraped):
+            time.sleep(0.3)
+            try:
+                scraped.update(scrape(port))
+            except OSError:
+                continue
+        publisher.stop.set()
+        stop.set()
+
+    threading.Thread(target=scrape_then_stop, daemon=True).start()
+    state = run_monitor(endpoint, console=Console(file=out), stop_event=stop, duration=30, interval=0.5,
+                        metrics_port=port)
+    assert state.exit_reason == "stopped"
+    assert "flow_m" in out.getvalue()  # the dashboard drew the same telemetry
+    processes = {dict(labels)["process"] for name, labels in scraped if name == "streamflow_events_total"}
+    assert processes == {role for role, _ in state.processes} == {"producer", "scorer", "sink"}
+    assert any(name == "streamflow_line_accepted_total" and dict(labels)["line"] == "flow_m"
+               for name, labels in scraped)

@@ -27,6 +27,9 @@ on a thread, in its own registry (no process-global state):
   latency from the producer's send, from its :class:`LatencyHistogram` (bucket
   bounds: every decade from 10 us to 1000 s, exact edges of its log buckets).
 
+The monitor, which hears every process's records, can serve them all (``by_role``:
+the ``process`` label is each record's role), side by side with its dashboard.
+
 A process that ends would take its final counts with it before the next scrape
 (Prometheus scrapes every 15 s by default): ``hold`` keeps ``/metrics`` up that
 long after the final record.
@@ -45,7 +48,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from streamflow.errors import ConfigError
-from streamflow.stream.telemetry import BUCKETS_PER_DECADE, LatencyHistogram
+from streamflow.stream.telemetry import BUCKETS_PER_DECADE, LatencyHistogram, record_kind
 
 STAGES = {"producer": "sent", "scorer": "scored", "sink": "received", "reco": "reconstructed"}
 """The stage a process kind's ``events`` count, as the ``stage`` label says it."""
@@ -55,11 +58,11 @@ LINE_GAUGES = {"threshold": "threshold", "q": "target", "correction": "correctio
 
 
 def start_exporter(process: str, port: int | None, latency: LatencyHistogram | None = None,
-                   address: str = "0.0.0.0") -> MetricsExporter | None:
+                   address: str = "0.0.0.0", by_role: bool = False) -> MetricsExporter | None:
     """A serving exporter for ``process`` on ``port``, or None when ``port`` is None (no metrics asked for)."""
     if port is None:
         return None
-    exporter = MetricsExporter(process, latency)
+    exporter = MetricsExporter(process, latency, by_role)
     try:
         exporter.serve(port, address)
     except OSError as exc:
@@ -83,10 +86,11 @@ def check_port(port: int | None) -> None:
 class MetricsExporter(Collector):
     """The latest telemetry record of one process as Prometheus metrics (module docstring)."""
 
-    def __init__(self, process: str, latency: LatencyHistogram | None = None) -> None:
+    def __init__(self, process: str, latency: LatencyHistogram | None = None, by_role: bool = False) -> None:
         self.process = process
         self.latency = latency
-        self._latest: dict[str, Any] = {}
+        self.by_role = by_role
+        self._latest: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self.registry = CollectorRegistry()
         self.registry.register(self)
@@ -95,9 +99,11 @@ class MetricsExporter(Collector):
         self.port: int | None = None
 
     def observe(self, message: Mapping[str, Any]) -> None:
-        """Take a telemetry message (what the process reports) as the current state."""
+        """Take a telemetry message (what the process reports) as the current state (of its
+        ``role``, for an exporter ``by_role``: the monitor's, which hears every process)."""
+        process = str(message.get("role") or self.process) if self.by_role else self.process
         with self._lock:
-            self._latest = dict(message)
+            self._latest[process] = dict(message)
 
     def serve(self, port: int, address: str = "0.0.0.0") -> int:
         """Serve ``/metrics`` on ``port`` (0: a free one) from a thread; returns the port."""
@@ -118,9 +124,20 @@ class MetricsExporter(Collector):
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
-            record = dict(self._latest)
-        process = self.process
-        kind = str(record.get("kind") or "process")
+            latest = dict(self._latest)
+        families: dict[str, Metric] = {}
+        for process, record in sorted(latest.items()):
+            for family in self._families(process, record):
+                if family.name in families:
+                    families[family.name].samples += family.samples
+                else:
+                    families[family.name] = family
+        yield from families.values()
+        if self.latency is not None:
+            yield self._histogram()
+
+    def _families(self, process: str, record: Mapping[str, Any]) -> Iterator[Metric]:
+        kind = record_kind(record)
         if record:
             yield _counter("streamflow_events", "events through the process's stage",
                            ["process", "stage"], [([process, STAGES.get(kind, kind)], record.get("events"))])
@@ -131,17 +148,14 @@ class MetricsExporter(Collector):
             yield _counter("streamflow_blocked_seconds", "seconds sends waited on a full queue downstream",
                            ["process"], [([process], record.get("blocked_s"))])
         if kind == "scorer":
-            yield from self._scorer(record)
+            yield from self._scorer(process, record)
         if kind == "sink":
             yield _counter("streamflow_written", "rows committed to the selections file", ["process"],
                            [([process], record.get("written"))])
             yield _gauge("streamflow_pending_rows", "rows waiting for the next flush (queue depth)", ["process"],
                          [([process], record.get("pending"))])
-        if self.latency is not None:
-            yield self._histogram()
 
-    def _scorer(self, record: Mapping[str, Any]) -> Iterator[Metric]:
-        process = self.process
+    def _scorer(self, process: str, record: Mapping[str, Any]) -> Iterator[Metric]:
         yield _counter("streamflow_accepted", "events accepted by at least one trigger line", ["process"],
                        [([process], record.get("accepted"))])
         lines = [line for line in record.get("lines") or [] if isinstance(line, Mapping) and line.get("name")]
