@@ -57,13 +57,13 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def test_a_live_scorer_serves_counters_equal_to_its_ledger(tmp_path: Path) -> None:
     (tmp_path / "menu.toml").write_text(MENU)
-    base = free_port_block(3)  # the producer's data socket and the one after it, then /metrics
-    endpoint, metrics_port = f"tcp://127.0.0.1:{base}", base + 2
+    base = free_port_block(4)  # the producer's data socket and the one after it, then two /metrics
+    endpoint, metrics_port, producer_port = f"tcp://127.0.0.1:{base}", base + 2, base + 3
     run_dir = tmp_path / "run"
     producer = subprocess.Popen(  # first: it binds (a scorer connecting to a free port could take it)
         [*STREAMFLOW, "replay", "gaussian", "--events", str(EVENTS), "--frame-size", str(FRAME),
-         "--endpoint", endpoint, "--eos-timeout", "90"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+         "--endpoint", endpoint, "--eos-timeout", "90", "--metrics-port", str(producer_port), "--metrics-hold", "60"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     scorer = subprocess.Popen(
         [*STREAMFLOW, "consume", "--config", str(tmp_path / "menu.toml"), "--endpoint", endpoint,
          "--run-dir", str(run_dir), "--idle-timeout", "60", "--metrics-port", str(metrics_port),
@@ -76,8 +76,7 @@ def test_a_live_scorer_serves_counters_equal_to_its_ledger(tmp_path: Path) -> No
             time.sleep(0.2)
         time.sleep(0.5)  # the ledger is one write; the final record was observed before it
         samples = scrape(metrics_port)
-        _, producer_err = producer.communicate(timeout=60)
-        assert producer.returncode == 0, producer_err
+        produced = scrape(producer_port)
     finally:
         scorer.kill()
         producer.kill()
@@ -87,6 +86,8 @@ def test_a_live_scorer_serves_counters_equal_to_its_ledger(tmp_path: Path) -> No
     scorer_labels = (("process", "scorer"),)
     assert samples[("streamflow_events_total", (("process", "scorer"), ("stage", "scored")))] == stages["scored"]
     assert stages["scored"] == EVENTS
+    assert produced[("streamflow_events_total", (("process", "producer"), ("stage", "sent")))] == EVENTS
+    assert produced[("streamflow_frames_total", (("process", "producer"), ("stage", "sent")))] == EVENTS // FRAME
     assert samples[("streamflow_accepted_total", scorer_labels)] == stages["accepted"]
     lines = {line["name"]: line for line in ledger["lines"]}
     assert set(lines) == {"ae_5pc", "ae_20pc_ps4", "zero_bias"}
