@@ -298,11 +298,17 @@ def _accept_cell(line: dict[str, Any]) -> Text:
     target, achieved = number(line.get("q")), number(line.get("achieved"))
     if line.get("warm") is False:
         return Text(f"warm-up/{fmt_fraction(target)}", style="dim")
-    text = f"{fmt_fraction(achieved)}/{fmt_fraction(target)}"
+    text = f"{fmt_fraction(achieved)}/{fmt_fraction(target)}" + (" L" if line.get("learner_warming_up") else "")
     if achieved is None or target is None or target == 0:
         return Text(text)
     close = abs(achieved / target - 1.0) <= ACCEPT_TOLERANCE
     return Text(text, style="green" if close else "yellow")
+
+
+def _unique_cell(line: dict[str, Any], events: Any) -> str:
+    """The fraction of the scorer's events that this line alone recorded (its unique rate); "-" if unknown."""
+    unique, total = number(line.get("unique")), number(events)
+    return fmt_fraction(unique / total) if unique is not None and total else "-"
 
 
 def _line_rows(state: MonitorState) -> list[tuple[str, ...] | tuple[Any, ...]]:
@@ -408,7 +414,10 @@ def plain_line(state: MonitorState, now: float) -> str:
                 lines.append(f"{name} warm-up/{target}")
             else:
                 sic = number(line.get("sic"))
+                unique = _unique_cell(line, view.get("events"))
                 lines.append(f"{name} {fmt_fraction(line.get('achieved'))}/{target}"
+                             + (" learner warm-up" if line.get("learner_warming_up") else "")
+                             + (f" uniq {unique}" if unique != "-" else "")
                              + (f" SIC {sic:.3g}" if sic is not None else ""))
     if lines:
         parts.append("lines " + ", ".join(lines))
