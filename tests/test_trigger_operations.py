@@ -173,3 +173,15 @@ seed = 3
     table = read_toml(path)["scorer"]
     with pytest.raises(ConfigError, match="'ae_1pc': records 0.01 of its population, more than the menu budget"):
         from_dict(ScorerConfig, {**table, "budget": 0.005}, "menu.toml [scorer]")
+
+
+def test_small_frames_fill_the_warm_up_window_and_are_judged_on_it() -> None:
+    menu = TriggerMenu([LineConfig("flow1", "flow", 0.01, window=20_000)])  # warm-up: 500 scores
+    rng = np.random.default_rng(9)
+    frames = [rng.normal(size=100) for _ in range(30)]
+    thresholds = [menu.select({"flow": frame}).thresholds[0] for frame in frames]
+    assert np.isnan(thresholds[:4]).all()  # 100 .. 400 scores: not judged
+    assert thresholds[4] == np.quantile(np.concatenate(frames[:5]), 0.99)  # the 5th frame reaches 500, with itself
+    stats = menu.stats()[0]
+    assert stats.not_judged == 400 and stats.judged == 2_600
+    assert abs(stats.accepted - 0.01 * stats.judged) <= 0.5 * 0.01 * stats.judged  # near 1% from there on

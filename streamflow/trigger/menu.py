@@ -189,9 +189,9 @@ class TriggerMenu:
         A plain line (``control`` 0, or a shared threshold): the threshold of the
         window before the frame. A controlled line *tracking* (from its first frame,
         and again after a restart): the frame's own (1 - q_eff) quantile, if the
-        frame alone holds ``warmup`` finite scores, else the window's including the
-        frame once that reaches ``warmup`` (else not judged); the window then keeps
-        only this frame. Tracking ends at the first frame the window's threshold --
+        frame alone holds ``warmup`` finite scores (the window then keeps only this
+        frame), else the window's including the frame once that reaches ``warmup``
+        (else not judged). Tracking ends at the first frame the window's threshold --
         the previous frame's -- would have passed within ``TRACK_SIGMAS`` Poisson
         sigmas of q_t n: the scores move less per frame than the counting noise,
         and the window grows from there to W."""
@@ -208,13 +208,10 @@ class TriggerMenu:
             if abs(passed - expected) <= TRACK_SIGMAS * np.sqrt(expected):
                 self._tracking[i] = False
                 return threshold
-        if n >= line.warmup_events:
-            own = float(np.quantile(values[finite], 1.0 - q_eff))
-        else:
-            own = estimator.value() if ready else threshold
-        if n:
+        if n >= line.warmup_events:  # the frame alone makes a threshold: judge it on itself, keep only it
             self._restart(i, values)
-        return own
+            return float(np.quantile(values[finite], 1.0 - q_eff))
+        return estimator.value() if ready else threshold  # small frames: the window since the (re)start
 
     def _restart(self, i: int, values: np.ndarray) -> None:
         """Line i's window restarts from this frame's scores."""
