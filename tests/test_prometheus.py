@@ -163,3 +163,31 @@ def test_the_monitor_serves_every_process_telemetry_beside_its_dashboard() -> No
     assert processes == {role for role, _ in state.processes} == {"producer", "scorer", "sink"}
     assert any(name == "streamflow_line_accepted_total" and dict(labels)["line"] == "flow_m"
                for name, labels in scraped)
+
+
+def test_a_proxy_serves_its_forwarded_counts() -> None:
+    import zmq
+
+    from producers.proxy import ProxyConfig, ProxyStats
+    from streamflow.stream.transport import Receiver, Sender
+    from tests.test_proxy import ProxyThread, drain, endpoints, frame
+
+    up, down = endpoints(2)
+    port = free_port_block(1)
+    proxy = ProxyThread(ProxyConfig(upstream=(up,), endpoint=down, idle_timeout=20, metrics_port=port,
+                                    metrics_hold=3))
+    ctx = zmq.Context()
+    try:
+        with Sender(ctx, up, stream_id=1) as producer, Receiver(ctx, down, name="scorer") as scorer:
+            for seq in range(6):
+                assert producer.send(frame(seq, 1), 7)
+            producer.end_stream(timeout_s=20)
+            received, _ = drain(scorer)
+            samples = scrape(port)
+        stats = proxy.join()
+    finally:
+        ctx.destroy(linger=0)
+    assert isinstance(stats, ProxyStats) and len(received) == 6
+    labels = (("process", "proxy"), ("stage", "forwarded"))
+    assert samples[("streamflow_events_total", labels)] == 42 == stats.ledger().stages[1].events
+    assert samples[("streamflow_frames_total", labels)] == 6

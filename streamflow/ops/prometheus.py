@@ -11,7 +11,7 @@ on a thread, in its own registry (no process-global state):
 
 - ``streamflow_events_total`` / ``streamflow_frames_total`` {process, stage}:
   events and frames through the process's stage (producer: sent; scorer: scored;
-  sink: received; reco: reconstructed);
+  sink: received; reco: reconstructed; proxy: forwarded);
 - ``streamflow_rejected_messages_total`` {process}; ``streamflow_blocked_seconds_total``
   {process}: time a send waited on a full queue downstream (back-pressure);
 - scorer: ``streamflow_accepted_total`` {process} (by at least one line) and per
@@ -50,7 +50,7 @@ from prometheus_client.registry import Collector
 from streamflow.errors import ConfigError
 from streamflow.stream.telemetry import BUCKETS_PER_DECADE, LatencyHistogram, record_kind
 
-STAGES = {"producer": "sent", "scorer": "scored", "sink": "received", "reco": "reconstructed"}
+STAGES = {"producer": "sent", "scorer": "scored", "sink": "received", "reco": "reconstructed", "proxy": "forwarded"}
 """The stage a process kind's ``events`` count, as the ``stage`` label says it."""
 
 LINE_COUNTERS = ("seen", "not_judged", "accepted", "recorded", "unique")
@@ -137,7 +137,7 @@ class MetricsExporter(Collector):
             yield self._histogram()
 
     def _families(self, process: str, record: Mapping[str, Any]) -> Iterator[Metric]:
-        kind = record_kind(record)
+        kind = str(record["kind"]) if record.get("kind") in STAGES else record_kind(record)
         if record:
             yield _counter("streamflow_events", "events through the process's stage",
                            ["process", "stage"], [([process, STAGES.get(kind, kind)], record.get("events"))])
