@@ -150,7 +150,7 @@ def test_trigger_operations_section_has_the_menu_counts_and_zero_bias_rates(tmp_
     from streamflow.trigger import LineConfig, TriggerMenu
 
     lines = [LineConfig("a", "a", 0.05, window=5_000), LineConfig("b", "b", 0.05, window=5_000, prescale=2),
-             LineConfig("zero_bias", accept=0.05, kind="zero_bias", seed=1)]
+             LineConfig("zb", accept=0.05, kind="zero_bias", seed=1)]
     menu = TriggerMenu(lines)
     rng = np.random.default_rng(8)
     kept, n = [], 40 * 1000
@@ -170,7 +170,7 @@ def test_trigger_operations_section_has_the_menu_counts_and_zero_bias_rates(tmp_
     writer.close()
     stats = menu.stats()
     record = {"kind": "scorer", "role": "scorer", "time": 1.7e9, "uptime_s": 1.0, "events": n, "frames": 40,
-              "lines": [line_figures(s) for s in stats]}
+              "lines": [line_figures(s, kind=line.kind) for s, line in zip(stats, lines, strict=True)]}
     (tmp_path / "telemetry-scorer.jsonl").write_text(encode_stats(record).decode() + "\n")
     report = make_report(tmp_path)
     text = report.read_text()

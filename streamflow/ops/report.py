@@ -481,7 +481,9 @@ def _zero_bias_lines(run: RunData) -> list[str]:
         return []
     events, attrs = run.selections
     names = list(attrs["line_names"])
-    zero_bias = [i for i, name in enumerate(names) if name.startswith("zero_bias")]
+    kinds = {str(line.get("name")): line.get("kind") for stream in run.of_kind("scorer")
+             for line in stream.final.get("lines") or [] if isinstance(line, dict)}
+    zero_bias = [i for i, name in enumerate(names) if kinds.get(name) == "zero_bias"]
     if not zero_bias:
         return []
     sample = (events.bits >> np.uint64(zero_bias[0])) & np.uint64(1) == 1

@@ -114,16 +114,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def line_figures(stats: LineStats, learner_warming_up: bool = False) -> dict[str, Any]:
+def line_figures(stats: LineStats, learner_warming_up: bool = False, kind: str = "score") -> dict[str, Any]:
     """A line's stats as telemetry and ledgers show them: counts, q, achieved fraction, eff_S, eff_B, SIC.
 
     ``achieved`` is the fraction of the line's whole population it accepted, warm-up
     included (accepted / seen); ``warm`` says the line judges; ``learner_warming_up``
     that its learner is still in its own warm-up (standardisation not yet frozen),
-    so its scores -- and the line's selections -- are not yet those of a trained model.
+    so its scores -- and the line's selections -- are not yet those of a trained model;
+    ``kind`` is the line's (a "zero_bias" line's selections are the report's unbiased sample).
     """
     return {**stats.to_dict(), "q": stats.target, "achieved": stats.population_fraction, "warm": stats.judged > 0,
-            "learner_warming_up": learner_warming_up}
+            "learner_warming_up": learner_warming_up, "kind": kind}
 
 
 @dataclass
@@ -237,7 +238,7 @@ class FrameScorer:
 
     def line_stats(self) -> list[dict[str, Any]]:
         """Every trigger line's running figures, JSON-ready: target q, achieved fraction, eff_S, eff_B, SIC."""
-        return [line_figures(stats, line.kind == "score" and self.learners[line.learner].warming_up)
+        return [line_figures(stats, line.kind == "score" and self.learners[line.learner].warming_up, line.kind)
                 for line, stats in zip(self.config.lines, self.menu.stats(), strict=True)]
 
     def state_dict(self) -> dict[str, Any]:
