@@ -16,6 +16,7 @@ when they end, so silence is how the monitor learns the run is over.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import termios
@@ -28,7 +29,9 @@ import zmq
 from rich.console import Console
 from rich.live import Live
 
+from streamflow.errors import ConfigError
 from streamflow.ops.dashboard import MonitorState, plain_line, render
+from streamflow.ops.prometheus import MetricsExporter, start_exporter
 from streamflow.stream.transport import bind
 
 DEFAULT_TELEMETRY_ENDPOINT = "tcp://127.0.0.1:5559"
@@ -72,6 +75,7 @@ def run_monitor(
     stop_event: threading.Event | None = None,
     console: Console | None = None,
     interval: float = 1.0,
+    metrics_port: int | None = None,
 ) -> MonitorState:
     """Show the telemetry arriving on ``endpoint`` until q, ``stop_event``, ``duration`` or ``idle_exit``.
 
@@ -79,6 +83,10 @@ def run_monitor(
     chosen when ``console`` is not a terminal). Returns the final state, whose
     ``exit_reason`` says why it ended ("quit", "stopped", "duration" or "idle").
     A bad or busy endpoint raises ConfigError before anything is drawn.
+    metrics_port: also serve every process's telemetry as Prometheus metrics there
+    (:mod:`streamflow.ops.prometheus`, ``process`` label = the record's role): the
+    monitor binds the one SUB socket the processes publish to, so this is how an
+    exporter watches the same telemetry side by side with the dashboard.
     """
     console = console or Console()
     plain = plain or not console.is_terminal
@@ -86,6 +94,12 @@ def run_monitor(
     ctx = zmq.Context()
     sub = bind(ctx, zmq.SUB, endpoint)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
+    try:
+        exporter = start_exporter("monitor", metrics_port, by_role=True)
+    except ConfigError:
+        sub.close(linger=0)
+        ctx.term()
+        raise
     start = time.monotonic()
     state = MonitorState(endpoint, started=start)
     keys = _open_keys(plain)
@@ -118,6 +132,8 @@ def run_monitor(
                         except zmq.Again:
                             break
                         state.feed(payload, now)
+                        if exporter is not None:
+                            _export(exporter, payload)
                 if keys is not None and keys.fd in ready and keys.quit_pressed():
                     state.exit_reason = "quit"
                 elif stop_event.is_set():
@@ -138,4 +154,16 @@ def run_monitor(
             keys.close()
         sub.close(linger=0)
         ctx.term()
+        if exporter is not None:
+            exporter.close()
     return state
+
+
+def _export(exporter: MetricsExporter, payload: bytes) -> None:
+    """Hand a telemetry message to the exporter (one that is not a JSON object is the dashboard's to flag)."""
+    try:
+        message = json.loads(payload)
+    except ValueError:
+        return
+    if isinstance(message, dict):
+        exporter.observe(message)

@@ -39,6 +39,7 @@ import zmq
 from streamflow.distributed import Collective, init_collective, rank_endpoint
 from streamflow.errors import ConfigError, StreamflowError
 from streamflow.events.batch import EventBatch
+from streamflow.ops.prometheus import check_metrics, start_exporter
 from streamflow.scoring.durability import CHECKPOINT_SUFFIX, Durability
 from streamflow.scoring.frame_scorer import ScorerConfig, resolve_device
 from streamflow.scoring.rank_merge import merged_ledger
@@ -70,6 +71,8 @@ class ConsumeConfig:
     idle_timeout: seconds without any frame before the scorer gives up with a clear error.
     curve: connect to the producer as a CURVE client (None: plain sockets).
     selections_curve: serve the selections socket under CURVE, admitting only authorised sinks.
+    metrics_port: serve Prometheus ``/metrics`` here (streamflow.ops.prometheus; rank r of
+    data-parallel ranks on metrics_port + r); metrics_hold: seconds to keep serving after the run.
     """
 
     scorer: ScorerConfig
@@ -86,8 +89,11 @@ class ConsumeConfig:
     name: str = "scorer"
     curve: Curve | None = None
     selections_curve: Curve | None = None
+    metrics_port: int | None = None
+    metrics_hold: float = 0.0
 
     def __post_init__(self) -> None:
+        check_metrics(self.metrics_port, self.metrics_hold)
         for endpoint in (self.endpoint, self.selections, self.telemetry):
             if endpoint is not None:
                 check_endpoint(endpoint)
@@ -127,6 +133,8 @@ class _ScorerLoop:
         run_dir = Path(config.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         self.state = StreamScorer(config.scorer, collective)
+        port = config.metrics_port
+        self.exporter = start_exporter(config.name, port + collective.rank if port else port, self.state.latency)
         self.durability = Durability(checkpoint_path, run_dir / f"{config.name}.journal", config.name)
         self.durability.start(self.state, config.resume)
         self.receiver = Receiver(ctx, config.endpoint, name=config.name, hwm=config.hwm,
@@ -137,6 +145,7 @@ class _ScorerLoop:
         self.reporter = TelemetryReporter(
             config.name, publish=self._pub.send if self._pub else None,
             jsonl_path=run_dir / f"telemetry-{config.name}.jsonl",
+            observers=[self.exporter.observe] if self.exporter else [],
         )
 
     def on_frame(self, msg: Message, batch: EventBatch) -> None:
@@ -205,6 +214,8 @@ class _ScorerLoop:
         if self._pub is not None:
             self._pub.close(linger=0)
         self.reporter.close()
+        if self.exporter is not None:
+            self.exporter.close(hold=self.config.metrics_hold)
 
 
 def _alone(loop: _ScorerLoop, stop_event: threading.Event) -> None:

@@ -26,6 +26,7 @@ import numpy as np
 import zmq
 
 from streamflow.errors import ConfigError, StreamflowError
+from streamflow.ops.prometheus import check_metrics, start_exporter
 from streamflow.stream.ledger import (
     Ledger,
     SequenceTracker,
@@ -49,6 +50,8 @@ class SinkConfig:
 
     run_config: a JSON-able description of the run, stored as the file's ``config`` attribute.
     curve: connect to the scorer's selections socket as a CURVE client (None: plain sockets).
+    metrics_port: serve Prometheus ``/metrics`` here (streamflow.ops.prometheus); metrics_hold:
+    seconds to keep serving after the run (its ledger is written by then).
     """
 
     endpoint: str = DEFAULT_SELECTIONS_ENDPOINT
@@ -59,8 +62,11 @@ class SinkConfig:
     idle_timeout: float = 120.0
     name: str = "sink"
     curve: Curve | None = None
+    metrics_port: int | None = None
+    metrics_hold: float = 0.0
 
     def __post_init__(self) -> None:
+        check_metrics(self.metrics_port, self.metrics_hold)
         for endpoint in (self.endpoint, self.telemetry):
             if endpoint is not None:
                 check_endpoint(endpoint)
@@ -103,6 +109,7 @@ def run_sink(config: SinkConfig, stop_event: threading.Event | None = None,
     ctx = zmq.Context()
     stats, tracker, rates = SinkStats(), SequenceTracker(), RateMeter()
     latency = LatencyHistogram()
+    exporter = start_exporter(config.name, config.metrics_port, latency)
     writer: SelectionWriter | None = None
     accounts: dict[int, StreamAccount] = {}
     error: str | None = None
@@ -110,7 +117,8 @@ def run_sink(config: SinkConfig, stop_event: threading.Event | None = None,
     run_dir.mkdir(parents=True, exist_ok=True)
     pub = connect(ctx, zmq.PUB, config.telemetry) if config.telemetry else None
     reporter = TelemetryReporter(config.name, publish=pub.send if pub else None,
-                                 jsonl_path=run_dir / f"telemetry-{config.name}.jsonl")
+                                 jsonl_path=run_dir / f"telemetry-{config.name}.jsonl",
+                                 observers=[exporter.observe] if exporter else [])
     receiver = Receiver(ctx, config.endpoint, name=config.name, curve=config.curve)
 
     def telemetry() -> SinkRecord:
@@ -186,6 +194,8 @@ def run_sink(config: SinkConfig, stop_event: threading.Event | None = None,
     if error:
         ledger.notes.append(f"ended: {error}")
     ledger.write(run_dir / f"ledger-{config.name}.json")
+    if exporter is not None:
+        exporter.close(hold=config.metrics_hold)
     if error:
         raise StreamflowError(error)
     return stats, ledger

@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from typing import Any
 
 import zmq
 
 from streamflow.errors import ConfigError, StreamflowError
+from streamflow.ops.prometheus import check_metrics, start_exporter
 from streamflow.stream.ledger import Ledger, stream_totals
 from streamflow.stream.transport import (
     DEFAULT_HWM,
@@ -64,6 +66,9 @@ class ProxyConfig:
     gives up. Like a producer, it waits for its first downstream receiver as long as it takes.
     upstream_curve: connect to every upstream as a CURVE client (they share one server key).
     curve: serve downstream as a CURVE server, admitting only authorised receivers.
+    metrics_port: serve Prometheus ``/metrics`` here (streamflow.ops.prometheus: events and frames
+    forwarded, rejected messages, seconds blocked downstream); metrics_hold: seconds to keep serving
+    after the stream ended.
     """
 
     upstream: tuple[str, ...]
@@ -76,8 +81,11 @@ class ProxyConfig:
     name: str = "proxy"
     upstream_curve: Curve | None = None
     curve: Curve | None = None
+    metrics_port: int | None = None
+    metrics_hold: float = 0.0
 
     def __post_init__(self) -> None:
+        check_metrics(self.metrics_port, self.metrics_hold)
         if not self.upstream:
             raise ConfigError("a proxy needs at least one upstream endpoint (--from ENDPOINT)")
         for endpoint in (*self.upstream, self.endpoint):
@@ -216,8 +224,10 @@ class ProxyError(StreamflowError):
 class _Forwarder:
     """The forwarding loop's state: which upstream owns which stream id, and what kind they send."""
 
-    def __init__(self, config: ProxyConfig, sender: Sender, receivers: list[Receiver], stats: ProxyStats) -> None:
+    def __init__(self, config: ProxyConfig, sender: Sender, receivers: list[Receiver], stats: ProxyStats,
+                 observe: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.config, self.sender, self.receivers, self.stats = config, sender, receivers, stats
+        self.observe = observe
         self.owners: dict[int, int] = {}  # DATA stream id -> index of the upstream that sends it
         self.kind: Kind | None = None  # DATA or SELECTION: the first event message decides
         self.stuck = False  # the downstream stopped taking frames
@@ -257,7 +267,15 @@ class _Forwarder:
                         self.stuck = True
                         return f"the downstream stopped taking frames: {exc}"
                     upstream.forwarded.setdefault(msg.stream_id, Count()).add(len(msg.batch))
+                    if self.observe is not None:
+                        self.observe(self.record())
         return None
+
+    def record(self) -> dict[str, Any]:
+        """The proxy's counts as a telemetry record (for its metrics): forwarded events and frames."""
+        forwarded = [count for u in self.stats.upstreams for count in u.forwarded.values()]
+        return {"kind": "proxy", "events": sum(c.events for c in forwarded), "frames": sum(c.frames for c in forwarded),
+                "rejected": sum(u.rejected for u in self.stats.upstreams), "blocked_s": self.sender.blocked_s}
 
     def _claim(self, index: int, msg: Message) -> str | None:
         """None if upstream ``index`` may send ``msg``, else why not (one line)."""
@@ -290,6 +308,7 @@ def run_proxy(config: ProxyConfig, stop_event: threading.Event | None = None) ->
     account for it). The last two then raise :class:`ProxyError` with the stats.
     """
     stop_event = stop_event or threading.Event()
+    exporter = start_exporter(config.name, config.metrics_port)
     ctx = zmq.Context()
     try:
         with ExitStack() as sockets:
@@ -301,7 +320,7 @@ def run_proxy(config: ProxyConfig, stop_event: threading.Event | None = None) ->
                          curve=config.upstream_curve)) for endpoint in config.upstream]
             stats = ProxyStats([UpstreamStats(endpoint) for endpoint in config.upstream])
             start = time.perf_counter()
-            forwarder = _Forwarder(config, sender, receivers, stats)
+            forwarder = _Forwarder(config, sender, receivers, stats, exporter.observe if exporter else None)
             stats.error = forwarder.run(stop_event)
             stats.seconds, stats.blocked_s = time.perf_counter() - start, sender.blocked_s
             stats.stopped = stop_event.is_set()
@@ -314,6 +333,8 @@ def run_proxy(config: ProxyConfig, stop_event: threading.Event | None = None) ->
                 stats.error = f"{stats.error} (and downstream: {exc})"  # the first problem stays first
     finally:
         ctx.destroy(linger=0)
+        if exporter is not None:
+            exporter.close(hold=config.metrics_hold)
     if stats.error is not None:
         raise ProxyError(stats.error, stats)
     return stats

@@ -373,3 +373,16 @@ def test_reporter_numbers_its_messages(tmp_path):
     reporter.close()
     assert [json.loads(p)["n"] for p in sent] == [0, 1, 2]
     assert [m["n"] for m in read_jsonl(tmp_path / "t.jsonl")] == [0, 1, 2]
+
+
+def test_plain_line_shows_unique_rates_and_a_learner_still_in_its_warm_up():
+    state = MonitorState("tcp://127.0.0.1:5559", started=0.0)
+    message = {"kind": "scorer", "role": "scorer", "pid": 1, "time": 1.0, "uptime_s": 1.0, "events": 200_000,
+               "lines": [{"name": "flow_m", "learner": "flow_m", "q": 0.01, "achieved": 0.01, "warm": True,
+                          "unique": 500, "learner_warming_up": False},
+                         {"name": "cwola", "learner": "cwola", "q": 0.01, "achieved": 0.012, "warm": True,
+                          "unique": 1200, "learner_warming_up": True}]}
+    state.feed(json.dumps(message).encode(), 1.0)
+    line = plain_line(state, 1.0)
+    assert "flow_m 1.00%/1.00% uniq 0.25%" in line
+    assert "cwola 1.20%/1.00% learner warm-up uniq 0.60%" in line

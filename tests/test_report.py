@@ -106,7 +106,8 @@ def test_toy_run_report_has_every_figure_and_the_line_table(toy_run):
     # The selections: accepted events per line from the trigger bits, signal among them from the labels.
     passed = (selected.bits & 2) > 0  # bit 1: the second line, ae_identity
     rows = [r for r in report.read_text().splitlines() if r.startswith("| ae_identity |")]
-    assert len(rows) == 4, "two rows in the line table, one in the equal-rate table, one in the selections table"
+    assert len(rows) == 6, ("two rows in the line table, one in the equal-rate table, one in the selections table, "
+                            "two in trigger operations")
     assert rows[3].startswith(f"| ae_identity | {passed.sum():,} | {(selected.labels[passed] == 1).sum():,} (")
     assert "## Warnings\n\nNone." in report.read_text()
 
@@ -153,3 +154,46 @@ def test_report_command_prints_the_markdown_path(toy_run, monkeypatch, capsys):
     monkeypatch.setattr(streamflow.cli.main, "SUBCOMMANDS", ("report",))
     assert streamflow.cli.main.main(["report", str(toy_run[0])]) == 0
     assert capsys.readouterr().out == f"{toy_run[0] / 'report.md'}\n"
+
+
+def test_trigger_operations_section_has_the_menu_counts_and_zero_bias_rates(tmp_path):
+    from streamflow.scoring.frame_scorer import line_figures
+    from streamflow.trigger import LineConfig, TriggerMenu
+
+    lines = [LineConfig("a", "a", 0.05, window=5_000), LineConfig("b", "b", 0.05, window=5_000, prescale=2),
+             LineConfig("zb", accept=0.05, kind="zero_bias", seed=1)]
+    menu = TriggerMenu(lines)
+    rng = np.random.default_rng(8)
+    kept, n = [], 40 * 1000
+    for k in range(40):
+        common = rng.normal(size=1000)
+        labels = (rng.random(1000) < 0.1).astype(np.int8)
+        scores = {"a": common + rng.normal(size=1000) + 2 * labels, "b": common + rng.normal(size=1000)}
+        selection = menu.select(scores, labels)
+        i = selection.indices
+        kept.append(SelectedEvents(ids=np.arange(k * 1000, (k + 1) * 1000, dtype=np.uint64)[i],
+                                   seq=np.full(len(i), k, np.uint64), bits=selection.bits[i],
+                                   scores=np.zeros((len(i), 3), np.float32), features=np.zeros((len(i), 1), np.float32),
+                                   labels=labels[i]))
+    writer = SelectionWriter(tmp_path / "selections.h5", ("x0",), tuple(line.name for line in lines))
+    for events in kept:
+        writer.append(events)
+    writer.close()
+    stats = menu.stats()
+    record = {"kind": "scorer", "role": "scorer", "time": 1.7e9, "uptime_s": 1.0, "events": n, "frames": 40,
+              "lines": [line_figures(s, kind=line.kind) for s, line in zip(stats, lines, strict=True)]}
+    (tmp_path / "telemetry-scorer.jsonl").write_text(encode_stats(record).decode() + "\n")
+    report = make_report(tmp_path)
+    text = report.read_text()
+    section = text[text.index("## Trigger operations"):].splitlines()
+
+    def row(first: str, nth: int = 0) -> list[str]:
+        return [c.strip() for c in [r for r in section if r.startswith(f"| {first} |")][nth].strip("|").split("|")]
+
+    for s in stats:
+        assert row(s.name)[1:4] == [f"{s.seen:,}", f"{s.not_judged:,}", f"{s.accepted:,}"]
+        assert row(s.name)[5:7] == [f"{s.recorded:,}", f"{s.unique:,}"]
+    assert stats[1].recorded == stats[1].accepted // 2
+    assert row("a", 1)[2] == f"{stats[0].overlap['b']:,}"  # the overlap matrix's a/b cell
+    value, error = (float(x.strip().rstrip("%")) / 100 for x in row("b", 2)[1].split("(")[0].split("±"))
+    assert abs(value - stats[1].recorded / n) < 3 * error  # the zero-bias estimate of b's recorded rate

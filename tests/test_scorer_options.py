@@ -30,10 +30,10 @@ BUILDERS: dict[str, Callable[[argparse.Namespace], ScorerConfig]] = {
 
 POSITIONAL = {"ephemeral": ["synthetic"]}
 GIVEN = {"q": 0.05, "window": 3000, "warmup": 1500, "device": "cpu", "threads": 3, "learn_events": 4096,
-         "thresholds": "global", "threshold_sync": 4}
+         "thresholds": "global", "threshold_sync": 4, "control": 5.0, "budget": 0.5, "zero_bias": 0.001}
 """A valid value of every option, unlike every menu's own."""
 INVALID = {"q": 0.0, "window": 0, "warmup": -1, "device": None, "threads": -1, "learn_events": -5,
-           "thresholds": None, "threshold_sync": 0}
+           "thresholds": None, "threshold_sync": 0, "control": -1.0, "budget": 0.0, "zero_bias": 1.5}
 """A value of every option the config refuses (None: argparse or the device itself refuses it)."""
 
 FILE_MENU = """
@@ -72,9 +72,11 @@ def parse(command: str, *argv: str) -> argparse.Namespace:
 
 def value(config: ScorerConfig, dest: str) -> object:
     option = SCORER_OPTIONS[dest]
+    if dest == "zero_bias":
+        return next((line.accept for line in config.lines if line.kind == "zero_bias"), None)
     if not option.per_line:
         return getattr(config, option.field)
-    values = {getattr(line, option.field) for line in config.lines}
+    values = {getattr(line, option.field) for line in config.lines if line.kind == "score"}
     assert len(values) == 1, f"{dest}: the lines differ: {values}"
     return values.pop()
 
@@ -152,3 +154,16 @@ def test_ephemeral_flow_training_options_reach_the_preset_flow_and_a_config_file
     given = ephemeral.scorer_config(parse("ephemeral", "--config", str(toml), "--steps-per-frame", "7",
                                           "--batch-size", "64")).learners[0]
     assert (given.steps_per_frame, given.batch_size) == (7, 64)
+
+
+def test_run_help_prints_one_percent_not_a_doubled_percent(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "with 1% signal" in out and "trigger at q = 1%," in out and "%%" not in out
+
+
+def test_budget_below_a_line_target_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
+    expected = r"^--q 0.05 --budget 0.02: trigger line 'flow_m': records 0.05 .*budget 0.02$"
+    with pytest.raises(ConfigError, match=expected):
+        consume.scorer_config(parse("consume", "--q", "0.05", "--budget", "0.02"))

@@ -47,7 +47,7 @@ def _expected_and_sigma(q: float, window: int, judged: int) -> tuple[float, floa
 
 def test_one_percent_line_accepts_one_percent_of_a_stationary_stream() -> None:
     q, window = 0.01, 20_000
-    menu = TriggerMenu([LineConfig("flow1", "flow", q, window=window)])
+    menu = TriggerMenu([LineConfig("flow1", "flow", q, window=window, warmup=window, control=0)])
     _run(menu, np.random.default_rng(0).normal(size=1_000_000))
     stats = menu.stats()[0]
     assert stats.judged == 1_000_000 - 5 * FRAME  # warm-up: the first frames fill the 20k window
@@ -66,7 +66,7 @@ def test_accept_fraction_holds_while_the_score_scale_drifts_tenfold() -> None:
     rng = np.random.default_rng(1)
     scale = 10.0 ** (np.arange(n) / n)
     scores = rng.exponential(size=n) * scale
-    menu = TriggerMenu([LineConfig("flow1", "flow", q, window=window)])
+    menu = TriggerMenu([LineConfig("flow1", "flow", q, window=window, warmup=window, control=0)])
     _run(menu, scores)
     stats = menu.stats()[0]
     mean, sigma = _expected_and_sigma(q, window, stats.judged)
@@ -77,7 +77,7 @@ def test_accept_fraction_holds_while_the_score_scale_drifts_tenfold() -> None:
 
 
 def test_no_accepts_during_warm_up_then_thresholds_from_the_past() -> None:
-    menu = TriggerMenu([LineConfig("flow1", "flow", 0.1, window=10_000, warmup=5_000)])
+    menu = TriggerMenu([LineConfig("flow1", "flow", 0.1, window=10_000, warmup=5_000, control=0)])
     x = np.random.default_rng(2).normal(size=12 * 1000)
     reference = RollingQuantile(10_000, 0.9)
     for i in range(12):
@@ -125,7 +125,7 @@ def test_bits_mark_each_line_and_accept_is_their_union() -> None:
 
 
 def test_non_finite_scores_are_never_accepted_and_never_enter_the_window() -> None:
-    menu = TriggerMenu([LineConfig("cwola", "cwola", 0.5, window=1_000, warmup=10)])
+    menu = TriggerMenu([LineConfig("cwola", "cwola", 0.5, window=1_000, warmup=10, control=0)])
     rng = np.random.default_rng(5)
     first = rng.normal(size=100)
     menu.select({"cwola": first})
@@ -135,7 +135,7 @@ def test_non_finite_scores_are_never_accepted_and_never_enter_the_window() -> No
     selection = menu.select({"cwola": frame})
     assert not selection.accept[:40].any() and selection.accept[40:].any()
     stats = menu.stats()[0]
-    assert (stats.seen, stats.skipped, stats.judged) == (160, 40, 60)
+    assert (stats.seen, stats.skipped, stats.not_judged, stats.judged) == (160, 40, 100, 60)
     threshold = menu.select({"cwola": np.zeros(1)}).thresholds[0]
     assert threshold == np.quantile(np.concatenate([first, frame[40:]]), 0.5)
 
@@ -231,7 +231,7 @@ estimator = "histogram"
     )
     lines = coerce(tuple[LineConfig, ...], read_toml(path)["scorer"]["lines"], "scorer.lines")  # as ScorerConfig
     assert lines[0] == LineConfig("flow_1pc", "flow", 0.01, window=200_000, warmup=50_000)
-    assert lines[1].warmup_events == lines[1].window == 100_000
+    assert lines[1].warmup_events == 500  # ceil(5 / q): the window grows from there to 100,000
     menu = TriggerMenu(lines)  # as FrameScorer
     assert [line.name for line in menu.lines] == ["flow_1pc", "cwola_1pc"]
 

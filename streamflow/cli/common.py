@@ -30,6 +30,14 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
+def metrics_options(p: argparse.ArgumentParser) -> None:
+    """--metrics-port and --metrics-hold: serve Prometheus /metrics (streamflow.ops.prometheus)."""
+    p.add_argument("--metrics-port", type=int, metavar="PORT", default=None,
+                   help="serve Prometheus metrics on http://0.0.0.0:PORT/metrics (default: none)")
+    p.add_argument("--metrics-hold", type=float, metavar="S", default=0.0,
+                   help="keep /metrics up S seconds after the run, so a scrape gets the final counts (default 0)")
+
+
 def curve_options(p: argparse.ArgumentParser, connects_to: str, binds: str | None) -> None:
     """--curve-secret, --curve-server-key (towards ``connects_to``) and, for a process that also
     binds a socket for others (``binds``), --curve-authorized."""

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from streamflow.cli.common import curve_options, curves_from_args, stop_on_signals
+from streamflow.cli.common import curve_options, curves_from_args, metrics_options, stop_on_signals
 from streamflow.cli.outputs import output_folder
 from streamflow.cli.scorer_options import add_scorer_options, apply_scorer_options, scorer_menu
 from streamflow.config import read_toml
@@ -33,8 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ranks", type=int, default=1, metavar="K",
                    help="run K data-parallel scorer ranks on this machine that hold one model (gloo on CPU, "
                         f"NCCL on CUDA), at most {MAX_LOCAL_RANKS}; across machines use torchrun (default 1)")
-    add_scorer_options(p, "q", "window", "warmup", "device", "threads", "thresholds", "threshold_sync",
-                       "learn_events", note="; given, it replaces the --config file's or the preset's value")
+    add_scorer_options(p, "q", "window", "warmup", "control", "budget", "zero_bias", "device", "threads",
+                       "thresholds", "threshold_sync", "learn_events",
+                       note="; given, it replaces the --config file's or the preset's value")
     p.add_argument("--selections", metavar="ENDPOINT", default=None,
                    help="bind here and push accepted events to a sink (default: none)")
     p.add_argument("--telemetry", metavar="ENDPOINT", default=None,
@@ -53,6 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"cap the OS socket buffers, at most {MAX_KERNEL_BUFFER:,} bytes: fewer frames queued, "
                         "lower latency, smaller crash window (default 0: the OS default)")
     curve_options(p, connects_to="producer (or proxy)", binds="the --selections socket (the sinks' keys)")
+    metrics_options(p)
     p.set_defaults(func=main)
 
 
@@ -76,6 +78,7 @@ def main(args: argparse.Namespace) -> int:
         telemetry=args.telemetry, run_dir=args.run_dir, checkpoint_every=args.checkpoint_every,
         resume=args.resume, idle_timeout=args.idle_timeout, name=args.name, hwm=args.hwm,
         kernel_buffer=args.kernel_buffer, curve=curve, selections_curve=selections_curve,
+        metrics_port=args.metrics_port, metrics_hold=args.metrics_hold,
     )
     if not 1 <= args.ranks <= MAX_LOCAL_RANKS:
         raise ConfigError(f"--ranks must be 1 to {MAX_LOCAL_RANKS} (processes on this machine), got {args.ranks:,d}")

@@ -23,6 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="seconds between plain lines (default 1; the dashboard redraws 4 times a second)")
     p.add_argument("--exit-after-idle", type=float, metavar="S", dest="idle_exit",
                    help="exit once no message has arrived for S seconds (after the first one)")
+    p.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="also serve every process's telemetry as Prometheus metrics on "
+                        "http://0.0.0.0:PORT/metrics (default: none)")
     p.set_defaults(func=main)
 
 
@@ -32,5 +35,5 @@ def main(args: argparse.Namespace) -> int:
         if value is not None and not value > 0:
             raise ConfigError(f"{option} must be positive seconds, got {value:g}")
     run_monitor(args.endpoint, plain=args.plain, duration=args.duration, idle_exit=args.idle_exit,
-                stop_event=stop_on_signals(), interval=args.interval)
+                stop_event=stop_on_signals(), interval=args.interval, metrics_port=args.metrics_port)
     return 0

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from producers.proxy import DEFAULT_PROXY_ENDPOINT, ProxyConfig, ProxyError, ProxyStats, run_proxy
-from streamflow.cli.common import curve_options, curves_from_args, stop_on_signals
+from streamflow.cli.common import curve_options, curves_from_args, metrics_options, stop_on_signals
 from streamflow.cli.outputs import output_folder
 from streamflow.stream.transport import DEFAULT_HWM, MAX_HWM, MAX_KERNEL_BUFFER
 
@@ -45,6 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", default=None, metavar="DIR",
                    help="write the ledger here as ledger-NAME.json (default: print only)")
     curve_options(p, connects_to="upstream senders", binds="the proxy's downstream socket")
+    metrics_options(p)
     p.set_defaults(func=main)
 
 
@@ -52,7 +53,8 @@ def config_from_args(args: argparse.Namespace) -> ProxyConfig:
     upstream_curve, curve = curves_from_args(args)
     return ProxyConfig(upstream=tuple(args.upstream), endpoint=args.endpoint, stream_id=args.stream_id,
                        hwm=args.hwm, kernel_buffer=args.kernel_buffer, eos_timeout=args.eos_timeout,
-                       idle_timeout=args.idle_timeout, name=args.name, upstream_curve=upstream_curve, curve=curve)
+                       idle_timeout=args.idle_timeout, name=args.name, upstream_curve=upstream_curve, curve=curve,
+                       metrics_port=args.metrics_port, metrics_hold=args.metrics_hold)
 
 
 def report(stats: ProxyStats, name: str, run_dir: str | None) -> None:

@@ -15,11 +15,15 @@ from collections.abc import Callable
 from typing import Any
 
 from producers.replay import ReplayConfig, ReplayStats, run_replay
-from streamflow.cli.common import stop_on_signals
+from streamflow.cli.common import metrics_options, stop_on_signals
 from streamflow.config import load_toml
 from streamflow.errors import ConfigError
+from streamflow.ops.prometheus import MetricsExporter, check_metrics, start_exporter
 from streamflow.stream.pacing import MAX_FRAME_EVENTS
+from streamflow.stream.telemetry import ProducerRecord
 from streamflow.stream.transport import DEFAULT_HWM, MAX_HWM, MAX_KERNEL_BUFFER, Curve
+
+Progress = Callable[[int, int, bool], None]
 
 _OPTIONS = ("rate", "frame_size", "signal_fraction", "events", "loop", "seed", "endpoint", "stream_id",
             "eos_timeout", "hwm", "kernel_buffer", "raw")
@@ -56,6 +60,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "needs --curve-authorized")
     p.add_argument("--curve-authorized", metavar="DIR",
                    help="folder of the public keys (*.key) of the receivers admitted under CURVE")
+    metrics_options(p)
     p.set_defaults(func=run)
 
 
@@ -111,14 +116,31 @@ def summary(stats: ReplayStats) -> str:
             f"END_OF_STREAM acknowledged by {receivers}")
 
 
+def _exporting(exporter: MetricsExporter | None, update: Progress | None) -> Progress | None:
+    """The progress callback that also hands the producer's counts to ``exporter`` (a ProducerRecord)."""
+    if exporter is None:
+        return update
+
+    def progress(events: int, frames: int, sent_all: bool) -> None:
+        exporter.observe(ProducerRecord(events=events, frames=frames, sent_all=sent_all).to_json())
+        if update is not None:
+            update(events, frames, sent_all)
+
+    return progress
+
+
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    check_metrics(args.metrics_port, args.metrics_hold)
     stop = stop_on_signals()
     update, close = _progress_bar() if sys.stderr.isatty() else (None, lambda: None)
+    exporter = start_exporter("producer", args.metrics_port)
     try:
-        stats = run_replay(config, stop, update)
+        stats = run_replay(config, stop, _exporting(exporter, update))
     finally:
         close()
+        if exporter is not None:
+            exporter.close(hold=args.metrics_hold)
     print(summary(stats))
     if stats.stopped:
         print("streamflow replay: interrupted; the stream was ended cleanly", file=sys.stderr)

@@ -101,8 +101,8 @@ class RunConfig:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run", help="producer + scorer + sink + monitor in one command (the main job)",
-        description="Replay a stream (by default the embedded synthetic LHCO-like stream with 1%% signal), "
-                    "train the default menu online, trigger at q = 1%%, write selections, checkpoints, "
+        description="Replay a stream (by default the embedded synthetic LHCO-like stream with 1% signal), "
+                    "train the default menu online, trigger at q = 1%, write selections, checkpoints, "
                     "telemetry and a report to a run folder.",
     )
     p.add_argument("--config", metavar="TOML", help="a run config with [run], [replay] and [scorer] tables")
@@ -114,7 +114,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="seed of the source and the injection (default 0)")
     p.add_argument("--preset", help="learner menu: lhco or gaussian (default: the one that fits the source)")
     p.add_argument("--learners", help="comma-separated learner names of the preset to keep (default: all)")
-    add_scorer_options(p, "q", "device", "threads", note="; given, it replaces the --config file's value")
+    add_scorer_options(p, "q", "budget", "zero_bias", "device", "threads",
+                       note="; given, it replaces the --config file's value")
     p.add_argument("--run-dir", help="run folder (default runs/<date-time>)")
     p.add_argument("--base-port", type=int, help="first of five local tcp ports (default 5555)")
     p.add_argument("--duration", type=float, help="stop after this many seconds")

@@ -7,9 +7,10 @@ with :func:`add_scorer_options` and builds its config in two steps:
 1. the menu: an explicit ``--preset``, else the ``[scorer]`` table of its config file,
    else its default menu (:func:`scorer_menu`, or the command's own menu);
 2. :func:`apply_scorer_options`: every option **given on the command line** replaces the
-   menu's value -- per line (``--q`` is every line's accept fraction, ``--window``,
-   ``--warmup``) or for the scorer (``--device``, ``--threads``, ...). An option not
-   given leaves the file's or the preset's value standing.
+   menu's value -- per score line (``--q`` is every score line's accept fraction,
+   ``--window``, ``--warmup``, ``--control``) or for the scorer (``--device``,
+   ``--threads``, ``--budget``, ...); ``--zero-bias`` adds a zero-bias line. An option
+   not given leaves the file's or the preset's value standing.
 
 So the options' parser defaults are all None ("not given"), an explicit value -- even one
 equal to a default, as ``--device auto`` over a file's ``device = "cpu"`` -- always wins,
@@ -47,8 +48,14 @@ SCORER_OPTIONS: dict[str, ScorerOption] = {
     "q": ScorerOption("accept", True, float, "accept fraction of every trigger line (presets: 0.01)", "Q"),
     "window": ScorerOption("window", True, int, "every line's rolling-quantile window in events (presets: 20000)",
                            "EVENTS"),
-    "warmup": ScorerOption("warmup", True, int, "events before a line accepts anything (presets: the window)",
-                           "EVENTS"),
+    "warmup": ScorerOption("warmup", True, int, "scores a line's window must hold before it judges; the window "
+                           "then grows to --window (default ceil(5 / q): 500 at q = 1%%)", "EVENTS"),
+    "control": ScorerOption("control", True, float, "every line's rate-control time constant in accepts "
+                            "(0: off; default 20)", "ACCEPTS"),
+    "budget": ScorerOption("budget", False, float, "the menu's total recorded fraction of the stream: the union "
+                           "of the lines' accepts, each line keeping its share (default: none)", "FRACTION"),
+    "zero_bias": ScorerOption("accept", False, float, "add a zero-bias line \"zero_bias\" recording a uniform "
+                              "random FRACTION of the stream (default: none)", "FRACTION"),
     "device": ScorerOption("device", False, str, "auto (CUDA if present), cpu or cuda[:N] (default auto)", "D"),
     "threads": ScorerOption("threads", False, int, "torch CPU threads (default: all cores but three, at least one)",
                             "N"),
@@ -90,13 +97,18 @@ def apply_scorer_options(config: ScorerConfig, args: argparse.Namespace) -> Scor
     given = given_options(args)
     if not given:
         return config
+    from streamflow.trigger.lines import LineConfig  # Numba-heavy, as the scorer
+
+    zero_bias = given.pop("zero_bias", None)
     per_line = {SCORER_OPTIONS[d].field: v for d, v in given.items() if SCORER_OPTIONS[d].per_line}
     scorer = {SCORER_OPTIONS[d].field: v for d, v in given.items() if not SCORER_OPTIONS[d].per_line}
     try:
-        lines = tuple(dataclasses.replace(line, **per_line) for line in config.lines)
+        lines = tuple(dataclasses.replace(line, **per_line) if line.kind == "score" else line for line in config.lines)
+        if zero_bias is not None:
+            lines += (LineConfig("zero_bias", accept=zero_bias, kind="zero_bias"),)
         return dataclasses.replace(config, lines=lines, **scorer)
     except ConfigError as exc:
-        options = " ".join(f"{flag(d)} {v}" for d, v in given.items())
+        options = " ".join(f"{flag(d)} {v}" for d, v in given_options(args).items())
         raise ConfigError(f"{options}: {exc}") from None
 
 

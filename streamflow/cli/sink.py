@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from consumers.sink import DEFAULT_SELECTIONS_ENDPOINT, SinkConfig, run_sink
-from streamflow.cli.common import curve_options, curves_from_args, stop_on_signals
+from streamflow.cli.common import curve_options, curves_from_args, metrics_options, stop_on_signals
 from streamflow.cli.outputs import output_file, output_folder
 from streamflow.config import read_toml
 from streamflow.errors import ConfigError
@@ -26,6 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="give up after S seconds without selections (default 120)")
     p.add_argument("--run-config", metavar="TOML", help="a run config to store in the file's attributes")
     curve_options(p, connects_to="scorer's selections socket (or proxy)", binds=None)
+    metrics_options(p)
     p.set_defaults(func=main)
 
 
@@ -39,7 +40,7 @@ def main(args: argparse.Namespace) -> int:
     curve, _ = curves_from_args(args)
     config = SinkConfig(endpoint=args.endpoint, output=args.output, telemetry=args.telemetry,
                         run_dir=args.run_dir, flush_interval=args.flush_interval, idle_timeout=args.idle_timeout,
-                        curve=curve)
+                        curve=curve, metrics_port=args.metrics_port, metrics_hold=args.metrics_hold)
     run_config = read_toml(args.run_config) if args.run_config else None
     _, ledger = run_sink(config, stop_on_signals(), run_config=run_config)
     print(ledger.render())

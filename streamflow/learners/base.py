@@ -308,6 +308,11 @@ class TorchLearner(ABC):
         return torch.tensor(float(batch[0].shape[0]), device=self.device)
 
     @property
+    def warming_up(self) -> bool:
+        """True until the input standardisation is frozen (``warmup_events`` seen): the scores still move with it."""
+        return not self.inputs.frozen
+
+    @property
     def scoring_model(self) -> nn.Module:
         """The module that scores: the weight average if there is one, else the trained model."""
         return self.model if self.ema_model is None else self.ema_model

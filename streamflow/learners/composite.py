@@ -89,6 +89,11 @@ class CompositeLearner(ABC):
         del state
 
     @property
+    def warming_up(self) -> bool:
+        """True while any part's input standardisation is still moving (see TorchLearner.warming_up)."""
+        return any(part.warming_up for part in self.parts.values())
+
+    @property
     def model(self) -> nn.Module:
         """Every part's trained module (for weight digests across ranks)."""
         return nn.ModuleDict({name: part.model for name, part in self.parts.items()})

@@ -301,7 +301,7 @@ def _accept_cell(line: dict[str, Any]) -> Text:
     target, achieved = number(line.get("q")), number(line.get("achieved"))
     if line.get("warm") is False:
         return Text(f"warm-up/{fmt_fraction(target)}", style="dim")
-    text = f"{fmt_fraction(achieved)}/{fmt_fraction(target)}"
+    text = f"{fmt_fraction(achieved)}/{fmt_fraction(target)}" + (" L" if line.get("learner_warming_up") else "")
     if achieved is None or target is None or target == 0:
         return Text(text)
     close = abs(achieved / target - 1.0) <= ACCEPT_TOLERANCE
@@ -312,6 +312,12 @@ def _partial(line: dict[str, Any]) -> bool:
     """True for a line whose learner scores only some events (e.g. CWoLA outside its sidebands)."""
     scored = number(line.get("scored_fraction"))
     return scored is not None and scored < PARTIAL_BELOW
+
+
+def _unique_cell(line: dict[str, Any], events: Any) -> str:
+    """The fraction of the scorer's events that this line alone recorded (its unique rate); "-" if unknown."""
+    unique, total = number(line.get("unique")), number(events)
+    return fmt_fraction(unique / total) if unique is not None and total else "-"
 
 
 def _line_rows(state: MonitorState) -> list[tuple[str, ...] | tuple[Any, ...]]:
@@ -425,8 +431,11 @@ def plain_line(state: MonitorState, now: float) -> str:
                 lines.append(f"{name} warm-up/{target}")
             else:
                 sic, sr_sic = number(line.get("sic")), number(line.get("sr_sic"))
+                unique = _unique_cell(line, view.get("events"))
                 lines.append(f"{name} {fmt_fraction(line.get('achieved'))}/{target}"
                              + (f" of all {fmt_fraction(line.get('stream_fraction'))}" if _partial(line) else "")
+                             + (" learner warm-up" if line.get("learner_warming_up") else "")
+                             + (f" uniq {unique}" if unique != "-" else "")
                              + (f" SIC {sic:.3g}" if sic is not None else "")
                              + (f" SR SIC {sr_sic:.3g}" if sr_sic is not None else ""))
     if lines:

@@ -365,6 +365,72 @@ def _selection_lines(run: RunData) -> list[str]:
     return out
 
 
+def _operations_lines(run: RunData) -> list[str]:
+    """The "Trigger operations" section: per line its warm-up, prescale, unique and overlap counts, and the
+    zero-bias sample's estimate of every line's rate (empty when no scorer reported lines)."""
+    out: list[str] = []
+    for stream in run.of_kind("scorer"):
+        lines = [line for line in stream.final.get("lines") or [] if isinstance(line, dict) and line.get("name")]
+        if not lines:
+            continue
+        events = number(stream.final.get("events")) or 0
+        rows = [[str(line["name"]), _exact(line.get("seen")), _exact(line.get("not_judged")),
+                 _exact(line.get("accepted")), _exact(line.get("prescale")), _exact(line.get("recorded")),
+                 _exact(line.get("unique")), fmt_fraction((number(line.get("unique")) or 0) / events)
+                 if events else "-", _exact(line.get("restarts"))] for line in lines]
+        names = [str(line["name"]) for line in lines]
+        overlap = [[name] + [_exact(line.get("recorded")) if other == name else
+                             _exact((line.get("overlap") or {}).get(other)) for other in names]
+                   for name, line in zip(names, lines, strict=True)]
+        out += [f"## Trigger operations ({stream.role})", "",
+                "Per line: its population (finite scores), the events met before it could judge (warm-up), the "
+                "events that passed it, its prescale and the events it recorded, the events no other line "
+                "recorded (unique; rate = of the whole stream) and its window's restarts.", ""]
+        out += _table(["line", "population", "not judged", "passed", "prescale", "recorded", "unique",
+                       "unique rate", "restarts"], rows)
+        out += ["", "Overlap: events recorded by both lines (diagonal: by the line).", ""]
+        out += _table(["", *names], overlap) + [""]
+    out += _zero_bias_lines(run)
+    return out
+
+
+def _exact(value: Any) -> str:
+    """A count in full (1,234,567): the operations tables are checked against ledgers; "-" when missing."""
+    x = number(value)
+    return "-" if x is None else f"{int(x):,}"
+
+
+def _zero_bias_lines(run: RunData) -> list[str]:
+    """Each line's rate estimated from the zero-bias sample in selections.h5 (unbiased: a uniform random
+    sample of the stream), with its binomial error, on all events and on background (label 0) alone."""
+    if run.selections is None:
+        return []
+    events, attrs = run.selections
+    names = list(attrs["line_names"])
+    kinds = {str(line.get("name")): line.get("kind") for stream in run.of_kind("scorer")
+             for line in stream.final.get("lines") or [] if isinstance(line, dict)}
+    zero_bias = [i for i, name in enumerate(names) if kinds.get(name) == "zero_bias"]
+    if not zero_bias:
+        return []
+    sample = (events.bits >> np.uint64(zero_bias[0])) & np.uint64(1) == 1
+    background = sample & (events.labels == 0)
+    rows = []
+    for i, name in enumerate(names):
+        if i in zero_bias:
+            continue
+        passed = (events.bits >> np.uint64(i)) & np.uint64(1) == 1
+        cells = [name]
+        for subset in (sample, background):
+            n, k = int(subset.sum()), int((passed & subset).sum())
+            p = k / n if n else float("nan")
+            cells.append(f"{fmt_fraction(p)} ± {fmt_fraction(np.sqrt(p * (1 - p) / n))} ({k}/{n})" if n else "-")
+        rows.append(cells)
+    return ["## Line rates from the zero-bias sample", "",
+            f"`{names[zero_bias[0]]}` records a uniform random sample of the stream: the fraction of it a line "
+            "also recorded estimates the line's rate without the trigger's bias (binomial errors).", ""] \
+        + _table(["line", "rate (all)", "rate (background, label 0)"], rows) + [""]
+
+
 def _summary(run: RunData) -> str:
     end = max(number(s.final.get("time")) or run.t0 for s in run.streams)
     producer = run.of_kind("producer")
@@ -390,8 +456,8 @@ def make_report(run_dir: str | Path) -> Path:
     if line_rows:
         lines += ["## Trigger lines", "",
                   "Each line two ways, at the end of the run (summary.json holds the same): on the events "
-                  "inside the signal region, and on all events of the stream. 'achieved' is what the "
-                  "threshold holds: accepted over the events the line's learner scored (a learner that "
+                  "inside the signal region, and on all events of the stream. 'achieved': accepted over "
+                  "the events the line's learner scored, warm-up included (a learner that "
                   "scores only some events, e.g. CWoLA outside its sidebands, says of how many); 'of "
                   "population' is accepted over all events of the population, the rate at which lines are "
                   "compared. eff_S, eff_B (binomial errors) and SIC count an unscored event as rejected. "
@@ -422,6 +488,7 @@ def make_report(run_dir: str | Path) -> Path:
         if figure is None:
             lines += [f"`scores-{scorer}.npz` has no mix of labelled signal and background: no ROC.", ""]
     lines += ["## Selections", ""] + _selection_lines(run) + [""]
+    lines += _operations_lines(run)
     found = [text for stream in run.streams for _, text in problems(stream.role, stream.final)]
     lines += ["## Warnings", ""] + ([f"- {text}" for text in found] or ["None."]) + [""]
     path = run.run_dir / "report.md"

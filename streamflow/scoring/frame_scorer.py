@@ -34,7 +34,7 @@ from streamflow.events.batch import EventBatch
 from streamflow.learners import AnyLearner, LearnerConfig, build_learner
 from streamflow.scoring.scan import ScanConfig
 from streamflow.trigger import LineConfig, LineStats, Selection, TriggerMenu
-from streamflow.trigger.menu import SIGNAL_REGION
+from streamflow.trigger.menu import SIGNAL_REGION, check_budget
 
 Thresholds = Literal["rank", "global"]
 """Whose windows a data-parallel scorer's lines judge against (see ScorerConfig)."""
@@ -66,6 +66,10 @@ class ScorerConfig:
     scan: a bump hunt along mjj (streamflow.scoring.scan): its windows' learners and
     lines are added to ``learners`` and ``lines`` when the config is built (the built
     config holds them, and ``scan`` is None, so it round-trips through to_dict/from_dict).
+    budget: the menu's total recorded fraction of the stream (the union of its
+    lines' accepts, an event counted once), None for no budget; the lines keep
+    their ``accept`` values as relative shares (streamflow.trigger.menu).
+    budget_control: the budget feedback's time constant in accepts.
     threads: torch's CPU threads; 0 is automatic: all cores but three (kept for
     the producer, the sink and the monitor), at least one. More threads than free
     cores make torch's thread pool spin against the other processes and run many
@@ -81,6 +85,8 @@ class ScorerConfig:
     threshold_sync: int = 1
     signal_region: tuple[float, float] = SIGNAL_REGION
     scan: ScanConfig | None = None
+    budget: float | None = None
+    budget_control: float = 80.0
 
     def __post_init__(self) -> None:
         check_device(self.device)
@@ -99,7 +105,7 @@ class ScorerConfig:
         if len(set(names)) != len(names):
             raise ConfigError(f"learner names must be unique, got {names}")
         for line in self.lines:
-            if line.learner not in names:
+            if line.kind == "score" and line.learner not in names:
                 raise ConfigError(f"trigger line {line.name!r} reads learner {line.learner!r}, not among {names}")
         if not 0 <= self.learn_events <= MAX_LEARN_EVENTS:
             raise ConfigError(f"learn_events must be 0 to {MAX_LEARN_EVENTS:,d} events, got {self.learn_events:,d}")
@@ -109,10 +115,11 @@ class ScorerConfig:
             raise ConfigError(f"threshold_sync must be at least 1 frame, got {self.threshold_sync}")
         if self.thresholds not in ("rank", "global"):
             raise ConfigError(f"thresholds must be 'rank' or 'global', got {self.thresholds!r}")
-        exact = [line.name for line in self.lines if line.estimator != "histogram"]
+        exact = [line.name for line in self.lines if line.kind == "score" and line.estimator != "histogram"]
         if self.thresholds == "global" and exact:
             raise ConfigError(f"global thresholds need estimator = 'histogram' on every line; "
                               f"line(s) {', '.join(exact)} use the exact one")
+        check_budget(self.lines, self.budget, self.budget_control)
 
 
 def cpu_threads(requested: int) -> int:
@@ -136,10 +143,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def line_figures(stats: LineStats) -> dict[str, Any]:
-    """A line's stats as telemetry and ledgers show them: counts, q, achieved fraction (of the scored
-    events), the fraction of all events, eff_S, eff_B, SIC stream-wide and in the signal region."""
-    return {**stats.to_dict(), "q": stats.target, "achieved": stats.accept_fraction, "warm": stats.judged > 0}
+def line_figures(stats: LineStats, learner_warming_up: bool = False, kind: str = "score") -> dict[str, Any]:
+    """A line's stats as telemetry and ledgers show them: counts, q, achieved fraction, the fraction of
+    all events, eff_S, eff_B, SIC stream-wide and in the signal region.
+
+    ``achieved`` is the fraction of the line's whole population (the events its learner
+    scored) it accepted, warm-up included (accepted / seen); ``warm`` says the line judges; ``learner_warming_up``
+    that its learner is still in its own warm-up (standardisation not yet frozen),
+    so its scores -- and the line's selections -- are not yet those of a trained model;
+    ``kind`` is the line's (a "zero_bias" line's selections are the report's unbiased sample).
+    """
+    return {**stats.to_dict(), "q": stats.target, "achieved": stats.population_fraction, "warm": stats.judged > 0,
+            "learner_warming_up": learner_warming_up, "kind": kind}
 
 
 @dataclass
@@ -161,7 +176,8 @@ class FrameScorer:
         self.learners: dict[str, AnyLearner] = {
             c.name: build_learner(c, self.device) for c in config.learners
         }
-        self.menu = TriggerMenu(config.lines, signal_region=config.signal_region)
+        self.menu = TriggerMenu(config.lines, signal_region=config.signal_region, budget=config.budget,
+                                budget_control=config.budget_control)
         self.names: tuple[str, ...] | None = None
         self.frames = 0
         self.events_scored = 0
@@ -185,7 +201,8 @@ class FrameScorer:
             learner.distribute(collective)
         if self.config.thresholds == "global" and collective.world_size > 1:
             self.menu = TriggerMenu(self.config.lines, reduce=collective.sum_counts,
-                                    reduce_every=self.config.threshold_sync, signal_region=self.config.signal_region)
+                                    reduce_every=self.config.threshold_sync, signal_region=self.config.signal_region,
+                                    budget=self.config.budget, budget_control=self.config.budget_control)
 
     def bind(self, names: Sequence[str]) -> None:
         """Resolve every learner's columns in this stream's schema (once, or when the schema changes)."""
@@ -253,7 +270,8 @@ class FrameScorer:
 
     def line_stats(self) -> list[dict[str, Any]]:
         """Every trigger line's running figures, JSON-ready: target q, achieved fraction, eff_S, eff_B, SIC."""
-        return [line_figures(stats) for stats in self.menu.stats()]
+        return [line_figures(stats, line.kind == "score" and self.learners[line.learner].warming_up, line.kind)
+                for line, stats in zip(self.config.lines, self.menu.stats(), strict=True)]
 
     def state_dict(self) -> dict[str, Any]:
         """What a resume needs: learners, counters and the config (trigger windows warm up again)."""

@@ -72,8 +72,9 @@ def preset(name: str, q: float = 0.01, window: int = 20_000, warmup: int | None 
            device: str = "auto", learn_events: int = 0, dim: int = 2, thresholds: Thresholds = "rank") -> ScorerConfig:
     """The scorer config of preset ``name``: one trigger line at accept fraction ``q`` per learner.
 
-    A line accepts nothing until its window is full (``warmup`` None), so the
-    first thresholds already rest on ``window`` scores. With ``thresholds`` "global"
+    A line judges once its window holds ``warmup`` scores (None: ceil(5 / q), see
+    :mod:`streamflow.trigger.lines`), its window then grows to ``window`` scores and
+    its rate control holds q while its learner's scores drift. With ``thresholds`` "global"
     (data-parallel ranks agreeing on thresholds) the lines use the mergeable
     histogram estimator, else the exact rolling quantile.
     """

@@ -91,7 +91,9 @@ def merge_rank_views(views: list[dict[str, Any]], ledger: Ledger) -> Ledger:
         ranks=ranks, duplicate_frames=duplicates, weights_identical=identical,
         weights_sha256=digests, missing_frames=tracker.missing_frames(),
         streams={sid: a.to_dict() for sid, a in accounts.items()},
-        lines=[line_figures(LineStats.combined([LineStats.from_dict(view["lines"][i]) for view in views]))
+        lines=[line_figures(LineStats.combined([LineStats.from_dict(view["lines"][i]) for view in views]),
+                            any(view["lines"][i].get("learner_warming_up", False) for view in views),
+                            views[0]["lines"][i].get("kind", "score"))
                for i in range(len(views[0]["lines"]))],
         learners=ledger.details["learners"],
         frames_seen=[seen_runs(view["sequence"]) for view in views],

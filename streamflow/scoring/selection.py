@@ -3,7 +3,7 @@
 One SELECTION message per frame, empty ones too (the sink counts frames by them):
 the frame's events that passed at least one trigger line, their trigger bits
 (bit i: passed line i, in menu order) and an L-column score matrix (line i's
-learner's score of each accepted event, NaN = not scored), stamped with the
+learner's score of each accepted event, NaN = not scored or a zero-bias line), stamped with the
 frame's stream id, sequence number and the producer's send time, so the sink's
 latency and sequence account follow the original frame.
 """
@@ -26,7 +26,8 @@ def selection_parts(batch: EventBatch, result: FrameResult, lines: Sequence[Line
     """(the SELECTION message's parts, accepted events) of one scored frame."""
     accepted = np.flatnonzero(result.selection.accept)
     if lines:
-        line_scores = np.column_stack([result.scores[line.learner][accepted] for line in lines]).astype(np.float32)
+        line_scores = np.column_stack([result.scores[line.learner][accepted] if line.kind == "score"
+                                       else np.full(len(accepted), np.nan) for line in lines]).astype(np.float32)
     else:
         line_scores = np.zeros((len(accepted), 0), np.float32)
     parts = encode_selection(batch.take(accepted), result.selection.bits[accepted], line_scores,

@@ -23,7 +23,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -251,6 +251,7 @@ class TelemetryReporter:
     loop with a function that builds the current record; :meth:`report` forces one
     (at the end of a run). A record is a :class:`TelemetryRecord` (what streamflow's
     processes send) or a plain mapping of fields (a process of another program).
+    ``observers`` get every message as a dict too (a Prometheus exporter).
     """
 
     def __init__(
@@ -259,9 +260,11 @@ class TelemetryReporter:
         publish: Callable[[bytes], Any] | None = None,
         jsonl_path: str | Path | None = None,
         interval: float = 0.5,
+        observers: Sequence[Callable[[dict[str, Any]], Any]] = (),
     ) -> None:
         self.role = role
         self.publish = publish
+        self.observers = tuple(observers)
         self.interval = interval
         self._file = open(jsonl_path, "a", buffering=1) if jsonl_path else None
         self._next = time.monotonic() + interval
@@ -280,6 +283,8 @@ class TelemetryReporter:
         message = {"role": self.role, "pid": os.getpid(), "n": self._sent, "time": time.time(),
                    "uptime_s": time.time() - self._start, **fields}
         self._sent += 1
+        for observe in self.observers:
+            observe(message)
         payload = encode_stats(message)
         if self.publish is not None:
             self.publish(payload)

@@ -613,6 +613,16 @@ class RollingQuantile:
         """The quantile of the current window (``np.quantile`` 'linear' rule); NaN if empty."""
         return float(_value(self._st, self._ring_c, self._hv, self._hi, self.level))
 
+    def set_level(self, level: float) -> None:
+        """Move the quantile to ``level`` (a trigger line's rate control does, a little each frame).
+
+        The heaps are rebalanced to the new rank (O(log W) per rank moved), or the
+        band is rebuilt (O(W)) if the new rank lies outside it."""
+        check_window_level(self.window, level)
+        self.level = float(level)
+        if self.count:
+            _settle(*self._args(), self.level)  # type: ignore[call-arg]
+
 
 def rolling_quantile(values: np.ndarray, window: int, level: float, band: int | None = None) -> np.ndarray:
     """The window quantile after every single value (float64[n]).

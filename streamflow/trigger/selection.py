@@ -19,14 +19,17 @@ MAX_LINES = 64
 class Selection:
     """The decision on one frame of n events.
 
-    ``accept``: bool[n], passed at least one line; ``bits``: uint64[n], bit i set
-    when line i passed; ``thresholds``: float64[lines], the threshold each line
-    applied (NaN during its warm-up).
+    ``accept``: bool[n], recorded by at least one line; ``bits``: uint64[n], bit i
+    set when line i recorded the event; ``passed``: uint64[n], bit i set when the
+    event passed line i (a prescale N > 1 records only every N-th pass: ``bits``
+    is a subset of ``passed``); ``thresholds``: float64[lines], the threshold each
+    line applied (NaN during its warm-up and for zero-bias lines).
     """
 
     accept: np.ndarray
     bits: np.ndarray
     thresholds: np.ndarray
+    passed: np.ndarray
 
     @property
     def indices(self) -> np.ndarray:

@@ -293,6 +293,11 @@ class RollingHistogramQuantile:
             b.bins_per_decade, b.lo_decade, b.per_sign,
         )
 
+    def set_level(self, level: float) -> None:
+        """Move the quantile to ``level`` (read from the histogram at the next ``value``)."""
+        check_window_level(self.window, level, "histogram quantile")
+        self.level = float(level)
+
     def counts(self) -> np.ndarray:
         """The window's histogram (a copy, int64[n_bins]): sum it across scorers to agree."""
         return self._total.copy()

@@ -1,0 +1,158 @@
+"""Trigger operations on a real stream: every line's warm-up, rate, per-interval rate, budget and zero-bias.
+
+Drives :class:`~streamflow.scoring.frame_scorer.FrameScorer` directly (no sockets:
+the same score -> select -> learn per frame as ``streamflow run``'s scorer) over
+the first ``--events`` events of ``--source`` in frames of 4096 (the producer's
+default), with the preset that fits the source (``lhco``: flow_m, flow_logm,
+cwola, ae at q = 1%, window 20,000, the trigger defaults), and prints per line:
+
+- population: the finite scores the line met (all events for the flows and the
+  autoencoder; SR or sideband events for CWoLA), and the share of it spent in
+  warm-up (``not_judged``);
+- the accepted fraction of the whole population, warm-up included, with its
+  binomial error sqrt(q / population), and its deviation from the target;
+- the accepted fraction over the population's first 20% (warm-up included; to
+  the end of the frame that reaches 20%);
+- per stream interval (``--interval`` events; only whole intervals after the
+  one in which the line started judging): the accepted fraction of the line's population in it, and the
+  largest deviation from target;
+- with ``--budget``: the union's recorded fraction of the stream against the
+  budget; with ``--zero-bias``: its recorded count against rate x events and the
+  binomial error.
+
+    python -m bench.trigger_ops --source ../shared/data/lhco/lhco_rnd_first60k.features.h5 --events 40000
+    python -m bench.trigger_ops --source synthetic --events 1000000 --learners cwola
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from streamflow.events import open_source
+from streamflow.events.chunking import first_events
+from streamflow.scoring.frame_scorer import FrameScorer
+from streamflow.scoring.presets import preset, preset_for_source
+from streamflow.trigger import LineConfig
+
+FRAME = 4096
+
+
+def run(source: str, events: int, signal_fraction: float, learners: list[str] | None, budget: float | None,
+        zero_bias: float | None, interval: int, threads: int, seed: int) -> dict[str, Any]:
+    config = preset(preset_for_source(source), device="cpu")
+    if learners:
+        config = dataclasses.replace(config, learners=tuple(c for c in config.learners if c.name in learners),
+                                     lines=tuple(line for line in config.lines if line.learner in learners))
+    lines = config.lines
+    if zero_bias is not None:
+        lines += (LineConfig("zero_bias", accept=zero_bias, kind="zero_bias", seed=seed),)
+    config = dataclasses.replace(config, lines=lines, budget=budget, threads=threads)
+    scorer = FrameScorer(config)
+    stream = open_source(source, signal_fraction=signal_fraction, seed=seed)
+    frames: list[tuple[int, list[int], list[int], list[bool]]] = []  # (stream offset, seen, accepted, judged)
+    union = 0
+    done = 0
+    start = time.perf_counter()
+    before = scorer.menu.stats()
+    for batch in first_events(stream.chunks(FRAME), events):
+        result = scorer.process(batch)
+        after = scorer.menu.stats()
+        frames.append((done, [b.seen - a.seen for a, b in zip(before, after, strict=True)],
+                       [b.accepted - a.accepted for a, b in zip(before, after, strict=True)],
+                       [b.judged > 0 for b in after]))
+        union += int(result.selection.accept.sum())
+        done += len(batch)
+        before = after
+    seconds = time.perf_counter() - start
+    n_intervals = -(-done // interval)
+    offsets = np.array([f[0] for f in frames]) // interval
+    frame_seen = np.array([f[1] for f in frames], dtype=np.int64)
+    frame_accepted = np.array([f[2] for f in frames], dtype=np.int64)
+    judged = np.array([f[3] for f in frames], dtype=bool)
+    seen = np.zeros((n_intervals, frame_seen.shape[1]), dtype=np.int64)
+    accepted = np.zeros_like(seen)
+    np.add.at(seen, offsets, frame_seen)
+    np.add.at(accepted, offsets, frame_accepted)
+    out: dict[str, Any] = {"source": source, "events": done, "signal_fraction": signal_fraction,
+                           "seconds": seconds, "lines": []}
+    for i, (line, stats) in enumerate(zip(config.lines, scorer.menu.stats(), strict=True)):
+        q = line.accept
+        first_fifth = _first_share(frame_seen[:, i], frame_accepted[:, i], 0.2)
+        warm_from = offsets[np.argmax(judged[:, i])] if judged[:, i].any() else n_intervals
+        whole = [j for j in range(n_intervals) if j > warm_from and (j + 1) * interval <= done and seen[j, i]]
+        fractions = [accepted[j, i] / seen[j, i] for j in whole]
+        out["lines"].append({
+            "name": line.name, "q": q, "population": stats.seen, "not_judged": stats.not_judged,
+            "warmup_share": stats.not_judged / stats.seen if stats.seen else math.nan,
+            "fraction": stats.population_fraction, "error": math.sqrt(q / stats.seen) if stats.seen else math.nan,
+            "deviation": stats.population_fraction / q - 1, "first_20pc": first_fifth,
+            "intervals": fractions, "worst_interval": max((abs(f / q - 1) for f in fractions), default=math.nan),
+            "recorded": stats.recorded, "unique": stats.unique, "overlap": stats.overlap,
+            "correction": stats.correction, "budget_factor": stats.budget_factor, "restarts": stats.restarts,
+        })
+    if budget is not None:
+        out["budget"] = {"target": budget, "union": union / done, "deviation": union / done / budget - 1}
+    if zero_bias is not None:
+        zb = out["lines"][-1]
+        out["zero_bias"] = {"rate": zero_bias, "recorded": zb["recorded"], "expected": zero_bias * done,
+                            "binomial_error": math.sqrt(zero_bias * (1 - zero_bias) * done)}
+    return out
+
+
+def _first_share(seen: np.ndarray, accepted: np.ndarray, share: float) -> float:
+    """Accepted fraction over the first ``share`` of the population, to the end of the frame that reaches it."""
+    total = seen.sum()
+    cumulative = np.cumsum(seen)
+    last = int(np.searchsorted(cumulative, share * total)) + 1
+    return float(accepted[:last].sum() / cumulative[last - 1]) if total else math.nan
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.trigger_ops", description=__doc__.split("\n")[0])
+    p.add_argument("--source", default="synthetic")
+    p.add_argument("--events", type=int, default=1_000_000)
+    p.add_argument("--signal-fraction", type=float, default=0.01)
+    p.add_argument("--learners", help="comma-separated learners of the preset to keep (default: all)")
+    p.add_argument("--budget", type=float)
+    p.add_argument("--zero-bias", type=float)
+    p.add_argument("--interval", type=int, default=100_000, help="stream events per interval (default 100000)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="write the figures here too")
+    args = p.parse_args(argv)
+    learners = args.learners.split(",") if args.learners else None
+    out = run(args.source, args.events, args.signal_fraction, learners, args.budget, args.zero_bias,
+              args.interval, args.threads, args.seed)
+    print(f"{out['source']}: {out['events']:,} events, signal {out['signal_fraction']:.1%}, {out['seconds']:.0f} s "
+          "(2-core CPU VM)")
+    print(f"{'line':<10} {'q':>6} {'population':>10} {'warm-up':>8} {'fraction':>18} {'dev':>7} "
+          f"{'first 20%':>9} {'worst interval':>14} {'unique':>7}")
+    for line in out["lines"]:
+        print(f"{line['name']:<10} {line['q']:>6.2%} {line['population']:>10,} {line['warmup_share']:>8.1%} "
+              f"{line['fraction']:>9.3%} ± {line['error']:.3%} {line['deviation']:>+7.1%} "
+              f"{line['first_20pc']:>9.3%} {line['worst_interval']:>14.1%} {line['unique']:>7,}")
+        if line["intervals"]:
+            print("   per interval: " + " ".join(f"{f:.3%}" for f in line["intervals"]))
+    if "budget" in out:
+        b = out["budget"]
+        print(f"budget {b['target']:.2%}: union {b['union']:.3%} ({b['deviation']:+.1%})")
+    if "zero_bias" in out:
+        z = out["zero_bias"]
+        print(f"zero-bias {z['rate']:.2%}: {z['recorded']:,} recorded, {z['expected']:,.0f} ± "
+              f"{z['binomial_error']:.0f} expected")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
