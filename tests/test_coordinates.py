@@ -89,7 +89,7 @@ def test_the_jacobian_control_is_the_same_model_in_the_other_frame():
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--source", "no-such-source"], "no-such-source: no such file"),
-    (["--q", "0"], "--q 0.0: trigger line"),
+    (["--q", "0"], "--q must be in (0, 1], got 0.0"),
     (["--events", "0"], "--events must be at least 1"),
     (["--source", "gaussian", "--signal-fraction", "0.1"], "--signal-fraction is for LHCO streams"),
 ])  # fmt: skip
