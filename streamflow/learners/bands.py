@@ -112,8 +112,7 @@ class BandFlow(FlowLearner):
 
     def _training_tensors(self, x: Tensor) -> tuple[Tensor, ...]:
         leaked = int(in_bands(self.aux(x, "band"), self.forbidden).sum())
-        if self.collective is not None:
-            leaked = int(self.collective.totals([leaked])[0])
+        leaked = int(self.collective.totals([leaked])[0])
         self.forbidden_events += leaked
         return super()._training_tensors(x)
 

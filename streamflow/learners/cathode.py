@@ -166,8 +166,7 @@ class CathodeClassifier(CWoLALearner):
         n, k = x.shape[0], self.oversample
         data = self.inputs.fit(x)
         counts = [n * k, n]
-        if self.collective is not None:
-            counts = [int(c) for c in self.collective.totals(counts)]
+        counts = [int(c) for c in self.collective.totals(counts)]
         self.class_counts[0] += counts[0]
         self.class_counts[1] += counts[1]
         if n == 0:
@@ -259,8 +258,7 @@ class CathodeLearner(CompositeLearner):
         leaked_before = self.background.forbidden_events
         background = self.background.learn(x)
         counts = self.masses.add(self.region(x))
-        if self.collective is not None:
-            counts = self.collective.sum_(counts)
+        counts = self.collective.sum_(counts)
         self.masses.merge(counts)
         classifier = self.classifier.learn(x) if self.gate.open else {}
         stats = self.combine(classifier, background)

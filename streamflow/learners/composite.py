@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from streamflow.config import to_dict
-from streamflow.distributed import Collective
+from streamflow.distributed import Collective, SoloCollective
 from streamflow.learners.base import LearnerConfigBase, TorchLearner, Totals, check_checkpoint
 from streamflow.learners.preprocessing import column_indices
 
@@ -61,7 +61,7 @@ class CompositeLearner(ABC):
         self.name = config.name or f"{config.kind}-{config.coordinates}"
         self.parts: dict[str, TorchLearner] = self._build_parts()
         self.totals = Totals()
-        self.collective: Collective | None = None
+        self.collective: Collective = SoloCollective(device=self.device)
         self._region_column: int | None = None
         self._width: int | None = None
 
@@ -129,7 +129,7 @@ class CompositeLearner(ABC):
 
     def _sum(self, values: list[float]) -> list[float]:
         """``values`` summed over the data-parallel ranks (unchanged alone)."""
-        return values if self.collective is None else self.collective.totals(values)
+        return self.collective.totals(values)
 
     @staticmethod
     def combine(main: dict[str, float], *others: dict[str, float]) -> dict[str, float]:
