@@ -93,6 +93,7 @@ def _selected(msg: Message) -> SelectedEvents:
     n = len(batch)
     return SelectedEvents(
         ids=np.array(batch.ids), seq=np.full(n, msg.seq, np.uint64), bits=np.array(msg.bits),
+        passed=np.array(msg.passed),
         scores=np.array(msg.scores), features=np.array(batch.features),
         labels=np.array(batch.labels) if batch.labels is not None else np.full(n, -1, np.int8),
     )

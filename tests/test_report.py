@@ -51,7 +51,7 @@ def write_selections(run_dir: Path, rng: np.random.Generator) -> SelectedEvents:
     n = 600
     events = SelectedEvents(
         ids=np.arange(n, dtype=np.uint64), seq=np.arange(n, dtype=np.uint64) // 100,
-        bits=rng.integers(1, 8, n).astype(np.uint64), scores=rng.normal(size=(n, 3)).astype(np.float32),
+        bits=(bits := rng.integers(1, 8, n).astype(np.uint64)), passed=bits, scores=rng.normal(size=(n, 3)).astype(np.float32),
         features=rng.normal(size=(n, 3)).astype(np.float32), labels=(rng.random(n) < 0.3).astype(np.int8),
     )
     writer = SelectionWriter(run_dir / "selections.h5", ("x0", "x1", "sample"), TOY_LINES)
@@ -173,6 +173,7 @@ def test_trigger_operations_section_has_the_menu_counts_and_zero_bias_rates(tmp_
         i = selection.indices
         kept.append(SelectedEvents(ids=np.arange(k * 1000, (k + 1) * 1000, dtype=np.uint64)[i],
                                    seq=np.full(len(i), k, np.uint64), bits=selection.bits[i],
+                                   passed=selection.passed[i],
                                    scores=np.zeros((len(i), 3), np.float32), features=np.zeros((len(i), 1), np.float32),
                                    labels=labels[i]))
     writer = SelectionWriter(tmp_path / "selections.h5", ("x0",), tuple(line.name for line in lines))

@@ -79,7 +79,25 @@ def test_selection_round_trip() -> None:
     assert msg.line_names == ("flow_log_mass", "cwola")
     assert_same_batch(msg.batch, batch)
     assert msg.bits.tolist() == [1, 2, 3, 1]
+    assert msg.passed.tolist() == [1, 2, 3, 1]  # no passed bits given: a menu without prescales
     np.testing.assert_array_equal(msg.scores, scores)  # NaN included
+
+
+def test_selection_carries_passed_and_recorded_bits() -> None:
+    batch = make_batch(3)
+    recorded = np.array([1, 2, 2], dtype=np.uint64)
+    passed = np.array([3, 2, 3], dtype=np.uint64)  # events 0 and 2 passed line 0 (prescaled), not recorded by it
+    msg = decode(as_bytes(encode_selection(batch, recorded, np.zeros((3, 2), np.float32), ["ps", "b"],
+                                           seq=0, stream_id=0, send_ns=0, passed=passed)))
+    assert msg.bits.tolist() == [1, 2, 2] and msg.passed.tolist() == [3, 2, 3]
+    with pytest.raises(ValueError, match="recorded bit without its passed bit"):
+        encode_selection(batch, passed, np.zeros((3, 2), np.float32), ["ps", "b"], seq=0, stream_id=0, send_ns=0,
+                         passed=recorded)
+    parts = as_bytes(encode_selection(batch, recorded, np.zeros((3, 2), np.float32), ["ps", "b"], seq=0,
+                                      stream_id=0, send_ns=0, passed=passed))
+    parts[-3], parts[-2] = parts[-2], parts[-3]  # recorded and passed swapped in transit
+    with pytest.raises(WireError, match="recorded trigger bit without its passed bit"):
+        decode(parts)
 
 
 def test_control_round_trip() -> None:
@@ -148,7 +166,7 @@ def with_header(**fields: int | bytes) -> list[bytes]:
         ([b"\x00" * 10], "needs at least"),
         ([np.random.default_rng(1).bytes(300)], "magic"),
         (with_header(magic=b"ZMQ!"), "bad magic"),
-        (with_header(version=2), "version 2"),
+        (with_header(version=3), "version 3"),
         (with_header(kind=99), "unknown message kind"),
         (with_header(dtype=0), "dtype"),
         (with_header(dtype=7), "dtype"),
@@ -159,7 +177,7 @@ def with_header(**fields: int | bytes) -> list[bytes]:
         (with_header(meta_len=3), "header part has"),
         (with_header(hash=1), "schema hash"),
         (with_header(flags=0), "parts, expected 3"),
-        (with_header(kind=int(Kind.SELECTION)), "parts, expected 6"),
+        (with_header(kind=int(Kind.SELECTION)), "parts, expected 7"),
         (with_header(kind=int(Kind.ACK)), "parts, expected 1"),
         (good_parts()[:3], "parts, expected 4"),
         (good_parts() + [b""], "parts, expected 4"),
@@ -225,4 +243,4 @@ def test_header_layout_is_fixed() -> None:
     # 4s magic, H version, B kind, B dtype, H flags, I stream, Q seq, Q send_ns, I n, I f, Q hash, I meta
     assert HEADER.size == 50
     assert HEADER.format == "<4sHBBHIQQIIQI"
-    assert struct.unpack_from("<4sH", good_parts()[0]) == (b"SFLW", 1)
+    assert struct.unpack_from("<4sH", good_parts()[0]) == (b"SFLW", 2)

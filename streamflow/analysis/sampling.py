@@ -220,10 +220,10 @@ def write_samples(path: str | Path, samples: Samples) -> None:
     n, n_ranges = len(samples), len(samples.ranges)
     writer = SelectionWriter(tmp, samples.names, tuple(f"{samples.names[0]} {r.label}" for r in samples.ranges),
                              config=samples.meta)
+    bits = np.uint64(1) << samples.range_index.astype(np.uint64)
     try:
         writer.append(SelectedEvents(
-            ids=np.arange(n, dtype=np.uint64), seq=np.zeros(n, np.uint64),
-            bits=(np.uint64(1) << samples.range_index.astype(np.uint64)),
+            ids=np.arange(n, dtype=np.uint64), seq=np.zeros(n, np.uint64), bits=bits, passed=bits,
             scores=np.full((n, n_ranges), np.nan, np.float32), features=samples.features.astype(np.float32),
             labels=np.full(n, -1, np.int8),
         ))

@@ -1,8 +1,10 @@
 """What a scorer sends to the sink for one frame: its accepted events and every line's score of them.
 
 One SELECTION message per frame, empty ones too (the sink counts frames by them):
-the frame's events that passed at least one trigger line, their trigger bits
-(bit i: passed line i, in menu order) and an L-column score matrix (line i's
+the frame's events that at least one trigger line recorded, their trigger bits
+(bit i of ``bits``: line i, in menu order, recorded the event; of ``passed``: the
+event passed line i's threshold, recorded or not after its prescale -- an event
+that only passed is not sent) and an L-column score matrix (line i's
 learner's score of each accepted event, NaN = not scored or a zero-bias line), stamped with the
 frame's stream id, sequence number and the producer's send time, so the sink's
 latency and sequence account follow the original frame.
@@ -31,5 +33,6 @@ def selection_parts(batch: EventBatch, result: FrameResult, lines: Sequence[Line
     else:
         line_scores = np.zeros((len(accepted), 0), np.float32)
     parts = encode_selection(batch.take(accepted), result.selection.bits[accepted], line_scores,
-                             tuple(line.name for line in lines), seq=seq, stream_id=stream_id, send_ns=send_ns)
+                             tuple(line.name for line in lines), seq=seq, stream_id=stream_id, send_ns=send_ns,
+                             passed=result.selection.passed[accepted])
     return parts, len(accepted)

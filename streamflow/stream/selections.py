@@ -4,7 +4,9 @@ Layout (one group per file, readable with plain h5py)::
 
     /ids        uint64[n]        event id in the source stream
     /seq        uint64[n]        sequence number of the frame the event came in
-    /bits       uint64[n]        bit i set = trigger line i accepted the event
+    /bits       uint64[n]        bit i set = trigger line i recorded the event (after its prescale)
+    /passed     uint64[n]        bit i set = the event passed line i's threshold (a superset of bits:
+                                 a prescale N records every N-th pass; a zero-bias line's bit = sampled)
     /scores     float32[n, L]    every line's score for the event (NaN: not scored)
     /features   float32[n, F]    the event's features as streamed
     /labels     int8[n]          truth label, -1 when the source had none
@@ -17,6 +19,10 @@ followed by an HDF5 flush, so a crash loses at most the last interval's events.
 Each flush ends by recording ``rows`` (and the writer's state, e.g. the sink's
 sequence tracker) *after* the data: a flush cut short by ``kill -9`` leaves rows
 beyond ``rows`` that readers and a reopening writer ignore.
+
+Every row has at least one recorded bit: an event that passed a prescaled line
+but was recorded by none is not written. Files of format 1 (before ``passed``)
+read with ``passed`` = ``bits``; a writer does not append to them.
 
 A full disk is different: HDF5 that fails in the middle of a write leaves a file
 it cannot open again ("truncated file"). So before each flush the writer checks
@@ -43,9 +49,9 @@ import numpy as np
 
 from streamflow.errors import SourceError, StreamflowError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the passed bits
 CHUNK_ROWS = 4096
-_COLUMNS = ("ids", "seq", "bits", "scores", "features", "labels")
+_COLUMNS = ("ids", "seq", "bits", "passed", "scores", "features", "labels")
 METADATA_MARGIN = 1 << 20
 """Bytes kept free beyond a flush's rows and chunks, for HDF5's metadata (B-tree nodes, attributes)."""
 
@@ -57,6 +63,7 @@ class SelectedEvents:
     ids: np.ndarray
     seq: np.ndarray
     bits: np.ndarray
+    passed: np.ndarray
     scores: np.ndarray
     features: np.ndarray
     labels: np.ndarray
@@ -117,7 +124,8 @@ class SelectionWriter:
     def _create(self, config: dict[str, Any]) -> None:
         n_features, n_lines = len(self.feature_names), len(self.line_names)
         shapes = {
-            "ids": ((0,), np.uint64), "seq": ((0,), np.uint64), "bits": ((0,), np.uint64),
+            "ids": ((0,), np.uint64), "seq": ((0,), np.uint64),
+            "bits": ((0,), np.uint64), "passed": ((0,), np.uint64),
             "scores": ((0, n_lines), np.float32), "features": ((0, n_features), np.float32),
             "labels": ((0,), np.int8),
         }
@@ -136,6 +144,9 @@ class SelectionWriter:
 
     def _check_matches(self) -> None:
         attrs = self._file.attrs
+        if int(attrs.get("format_version", 0)) != FORMAT_VERSION:
+            raise StreamflowError(f"{self.path} is a selections file of format {attrs.get('format_version')}, "
+                                  f"this build writes format {FORMAT_VERSION}: choose a new file")
         if tuple(json.loads(attrs["feature_names"])) != self.feature_names or tuple(
             json.loads(attrs["line_names"])
         ) != self.line_names:
@@ -191,7 +202,7 @@ class SelectionWriter:
 
     def _check_room(self, rows: int) -> None:
         """StreamflowError (and ``broken``) if writing ``rows`` rows might not fit on the disk."""
-        row_bytes = 8 + 8 + 8 + 4 * len(self.line_names) + 4 * len(self.feature_names) + 1
+        row_bytes = 8 + 8 + 8 + 8 + 4 * len(self.line_names) + 4 * len(self.feature_names) + 1
         need = (rows + CHUNK_ROWS) * row_bytes + METADATA_MARGIN
         stat = os.statvfs(self.path.parent)
         free = stat.f_bavail * stat.f_frsize
@@ -224,7 +235,7 @@ class SelectionWriter:
 
 def committed_rows(handle: h5py.File) -> int:
     """Rows committed by the last complete flush (files without the count: every row)."""
-    length = min(handle[name].shape[0] for name in _COLUMNS)
+    length = min(handle[name].shape[0] for name in _COLUMNS if name in handle)
     return min(int(handle.attrs.get("rows", length)), length)
 
 
@@ -233,7 +244,9 @@ def read_selections(path: str | Path) -> tuple[SelectedEvents, dict[str, Any]]:
     try:
         with h5py.File(path, "r") as handle:
             rows = committed_rows(handle)
-            events = SelectedEvents(**{name: handle[name][:rows] for name in SelectedEvents.__dataclass_fields__})
+            columns = {name: handle[name][:rows] for name in _COLUMNS if name in handle}
+            columns.setdefault("passed", columns["bits"])  # format 1: no passed bits were kept
+            events = SelectedEvents(**columns)
             attrs = {
                 "feature_names": tuple(json.loads(handle.attrs["feature_names"])),
                 "line_names": tuple(json.loads(handle.attrs["line_names"])),

@@ -9,6 +9,7 @@ kind      parts after the header        meta
 DATA      ids uint64[n], features       {"names": [f feature names]}
           float32[n, f], [labels int8]
 SELECTION as DATA, then bits uint64[n],  {"names": [...], "lines": [L names]}
+          passed uint64[n],
           scores float32[n, L]
 RAW       ids uint64[n], counts          {"names": ["pt", "eta", "phi"]}
           uint32[n], pt, eta, phi
@@ -51,7 +52,7 @@ from streamflow.events.particles import ParticleBatch
 from streamflow.trigger.selection import MAX_LINES
 
 MAGIC = b"SFLW"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: SELECTION carries passed bits beside the recorded ones
 MAX_META_BYTES = 64 * 1024
 
 #: magic, version u16, kind u8, dtype u8, flags u16, stream id u32, seq u64,
@@ -91,8 +92,8 @@ _KINDS = {int(kind): kind for kind in Kind}
 class Message:
     """One decoded message.
 
-    ``batch`` is set for DATA and SELECTION, ``particles`` for RAW; ``bits`` (uint64[n]), ``scores``
-    (float32[n, L]) and ``line_names`` for SELECTION; ``meta`` (a dict) for control
+    ``batch`` is set for DATA and SELECTION, ``particles`` for RAW; ``bits`` (uint64[n], recorded),
+    ``passed`` (uint64[n]), ``scores`` (float32[n, L]) and ``line_names`` for SELECTION; ``meta`` (a dict) for control
     kinds. ``send_ns`` is the sender's ``time.time_ns()`` when it sent the frame.
     """
 
@@ -103,6 +104,7 @@ class Message:
     schema_hash: int
     batch: EventBatch | None = None
     bits: np.ndarray | None = None
+    passed: np.ndarray | None = None
     scores: np.ndarray | None = None
     line_names: tuple[str, ...] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
@@ -186,10 +188,13 @@ def encode_data(batch: EventBatch, *, seq: int, stream_id: int, send_ns: int) ->
 
 def encode_selection(batch: EventBatch, bits: np.ndarray, scores: np.ndarray,
                      line_names: Sequence[str], *, seq: int, stream_id: int,
-                     send_ns: int) -> list[Any]:
-    """The parts of a SELECTION message: accepted events, their trigger bits, all lines' scores.
+                     send_ns: int, passed: np.ndarray | None = None) -> list[Any]:
+    """The parts of a SELECTION message: recorded events, their trigger bits, all lines' scores.
 
-    bits: uint64[n], bit i set when the event passed line ``line_names[i]``.
+    bits: uint64[n], bit i set when line ``line_names[i]`` recorded the event.
+    passed: uint64[n], bit i set when the event passed line i's threshold (a
+    prescaled line records only every N-th pass); a superset of ``bits``. None:
+    ``bits`` (a menu without prescales).
     scores: float32[n, L], every line's score of every accepted event (NaN = not scored).
     """
     lines = tuple(line_names)
@@ -197,11 +202,14 @@ def encode_selection(batch: EventBatch, bits: np.ndarray, scores: np.ndarray,
     if len(lines) > MAX_LINES:
         raise ValueError(f"{len(lines)} trigger lines exceed the {MAX_LINES} bits of the mask")
     bits = np.ascontiguousarray(bits, dtype=np.uint64)
+    passed = bits if passed is None else np.ascontiguousarray(passed, dtype=np.uint64)
     scores = np.ascontiguousarray(scores, dtype=np.float32)
-    if bits.shape != (n,) or scores.shape != (n, len(lines)):
-        raise ValueError(f"bits {list(bits.shape)} / scores {list(scores.shape)} do not fit "
-                         f"{n} events x {len(lines)} lines")
-    return _event_parts(batch, Kind.SELECTION, seq, stream_id, send_ns, lines) + [bits, scores]
+    if bits.shape != (n,) or passed.shape != (n,) or scores.shape != (n, len(lines)):
+        raise ValueError(f"bits {list(bits.shape)} / passed {list(passed.shape)} / scores {list(scores.shape)} "
+                         f"do not fit {n} events x {len(lines)} lines")
+    if np.any(bits & ~passed):
+        raise ValueError("a recorded bit without its passed bit: a line records only events that passed it")
+    return _event_parts(batch, Kind.SELECTION, seq, stream_id, send_ns, lines) + [bits, passed, scores]
 
 
 def encode_raw(particles: ParticleBatch, *, seq: int, stream_id: int, send_ns: int) -> list[Any]:
@@ -323,7 +331,7 @@ def decode(parts: Sequence[Any]) -> Message:
     labelled = bool(flags & HAS_LABELS)
     if kind == Kind.RAW:
         return _decode_raw(views, labelled, stream_id, seq, send_ns, n, f, hash_, bytes(raw_meta))
-    expected = 3 + labelled + (2 if kind == Kind.SELECTION else 0)
+    expected = 3 + labelled + (3 if kind == Kind.SELECTION else 0)
     if len(parts) != expected:
         raise WireError(f"{kind.name} message has {len(parts)} parts, expected {expected}")
     names, lines = _event_meta_checked(bytes(raw_meta), kind == Kind.SELECTION, f, hash_)
@@ -333,7 +341,8 @@ def decode(parts: Sequence[Any]) -> Message:
     if labelled:
         _expect_size(views[3], n, 3, "labels")
     if lines is not None:
-        _expect_size(views[-2], 8 * n, expected - 2, "trigger bits")
+        _expect_size(views[-3], 8 * n, expected - 3, "trigger bits")
+        _expect_size(views[-2], 8 * n, expected - 2, "passed bits")
         _expect_size(views[-1], 4 * n * len(lines), expected - 1, "scores")
 
     batch = EventBatch(
@@ -344,11 +353,14 @@ def decode(parts: Sequence[Any]) -> Message:
     )
     if lines is None:
         return Message(kind, stream_id, seq, send_ns, hash_, batch=batch)
-    bits = np.frombuffer(views[-2], dtype=np.uint64)
-    if len(lines) < MAX_LINES and np.any(bits >> np.uint64(len(lines))):
+    bits = np.frombuffer(views[-3], dtype=np.uint64)
+    passed = np.frombuffer(views[-2], dtype=np.uint64)
+    if len(lines) < MAX_LINES and np.any(passed >> np.uint64(len(lines))):
         raise WireError(f"trigger bits set beyond the {len(lines)} lines")
+    if np.any(bits & ~passed):
+        raise WireError("a recorded trigger bit without its passed bit")
     scores = np.frombuffer(views[-1], dtype=np.float32).reshape(n, len(lines))
-    return Message(kind, stream_id, seq, send_ns, hash_, batch=batch, bits=bits, scores=scores,
+    return Message(kind, stream_id, seq, send_ns, hash_, batch=batch, bits=bits, passed=passed, scores=scores,
                    line_names=lines)
 
 
