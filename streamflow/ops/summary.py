@@ -17,6 +17,12 @@ counts after the line's warm-up) and its scores sample (``scores-<scorer>.npz``)
   (default 3.3-3.7 TeV, the scorer's ``signal_region``), the literature's
   convention; the AUC there too.
 
+- ``operations``: the line's counts over the whole run, as in the scorer's
+  ledger: ``seen`` (its population, warm-up included), ``not_judged`` (met in
+  warm-up), ``accepted`` (passed its threshold: the ``passed`` bits),
+  ``recorded`` (kept after its ``prescale``: the ``bits`` of ``selections.h5``),
+  ``unique``, ``overlap`` (per other line), ``restarts``; ``kind`` "score" or "zero_bias".
+
 ``population`` states what the figures are of: events, signal fraction, and the
 signal-region S/B. ``equal_rate`` compares the learners at one stream-wide rate
 (the smallest any line achieved) on the scores sample: each learner's top
@@ -38,6 +44,9 @@ from streamflow.ops.dashboard import lookup, number
 from streamflow.ops.run_folder import RunData
 from streamflow.scoring.score_buffer import RESERVED
 from streamflow.trigger.menu import SIGNAL_REGION
+
+OPERATIONS = ("kind", "prescale", "seen", "not_judged", "accepted", "recorded", "unique", "overlap", "restarts")
+"""A line's trigger-operation counts, as the scorer's ledger has them (whole run, warm-up included)."""
 
 SUMMARY_FILE = "summary.json"
 
@@ -135,6 +144,7 @@ def run_summary(run: RunData) -> dict[str, Any]:
                 "achieved": number(line.get("achieved")), "threshold": number(line.get("threshold")),
                 "scored_fraction": scored, "scores_all_events": None if scored is None else scored >= 0.999,
                 "stream": stream_part, "signal_region": sr_part,
+                "operations": {key: line.get(key) for key in OPERATIONS},
             }
             rows.append(row)
         rates = [float(r["stream"]["fraction"]) for r in rows if r["stream"]["fraction"]]
