@@ -1,8 +1,11 @@
 """The monitor process loop: a SUB socket on the telemetry endpoint -> a live dashboard or plain lines.
 
-The monitor *binds* the telemetry endpoint (default tcp://127.0.0.1:5559) and
-every process of a run connects a PUB socket to it, so processes can come and go
-in any order. Each JSON message is folded into a
+On its own the monitor *binds* the telemetry endpoint (default
+tcp://127.0.0.1:5559) and every process of a run connects a PUB socket to it, so
+processes can come and go in any order -- and it is the one listener. With
+``connect`` it instead connects to a telemetry hub's subscriber endpoint
+(:mod:`consumers.telemetry_hub`; ``streamflow run`` runs one), beside any number
+of other monitors and exporters that all receive every record. Each JSON message is folded into a
 :class:`~streamflow.ops.dashboard.MonitorState`; the state is drawn four times a
 second with one :class:`rich.live.Live` on a terminal, or printed as one plain
 line every ``interval`` seconds otherwise (a pipe, a log file, ``plain=True``).
@@ -32,7 +35,7 @@ from rich.live import Live
 from streamflow.errors import ConfigError
 from streamflow.ops.dashboard import MonitorState, plain_line, render
 from streamflow.ops.prometheus import MetricsExporter, start_exporter
-from streamflow.stream.transport import bind
+from streamflow.stream.transport import bind, connect
 
 DEFAULT_TELEMETRY_ENDPOINT = "tcp://127.0.0.1:5559"
 LIVE_REFRESH_S = 0.25  # the dashboard is redrawn 4 times a second
@@ -76,6 +79,7 @@ def run_monitor(
     console: Console | None = None,
     interval: float = 1.0,
     metrics_port: int | None = None,
+    connect_to_hub: bool = False,
 ) -> MonitorState:
     """Show the telemetry arriving on ``endpoint`` until q, ``stop_event``, ``duration`` or ``idle_exit``.
 
@@ -84,15 +88,15 @@ def run_monitor(
     ``exit_reason`` says why it ended ("quit", "stopped", "duration" or "idle").
     A bad or busy endpoint raises ConfigError before anything is drawn.
     metrics_port: also serve every process's telemetry as Prometheus metrics there
-    (:mod:`streamflow.ops.prometheus`, ``process`` label = the record's role): the
-    monitor binds the one SUB socket the processes publish to, so this is how an
-    exporter watches the same telemetry side by side with the dashboard.
+    (:mod:`streamflow.ops.prometheus`, ``process`` label = the record's role).
+    connect_to_hub: ``endpoint`` is a telemetry hub's subscriber endpoint, to
+    connect to (else the publishers' endpoint, bound here).
     """
     console = console or Console()
     plain = plain or not console.is_terminal
     stop_event = stop_event or threading.Event()
     ctx = zmq.Context()
-    sub = bind(ctx, zmq.SUB, endpoint)
+    sub = (connect if connect_to_hub else bind)(ctx, zmq.SUB, endpoint)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     try:
         exporter = start_exporter("monitor", metrics_port, by_role=True)

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 STREAMFLOW = [sys.executable, "-m", "streamflow.cli.main"]
 
 
-def free_port_block(size: int = 5) -> int:
+def free_port_block(size: int = 6) -> int:
     """A base port P with P..P+size-1 all free on 127.0.0.1 (checked by binding each)."""
     for _ in range(200):
         with socket.socket() as probe:

@@ -142,7 +142,7 @@ def test_streamflow_run_with_reco_workers_balances_the_ledger_end_to_end(tmp_pat
     done = streamflow("run", "--source", str(raw_file), "--reco-workers", str(workers), "--loop", "--events", "1500",
                       "--frame-size", "250", "--learners", "cwola,ae", "--device", "cpu", "--threads", "1",
                       "--no-monitor", "--no-report", "--run-dir", str(run_dir),
-                      "--base-port", str(free_port_block(6 + 2 * workers)), timeout=360)
+                      "--base-port", str(free_port_block(7 + 2 * workers)), timeout=360)
     assert done.returncode == 0, done.stderr
     stages = {s["name"]: s["events"] for s in json.loads((run_dir / "ledger.json").read_text())["stages"]}
     assert stages["sent"] == stages["reco received"] == stages["reconstructed"] == 1500

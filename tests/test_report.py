@@ -49,9 +49,10 @@ def toy_scores(rng: np.random.Generator, n_background: int = 20_000) -> dict[str
 
 def write_selections(run_dir: Path, rng: np.random.Generator) -> SelectedEvents:
     n = 600
+    bits = rng.integers(1, 8, n).astype(np.uint64)
     events = SelectedEvents(
         ids=np.arange(n, dtype=np.uint64), seq=np.arange(n, dtype=np.uint64) // 100,
-        bits=(bits := rng.integers(1, 8, n).astype(np.uint64)), passed=bits, scores=rng.normal(size=(n, 3)).astype(np.float32),
+        bits=bits, passed=bits, scores=rng.normal(size=(n, 3)).astype(np.float32),
         features=rng.normal(size=(n, 3)).astype(np.float32), labels=(rng.random(n) < 0.3).astype(np.int8),
     )
     writer = SelectionWriter(run_dir / "selections.h5", ("x0", "x1", "sample"), TOY_LINES)

@@ -70,7 +70,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="output folder (default runs/coordinates-<date-time>)")
     add_scorer_options(p, "q", "device", "threads", note="; --q is also the selection fraction compared "
                        f"between coordinates (default {STUDY_Q})")
-    p.add_argument("--base-port", type=int, default=5555, help="first of five local tcp ports (default 5555)")
+    p.add_argument("--base-port", type=int, default=5555, help="first of six local tcp ports (default 5555)")
     p.set_defaults(func=main)
 
 

@@ -16,8 +16,8 @@ from streamflow import __version__
 from streamflow.errors import StreamflowError
 
 SUBCOMMANDS = (
-    "replay", "proxy", "reco", "consume", "sink", "run", "monitor", "report", "sample", "ephemeral", "coordinates",
-    "keys",
+    "replay", "proxy", "reco", "consume", "sink", "run", "monitor", "hub", "report", "sample", "ephemeral",
+    "coordinates", "keys",
 )
 
 

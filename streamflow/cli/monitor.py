@@ -15,8 +15,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Listen for the telemetry of producers, scorers and sinks and draw a live dashboard "
                     "(q or Ctrl-C quits), or print one plain line per interval when not on a terminal.",
     )
-    p.add_argument("--endpoint", default=DEFAULT_TELEMETRY_ENDPOINT,
-                   help=f"telemetry endpoint to bind; processes publish to it (default {DEFAULT_TELEMETRY_ENDPOINT})")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--endpoint", default=DEFAULT_TELEMETRY_ENDPOINT,
+                       help="telemetry endpoint to bind; processes publish to it, and this monitor is their one "
+                            f"listener (default {DEFAULT_TELEMETRY_ENDPOINT})")
+    where.add_argument("--connect", metavar="ENDPOINT",
+                       help="instead, connect to a telemetry hub's subscriber endpoint (`streamflow run`'s: its "
+                            "base port + 5; `streamflow hub`'s --subscribe), beside any other monitors and exporters")
     p.add_argument("--plain", action="store_true", help="plain text lines even on a terminal")
     p.add_argument("--duration", type=float, metavar="S", help="exit after S seconds")
     p.add_argument("--interval", type=float, default=1.0, metavar="S",
@@ -34,6 +39,7 @@ def main(args: argparse.Namespace) -> int:
                           ("--exit-after-idle", args.idle_exit)):
         if value is not None and not value > 0:
             raise ConfigError(f"{option} must be positive seconds, got {value:g}")
-    run_monitor(args.endpoint, plain=args.plain, duration=args.duration, idle_exit=args.idle_exit,
-                stop_event=stop_on_signals(), interval=args.interval, metrics_port=args.metrics_port)
+    run_monitor(args.connect or args.endpoint, plain=args.plain, duration=args.duration, idle_exit=args.idle_exit,
+                stop_event=stop_on_signals(), interval=args.interval, metrics_port=args.metrics_port,
+                connect_to_hub=args.connect is not None)
     return 0

@@ -8,12 +8,16 @@ drains the scorer and the sink in order, so checkpoints and files are complete.
 A child that fails stops the others.
 
 Endpoints, from ``base_port`` P on 127.0.0.1: producer data P (control P+1),
-scorer selections P+2 (control P+3), monitor telemetry P+4.
+scorer selections P+2 (control P+3), telemetry P+4: every process publishes
+there to this process's telemetry hub (:mod:`consumers.telemetry_hub`), which
+republishes on P+5 for the live monitor and any other subscriber
+(``streamflow monitor --connect tcp://127.0.0.1:P+5``, with or without
+``--metrics-port``), all side by side.
 
 With ``--reco-workers K`` the source is a raw LHCO particle file: the producer
 sends RAW frames, K reconstruction workers (consumers/reco.py) share them and
-send feature frames on P+5+2k (k = 0..K-1, control one above), joined for the
-scorer by a proxy on P+5+2K when K > 1. The ledger then runs through the reco
+send feature frames on P+6+2k (k = 0..K-1, control one above), joined for the
+scorer by a proxy on P+6+2K when K > 1. The ledger then runs through the reco
 stage: received, reconstructed, rejected by reason, per worker.
 """
 
@@ -35,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from consumers.sink import SinkConfig, run_sink
+from consumers.telemetry_hub import TelemetryHub
 from producers.replay import ReplayConfig, run_replay
 from streamflow.cli.outputs import output_folder
 from streamflow.cli.replay import parse_rate
@@ -73,7 +78,7 @@ class RunOptions:
             raise ConfigError(f"base port must be in [1024, 65530], got {self.base_port}")
         if not 0 <= self.reco_workers <= MAX_RECO_WORKERS:
             raise ConfigError(f"reco workers must be in [0, {MAX_RECO_WORKERS}], got {self.reco_workers}")
-        if self.base_port + 6 + 2 * self.reco_workers > 65535:
+        if self.base_port + 7 + 2 * self.reco_workers > 65535:
             raise ConfigError(f"base port {self.base_port} leaves no room for {self.reco_workers} reco workers' ports")
         if self.duration is not None and not self.duration > 0:
             raise ConfigError(f"duration must be positive seconds, got {self.duration}")
@@ -117,7 +122,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_scorer_options(p, "q", "budget", "zero_bias", "device", "threads",
                        note="; given, it replaces the --config file's value")
     p.add_argument("--run-dir", help="run folder (default runs/<date-time>)")
-    p.add_argument("--base-port", type=int, help="first of five local tcp ports (default 5555)")
+    p.add_argument("--base-port", type=int, help="first of six local tcp ports (default 5555)")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.add_argument("--no-monitor", action="store_true", help="no live dashboard")
     p.add_argument("--plain", action="store_true", help="plain monitor lines instead of the dashboard")
@@ -289,6 +294,7 @@ def run_pipeline(config: RunConfig, *, console_monitor: Callable[..., Any] | Non
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "run.json").write_text(json.dumps(to_dict(config), indent=2, default=str) + "\n")
     telemetry = run.endpoint(4)
+    hub = TelemetryHub(telemetry, run.endpoint(5))  # before the children: their records have a listener
     sink = SinkConfig(endpoint=run.endpoint(2), telemetry=telemetry, run_dir=str(run_dir))
     scorer = ConsumeConfig(scorer=config.scorer, endpoint=run.endpoint(0), selections=run.endpoint(2),
                            telemetry=telemetry, run_dir=str(run_dir), checkpoint_every=run.checkpoint_every,
@@ -307,7 +313,7 @@ def run_pipeline(config: RunConfig, *, console_monitor: Callable[..., Any] | Non
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if in_main else None
     try:
         if console_monitor is not None:
-            console_monitor(telemetry, stop)  # returns once ``stop`` is set, or early on q
+            console_monitor(hub.subscribe, stop)  # returns once ``stop`` is set, or early on q
         else:
             while not stop.wait(0.2):
                 pass
@@ -323,6 +329,7 @@ def run_pipeline(config: RunConfig, *, console_monitor: Callable[..., Any] | Non
             process.kill()
         raise
     finally:
+        hub.close()
         if in_main:
             signal.signal(signal.SIGTERM, previous)
     reported = []
@@ -337,7 +344,7 @@ def _start_reco(children: dict[str, BaseProcess], errors: Any, run: RunOptions, 
     from consumers.reco import RecoWorkerConfig, run_reco_worker
     from producers.proxy import ProxyConfig
 
-    outputs = [run.endpoint(5 + 2 * k) for k in range(run.reco_workers)]
+    outputs = [run.endpoint(6 + 2 * k) for k in range(run.reco_workers)]
     for k, output in enumerate(outputs):
         worker = RecoWorkerConfig(endpoint=run.endpoint(0), output=output, stream_id=k + 1, name=f"reco-{k}",
                                   telemetry=telemetry, run_dir=run_dir, hwm=CHILD_HWM,
@@ -345,7 +352,7 @@ def _start_reco(children: dict[str, BaseProcess], errors: Any, run: RunOptions, 
         children[worker.name] = _start(worker.name, errors, run_reco_worker, worker)
     if len(outputs) == 1:
         return outputs[0]
-    proxy = ProxyConfig(upstream=tuple(outputs), endpoint=run.endpoint(5 + 2 * len(outputs)), stream_id=0,
+    proxy = ProxyConfig(upstream=tuple(outputs), endpoint=run.endpoint(6 + 2 * len(outputs)), stream_id=0,
                         hwm=CHILD_HWM, kernel_buffer=CHILD_KERNEL_BUFFER, eos_timeout=EOS_TIMEOUT_S,
                         name="reco-proxy")
     children["reco-proxy"] = _start("reco-proxy", errors, _join_workers, proxy, run_dir)
@@ -481,6 +488,6 @@ def _monitor_runner(run: RunOptions) -> Callable[[str, threading.Event], Any]:
 
     def monitor(endpoint: str, stop: threading.Event) -> None:
         run_monitor(endpoint, plain=run.plain or not sys.stdout.isatty(), stop_event=stop,
-                    interval=0.5 if sys.stdout.isatty() else 5.0)
+                    interval=0.5 if sys.stdout.isatty() else 5.0, connect_to_hub=True)
 
     return monitor
