@@ -3,25 +3,35 @@
 Drives :class:`~streamflow.scoring.frame_scorer.FrameScorer` directly (no sockets:
 the same score -> select -> learn per frame as ``streamflow run``'s scorer) over
 the first ``--events`` events of ``--source`` in frames of 4096 (the producer's
-default), with the preset that fits the source (``lhco``: flow_m, flow_logm,
-cwola, ae at q = 1%, window 20,000, the trigger defaults), and prints per line:
+default), with the preset that fits the source (``lhco``: the default menu --
+flow_m, flow_logm, cwola, ae, cathode at q = 1%, window 20,000, the trigger
+defaults), and prints per line:
 
 - population: the finite scores the line met (all events for the flows and the
-  autoencoder; SR or sideband events for CWoLA), and the share of it spent in
-  warm-up (``not_judged``);
+  autoencoder; SR or sideband events for CWoLA; SR events once its gate is open
+  for CATHODE), and the share of it spent in warm-up (``not_judged``);
 - the accepted fraction of the whole population, warm-up included, with its
   binomial error sqrt(q / population), and its deviation from the target;
 - the accepted fraction over the population's first 20% (warm-up included; to
   the end of the frame that reaches 20%);
 - per stream interval (``--interval`` events; only whole intervals after the
   one in which the line started judging): the accepted fraction of the line's population in it, and the
-  largest deviation from target;
-- with ``--budget``: the union's recorded fraction of the stream against the
-  budget; with ``--zero-bias``: its recorded count against rate x events and the
-  binomial error.
+  largest deviation from target.
 
-    python -m bench.trigger_ops --source ../shared/data/lhco/lhco_rnd_first60k.features.h5 --events 40000
-    python -m bench.trigger_ops --source synthetic --events 1000000 --learners cwola
+``--budget`` and ``--zero-bias`` run a second menu beside the default one on the
+same scores (the learners learn from every event whatever a menu selects, so it
+is the menu a run with those options would have): the default menu's lines plus
+a zero-bias line, within the budget. Printed: the union's recorded fraction of
+the stream against the budget, each line's share, and the zero-bias line's
+recorded count against rate x events with its binomial error.
+
+``--done-when`` runs issue 16's two streams in one command -- ``--lhco``'s first
+40,000 events at 1% signal (intervals of 10,000), then the synthetic million
+(intervals of 100,000) with a 3% budget and a 0.2% zero-bias line -- and ends
+with a verdict per point (see :func:`verdicts`).
+
+    python -m bench.trigger_ops --done-when --lhco ../shared/data/lhco/lhco_rnd_first60k.features.h5
+    python -m bench.trigger_ops --source synthetic --events 1000000 --budget 0.03 --zero-bias 0.002
 """
 
 from __future__ import annotations
@@ -40,7 +50,7 @@ from streamflow.events import open_source
 from streamflow.events.chunking import first_events
 from streamflow.scoring.frame_scorer import FrameScorer
 from streamflow.scoring.presets import preset, preset_for_source
-from streamflow.trigger import LineConfig
+from streamflow.trigger import LineConfig, TriggerMenu
 
 FRAME = 4096
 
@@ -51,11 +61,15 @@ def run(source: str, events: int, signal_fraction: float, learners: list[str] | 
     if learners:
         config = dataclasses.replace(config, learners=tuple(c for c in config.learners if c.name in learners),
                                      lines=tuple(line for line in config.lines if line.learner in learners))
-    lines = config.lines
-    if zero_bias is not None:
-        lines += (LineConfig("zero_bias", accept=zero_bias, kind="zero_bias", seed=seed),)
-    config = dataclasses.replace(config, lines=lines, budget=budget, threads=threads)
+    config = dataclasses.replace(config, threads=threads)
     scorer = FrameScorer(config)
+    budgeted = None
+    if budget is not None or zero_bias is not None:
+        lines = config.lines
+        if zero_bias is not None:
+            lines += (LineConfig("zero_bias", accept=zero_bias, kind="zero_bias", seed=seed),)
+        budgeted = TriggerMenu(lines, signal_region=config.signal_region, budget=budget,
+                               budget_control=config.budget_control)
     stream = open_source(source, signal_fraction=signal_fraction, seed=seed)
     frames: list[tuple[int, list[int], list[int], list[bool]]] = []  # (stream offset, seen, accepted, judged)
     union = 0
@@ -68,7 +82,9 @@ def run(source: str, events: int, signal_fraction: float, learners: list[str] | 
         frames.append((done, [b.seen - a.seen for a, b in zip(before, after, strict=True)],
                        [b.accepted - a.accepted for a, b in zip(before, after, strict=True)],
                        [b.judged > 0 for b in after]))
-        union += int(result.selection.accept.sum())
+        if budgeted is not None:
+            region = batch.column("mjj") if "mjj" in batch.names else None
+            union += int(budgeted.select(result.scores, batch.labels, region).accept.sum())
         done += len(batch)
         before = after
     seconds = time.perf_counter() - start
@@ -82,7 +98,7 @@ def run(source: str, events: int, signal_fraction: float, learners: list[str] | 
     np.add.at(seen, offsets, frame_seen)
     np.add.at(accepted, offsets, frame_accepted)
     out: dict[str, Any] = {"source": source, "events": done, "signal_fraction": signal_fraction,
-                           "seconds": seconds, "lines": []}
+                           "interval": interval, "seconds": seconds, "lines": []}
     for i, (line, stats) in enumerate(zip(config.lines, scorer.menu.stats(), strict=True)):
         q = line.accept
         first_fifth = _first_share(frame_seen[:, i], frame_accepted[:, i], 0.2)
@@ -96,15 +112,61 @@ def run(source: str, events: int, signal_fraction: float, learners: list[str] | 
             "deviation": stats.population_fraction / q - 1, "first_20pc": first_fifth,
             "intervals": fractions, "worst_interval": max((abs(f / q - 1) for f in fractions), default=math.nan),
             "recorded": stats.recorded, "unique": stats.unique, "overlap": stats.overlap,
-            "correction": stats.correction, "budget_factor": stats.budget_factor, "restarts": stats.restarts,
+            "correction": stats.correction, "restarts": stats.restarts,
         })
-    if budget is not None:
-        out["budget"] = {"target": budget, "union": union / done, "deviation": union / done / budget - 1}
-    if zero_bias is not None:
-        zb = out["lines"][-1]
-        out["zero_bias"] = {"rate": zero_bias, "recorded": zb["recorded"], "expected": zero_bias * done,
-                            "binomial_error": math.sqrt(zero_bias * (1 - zero_bias) * done)}
+    if budgeted is not None:
+        shares = {s.name: {"fraction": s.population_fraction, "recorded": s.recorded, "unique": s.unique,
+                           "budget_factor": s.budget_factor} for s in budgeted.stats()}
+        out["budgeted_menu"] = shares
+        if budget is not None:
+            out["budget"] = {"target": budget, "union": union / done, "deviation": union / done / budget - 1}
+        if zero_bias is not None:
+            out["zero_bias"] = {"rate": zero_bias, "recorded": shares["zero_bias"]["recorded"],
+                                "expected": zero_bias * done,
+                                "binomial_error": math.sqrt(zero_bias * (1 - zero_bias) * done)}
     return out
+
+
+def verdicts(out: dict[str, Any]) -> list[tuple[str, bool]]:
+    """Issue 16's Done-when points on one run's figures: (what was measured, whether it holds).
+
+    A file source (the real LHCO stream): each line's accepted fraction over the
+    first 20% of its population and over its whole population, warm-up included,
+    within 10% of target. The synthetic stream: each line within +-5% of target on
+    every whole interval after warm-up and within +-2% overall. A line that never
+    scored holds neither. The budget: the union within +-5% of it. Zero-bias: the
+    recorded count within 2 binomial sigmas of rate x events.
+    """
+    found = []
+    real = out["source"] not in ("synthetic", "gaussian")
+    for line in out["lines"]:
+        name, q = line["name"], line["q"]
+        if not line["population"]:
+            found.append((f"{name}: population 0 (its learner never scored an event)", False))
+            continue
+        if real:
+            first = line["first_20pc"] / q - 1
+            found.append((f"{name}: first 20% of its population {line['first_20pc']:.3%} ({first:+.1%})",
+                          abs(first) <= 0.10))
+            found.append((f"{name}: whole population {line['fraction']:.3%} ({line['deviation']:+.1%})",
+                          abs(line["deviation"]) <= 0.10))
+        else:
+            worst = line["worst_interval"]
+            found.append((f"{name}: worst of {len(line['intervals'])} intervals after warm-up {worst:.1%} off"
+                          if line["intervals"] else f"{name}: no whole interval after warm-up",
+                          bool(line["intervals"]) and worst <= 0.05))
+            found.append((f"{name}: overall {line['fraction']:.3%} ({line['deviation']:+.1%})",
+                          abs(line["deviation"]) <= 0.02))
+    if "budget" in out:
+        b = out["budget"]
+        found.append((f"budget {b['target']:.2%}: union {b['union']:.3%} ({b['deviation']:+.1%})",
+                      abs(b["deviation"]) <= 0.05))
+    if "zero_bias" in out:
+        z = out["zero_bias"]
+        pull = (z["recorded"] - z["expected"]) / z["binomial_error"]
+        found.append((f"zero-bias: {z['recorded']:,} recorded, {z['expected']:,.0f} +- {z['binomial_error']:.0f} "
+                      f"expected ({pull:+.1f} sigma)", abs(pull) <= 2))
+    return found
 
 
 def _first_share(seen: np.ndarray, accepted: np.ndarray, share: float) -> float:
@@ -113,6 +175,26 @@ def _first_share(seen: np.ndarray, accepted: np.ndarray, share: float) -> float:
     cumulative = np.cumsum(seen)
     last = int(np.searchsorted(cumulative, share * total)) + 1
     return float(accepted[:last].sum() / cumulative[last - 1]) if total else math.nan
+
+
+def report(out: dict[str, Any]) -> None:
+    """Print one run's figures and its verdicts."""
+    print(f"{out['source']}: {out['events']:,} events, signal {out['signal_fraction']:.1%}, {out['seconds']:.0f} s "
+          "(2-core CPU VM)")
+    print(f"{'line':<10} {'q':>6} {'population':>10} {'warm-up':>8} {'fraction':>18} {'dev':>7} "
+          f"{'first 20%':>9} {'worst interval':>14} {'unique':>7}")
+    for line in out["lines"]:
+        print(f"{line['name']:<10} {line['q']:>6.2%} {line['population']:>10,} {line['warmup_share']:>8.1%} "
+              f"{line['fraction']:>9.3%} ± {line['error']:.3%} {line['deviation']:>+7.1%} "
+              f"{line['first_20pc']:>9.3%} {line['worst_interval']:>14.1%} {line['unique']:>7,}")
+        if line["intervals"]:
+            print(f"   per {out['interval']:,}-event interval: " + " ".join(f"{f:.3%}" for f in line["intervals"]))
+    if "budgeted_menu" in out:
+        print("beside it, the same lines within the budget: " + ", ".join(
+            f"{name} {share['fraction']:.3%} (g {share['budget_factor']:.2f})"
+            for name, share in out["budgeted_menu"].items()))
+    for what, holds in verdicts(out):
+        print(f"  {'holds ' if holds else 'FAILS '} {what}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,31 +208,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interval", type=int, default=100_000, help="stream events per interval (default 100000)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--done-when", action="store_true",
+                   help="the LHCO file's first 40,000 events, then the synthetic million with a 3%% budget and "
+                        "a 0.2%% zero-bias line, each with its verdicts")
+    p.add_argument("--lhco", default="../shared/data/lhco/lhco_rnd_first60k.features.h5",
+                   help="the real LHCO features file of --done-when")
     p.add_argument("--json", help="write the figures here too")
     args = p.parse_args(argv)
     learners = args.learners.split(",") if args.learners else None
-    out = run(args.source, args.events, args.signal_fraction, learners, args.budget, args.zero_bias,
-              args.interval, args.threads, args.seed)
-    print(f"{out['source']}: {out['events']:,} events, signal {out['signal_fraction']:.1%}, {out['seconds']:.0f} s "
-          "(2-core CPU VM)")
-    print(f"{'line':<10} {'q':>6} {'population':>10} {'warm-up':>8} {'fraction':>18} {'dev':>7} "
-          f"{'first 20%':>9} {'worst interval':>14} {'unique':>7}")
-    for line in out["lines"]:
-        print(f"{line['name']:<10} {line['q']:>6.2%} {line['population']:>10,} {line['warmup_share']:>8.1%} "
-              f"{line['fraction']:>9.3%} ± {line['error']:.3%} {line['deviation']:>+7.1%} "
-              f"{line['first_20pc']:>9.3%} {line['worst_interval']:>14.1%} {line['unique']:>7,}")
-        if line["intervals"]:
-            print("   per interval: " + " ".join(f"{f:.3%}" for f in line["intervals"]))
-    if "budget" in out:
-        b = out["budget"]
-        print(f"budget {b['target']:.2%}: union {b['union']:.3%} ({b['deviation']:+.1%})")
-    if "zero_bias" in out:
-        z = out["zero_bias"]
-        print(f"zero-bias {z['rate']:.2%}: {z['recorded']:,} recorded, {z['expected']:,.0f} ± "
-              f"{z['binomial_error']:.0f} expected")
+    if args.done_when:
+        runs = [run(args.lhco, 40_000, 0.01, learners, None, None, 10_000, args.threads, args.seed),
+                run("synthetic", 1_000_000, 0.01, learners, 0.03, 0.002, 100_000, args.threads, args.seed)]
+    else:
+        runs = [run(args.source, args.events, args.signal_fraction, learners, args.budget, args.zero_bias,
+                    args.interval, args.threads, args.seed)]
+    for out in runs:
+        report(out)
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=1)
+            json.dump(runs if args.done_when else runs[0], fh, indent=1)
     return 0
 
 
