@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -95,3 +96,29 @@ def test_a_second_monitor_watches_a_run_beside_the_runs_own_monitor(tmp_path) ->
     for monitor_output in (result.stdout, out):
         seen = [line for line in monitor_output.splitlines() if line.startswith("t=") and "scorer" in line]
         assert seen and "ae " in seen[-1], monitor_output[-2000:]  # each heard the scorer and its line
+
+
+def test_streamflow_hub_forwards_until_sigterm_and_refuses_a_bad_endpoint_in_one_line() -> None:
+    base = free_port_block(2)
+    publish, subscribe = f"tcp://127.0.0.1:{base}", f"tcp://127.0.0.1:{base + 1}"
+    hub = subprocess.Popen([sys.executable, "-m", "streamflow.cli.main", "hub", "--publish", publish,
+                            "--subscribe", subscribe], cwd=REPO, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "PYTHONPATH": str(REPO)})
+    ctx = zmq.Context()
+    sub = _subscriber(ctx, subscribe)
+    pub = ctx.socket(zmq.PUB)
+    pub.connect(publish)
+    heard = []
+    until = time.monotonic() + 20
+    while not heard and time.monotonic() < until:  # the hub starts, then the subscription reaches the PUB
+        pub.send(b'{"role": "scorer", "n": 0}')
+        heard = _drain(sub, time.monotonic() + 0.2, 1)
+    hub.send_signal(signal.SIGTERM)
+    _, err = hub.communicate(timeout=10)
+    for sock in (sub, pub):
+        sock.close(linger=0)
+    ctx.term()
+    assert heard == [{"role": "scorer", "n": 0}] and hub.returncode == 0, err
+    bad = streamflow("hub", "--publish", "bogus")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "streamflow hub: error: bad endpoint 'bogus': expected tcp://HOST:PORT or ipc://PATH"]
