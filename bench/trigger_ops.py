@@ -56,11 +56,15 @@ FRAME = 4096
 
 
 def run(source: str, events: int, signal_fraction: float, learners: list[str] | None, budget: float | None,
-        zero_bias: float | None, interval: int, threads: int, seed: int) -> dict[str, Any]:
+        zero_bias: float | None, interval: int, threads: int, seed: int,
+        control: float | None = None) -> dict[str, Any]:
     config = preset(preset_for_source(source), device="cpu")
     if learners:
         config = dataclasses.replace(config, learners=tuple(c for c in config.learners if c.name in learners),
                                      lines=tuple(line for line in config.lines if line.learner in learners))
+    if control is not None:
+        config = dataclasses.replace(config, lines=tuple(dataclasses.replace(line, control=control)
+                                                         for line in config.lines))
     config = dataclasses.replace(config, threads=threads)
     scorer = FrameScorer(config)
     budgeted = None
@@ -208,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interval", type=int, default=100_000, help="stream events per interval (default 100000)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--control", type=float, help="every line's rate-control time constant tau, in accepts "
+                   "(default: the preset's)")
     p.add_argument("--done-when", action="store_true",
                    help="the LHCO file's first 40,000 events, then the synthetic million with a 3%% budget and "
                         "a 0.2%% zero-bias line, each with its verdicts")
@@ -221,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                 run("synthetic", 1_000_000, 0.01, learners, 0.03, 0.002, 100_000, args.threads, args.seed)]
     else:
         runs = [run(args.source, args.events, args.signal_fraction, learners, args.budget, args.zero_bias,
-                    args.interval, args.threads, args.seed)]
+                    args.interval, args.threads, args.seed, args.control)]
     for out in runs:
         report(out)
     if args.json:

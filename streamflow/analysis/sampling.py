@@ -52,7 +52,7 @@ def check_ranges(ranges: Sequence[MassRange]) -> tuple[MassRange, ...]:
     if not ranges:
         raise ConfigError("no mjj range to sample in")
     ordered = sorted(ranges, key=lambda r: r.low)
-    for a, b in zip(ordered[:-1], ordered[1:]):
+    for a, b in zip(ordered[:-1], ordered[1:], strict=True):
         if b.low < a.high:
             raise ConfigError(f"mjj ranges {a.label} and {b.label} overlap")
     return ranges
@@ -183,7 +183,7 @@ def sample_ranges(flow: FlowLearner, distribution: ContextDistribution, n: int,
     devices = [flow.device] if flow.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        for i, (r, count) in enumerate(zip(ranges, counts)):
+        for i, (r, count) in enumerate(zip(ranges, counts, strict=True)):
             for start in range(0, count, SAMPLE_CHUNK):
                 m = distribution.draw(rng, min(SAMPLE_CHUNK, count - start), r)
                 x = flow.sample(len(m), m)
