@@ -57,31 +57,40 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def test_a_live_scorer_serves_counters_equal_to_its_ledger(tmp_path: Path) -> None:
     (tmp_path / "menu.toml").write_text(MENU)
-    base = free_port_block(4)  # the producer's data socket and the one after it, then two /metrics
+    base = free_port_block(7)  # the producer's and the sink's data sockets (each with its control), three /metrics
     endpoint, metrics_port, producer_port = f"tcp://127.0.0.1:{base}", base + 2, base + 3
+    selections, sink_port = f"tcp://127.0.0.1:{base + 4}", base + 6
     run_dir = tmp_path / "run"
+    sink = subprocess.Popen(
+        [*STREAMFLOW, "sink", "--endpoint", selections, "--run-dir", str(run_dir), "--idle-timeout", "90",
+         "--metrics-port", str(sink_port), "--metrics-hold", "60"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     producer = subprocess.Popen(  # first: it binds (a scorer connecting to a free port could take it)
         [*STREAMFLOW, "replay", "gaussian", "--events", str(EVENTS), "--frame-size", str(FRAME),
          "--endpoint", endpoint, "--eos-timeout", "90", "--metrics-port", str(producer_port), "--metrics-hold", "60"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     scorer = subprocess.Popen(
         [*STREAMFLOW, "consume", "--config", str(tmp_path / "menu.toml"), "--endpoint", endpoint,
-         "--run-dir", str(run_dir), "--idle-timeout", "60", "--metrics-port", str(metrics_port),
+         "--selections", selections, "--run-dir", str(run_dir), "--idle-timeout", "60",
+         "--metrics-port", str(metrics_port),
          "--metrics-hold", "60"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ledger_path = run_dir / "ledger-scorer.json"
+    ledger_path, sink_ledger_path = run_dir / "ledger-scorer.json", run_dir / "ledger-sink.json"
     try:
         deadline = time.monotonic() + 120
-        while not ledger_path.exists():  # written at the end of the run, before the metrics hold
-            assert scorer.poll() is None and time.monotonic() < deadline, scorer.communicate()[1]
-            time.sleep(0.2)
+        for path, process in ((ledger_path, scorer), (sink_ledger_path, sink)):
+            while not path.exists():  # written at the end of the run, before the metrics hold
+                assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1]
+                time.sleep(0.2)
         time.sleep(0.5)  # the ledger is one write; the final record was observed before it
         samples = scrape(metrics_port)
         produced = scrape(producer_port)
+        sunk = scrape(sink_port)
     finally:
-        scorer.kill()
-        producer.kill()
+        for process in (scorer, producer, sink):
+            process.kill()
         scorer.communicate()
     ledger = json.loads(ledger_path.read_text())
+    sink_stages = {stage["name"]: stage["events"] for stage in json.loads(sink_ledger_path.read_text())["stages"]}
     stages = {stage["name"]: stage["events"] for stage in ledger["stages"]}
     scorer_labels = (("process", "scorer"),)
     assert samples[("streamflow_events_total", (("process", "scorer"), ("stage", "scored")))] == stages["scored"]
@@ -89,6 +98,11 @@ def test_a_live_scorer_serves_counters_equal_to_its_ledger(tmp_path: Path) -> No
     assert produced[("streamflow_events_total", (("process", "producer"), ("stage", "sent")))] == EVENTS
     assert produced[("streamflow_frames_total", (("process", "producer"), ("stage", "sent")))] == EVENTS // FRAME
     assert samples[("streamflow_accepted_total", scorer_labels)] == stages["accepted"]
+    sink_labels = (("process", "sink"),)
+    assert sunk[("streamflow_events_total", (("process", "sink"), ("stage", "received")))] \
+        == sink_stages["selections received"] == stages["sent to sink"] == stages["accepted"] > 0
+    assert sunk[("streamflow_written_total", sink_labels)] == sink_stages["written"] == stages["accepted"]
+    assert sunk[("streamflow_pending_rows", sink_labels)] == 0  # everything flushed at the end
     lines = {line["name"]: line for line in ledger["lines"]}
     assert set(lines) == {"ae_5pc", "ae_20pc_ps4", "zero_bias"}
     for name, line in lines.items():
