@@ -355,13 +355,13 @@ def _selection_lines(run: RunData) -> list[str]:
     rows = []
     labelled = events.labels >= 0
     for i, name in enumerate(attrs["line_names"]):
-        passed = (events.bits >> np.uint64(i)) & np.uint64(1) == 1
-        signal = int((events.labels[passed & labelled] == 1).sum())
-        rows.append([name, f"{int(passed.sum()):,}",
-                     f"{signal:,} ({signal / max(int((passed & labelled).sum()), 1):.1%})"
+        recorded = (events.bits >> np.uint64(i)) & np.uint64(1) == 1
+        signal = int((events.labels[recorded & labelled] == 1).sum())
+        rows.append([name, f"{int(recorded.sum()):,}",
+                     f"{signal:,} ({signal / max(int((recorded & labelled).sum()), 1):.1%})"
                      if labelled.any() else "-"])
     if rows:
-        out += [""] + _table(["line", "accepted events", "signal among them"], rows)
+        out += [""] + _table(["line", "recorded events", "signal among them"], rows)
     return out
 
 
@@ -418,17 +418,19 @@ def _zero_bias_lines(run: RunData) -> list[str]:
     for i, name in enumerate(names):
         if i in zero_bias:
             continue
-        passed = (events.bits >> np.uint64(i)) & np.uint64(1) == 1
+        passed, recorded = ((mask >> np.uint64(i)) & np.uint64(1) == 1 for mask in (events.passed, events.bits))
         cells = [name]
-        for subset in (sample, background):
-            n, k = int(subset.sum()), int((passed & subset).sum())
+        for bits, subset in ((passed, sample), (passed, background), (recorded, sample)):
+            n, k = int(subset.sum()), int((bits & subset).sum())
             p = k / n if n else float("nan")
             cells.append(f"{fmt_fraction(p)} ± {fmt_fraction(np.sqrt(p * (1 - p) / n))} ({k}/{n})" if n else "-")
         rows.append(cells)
     return ["## Line rates from the zero-bias sample", "",
-            f"`{names[zero_bias[0]]}` records a uniform random sample of the stream: the fraction of it a line "
-            "also recorded estimates the line's rate without the trigger's bias (binomial errors).", ""] \
-        + _table(["line", "rate (all)", "rate (background, label 0)"], rows) + [""]
+            f"`{names[zero_bias[0]]}` records a uniform random sample of the stream, and every event it records "
+            "carries each line's passed and recorded bits: the fraction of the sample that passed a line "
+            "estimates the line's rate without the trigger's bias (before its prescale), the fraction it also "
+            "recorded its recorded rate (binomial errors).", ""] \
+        + _table(["line", "passed (all)", "passed (background, label 0)", "recorded (all)"], rows) + [""]
 
 
 def _summary(run: RunData) -> str:
