@@ -23,7 +23,7 @@ from streamflow.stream.telemetry import TelemetryReporter
 ctx = zmq.Context()
 pub = ctx.socket(zmq.PUB)
 pub.connect(sys.argv[1])
-time.sleep(1.0)  # the subscriptions reach a new PUB connection a moment after it connects
+time.sleep(2.0)  # the subscriptions reach a new PUB connection a moment after it connects
 reporter = TelemetryReporter(sys.argv[2], publish=pub.send)
 for i in range(int(sys.argv[3])):
     reporter.report({"events": 100 * (i + 1), "frames": i + 1})
