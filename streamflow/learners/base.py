@@ -229,14 +229,26 @@ class TorchLearner(ABC):
         """float32[n] anomaly scores (higher = more anomalous); no side effects.
 
         NaN for events with a non-finite value in a column the learner reads (a frame
-        such as tanh would otherwise map inf to a finite, meaningless score)."""
+        such as tanh would otherwise map inf to a finite, meaningless score).
+
+        Runs :meth:`evaluate` under ``torch.inference_mode``: like ``no_grad`` it records no
+        graph, and it also skips the version counters and view tracking of every tensor it
+        makes; the scores are bit-identical. The result is an inference tensor: read it, copy
+        it, compute from it, but it cannot be modified in place or saved for a backward pass
+        outside inference mode. ``python -m bench.scoring`` measures this against ``no_grad``
+        (and torch.compile, and the two flows of the menu batched in one call)."""
+        with torch.inference_mode():
+            return self.evaluate(x)
+
+    def evaluate(self, x: Tensor) -> Tensor:
+        """The body of :meth:`score`, under whatever autograd mode the caller holds (the
+        benchmark times it under ``no_grad`` and ``inference_mode``); call it without gradient."""
         x = self._check(x)
         if x.shape[0] == 0:  # some flow libraries cannot evaluate an empty batch
             return torch.empty(0, device=self.device)
-        with torch.no_grad():
-            scores = self._score(self.scoring_model, x).float()
-            finite = torch.isfinite(x.index_select(1, self._used_columns())).all(dim=1)
-            return torch.where(finite, scores, torch.full_like(scores, math.nan))
+        scores = self._score(self.scoring_model, x).float()
+        finite = torch.isfinite(x.index_select(1, self._used_columns())).all(dim=1)
+        return torch.where(finite, scores, torch.full_like(scores, math.nan))
 
     def learn(self, x: Tensor) -> dict[str, float]:
         """Learn from frame x; returns loss and grad_norm (means over the applied steps),
