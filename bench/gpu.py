@@ -30,7 +30,7 @@ option (``--learn POLICY``: the merge checks the name of the option it adds).
 The tables are markdown (the README's GPU section is this output); ``--json`` writes every
 figure. Wall seconds per part are printed, so a GPU session sees where its minutes went.
 
-    python -m bench.gpu [--device auto|cpu|cuda[:N]] [--quick] [--threads N] [--json PATH]
+    python -m bench.gpu [--device auto|cpu|cuda[:N]] [--quick] [--sizes N,N,...] [--threads N] [--json PATH]
 """
 
 from __future__ import annotations
@@ -189,19 +189,33 @@ def pipeline_table(runs: list[Pipeline]) -> str:
     return markdown(header, rows, 2)
 
 
+def frame_sizes(text: str) -> tuple[int, ...]:
+    """--sizes: comma-separated frame sizes, 1 to 1,048,576 events each."""
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"frame sizes are comma-separated integers, got {text!r}") from None
+    if not all(1 <= n <= max(SIZES) for n in sizes):
+        raise argparse.ArgumentTypeError(f"frame sizes must be 1 to {max(SIZES):,}, got {text!r}")
+    return sizes
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda[:N] (default auto)")
     parser.add_argument("--quick", action="store_true",
                         help=f"frames of {', '.join(f'{n:,}' for n in QUICK_SIZES)} events, fewer rounds, "
                              f"one short end-to-end run")
+    parser.add_argument("--sizes", type=frame_sizes, default=None, metavar="N,N,...",
+                        help="frame sizes of the learner and backend rows instead of "
+                             f"{', '.join(f'{n:,}' for n in SIZES)} (a CPU takes hours at 1M)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: the scorer's, all cores but three, at least one)")
     parser.add_argument("--json", metavar="PATH", help="also write every figure as JSON")
     args = parser.parse_args(argv)
     torch.set_num_threads(cpu_threads(args.threads or 0))
     device = resolve_device(args.device)
-    sizes = QUICK_SIZES if args.quick else SIZES
+    sizes = args.sizes or (QUICK_SIZES if args.quick else SIZES)
     rounds = (QUICK_SCORE_ROUNDS, QUICK_LEARN_ROUNDS) if args.quick else (SCORE_ROUNDS, LEARN_ROUNDS)
     e2e = [QUICK_E2E] if args.quick else [(n, E2E_EVENTS) for n in E2E_FRAMES]
     print(f"streamflow GPU suite, {hotpaths.machine()}, torch threads {torch.get_num_threads()}, device {device}")
