@@ -1,17 +1,17 @@
-"""The learners' scoring path: which way of running it is fastest, measured against the old path in one process.
+"""The learners' scoring path: which way of running it is fastest, measured against the current path in one process.
 
 The scorer scores every event of every frame with every learner, so the score call is the part
-of the work that must keep up with the input. Each variant below is timed against the old
-path, ``learner.evaluate(x)`` under ``torch.no_grad()`` (what ``learner.score`` ran before),
+of the work that must keep up with the input. Each variant below is timed against the current
+path, ``learner.evaluate(x)`` under ``torch.no_grad()`` (what ``learner.score`` runs),
 on the same frame, rounds interleaved (baseline, then variant); ratio = baseline time / variant
 time (min over rounds each): above 1 the variant is faster.
 
 =================  ==========================================================================
 variant            what runs
 =================  ==========================================================================
-inference_mode     ``learner.evaluate(x)`` under ``torch.inference_mode()`` (what
-                   ``learner.score`` runs now): no autograd graph, as no_grad, and no version
-                   counters or view tracking on the tensors it makes
+inference_mode     ``learner.evaluate(x)`` under ``torch.inference_mode()``: no autograd graph,
+                   as no_grad, and no version counters or view tracking on the tensors it
+                   makes (its outputs cannot be modified in place outside inference mode)
 compile            ``torch.compile(learner.evaluate)`` (inductor; ``mode="reduce-overhead"``,
                    CUDA graphs, on CUDA), under inference_mode; the compile time (first call)
                    is its own column and not in the ratio. ``--no-compile`` leaves it out
@@ -39,8 +39,8 @@ import json
 import math
 import time
 from collections.abc import Callable
-from functools import partial
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch

@@ -231,18 +231,16 @@ class TorchLearner(ABC):
         NaN for events with a non-finite value in a column the learner reads (a frame
         such as tanh would otherwise map inf to a finite, meaningless score).
 
-        Runs :meth:`evaluate` under ``torch.inference_mode``: like ``no_grad`` it records no
-        graph, and it also skips the version counters and view tracking of every tensor it
-        makes; the scores are bit-identical. The result is an inference tensor: read it, copy
-        it, compute from it, but it cannot be modified in place or saved for a backward pass
-        outside inference mode. ``python -m bench.scoring`` measures this against ``no_grad``
-        (and torch.compile, and the two flows of the menu batched in one call)."""
-        with torch.inference_mode():
+        Runs :meth:`evaluate` under ``torch.no_grad``. ``python -m bench.scoring`` times the
+        alternatives against it on the same frames: ``torch.inference_mode`` (bit-identical scores),
+        ``torch.compile`` (within 3e-5 of these scores) and the menu's two flows in one vmapped
+        call; none was faster beyond the run-to-run noise on the CPU (README, Performance)."""
+        with torch.no_grad():
             return self.evaluate(x)
 
     def evaluate(self, x: Tensor) -> Tensor:
         """The body of :meth:`score`, under whatever autograd mode the caller holds (the
-        benchmark times it under ``no_grad`` and ``inference_mode``); call it without gradient."""
+        benchmark times it under ``no_grad``, ``inference_mode`` and compiled); call it without gradient."""
         x = self._check(x)
         if x.shape[0] == 0:  # some flow libraries cannot evaluate an empty batch
             return torch.empty(0, device=self.device)

@@ -119,7 +119,7 @@ class CompositeLearner(ABC):
         x = x.to(self.device, torch.float32)
         if x.shape[0] == 0:
             return torch.empty(0, device=self.device)
-        with torch.inference_mode():  # as TorchLearner.score: no graph, no version counters
+        with torch.no_grad():
             return self._score(x).float()
 
     def learn(self, x: Tensor) -> dict[str, float]:
