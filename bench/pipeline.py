@@ -217,10 +217,11 @@ def backend_case(kind: str, nflows: FlowConfig, zuko: FlowConfig, n: int,
     return case, macs_per_event(learners[0].model), macs_per_event(learners[1].model)
 
 
-def backend_speeds(sizes: list[int], device: torch.device, rounds: int) -> list[BackendSpeed]:
+def backend_speeds(sizes: list[int], device: torch.device, rounds: int,
+                   transforms: tuple[str, ...] = TRANSFORMS) -> list[BackendSpeed]:
     """Item 7 of the module docstring: zuko (same options, and nflows' MACs) vs nflows, per frame size."""
     rows = []
-    for transform in TRANSFORMS:
+    for transform in transforms:
         nflows = replace(lhco_flow(), backend="nflows", transform=transform)
         sides = {"same options": replace(nflows, backend="zuko"),
                  "nflows' MACs": replace(nflows, backend="zuko", blocks=2 * nflows.blocks + 1)}
@@ -303,14 +304,17 @@ def _free_ports(count: int, rng: random.Random) -> int:
                 s.close()
 
 
-def end_to_end(frame_size: int, events: int, workdir: Path, threads: int | None) -> EndToEnd:
-    """Run ``streamflow run`` and read its scorer's telemetry lines."""
-    run_dir = workdir / f"run-{frame_size}"
+def end_to_end(frame_size: int, events: int, workdir: Path, threads: int | None, device: str = "auto",
+               options: tuple[str, ...] = ()) -> EndToEnd:
+    """Run ``streamflow run`` (on ``device``, with any further ``options`` of the command) and read its
+    scorer's telemetry lines."""
+    label = "-".join([str(frame_size), *(o.strip("-") for o in options)])
+    run_dir = workdir / f"run-{label}"
     command = [sys.executable, "-m", "streamflow.cli.main", "run", "--events", str(events), "--frame-size",
-               str(frame_size), "--run-dir", str(run_dir), "--no-report"]
+               str(frame_size), "--run-dir", str(run_dir), "--no-report", "--device", device, *options]
     if threads is not None:
         command += ["--threads", str(threads)]
-    log = workdir / f"run-{frame_size}.log"
+    log = workdir / f"run-{label}.log"
     rng = random.Random()
     for _ in range(BIND_TRIES):  # a port taken between the check and the bind: try other ports
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -420,7 +424,7 @@ def main(argv: list[str] | None = None) -> None:
         ("p99 us", "p99_us", ".0f"), ("ns/event", "ns_per_event", ".1f")]))
 
     with tempfile.TemporaryDirectory(prefix="sfpipe") as tmp:
-        runs = [end_to_end(n, n * e2e_frames, Path(tmp), args.threads) for n in e2e_sizes]
+        runs = [end_to_end(n, n * e2e_frames, Path(tmp), args.threads, args.device) for n in e2e_sizes]
     print(quantile._table("\nend to end: streamflow run (defaults, max rate), scorer telemetry", runs, [
         ("frame", "frame_size", ","), ("events", "events", ","), ("device", "device", ""),
         ("events/s", "events_per_s", ",.0f"), ("ms/frame", "frame_ms", ".1f"),
