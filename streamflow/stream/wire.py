@@ -13,7 +13,8 @@ SELECTION as DATA, then bits uint64[n],  {"names": [...], "lines": [L names]}
 RAW       ids uint64[n], counts          {"names": ["pt", "eta", "phi"]}
           uint32[n], pt, eta, phi
           float64[P], [labels int8[n]]
-control   none                          a small dict of counts (EOS, HELLO, ACK)
+control   none                          a small dict of counts (EOS, HELLO, ACK, FRAME_ACK,
+                                        HEARTBEAT)
 ========  ============================  ======================================
 
 RAW frames carry particle events, ragged: event i owns particles
@@ -70,6 +71,8 @@ class Kind(enum.IntEnum):
     HELLO = 4  #: receiver -> sender control socket: "I am here" (meta: name, pid)
     ACK = 5  #: receiver -> sender: END_OF_STREAM received (meta: name, frames, events)
     RAW = 7  #: a frame of particle events (ragged pT, eta, phi), before reconstruction
+    FRAME_ACK = 8  #: receiver -> sender (acknowledged delivery): frame (stream id, seq) fully handled
+    HEARTBEAT = 9  #: sender -> receiver (acknowledged delivery): a liveness probe, ignored by the receiver
 
 
 #: header flag bits
