@@ -45,6 +45,8 @@ from streamflow.scoring.frame_scorer import ScorerConfig, resolve_device
 from streamflow.scoring.rank_merge import merged_ledger
 from streamflow.scoring.selection import selection_parts
 from streamflow.scoring.stream_scorer import ConsumeStats, Intake, StreamScorer
+from streamflow.stream.acked_transport import AckedReceiver
+from streamflow.stream.delivery import DEFAULT_WINDOW, MAX_WINDOW
 from streamflow.stream.ledger import Ledger
 from streamflow.stream.telemetry import ScorerRecord, TelemetryReporter
 from streamflow.stream.transport import (
@@ -73,6 +75,10 @@ class ConsumeConfig:
     selections_curve: serve the selections socket under CURVE, admitting only authorised sinks.
     metrics_port: serve Prometheus ``/metrics`` here (streamflow.ops.prometheus; rank r of
     data-parallel ranks on metrics_port + r); metrics_hold: seconds to keep serving after the run.
+    acked: take frames by acknowledged delivery (the producer runs it too; a lone scorer only),
+    holding at most ``ack_window`` unacknowledged: each frame is acknowledged once scored, its
+    selections sent and journalled, and a redelivered frame handled before is acknowledged
+    without being scored again (StreamScorer.already_processed).
     """
 
     scorer: ScorerConfig
@@ -91,9 +97,13 @@ class ConsumeConfig:
     selections_curve: Curve | None = None
     metrics_port: int | None = None
     metrics_hold: float = 0.0
+    acked: bool = False
+    ack_window: int = DEFAULT_WINDOW
 
     def __post_init__(self) -> None:
         check_metrics(self.metrics_port, self.metrics_hold)
+        if not 1 <= self.ack_window <= MAX_WINDOW:
+            raise ConfigError(f"ack window must be 1 to {MAX_WINDOW} frames, got {self.ack_window}")
         for endpoint in (self.endpoint, self.selections, self.telemetry):
             if endpoint is not None:
                 check_endpoint(endpoint)
@@ -137,8 +147,13 @@ class _ScorerLoop:
         self.exporter = start_exporter(config.name, port + collective.rank if port else port, self.state.latency)
         self.durability = Durability(checkpoint_path, run_dir / f"{config.name}.journal", config.name)
         self.durability.start(self.state, config.resume)
-        self.receiver = Receiver(ctx, config.endpoint, name=config.name, hwm=config.hwm,
-                                 kernel_buffer=config.kernel_buffer, curve=config.curve)
+        if config.acked and collective.world_size > 1:
+            raise ConfigError("acknowledged delivery (--acked) is for a lone scorer: data-parallel ranks "
+                              "take frames in rounds")
+        self.receiver: Receiver | AckedReceiver = (
+            AckedReceiver(ctx, config.endpoint, name=config.name, window=config.ack_window, curve=config.curve)
+            if config.acked else Receiver(ctx, config.endpoint, name=config.name, hwm=config.hwm,
+                                          kernel_buffer=config.kernel_buffer, curve=config.curve))
         self.selections = (Sender(ctx, config.selections, hwm=config.hwm, curve=config.selections_curve)
                            if config.selections else None)
         self._pub = connect(ctx, zmq.PUB, config.telemetry) if config.telemetry else None
@@ -160,6 +175,18 @@ class _ScorerLoop:
             if self._send_selection(parts, accepted):
                 self.state.selection_sent(msg.stream_id, accepted)
         self.state.on_frame_done(msg.send_ns)
+
+    def on_delivered(self, msg: Message, batch: EventBatch) -> None:
+        """:meth:`on_frame`, then, under acknowledged delivery, the acknowledgement -- or, for a
+        redelivered frame handled before (by this process or a killed lifetime), the acknowledgement only."""
+        if not isinstance(self.receiver, AckedReceiver):
+            self.on_frame(msg, batch)
+            return
+        if self.state.already_processed(msg.stream_id, msg.seq):
+            self.state.stats.duplicates_suppressed += 1
+        else:
+            self.on_frame(msg, batch)
+        self.receiver.acknowledge(msg)
 
     def _send_selection(self, parts: list[Any], accepted: int) -> bool:
         """Push one SELECTION message; False if a stop or a stuck sink kept it from going. A sink that
@@ -233,7 +260,7 @@ def _alone(loop: _ScorerLoop, stop_event: threading.Event) -> None:
             break
         elif msg.kind == Kind.DATA and msg.batch is not None:
             last_frame = time.monotonic()
-            loop.on_frame(msg, msg.batch)
+            loop.on_delivered(msg, msg.batch)
             every = config.checkpoint_every
             if every and loop.state.scorer.frames % every == 0:
                 loop.checkpoint()

@@ -76,9 +76,16 @@ class Durability:
         return sorted(self.journal.path.parent.glob(f"{base}-rank*.journal"))
 
     def start(self, state: StreamScorer, resume: bool) -> None:
-        """Resume ``state`` from the checkpoint if asked and one exists; else start with an empty journal."""
+        """Resume ``state`` from the checkpoint if asked and one exists; else start with an empty journal.
+
+        Asked to resume with no checkpoint but a journal (a lone scorer killed before its first
+        checkpoint), the journal's frames are carried forward as lost after processing all the same."""
         if resume and self._checkpoint_exists(state):
             self._resume(state)
+        elif resume and state.collective.world_size == 1 and self.journal.read():
+            state.stats.selections_by_stream = sent_selections({}, self.name, self.journal.path)
+            self._adopt_journal(state)
+            self.checkpoint(state)
         else:
             self.journal.clear()
 
@@ -102,16 +109,20 @@ class Durability:
         state.tracker.load_state_dict(saved["sequence"])
         if HISTOGRAM_KEY in saved:
             state.mjj = ContextHistogram.from_state(saved[HISTOGRAM_KEY])
+        add_lost(state.stats.lost_after_processing, saved.get("lost_after_processing", {}))
+        self._adopt_journal(state)
+        self.checkpoint(state)  # carries the crash window forward before the journal is emptied
+
+    def _adopt_journal(self, state: StreamScorer) -> None:
+        """Count the frames the dead process(es) handled after the checkpoint as lost after processing."""
         lost = state.stats.lost_after_processing
-        add_lost(lost, saved.get("lost_after_processing", {}))
         missing = state.tracker.missing_frames()
-        for path in self.journals(state.collective.world_size):  # handled by the dead process(es) after the checkpoint
+        for path in self.journals(state.collective.world_size):
             for sid, frames in FrameJournal.read_file(path).items():
                 next_seq, _, _ = state.tracker.segment(sid)
                 gaps = set(missing.get(sid, []))
                 lost.setdefault(sid, {}).update(
                     {seq: n for seq, n in frames.items() if seq >= next_seq or seq in gaps})
-        self.checkpoint(state)  # carries the crash window forward before the journal is emptied
 
     def record(self, stream_id: int, seq: int, events: int, selected: int = 0) -> None:
         """Journal one handled frame (scored; with a sink, ``selected`` events about to be sent to it)."""

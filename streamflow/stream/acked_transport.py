@@ -148,8 +148,8 @@ class AckedSender:
         """Read what came in within ``timeout_ms``, probe receivers when due, apply the ack timeout, send."""
         while self.sock.poll(timeout_ms, zmq.POLLIN):
             timeout_ms = 0
-            peer, *parts = self.sock.recv_multipart(copy=False)
-            self._handle(peer.bytes, parts)
+            routing_id, *parts = self.sock.recv_multipart(copy=False)
+            self._handle(routing_id.bytes, parts)
         now = time.monotonic()
         if now >= self._next_probe:
             self._next_probe = now + self.delivery.heartbeat_s
@@ -195,8 +195,7 @@ class AckedSender:
 
     def _dispatch(self, now: float) -> None:
         while (item := self.dispatcher.next_send(now)) is not None:
-            peer, _, parts = item
-            self._to(peer, parts)
+            self._to(item[0], item[2])
 
     def end_stream(self, timeout_s: float = 10.0, interval_s: float = 0.1, stop_event: threading.Event | None = None,
                    extra: dict[str, Any] | None = None) -> EndOfStream:
