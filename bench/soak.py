@@ -18,7 +18,13 @@ the report gives each one's RSS a quarter into its life (after imports, JIT
 compilation and the first frames) and at its end: growth over a long run shows
 in the last incarnation, which runs the longest (its events are in the report).
 
-    python -m bench.soak [--events 12000000] [--kills 5] [--frame-size 1000] [--json out.json]
+With ``--acked`` producer and scorer use acknowledged delivery
+(streamflow.stream.delivery): the frames a killed scorer held are sent again to
+its resumed successor, so "lost in flight" must be zero too, and the report adds
+the producer's delivery counts (acknowledged, redelivered) and the redelivered
+frames the resumed scorers recognised as handled before (duplicates suppressed).
+
+    python -m bench.soak [--events 12000000] [--kills 5] [--frame-size 1000] [--acked] [--json out.json]
 """
 
 from __future__ import annotations
@@ -114,13 +120,14 @@ def wait_until(condition, timeout: float, what: str) -> None:  # noqa: ANN001 --
 
 
 def soak(events: int, kills: int, frame_size: int, checkpoint_every: int, min_gap: float, max_gap: float,
-         run_dir: Path, seed: int, timeout: float) -> dict:
+         run_dir: Path, seed: int, timeout: float, acked: bool = False) -> dict:
     rng = random.Random(seed)
     toml = run_dir / "scorer.toml"
     toml.write_text(SMALL_SCORER_TOML)
     endpoint = f"ipc://{run_dir}/data"
     scorer_args = [*STREAMFLOW, "consume", "--config", str(toml), "--endpoint", endpoint, "--run-dir",
-                   str(run_dir / "scorer"), "--checkpoint-every", str(checkpoint_every), "--idle-timeout", "120"]
+                   str(run_dir / "scorer"), "--checkpoint-every", str(checkpoint_every), "--idle-timeout", "120",
+                   *(["--acked"] if acked else [])]
     logs = run_dir / "logs"
     logs.mkdir()
     sampler = MemorySampler()
@@ -139,7 +146,7 @@ def soak(events: int, kills: int, frame_size: int, checkpoint_every: int, min_ga
     try:
         producer, producer_trace = launch(
             [*STREAMFLOW, "replay", "gaussian", "--events", str(events), "--frame-size", str(frame_size),
-             "--endpoint", endpoint, "--eos-timeout", "300"], "producer")
+             "--endpoint", endpoint, "--eos-timeout", "300", *(["--acked"] if acked else [])], "producer")
         incarnations: list[MemoryTrace] = []
         kill_times: list[float] = []
         for n in range(kills + 1):
@@ -184,6 +191,8 @@ def soak(events: int, kills: int, frame_size: int, checkpoint_every: int, min_ga
         "unaccounted_events": account["sent_events"] - account["processed_events"] - after["events"]
         - in_flight_events,
         "unaccounted_frames": account["unaccounted_frames"],
+        "delivery": ledger.get("delivery"), "acked": acked,
+        "duplicates_suppressed_last_scorer": ledger.get("duplicates_suppressed", 0),
         "faults_injected": {"scorer_kill_9": len(kill_times), "at_s": kill_times},
         "seconds": round(seconds, 1), "events_per_s": round(events / seconds),
         "last_scorer_events": next(s["events"] for s in ledger["stages"] if s["name"] == "scored"),
@@ -205,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-growth-mb", type=float, default=32.0,
                         help="fail if a process that ran 30 s or more grew more than this after its first quarter "
                              "(default 32)")
+    parser.add_argument("--acked", action="store_true",
+                        help="acknowledged delivery with redelivery between producer and scorer")
     parser.add_argument("--json", help="write the figures here too")
     parser.add_argument("--run-dir", help="keep the run's files (logs, ledger, checkpoint) here "
                                              "(default: a temporary folder)")
@@ -215,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = Path(args.run_dir or tmp)
         run_dir.mkdir(parents=True, exist_ok=True)
         result = soak(args.events, args.kills, args.frame_size, args.checkpoint_every, args.min_gap, args.max_gap,
-                      run_dir, args.seed, args.timeout)
+                      run_dir, args.seed, args.timeout, args.acked)
     after, flight = result["lost_after_processing"], result["lost_in_flight"]
     print(f"sent {result['events_sent']:,d} events ({result['frames_sent']:,d} frames) in {result['seconds']} s; "
           f"faults injected: {result['faults_injected']['scorer_kill_9']} scorer kill -9 "
@@ -223,6 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"processed {result['events_processed']:,d}; lost after processing {after['events']:,d} "
           f"({after['frames']} frames); lost in flight {flight['events']:,d} ({flight['frames']} frames); "
           f"unaccounted events {result['unaccounted_events']}, frames {result['unaccounted_frames']}")
+    if result["delivery"]:
+        d = result["delivery"]
+        print(f"acknowledged delivery: {d['acked']:,d} of {d['sent']:,d} frames acknowledged, "
+              f"{d['redelivered']:,d} redelivered, {d['receivers_lost']} receivers lost; the last scorer "
+              f"suppressed {result['duplicates_suppressed_last_scorer']} duplicates")
     print(f"the last scorer ({result['memory'][f'scorer-{args.kills}'].get('seconds')} s) scored "
           f"{result['last_scorer_events']:,d} events")
     for name, memory in result["memory"].items():

@@ -80,6 +80,8 @@ class ConsumeStats:
     sink_confirmed: int | None = None
     """Selected events the sink(s) acknowledged having received at END_OF_STREAM (None: no handshake)."""
     duplicates_suppressed: int = 0
+    delivery: dict[str, int] | None = None
+    """The producer's acknowledged-delivery counts from END_OF_STREAM (acknowledged, redelivered, bad acks)."""
     """Redelivered frames (acknowledged delivery) that this scorer, or an earlier lifetime of it, had handled."""
 
 
@@ -223,6 +225,8 @@ class StreamScorer:
         self.stats.ended_by_producer = True
         self.stats.sent_totals = stream_totals(meta, stream_id)
         self.stats.receivers = stream_receivers(meta)
+        delivery = meta.get("delivery")
+        self.stats.delivery = delivery if isinstance(delivery, dict) else None
         for sid, (frames, events) in self.stats.sent_totals.items():
             self.stats.accounts[sid] = account_stream(
                 self.tracker, sid, frames, events, self.stats.lost_after_processing.get(sid),
@@ -273,7 +277,7 @@ class StreamScorer:
         ledger.details.update(sequence=self.tracker.summary(), missing_frames=self.tracker.missing_frames(),
                               resumed_from_frame=stats.resumed_from_frame, lines=self.scorer.line_stats(),
                               learners=self.learn_totals, rejected=intake.rejected,
-                              duplicates_suppressed=stats.duplicates_suppressed,
+                              duplicates_suppressed=stats.duplicates_suppressed, delivery=stats.delivery,
                               last_rejection=intake.last_error, lost_after_processing=lost,
                               streams={sid: a.to_dict() for sid, a in stats.accounts.items()},
                               frames_seen=seen_runs(self.tracker.state_dict()), busy=stats.busy,
