@@ -111,7 +111,7 @@ def consume(mode: str, endpoint: str, out: Connection) -> None:
     elif mode == "acked":
         with AckedReceiver(ctx, endpoint, name="bench") as acked:
             while (msg := acked.recv()) is not None and msg.kind != Kind.END_OF_STREAM:
-                acked.acknowledge(msg)
+                acked.acknowledge(msg.stream_id, msg.seq)
                 last = time.perf_counter()
                 first = first or last
                 frames += 1

@@ -45,8 +45,8 @@ from streamflow.scoring.frame_scorer import ScorerConfig, resolve_device
 from streamflow.scoring.rank_merge import merged_ledger
 from streamflow.scoring.selection import selection_parts
 from streamflow.scoring.stream_scorer import ConsumeStats, Intake, StreamScorer
-from streamflow.stream.acked_transport import AckedReceiver
-from streamflow.stream.delivery import DEFAULT_WINDOW, MAX_WINDOW
+from streamflow.stream.acked_transport import AckedReceiver, AckedSender
+from streamflow.stream.delivery import DEFAULT_WINDOW, MAX_WINDOW, SELECTIONS_WINDOW, DeliveryConfig
 from streamflow.stream.ledger import Ledger
 from streamflow.stream.telemetry import ScorerRecord, TelemetryReporter
 from streamflow.stream.transport import (
@@ -78,7 +78,9 @@ class ConsumeConfig:
     acked: take frames by acknowledged delivery (the producer runs it too; a lone scorer only),
     holding at most ``ack_window`` unacknowledged: each frame is acknowledged once scored, its
     selections sent and journalled, and a redelivered frame handled before is acknowledged
-    without being scored again (StreamScorer.already_processed).
+    without being scored again (StreamScorer.already_processed). The selections go to the
+    sink (run with ``--acked`` too) by acknowledged delivery as well: kept until the sink
+    has committed them, sent again to a sink that restarts.
     """
 
     scorer: ScorerConfig
@@ -125,6 +127,11 @@ class ConsumeConfig:
         return Path(self.run_dir) / f"{self.name}{CHECKPOINT_SUFFIX}"
 
 
+SELECTIONS_DELIVERY = DeliveryConfig(window=SELECTIONS_WINDOW, max_unacked=4 * SELECTIONS_WINDOW)
+"""Acknowledged delivery to a sink (``acked``): a sink acknowledges a SELECTION once a flush has committed it,
+in batches, so its window is wider than a scorer's."""
+
+
 class _ScorerLoop:
     """One scorer process (or rank): its sockets around a :class:`StreamScorer`; :func:`run_consume` drives it."""
 
@@ -154,8 +161,12 @@ class _ScorerLoop:
             AckedReceiver(ctx, config.endpoint, name=config.name, window=config.ack_window, curve=config.curve)
             if config.acked else Receiver(ctx, config.endpoint, name=config.name, hwm=config.hwm,
                                           kernel_buffer=config.kernel_buffer, curve=config.curve))
-        self.selections = (Sender(ctx, config.selections, hwm=config.hwm, curve=config.selections_curve)
-                           if config.selections else None)
+        self.selections: Sender | AckedSender | None = None
+        if config.selections and config.acked:
+            self.selections = AckedSender(ctx, config.selections, delivery=SELECTIONS_DELIVERY,
+                                          curve=config.selections_curve)
+        elif config.selections:
+            self.selections = Sender(ctx, config.selections, hwm=config.hwm, curve=config.selections_curve)
         self._pub = connect(ctx, zmq.PUB, config.telemetry) if config.telemetry else None
         self.reporter = TelemetryReporter(
             config.name, publish=self._pub.send if self._pub else None,
@@ -172,7 +183,7 @@ class _ScorerLoop:
             parts, accepted = selection_parts(batch, result, self.config.scorer.lines,
                                               seq=msg.seq, stream_id=msg.stream_id, send_ns=msg.send_ns)
             self.durability.record(msg.stream_id, msg.seq, len(batch), accepted)  # before it goes (durability)
-            if self._send_selection(parts, accepted):
+            if self._send_selection(parts, accepted, (msg.stream_id, msg.seq)):
                 self.state.selection_sent(msg.stream_id, accepted)
         self.state.on_frame_done(msg.send_ns)
 
@@ -186,14 +197,17 @@ class _ScorerLoop:
             self.state.stats.duplicates_suppressed += 1
         else:
             self.on_frame(msg, batch)
-        self.receiver.acknowledge(msg)
+        self.receiver.acknowledge(msg.stream_id, msg.seq)
 
-    def _send_selection(self, parts: list[Any], accepted: int) -> bool:
+    def _send_selection(self, parts: list[Any], accepted: int, key: tuple[int, int]) -> bool:
         """Push one SELECTION message; False if a stop or a stuck sink kept it from going. A sink that
         takes nothing for the idle timeout (gone, or wedged) is kept for the ledger and the exit, and
         stops the loop as a signal would (data-parallel ranks vote on it), without the handshake."""
         assert self.selections is not None
         try:
+            if isinstance(self.selections, AckedSender):  # kept until the sink has committed it
+                return self.selections.send(parts, accepted, self.stop_event, key=key,
+                                            give_up_s=self.config.idle_timeout)
             return self.selections.send(parts, accepted, self.stop_event, give_up_s=self.config.idle_timeout)
         except DownstreamStuck as exc:
             self.state.stats.sink_error = f"the sink stopped taking selections: {exc}"

@@ -5,19 +5,25 @@ from __future__ import annotations
 import pytest
 
 from streamflow.errors import ConfigError
-from streamflow.stream.delivery import DeliveryConfig, Dispatcher, SeqSet
+from streamflow.stream.delivery import DeliveryConfig, Dispatcher, RecentKeys
 
 
 def _drain(d: Dispatcher[str], now: float = 0.0) -> list[tuple[str, int]]:
+    """(receiver, seq) of every frame the dispatcher sends now (all on stream 7)."""
     sends = []
     while (item := d.next_send(now)) is not None:
-        sends.append((item[0], item[1]))
+        sends.append((item[0], item[1][1]))
     return sends
 
 
 def _offer(d: Dispatcher[str], n: int) -> None:
     for _ in range(n):
-        d.offer(d.next_seq, f"frame{d.next_seq}", 10)
+        seq = d.counts.sent
+        d.offer((7, seq), f"frame{seq}", 10)
+
+
+def _ack(d: Dispatcher[str], peer: str, seq: int, now: float) -> str:
+    return d.ack(peer, (7, seq), now)
 
 
 def test_a_receiver_holds_at_most_its_window_and_each_ack_returns_one_credit() -> None:
@@ -25,7 +31,7 @@ def test_a_receiver_holds_at_most_its_window_and_each_ack_returns_one_credit() -
     d.hello("a", 100, now=0)  # asks for more than the sender allows: capped
     _offer(d, 5)
     assert _drain(d) == [("a", 0), ("a", 1), ("a", 2)]
-    assert d.ack("a", 1, now=1) == "ok"
+    assert _ack(d, "a", 1, now=1) == "ok"
     assert _drain(d) == [("a", 3)]
     assert d.unacked == 4 and d.held_by("a") == 3
 
@@ -35,10 +41,10 @@ def test_the_buffer_is_bounded_and_offering_past_it_is_refused() -> None:
     _offer(d, 4)
     assert not d.has_room
     with pytest.raises(RuntimeError, match="full"):
-        d.offer(4, "x", 1)
+        d.offer((7, 4), "x", 1)
     d.hello("a", 2, now=0)
     _drain(d)
-    d.ack("a", 0, now=0)
+    _ack(d, "a", 0, now=0)
     assert d.has_room
 
 
@@ -51,16 +57,16 @@ def test_frames_of_a_receiver_that_died_go_first_to_the_next_receiver_with_credi
     held_by_a = sorted(seq for peer, seq in sends if peer == "a")
     for peer, seq in sends:
         if peer == "b":
-            d.ack("b", seq, now=1)
+            _ack(d, "b", seq, now=1)
     assert d.gone("a") == len(held_by_a) == 4
     _offer(d, 2)
     assert _drain(d) == [("b", seq) for seq in held_by_a]  # redeliveries first, in order
     assert d.counts.redelivered == 4 and d.counts.receivers_lost == 1
     for seq in held_by_a:
-        d.ack("b", seq, now=2)
+        _ack(d, "b", seq, now=2)
     assert _drain(d) == [("b", 8), ("b", 9)]
-    d.ack("b", 8, now=3)
-    d.ack("b", 9, now=3)
+    _ack(d, "b", 8, now=3)
+    _ack(d, "b", 9, now=3)
     assert d.done and d.counts.acked == 10
 
 
@@ -76,9 +82,9 @@ def test_a_receiver_that_never_acknowledges_is_evicted_and_its_frames_redelivere
     assert _drain(d, now=6) == [("good", 0), ("good", 1)]
     assert d.counts.receivers_timed_out == 1 and d.counts.redelivered == 2
     # the silent one finishes one of them after all: settled, and the good one's later ack is a duplicate
-    assert d.ack("silent", 0, now=7) == "late"
-    assert d.ack("good", 0, now=7) == "duplicate"
-    assert d.ack("good", 1, now=7) == "ok"
+    assert _ack(d, "silent", 0, now=7) == "late"
+    assert _ack(d, "good", 0, now=7) == "duplicate"
+    assert _ack(d, "good", 1, now=7) == "ok"
     assert d.done and d.held_by("good") == 0
 
 
@@ -87,11 +93,11 @@ def test_unknown_and_repeated_acknowledgements_are_counted_and_change_nothing() 
     d.hello("a", 2, now=0)
     _offer(d, 2)
     _drain(d)
-    assert d.ack("a", 0, now=1) == "ok"
-    assert d.ack("a", 0, now=1) == "duplicate"
-    assert d.ack("a", 999, now=1) == "unknown"
-    assert d.ack("stranger", 1, now=1) == "late"  # a frame that is outstanding, acknowledged by someone else
-    assert d.ack("stranger", 12345, now=1) == "unknown"
+    assert _ack(d, "a", 0, now=1) == "ok"
+    assert _ack(d, "a", 0, now=1) == "duplicate"
+    assert _ack(d, "a", 999, now=1) == "unknown"
+    assert _ack(d, "stranger", 1, now=1) == "late"  # a frame that is outstanding, acknowledged by someone else
+    assert _ack(d, "stranger", 12345, now=1) == "unknown"
     counts = d.counts
     assert (counts.acked, counts.duplicate_acks, counts.unknown_acks, counts.late_acks) == (2, 1, 2, 1)
     assert d.done and d.held_by("a") == 0
@@ -105,20 +111,28 @@ def test_memory_stays_bounded_over_a_long_stream_with_bad_peers() -> None:
     for _ in range(20_000):
         _offer(d, 1)
         for peer, seq in _drain(d):
-            d.ack(peer, seq, now=0)
-            d.ack(peer, seq, now=0)  # acknowledges twice
-            d.ack(peer, seq + 10**6, now=0)  # acknowledges an unknown frame
-    assert d.done and d.settled.spread == 0 and len(d.settled) == 20_000
+            _ack(d, peer, seq, now=0)
+            _ack(d, peer, seq, now=0)  # acknowledges twice
+            _ack(d, peer, seq + 10**6, now=0)  # acknowledges an unknown frame
+    assert d.done and d.settled.total == 20_000 and len(d.settled) == 4 * 8, "settled frames remembered: bounded"
     assert not d.ever_sent and not d.queue and not d.frames
     assert d.counts.duplicate_acks == d.counts.unknown_acks == 20_000
 
 
-def test_seq_set_keeps_only_the_members_above_its_watermark() -> None:
-    s = SeqSet()
-    for seq in (0, 2, 3, 1, 5):
-        s.add(seq)
-    assert s.watermark == 4 and s.spread == 1 and len(s) == 5
-    assert 1 in s and 5 in s and 4 not in s
+def test_a_frame_is_offered_once_and_an_ack_older_than_the_memory_counts_unknown() -> None:
+    d: Dispatcher[str] = Dispatcher(DeliveryConfig(window=1, max_unacked=1))
+    d.hello("a", 1, now=0)
+    for seq in range(6):
+        _offer(d, 1)
+        _drain(d)
+        _ack(d, "a", seq, now=0)
+    with pytest.raises(ValueError, match="offered before"):
+        d.offer((7, 5), "again", 1)
+    assert _ack(d, "a", 5, now=0) == "duplicate" and _ack(d, "a", 0, now=0) == "unknown"
+    keys = RecentKeys(2)
+    for key in ((0, 1), (0, 2), (0, 3)):
+        keys.add(key)
+    assert (0, 1) not in keys and (0, 3) in keys and len(keys) == 2
 
 
 @pytest.mark.parametrize("kwargs", [{"window": 0}, {"window": 8, "max_unacked": 4}, {"ack_timeout_s": 0},

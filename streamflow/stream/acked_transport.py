@@ -35,15 +35,17 @@ import zmq
 from streamflow.errors import ConfigError, WireError
 from streamflow.events.batch import EventBatch
 from streamflow.events.particles import ParticleBatch
-from streamflow.stream.delivery import DEFAULT_WINDOW, DeliveryConfig, Dispatcher
+from streamflow.stream.delivery import DEFAULT_WINDOW, DeliveryConfig, Dispatcher, Key
 from streamflow.stream.transport import (
     DEFAULT_ENDPOINT,
     STOP_HANDSHAKE_S,
     Curve,
+    DownstreamStuck,
     EndOfStream,
     HandshakeError,
     bind,
     connect,
+    end_of_stream_meta,
 )
 from streamflow.stream.wire import Kind, Message, decode, encode_control, encode_data, encode_raw
 
@@ -109,15 +111,23 @@ class AckedSender:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def send(self, parts: list[Any], n_events: int, stop_event: threading.Event | None = None) -> bool:
-        """Hand one encoded frame (numbered ``self.frames``) to delivery; False if stopped while blocked."""
+    def send(self, parts: list[Any], n_events: int, stop_event: threading.Event | None = None,
+             key: Key | None = None, give_up_s: float | None = None) -> bool:
+        """Hand one encoded frame to delivery; False if stopped while blocked.
+
+        ``key`` is the (stream id, seq) its receiver acknowledges: by default this sender's stream
+        and frame count (a scorer's selections carry the producer's). With ``give_up_s``, a frame that
+        finds the buffer full for that long raises :class:`DownstreamStuck` (not sent)."""
         start = time.perf_counter()
         try:
             while not self.dispatcher.has_room:
                 if stop_event is not None and stop_event.is_set():
                     return False
+                if give_up_s is not None and time.perf_counter() - start > give_up_s:
+                    raise DownstreamStuck(f"no receiver acknowledged a frame from {self.endpoint} for "
+                                          f"{give_up_s:g} s: is it running?")
                 self.pump(_POLL_MS)
-            self.dispatcher.offer(self.frames, parts, n_events)
+            self.dispatcher.offer(key or (self.stream_id, self.frames), parts, n_events)
             self.frames += 1
             self.events += n_events
             self.pump(0)
@@ -166,10 +176,7 @@ class AckedSender:
             return
         now = time.monotonic()
         if msg.kind == Kind.FRAME_ACK:
-            if msg.stream_id != self.stream_id:
-                self.dispatcher.counts.unknown_acks += 1
-            else:
-                self.dispatcher.ack(peer, msg.seq, now)
+            self.dispatcher.ack(peer, (msg.stream_id, msg.seq), now)
         elif msg.kind == Kind.HELLO:
             self._names[peer] = f"{msg.meta.get('name', 'receiver')} (pid {msg.meta.get('pid', '?')})"
             window = msg.meta.get("window")
@@ -197,9 +204,13 @@ class AckedSender:
         while (item := self.dispatcher.next_send(now)) is not None:
             self._to(item[0], item[2])
 
-    def end_stream(self, timeout_s: float = 10.0, interval_s: float = 0.1, stop_event: threading.Event | None = None,
-                   extra: dict[str, Any] | None = None) -> EndOfStream:
+    def end_stream(self, timeout_s: float = 10.0, interval_s: float = 0.1,
+                   streams: dict[int, tuple[int, int]] | None = None, shared_by: int | None = None,
+                   stop_event: threading.Event | None = None, extra: dict[str, Any] | None = None) -> EndOfStream:
         """Wait for every frame's acknowledgement, then END_OF_STREAM to every live receiver until each ACKs.
+
+        ``streams``, ``shared_by`` and ``extra`` make the meta as :meth:`Sender.end_stream` does;
+        "receivers" is otherwise how many receivers acknowledged frames, and "delivery" adds the counts.
 
         ``timeout_s`` is how long to go without progress (an acknowledgement) while frames
         are outstanding, and for the handshake itself -- at most :data:`STOP_HANDSHAKE_S`
@@ -218,8 +229,9 @@ class AckedSender:
         sent = 0
         handshake_start = time.monotonic()
         while True:
-            meta = {"frames": self.frames, "events": self.events, "receivers": max(1, len(self.dispatcher.served)),
-                    "delivery": self.dispatcher.counts.to_dict(), **(extra or {})}
+            meta = {**end_of_stream_meta(self.frames, self.events, streams, extra),
+                    "receivers": shared_by or max(1, len(self.dispatcher.served)),
+                    "delivery": self.dispatcher.counts.to_dict()}
             eos = encode_control(Kind.END_OF_STREAM, stream_id=self.stream_id, seq=self.frames, meta=meta,
                                  send_ns=time.time_ns())
             for peer in [p for p in self.dispatcher.peers if p not in self._eos_acks]:
@@ -272,9 +284,9 @@ class AckedReceiver:
     def _hello(self) -> None:
         self._say(Kind.HELLO, 0, 0, {"name": self.name, "pid": os.getpid(), "window": self.window})
 
-    def acknowledge(self, msg: Message) -> None:
-        """Tell the sender frame (stream id, seq) is fully handled: it may forget it, and send one more."""
-        self._say(Kind.FRAME_ACK, msg.stream_id, msg.seq)
+    def acknowledge(self, stream_id: int, seq: int) -> None:
+        """Tell the sender frame (``stream_id``, ``seq``) is fully handled: it may forget it, and send one more."""
+        self._say(Kind.FRAME_ACK, stream_id, seq)
 
     def recv(self, timeout_ms: int | None = None) -> Message | None:
         """The next frame or END_OF_STREAM, or None if none came within ``timeout_ms`` (None: wait forever)."""

@@ -25,8 +25,8 @@ control with the "Paranoid Pirate" heartbeat and retry):
   more frames; it is a receiver that never acknowledges, or is wedged).
 - **Acknowledgement.** A receiver acknowledges (stream id, seq) once the frame is
   fully handled (scored, its selections handed on, journalled). The dispatcher
-  remembers which sequence numbers were acknowledged as a low watermark plus the
-  set above it (memory O(frames in flight), not O(stream)), so it can tell a
+  remembers the last :data:`SETTLED_MEMORY` x ``max_unacked`` acknowledged frames
+  (memory bounded, whatever the stream's length), so it can tell a
   *duplicate* acknowledgement (a frame already settled), an *unknown* one (a frame
   never sent) and a *late* one (from an evicted receiver that did finish the frame:
   it settles the frame) apart, and count each. None of them raises.
@@ -52,6 +52,10 @@ MAX_WINDOW = 1024
 DEFAULT_MAX_UNACKED = 256
 DEFAULT_ACK_TIMEOUT_S = 120.0
 DEFAULT_HEARTBEAT_S = 0.5
+SELECTIONS_WINDOW = 64
+"""The scorer -> sink hop's window: a sink acknowledges selections in batches, once a flush commits them."""
+SETTLED_MEMORY = 4
+"""Settled frames remembered, in units of the unacknowledged-frame buffer (duplicate acknowledgements)."""
 
 P = TypeVar("P")
 """A peer's identity as the socket layer knows it (a ROUTER routing id)."""
@@ -87,41 +91,41 @@ class DeliveryConfig:
                               f"({self.ack_timeout_s:g} s)")
 
 
-class SeqSet:
-    """A set of non-negative sequence numbers kept as a low watermark plus the members above it.
+Key = tuple[int, int]
+"""A frame's identity: (stream id, sequence number)."""
 
-    Sequence numbers settle roughly in order, so the set above the watermark stays as
-    small as the frames in flight; ``0 .. watermark-1`` are all members."""
 
-    def __init__(self) -> None:
-        self.watermark = 0
-        self._above: set[int] = set()
+class RecentKeys:
+    """The last ``capacity`` settled keys, for telling a repeated acknowledgement from an unknown one.
 
-    def __contains__(self, seq: object) -> bool:
-        return isinstance(seq, int) and (seq < self.watermark or seq in self._above)
+    Bounded, so that a long stream costs no memory: an acknowledgement repeated after
+    ``capacity`` more frames settled is counted unknown rather than duplicate."""
 
-    def add(self, seq: int) -> None:
-        if seq < self.watermark:
-            return
-        self._above.add(seq)
-        while self.watermark in self._above:
-            self._above.discard(self.watermark)
-            self.watermark += 1
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._order: deque[Key] = deque()
+        self._keys: set[Key] = set()
+        self.total = 0
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def add(self, key: Key) -> None:
+        self._order.append(key)
+        self._keys.add(key)
+        self.total += 1
+        if len(self._order) > self.capacity:
+            self._keys.discard(self._order.popleft())
 
     def __len__(self) -> int:
-        return self.watermark + len(self._above)
-
-    @property
-    def spread(self) -> int:
-        """Members held individually (above the watermark): the memory it uses."""
-        return len(self._above)
+        return len(self._keys)
 
 
 @dataclass
 class _Peer:
     window: int
     credit: int
-    in_flight: dict[int, float] = field(default_factory=dict)  # seq -> when it was (last) sent
+    in_flight: dict[Key, float] = field(default_factory=dict)  # frame -> when it was (last) sent
     acked: int = 0
     since: float = 0.0  # when it last got credit back (ties go to the longest waiting)
 
@@ -156,15 +160,14 @@ class Dispatcher(Generic[P]):
     def __init__(self, config: DeliveryConfig) -> None:
         self.config = config
         self.peers: dict[P, _Peer] = {}
-        self.frames: dict[int, tuple[Any, int]] = {}  # seq -> (payload, events), until acknowledged
-        self.queue: deque[int] = deque()  # seqs waiting for a receiver, redeliveries first
-        self._queued: set[int] = set()
-        self.settled = SeqSet()
-        self.ever_sent: set[int] = set()  # seqs that went to a receiver at least once, while unsettled
+        self.frames: dict[Key, tuple[Any, int]] = {}  # frame -> (payload, events), until acknowledged
+        self.queue: deque[Key] = deque()  # frames waiting for a receiver, redeliveries first
+        self._queued: set[Key] = set()
+        self.settled = RecentKeys(SETTLED_MEMORY * config.max_unacked)
+        self.ever_sent: set[Key] = set()  # frames that went to a receiver at least once, while unsettled
         self.evicted: set[P] = set()
         self.served: set[P] = set()  # receivers that acknowledged at least one frame
         self.counts = DeliveryCounts()
-        self.next_seq = 0
 
     @property
     def has_room(self) -> bool:
@@ -183,20 +186,19 @@ class Dispatcher(Generic[P]):
         window = max(1, min(int(window), self.config.window))
         self.peers[peer] = _Peer(window, window, since=now)
 
-    def offer(self, seq: int, payload: Any, events: int) -> None:
-        """Take a new frame (numbered ``seq``, consecutively from 0) to deliver; call only with room."""
+    def offer(self, key: Key, payload: Any, events: int) -> None:
+        """Take a new frame (``key``: its stream id and sequence number) to deliver; call only with room."""
         if not self.has_room:
             raise RuntimeError("the unacknowledged-frame buffer is full: wait for acknowledgements")
-        if seq != self.next_seq:
-            raise ValueError(f"frames are offered in order: expected seq {self.next_seq}, got {seq}")
-        self.next_seq += 1
-        self.frames[seq] = (payload, events)
-        self.queue.append(seq)
-        self._queued.add(seq)
+        if key in self.frames or key in self.settled:
+            raise ValueError(f"frame {key} was offered before")
+        self.frames[key] = (payload, events)
+        self.queue.append(key)
+        self._queued.add(key)
         self.counts.sent += 1
 
-    def next_send(self, now: float) -> tuple[P, int, Any] | None:
-        """(receiver, seq, payload) of the next frame to send, or None (nothing queued, or no credit).
+    def next_send(self, now: float) -> tuple[P, Key, Any] | None:
+        """(receiver, key, payload) of the next frame to send, or None (nothing queued, or no credit).
 
         The receiver's credit is taken and the frame recorded as held by it."""
         while self.queue and self.queue[0] not in self.frames:  # settled while queued (a late ack)
@@ -207,27 +209,27 @@ class Dispatcher(Generic[P]):
         if not ready:
             return None
         peer, state = max(ready, key=lambda ps: (ps[1].credit, -ps[1].since))
-        seq = self.queue.popleft()
-        self._queued.discard(seq)
+        key = self.queue.popleft()
+        self._queued.discard(key)
         state.credit -= 1
-        state.in_flight[seq] = now
-        if seq in self.ever_sent:
+        state.in_flight[key] = now
+        if key in self.ever_sent:
             self.counts.redelivered += 1
-        self.ever_sent.add(seq)
+        self.ever_sent.add(key)
         self.counts.dispatched += 1
-        return peer, seq, self.frames[seq][0]
+        return peer, key, self.frames[key][0]
 
-    def ack(self, peer: P, seq: int, now: float) -> str:
+    def ack(self, peer: P, key: Key, now: float) -> str:
         """One acknowledgement; "ok", "duplicate", "unknown" or "late" (each counted, none raises)."""
         state = self.peers.get(peer)
-        if seq in self.settled:
+        if key in self.settled:
             self.counts.duplicate_acks += 1
             return "duplicate"
-        if seq not in self.frames:
+        if key not in self.frames:
             self.counts.unknown_acks += 1
             return "unknown"
-        if state is not None and seq in state.in_flight:
-            del state.in_flight[seq]
+        if state is not None and key in state.in_flight:
+            del state.in_flight[key]
             state.credit += 1
             state.since = now
             outcome = "ok"
@@ -235,18 +237,18 @@ class Dispatcher(Generic[P]):
             self.counts.late_acks += 1
             outcome = "late"
             for other in self.peers.values():
-                if other.in_flight.pop(seq, None) is not None:
+                if other.in_flight.pop(key, None) is not None:
                     other.credit += 1
-        self._settle(seq)
+        self._settle(key)
         if state is not None:
             state.acked += 1
         self.served.add(peer)
         return outcome
 
-    def _settle(self, seq: int) -> None:
-        del self.frames[seq]
-        self.ever_sent.discard(seq)
-        self.settled.add(seq)
+    def _settle(self, key: Key) -> None:
+        del self.frames[key]
+        self.ever_sent.discard(key)
+        self.settled.add(key)
         self.counts.acked += 1
 
     def gone(self, peer: P) -> int:
@@ -269,10 +271,10 @@ class Dispatcher(Generic[P]):
         return stale
 
     def _requeue(self, state: _Peer) -> int:
-        seqs = sorted(s for s in state.in_flight if s in self.frames and s not in self._queued)
-        self.queue.extendleft(reversed(seqs))
-        self._queued.update(seqs)
-        return len(seqs)
+        keys = sorted(s for s in state.in_flight if s in self.frames and s not in self._queued)
+        self.queue.extendleft(reversed(keys))
+        self._queued.update(keys)
+        return len(keys)
 
     def held_by(self, peer: P) -> int:
         """Frames ``peer`` holds unacknowledged (0 for an unknown or departed receiver)."""
