@@ -91,7 +91,8 @@ class AckedSender:
         self.sock.router_mandatory = 1
         _heartbeats(self.sock)
         self.dispatcher: Dispatcher[bytes] = Dispatcher(self.delivery)
-        self._names: dict[bytes, str] = {}
+        self._names: dict[bytes, str] = {}  # routing id -> "name (pid N)", for messages
+        self._receiver_of: dict[bytes, str] = {}  # routing id -> the receiver's name: lifetimes of one scorer share it
         self._eos_acks: dict[bytes, dict[str, Any]] = {}
         self._next_probe = 0.0
         self._probe = encode_control(Kind.HEARTBEAT, stream_id=self.stream_id, seq=0)
@@ -179,6 +180,7 @@ class AckedSender:
             self.dispatcher.ack(peer, (msg.stream_id, msg.seq), now)
         elif msg.kind == Kind.HELLO:
             self._names[peer] = f"{msg.meta.get('name', 'receiver')} (pid {msg.meta.get('pid', '?')})"
+            self._receiver_of[peer] = str(msg.meta.get("name", "receiver"))
             window = msg.meta.get("window")
             self.dispatcher.hello(peer, window if isinstance(window, int) else self.delivery.window, now)
         elif msg.kind == Kind.ACK:
@@ -210,7 +212,8 @@ class AckedSender:
         """Wait for every frame's acknowledgement, then END_OF_STREAM to every live receiver until each ACKs.
 
         ``streams``, ``shared_by`` and ``extra`` make the meta as :meth:`Sender.end_stream` does;
-        "receivers" is otherwise how many receivers acknowledged frames, and "delivery" adds the counts.
+        "receivers" is otherwise how many receivers, by name, acknowledged frames (the lifetimes of a
+        scorer resumed after a crash are one receiver), and "delivery" adds the counts.
 
         ``timeout_s`` is how long to go without progress (an acknowledgement) while frames
         are outstanding, and for the handshake itself -- at most :data:`STOP_HANDSHAKE_S`
@@ -230,7 +233,7 @@ class AckedSender:
         handshake_start = time.monotonic()
         while True:
             meta = {**end_of_stream_meta(self.frames, self.events, streams, extra),
-                    "receivers": shared_by or max(1, len(self.dispatcher.served)),
+                    "receivers": shared_by or max(1, len({self._receiver_of.get(p) for p in self.dispatcher.served})),
                     "delivery": self.dispatcher.counts.to_dict()}
             eos = encode_control(Kind.END_OF_STREAM, stream_id=self.stream_id, seq=self.frames, meta=meta,
                                  send_ns=time.time_ns())
