@@ -161,10 +161,12 @@ class _ScorerLoop:
             AckedReceiver(ctx, config.endpoint, name=config.name, window=config.ack_window, curve=config.curve)
             if config.acked else Receiver(ctx, config.endpoint, name=config.name, hwm=config.hwm,
                                           kernel_buffer=config.kernel_buffer, curve=config.curve))
+        self.uncommitted: dict[tuple[int, int], tuple[int, int]] = {}
+        """Acknowledged to a sink: frame -> (events, selected) whose selection the sink has not committed yet."""
         self.selections: Sender | AckedSender | None = None
         if config.selections and config.acked:
             self.selections = AckedSender(ctx, config.selections, delivery=SELECTIONS_DELIVERY,
-                                          curve=config.selections_curve)
+                                          curve=config.selections_curve, on_settled=self._committed)
         elif config.selections:
             self.selections = Sender(ctx, config.selections, hwm=config.hwm, curve=config.selections_curve)
         self._pub = connect(ctx, zmq.PUB, config.telemetry) if config.telemetry else None
@@ -175,29 +177,59 @@ class _ScorerLoop:
         )
 
     def on_frame(self, msg: Message, batch: EventBatch) -> None:
-        """Score, select and learn one frame (``msg``'s ``batch``); journal it; send its selections."""
+        """Score, select and learn one frame (``msg``'s ``batch``); journal it; send its selections.
+
+        Acknowledged to a sink, the frame is journalled once the sink has committed its selection
+        (:meth:`_committed`), so a journalled frame's selection is in the sink's file."""
         result = self.state.on_frame(batch, msg.stream_id, msg.seq)
         if self.selections is None:
             self.durability.record(msg.stream_id, msg.seq, len(batch))
         else:
+            key = (msg.stream_id, msg.seq)
             parts, accepted = selection_parts(batch, result, self.config.scorer.lines,
                                               seq=msg.seq, stream_id=msg.stream_id, send_ns=msg.send_ns)
-            self.durability.record(msg.stream_id, msg.seq, len(batch), accepted)  # before it goes (durability)
-            if self._send_selection(parts, accepted, (msg.stream_id, msg.seq)):
-                self.state.selection_sent(msg.stream_id, accepted)
+            if isinstance(self.selections, AckedSender):
+                self.uncommitted[key] = (len(batch), accepted)
+                self._send_selection(parts, accepted, key)
+            else:
+                self.durability.record(msg.stream_id, msg.seq, len(batch), accepted)  # before it goes (durability)
+                if self._send_selection(parts, accepted, key):
+                    self.state.selection_sent(msg.stream_id, accepted)
         self.state.on_frame_done(msg.send_ns)
 
     def on_delivered(self, msg: Message, batch: EventBatch) -> None:
-        """:meth:`on_frame`, then, under acknowledged delivery, the acknowledgement -- or, for a
-        redelivered frame handled before (by this process or a killed lifetime), the acknowledgement only."""
+        """:meth:`on_frame` and, under acknowledged delivery, the frame's acknowledgement to the producer:
+        at once without a sink, once the sink committed its selection with one (:meth:`_committed`). A
+        redelivered frame handled before (by this process or a killed lifetime) is only acknowledged."""
         if not isinstance(self.receiver, AckedReceiver):
             self.on_frame(msg, batch)
             return
-        if self.state.already_processed(msg.stream_id, msg.seq):
+        key = (msg.stream_id, msg.seq)
+        if self.state.already_processed(*key):
             self.state.stats.duplicates_suppressed += 1
+            if key in self.uncommitted:
+                return  # acknowledged when the sink commits it
         else:
             self.on_frame(msg, batch)
-        self.receiver.acknowledge(msg.stream_id, msg.seq)
+            if isinstance(self.selections, AckedSender):
+                return
+        self.receiver.acknowledge(*key)
+
+    def _committed(self, key: tuple[int, int]) -> None:
+        """The sink committed frame ``key``'s selection: journal the frame, count it, acknowledge it upstream."""
+        handled = self.uncommitted.pop(key, None)
+        if handled is None:
+            return
+        events, accepted = handled
+        self.durability.record(*key, events, accepted)
+        self.state.selection_sent(key[0], accepted)
+        if isinstance(self.receiver, AckedReceiver):
+            self.receiver.acknowledge(*key)
+
+    def pump(self) -> None:
+        """Read the sink's acknowledgements (acknowledged delivery), so that frames are acknowledged upstream."""
+        if isinstance(self.selections, AckedSender):
+            self.selections.pump(0)
 
     def _send_selection(self, parts: list[Any], accepted: int, key: tuple[int, int]) -> bool:
         """Push one SELECTION message; False if a stop or a stuck sink kept it from going. A sink that
@@ -231,6 +263,14 @@ class _ScorerLoop:
             stats.sink_confirmed = eos.acked_events
 
     def checkpoint(self) -> None:
+        """Save the checkpoint; acknowledged to a sink, once the sink committed every selection sent
+        (a checkpointed frame's selection is then in the sink's file)."""
+        if isinstance(self.selections, AckedSender) and self.state.stats.sink_error is None:
+            try:
+                self.selections.drain(self.config.idle_timeout, self.stop_event)
+            except DownstreamStuck as exc:
+                self.state.stats.sink_error = f"the sink stopped acknowledging selections: {exc}"
+                self.stop_event.set()
         self.durability.checkpoint(self.state)
 
     def telemetry(self) -> ScorerRecord:
@@ -264,7 +304,8 @@ def _alone(loop: _ScorerLoop, stop_event: threading.Event) -> None:
     config = loop.config
     last_frame = time.monotonic()
     while not stop_event.is_set():
-        msg = loop.receiver.recv(timeout_ms=200)
+        msg = loop.receiver.recv(timeout_ms=20 if loop.uncommitted else 200)
+        loop.pump()
         if msg is None:
             if time.monotonic() - last_frame > config.idle_timeout:
                 loop.idle()

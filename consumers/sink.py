@@ -29,7 +29,7 @@ import zmq
 from streamflow.errors import ConfigError, StreamflowError
 from streamflow.ops.prometheus import check_metrics, start_exporter
 from streamflow.stream.acked_transport import AckedReceiver
-from streamflow.stream.delivery import SELECTIONS_WINDOW
+from streamflow.stream.delivery import CONFIRM_EVERY, SELECTIONS_WINDOW
 from streamflow.stream.ledger import (
     Ledger,
     SequenceTracker,
@@ -45,7 +45,7 @@ from streamflow.stream.transport import Curve, Receiver, check_endpoint, connect
 from streamflow.stream.wire import Kind, Message
 
 DEFAULT_SELECTIONS_ENDPOINT = "tcp://127.0.0.1:5557"
-CONFIRM_IDLE_MS = 50
+CONFIRM_IDLE_MS = 20
 """Acknowledged delivery: with selections unconfirmed, a pause this long commits and acknowledges them."""
 
 
@@ -193,7 +193,7 @@ def run_sink(config: SinkConfig, stop_event: threading.Event | None = None,
                     rates.add(len(batch))
                     latency.record(time.time_ns() - msg.send_ns)
                     writer.append(_selected(msg))
-                if unconfirmed and (len(unconfirmed) >= SELECTIONS_WINDOW // 2 or last >= confirm_by):
+                if unconfirmed and (len(unconfirmed) >= CONFIRM_EVERY or last >= confirm_by):
                     confirm()
             if writer is not None:
                 writer.maybe_flush()  # idle streams still reach the disk within flush_interval

@@ -32,20 +32,24 @@ def test_two_scorers_share_a_stream_and_the_frames_of_the_one_killed_are_process
                          log=tmp_path / "producer.log")
         doomed_dir, survivor_dir = tmp_path / "doomed", tmp_path / "survivor"
         common = ("--checkpoint-every", "0", "--idle-timeout", "60", "--acked")
-        doomed = start(stack, *scorer_args(tmp_path, endpoint, doomed_dir, *common), log=tmp_path / "doomed.log")
-        survivor = start(stack, *scorer_args(tmp_path, endpoint, survivor_dir, *common),
+        doomed = start(stack, *scorer_args(tmp_path, endpoint, doomed_dir, *common, "--name", "doomed"),
+                       log=tmp_path / "doomed.log")
+        survivor = start(stack, *scorer_args(tmp_path, endpoint, survivor_dir, *common, "--name", "survivor"),
                          log=tmp_path / "survivor.log")
-        wait_for(lambda: len(journal_lines(doomed_dir)) >= 3, 90, "the first scorer to handle some frames")
+        journal = doomed_dir / "doomed.journal"
+        wait_for(lambda: journal.exists() and journal.read_text().count("\n") >= 3, 90,
+                 "the first scorer to handle some frames")
         doomed.send_signal(signal.SIGKILL)
         doomed.wait(10)
-        handled_by_doomed = {seq for _, seq, _ in journal_lines(doomed_dir)}  # checkpoint only at exit: all of them
+        # checkpoint only at exit: the journal holds every frame it handled
+        handled_by_doomed = {int(line.split()[1]) for line in journal.read_text().splitlines()}
         assert producer.poll() is None, "the stream ended before the kill: make it longer"
         output = finish(survivor, tmp_path / "survivor.log", timeout=120)
         assert survivor.returncode == 0, output
         producer_log = finish(producer, tmp_path / "producer.log")
         assert producer.returncode == 0, producer_log
 
-    ledger = json.loads((survivor_dir / "ledger-scorer.json").read_text())
+    ledger = json.loads((survivor_dir / "ledger-survivor.json").read_text())
     delivery = ledger["delivery"]
     n_frames = events // frame
     assert delivery["sent"] == delivery["acked"] == n_frames, "every frame acknowledged: none lost"
@@ -56,6 +60,8 @@ def test_two_scorers_share_a_stream_and_the_frames_of_the_one_killed_are_process
     # handled twice, and a scorer handles one frame at a time
     assert len(seen & handled_by_doomed) <= 1
     assert "acknowledged 400 of 400 frames" in producer_log
+    account = ledger["streams"]["0"]
+    assert account["taken_by_other_receivers"]["receivers"] == 1 and account["unaccounted_frames"] == 0
 
 
 def test_a_scorer_killed_and_resumed_loses_nothing_in_flight(tmp_path) -> None:

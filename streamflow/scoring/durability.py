@@ -18,6 +18,17 @@ that were still queued in the dead process show up as a sequence gap -- "lost in
 flight". The checkpoint carries both forward, and at END_OF_STREAM the ledger
 accounts for every frame and event the producer sent (streamflow.stream.ledger.account_stream).
 
+Under acknowledged delivery (``--acked``, streamflow.stream.delivery) nothing is lost in
+flight: the frames a dead scorer held unacknowledged are sent again to its resumed
+successor. A frame is acknowledged once journalled -- with an acknowledged sink, once
+the sink committed its selection, and only then journalled, and every checkpoint first
+waits until the sink has committed every selection sent -- so a redelivered frame that
+the checkpoint or the journal holds was handled, its selection is in the sink's file,
+and it is acknowledged without being scored again. Learning after a resume starts from
+the checkpoint: the frames in the journal (scored, their selections sent, by the killed
+process after its checkpoint) are not learnt again; the ledger counts them "lost after
+processing" (their learning is what was lost).
+
 Data-parallel, there is one checkpoint for all ranks: rank 0 writes the union of
 every rank's account (:func:`streamflow.scoring.rank_merge.ranks_checkpoint`), all
 ranks resume from it, and rank 0 reads every rank's journal. No rank empties its

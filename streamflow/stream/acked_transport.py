@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +77,8 @@ class AckedSender:
     stream_id: int = 0
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     curve: Curve | None = None
+    on_settled: Callable[[Key], None] | None = None
+    """Called with a frame's key when a receiver acknowledges it (once per frame)."""
     frames: int = field(default=0, init=False)
     events: int = field(default=0, init=False)
     blocked_s: float = field(default=0.0, init=False)
@@ -177,7 +180,9 @@ class AckedSender:
             return
         now = time.monotonic()
         if msg.kind == Kind.FRAME_ACK:
-            self.dispatcher.ack(peer, (msg.stream_id, msg.seq), now)
+            key = (msg.stream_id, msg.seq)
+            if self.dispatcher.ack(peer, key, now) in ("ok", "late") and self.on_settled is not None:
+                self.on_settled(key)
         elif msg.kind == Kind.HELLO:
             self._names[peer] = f"{msg.meta.get('name', 'receiver')} (pid {msg.meta.get('pid', '?')})"
             self._receiver_of[peer] = str(msg.meta.get("name", "receiver"))
@@ -205,6 +210,20 @@ class AckedSender:
     def _dispatch(self, now: float) -> None:
         while (item := self.dispatcher.next_send(now)) is not None:
             self._to(item[0], item[2])
+
+    def drain(self, give_up_s: float, stop_event: threading.Event | None = None) -> None:
+        """Wait until every frame is acknowledged; DownstreamStuck after ``give_up_s`` without an
+        acknowledgement (at most :data:`STOP_HANDSHAKE_S` once ``stop_event`` is set)."""
+        last_progress, acked = time.monotonic(), self.dispatcher.counts.acked
+        while not self.dispatcher.done:
+            self.pump(_POLL_MS)
+            now = time.monotonic()
+            if self.dispatcher.counts.acked != acked:
+                acked, last_progress = self.dispatcher.counts.acked, now
+            limit = min(give_up_s, STOP_HANDSHAKE_S) if stop_event is not None and stop_event.is_set() else give_up_s
+            if now - last_progress > limit:
+                raise DownstreamStuck(f"{self.dispatcher.unacked:,d} frames sent to {self.endpoint} not acknowledged "
+                                      f"for {limit:g} s: is the receiver running?")
 
     def end_stream(self, timeout_s: float = 10.0, interval_s: float = 0.1,
                    streams: dict[int, tuple[int, int]] | None = None, shared_by: int | None = None,
