@@ -230,6 +230,14 @@ def encode_control(kind: Kind, *, stream_id: int, seq: int, meta: dict[str, Any]
     return [_header(kind, 0, stream_id, seq, send_ns, 0, 0, 0, _meta_bytes(meta or {}))]
 
 
+_EMPTY_META = _meta_bytes({})
+
+
+def encode_frame_ack(stream_id: int, seq: int) -> list[bytes]:
+    """A FRAME_ACK (:func:`encode_control` with no meta), built without JSON: one per frame received."""
+    return [_header(Kind.FRAME_ACK, 0, stream_id, seq, 0, 0, 0, 0, _EMPTY_META)]
+
+
 def _view(part: Any, index: int) -> memoryview:
     """A flat byte view of one received part: zmq.Frame, bytes, bytearray or memoryview."""
     buffer = getattr(part, "buffer", part)  # zmq.Frame exposes its data as .buffer
