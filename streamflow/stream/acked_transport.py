@@ -3,9 +3,8 @@
 The protocol is :mod:`streamflow.stream.delivery` (credit windows, acknowledgements,
 ack timeout, redelivery, bad peers); this module only moves its messages:
 
-- receiver -> sender: HELLO (meta: name, pid, window), FRAME_ACK for handled frames
-  (header stream id and seq; a batch lists the others as [stream id, seq] pairs in
-  its meta's "more"), and ACK answering END_OF_STREAM;
+- receiver -> sender: HELLO (meta: name, pid, window), one FRAME_ACK per handled
+  frame (header stream id and seq, no meta), and ACK answering END_OF_STREAM;
 - sender -> receiver: DATA/RAW frames, HEARTBEAT probes every ``heartbeat_s``
   (the ROUTER is mandatory-routing, so a probe to a receiver whose connection is
   gone fails at once with EHOSTUNREACH: its frames are redelivered), and
@@ -53,6 +52,7 @@ from streamflow.stream.wire import (
     Kind,
     Message,
     decode,
+    decode_frame_ack,
     encode_control,
     encode_data,
     encode_frame_ack,
@@ -169,15 +169,15 @@ class AckedSender:
 
     def pump(self, timeout_ms: int) -> None:
         """Read what came in within ``timeout_ms``, probe receivers when due, apply the ack timeout, send."""
-        while True:
-            try:  # what is queued needs no poll
-                routing_id, *parts = self.sock.recv_multipart(flags=zmq.NOBLOCK)
-            except zmq.Again:
-                if not timeout_ms or not self.sock.poll(timeout_ms, zmq.POLLIN):
-                    break
-                timeout_ms = 0
-                continue
-            self._handle(routing_id, parts)
+        while int(self.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN or (
+                timeout_ms and self.sock.poll(timeout_ms, zmq.POLLIN)):
+            timeout_ms = 0
+            routing_id, *parts = self.sock.recv_multipart()
+            key = decode_frame_ack(parts)
+            if key is not None:
+                self._acked(routing_id, key, time.monotonic())
+            else:
+                self._handle(routing_id, parts)
         now = time.monotonic()
         if now >= self._next_probe:
             self._next_probe = now + self.delivery.heartbeat_s
@@ -194,14 +194,7 @@ class AckedSender:
             return
         now = time.monotonic()
         if msg.kind == Kind.FRAME_ACK:
-            more = msg.meta.get("more", [])
-            if not (isinstance(more, list) and all(
-                    isinstance(k, list) and len(k) == 2 and all(isinstance(v, int) for v in k) for k in more)):
-                self.bad_messages += 1
-                return
-            for key in [(msg.stream_id, msg.seq), *((sid, seq) for sid, seq in more)]:
-                if self.dispatcher.ack(peer, key, now) in ("ok", "late") and self.on_settled is not None:
-                    self.on_settled(key)
+            self._acked(peer, (msg.stream_id, msg.seq), now)
         elif msg.kind == Kind.HELLO:
             self._names[peer] = f"{msg.meta.get('name', 'receiver')} (pid {msg.meta.get('pid', '?')})"
             self._receiver_of[peer] = str(msg.meta.get("name", "receiver"))
@@ -211,6 +204,10 @@ class AckedSender:
             self._eos_acks[peer] = msg.meta
         else:
             self.bad_messages += 1
+
+    def _acked(self, peer: bytes, key: Key, now: float) -> None:
+        if self.dispatcher.ack(peer, key, now) in ("ok", "late") and self.on_settled is not None:
+            self.on_settled(key)
 
     def _to(self, peer: bytes, parts: list[Any]) -> bool:
         """Send to one receiver; False (and its frames queued again) if its connection is gone."""
@@ -312,8 +309,6 @@ class AckedReceiver:
     def __post_init__(self) -> None:
         self.sock = connect(self.ctx, zmq.DEALER, self.endpoint, hwm=_QUEUE_HWM, curve=self.curve)
         _heartbeats(self.sock)
-        self._acks: list[tuple[int, int]] = []
-        self._ack_batch = max(1, self.window // 4)
         self._heard = time.monotonic()
         self._hello()
 
@@ -328,28 +323,11 @@ class AckedReceiver:
         self._say(Kind.HELLO, 0, 0, {"name": self.name, "pid": os.getpid(), "window": self.window})
 
     def acknowledge(self, stream_id: int, seq: int) -> None:
-        """Tell the sender frame (``stream_id``, ``seq``) is fully handled: it may forget it, and send one more.
-
-        Acknowledgements go in batches of up to a quarter of the window, and whenever :meth:`recv`
-        finds no frame waiting (so a receiver that waits has acknowledged everything): one message
-        and one wake-up of the sender per batch instead of per frame."""
-        self._acks.append((stream_id, seq))
-        if len(self._acks) >= self._ack_batch:
-            self.flush_acks()
-
-    def flush_acks(self) -> None:
-        """Send the acknowledgements held back (a lost one: the frame is redelivered after the ack
-        timeout, and recognised)."""
-        if not self._acks:
-            return
-        (stream_id, seq), *more = self._acks
-        self._acks = []
-        parts = (encode_control(Kind.FRAME_ACK, stream_id=stream_id, seq=seq, meta={"more": more}) if more
-                 else encode_frame_ack(stream_id, seq))
+        """Tell the sender frame (``stream_id``, ``seq``) is fully handled: it may forget it, and send one more."""
         try:
-            self.sock.send_multipart(parts, flags=zmq.NOBLOCK)
+            self.sock.send_multipart(encode_frame_ack(stream_id, seq), flags=zmq.NOBLOCK)
         except zmq.Again:
-            pass
+            pass  # not acknowledged: the sender redelivers it after its ack timeout, and it is recognised
 
     def recv(self, timeout_ms: int | None = None) -> Message | None:
         """The next frame or END_OF_STREAM, or None if none came within ``timeout_ms`` (None: wait forever)."""
@@ -358,7 +336,6 @@ class AckedReceiver:
             try:  # a frame already queued needs no poll
                 parts = self.sock.recv_multipart(copy=False, flags=zmq.NOBLOCK)
             except zmq.Again:
-                self.flush_acks()  # about to wait: the sender hears about everything handled so far
                 wait = _POLL_MS if deadline is None else max(0, round((deadline - time.monotonic()) * 1000))
                 if not self.sock.poll(wait, zmq.POLLIN):
                     if time.monotonic() - self._heard > REHELLO_S:  # a sender that restarted does not know us
@@ -375,7 +352,6 @@ class AckedReceiver:
                 self.last_error = str(exc)
                 continue
             if msg.kind == Kind.END_OF_STREAM:
-                self.flush_acks()
                 self._say(Kind.ACK, msg.stream_id, msg.seq,
                           {"name": self.name, "pid": os.getpid(), "frames": self.frames, "events": self.events,
                            "rejected": self.rejected})
@@ -387,7 +363,6 @@ class AckedReceiver:
             # HEARTBEAT probes (and anything else) carry nothing for the caller
 
     def close(self) -> None:
-        self.flush_acks()
         self.sock.close(linger=1000)  # gives the last acknowledgements a second to leave
 
     def __enter__(self) -> AckedReceiver:

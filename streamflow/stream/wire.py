@@ -233,9 +233,28 @@ def encode_control(kind: Kind, *, stream_id: int, seq: int, meta: dict[str, Any]
 _EMPTY_META = _meta_bytes({})
 
 
+_ACK_TEMPLATE = _header(Kind.FRAME_ACK, 0, 0, 0, 0, 0, 0, 0, _EMPTY_META)
+_ACK_IDS = struct.Struct("<IQ")  # stream id, seq: the header's only fields that differ between FRAME_ACKs
+_ACK_IDS_OFFSET = struct.calcsize("<4sHBBH")
+
+
 def encode_frame_ack(stream_id: int, seq: int) -> list[bytes]:
     """A FRAME_ACK (:func:`encode_control` with no meta), built without JSON: one per frame received."""
     return [_header(Kind.FRAME_ACK, 0, stream_id, seq, 0, 0, 0, 0, _EMPTY_META)]
+
+
+def decode_frame_ack(parts: Sequence[bytes]) -> tuple[int, int] | None:
+    """(stream id, seq) if ``parts`` is exactly what :func:`encode_frame_ack` makes, else None (then
+    :func:`decode` it): the sender of acknowledged delivery reads one per frame, so this skips the JSON."""
+    if len(parts) != 1:
+        return None
+    head = parts[0]
+    end = _ACK_IDS_OFFSET + _ACK_IDS.size
+    if (len(head) != len(_ACK_TEMPLATE) or head[:_ACK_IDS_OFFSET] != _ACK_TEMPLATE[:_ACK_IDS_OFFSET]
+            or head[end:] != _ACK_TEMPLATE[end:]):
+        return None
+    stream_id, seq = _ACK_IDS.unpack_from(head, _ACK_IDS_OFFSET)
+    return stream_id, seq
 
 
 def _view(part: Any, index: int) -> memoryview:
