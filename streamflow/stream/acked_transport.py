@@ -309,6 +309,7 @@ class AckedReceiver:
     def __post_init__(self) -> None:
         self.sock = connect(self.ctx, zmq.DEALER, self.endpoint, hwm=_QUEUE_HWM, curve=self.curve)
         _heartbeats(self.sock)
+        self._rcvtimeo = -1
         self._heard = time.monotonic()
         self._hello()
 
@@ -333,16 +334,17 @@ class AckedReceiver:
         """The next frame or END_OF_STREAM, or None if none came within ``timeout_ms`` (None: wait forever)."""
         deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
         while True:
-            try:  # a frame already queued needs no poll
-                parts = self.sock.recv_multipart(copy=False, flags=zmq.NOBLOCK)
+            wait = _POLL_MS if deadline is None else max(0, round((deadline - time.monotonic()) * 1000))
+            if wait != self._rcvtimeo:  # a blocking receive with a timeout: no poll call per frame
+                self.sock.rcvtimeo = self._rcvtimeo = wait
+            try:
+                parts = self.sock.recv_multipart(copy=False)
             except zmq.Again:
-                wait = _POLL_MS if deadline is None else max(0, round((deadline - time.monotonic()) * 1000))
-                if not self.sock.poll(wait, zmq.POLLIN):
-                    if time.monotonic() - self._heard > REHELLO_S:  # a sender that restarted does not know us
-                        self._heard = time.monotonic()
-                        self._hello()
-                    if deadline is not None and time.monotonic() >= deadline:
-                        return None
+                if time.monotonic() - self._heard > REHELLO_S:  # a sender that restarted does not know us
+                    self._heard = time.monotonic()
+                    self._hello()
+                if deadline is not None and time.monotonic() >= deadline:
+                    return None
                 continue
             self._heard = time.monotonic()
             try:

@@ -47,12 +47,12 @@ from typing import Any, Generic, TypeVar
 
 from streamflow.errors import ConfigError
 
-DEFAULT_WINDOW = 32
+DEFAULT_WINDOW = 128
 MAX_WINDOW = 1024
 DEFAULT_MAX_UNACKED = 256
 DEFAULT_ACK_TIMEOUT_S = 120.0
 DEFAULT_HEARTBEAT_S = 0.5
-SELECTIONS_WINDOW = 64
+SELECTIONS_WINDOW = 128
 """The scorer -> sink hop's window: a sink acknowledges selections in batches, once a flush commits them."""
 CONFIRM_EVERY = DEFAULT_WINDOW // 2
 """A sink commits and acknowledges at least every this many selections: a scorer at the default window, which
