@@ -76,9 +76,9 @@ class ConsumeConfig:
     metrics_port: serve Prometheus ``/metrics`` here (streamflow.ops.prometheus; rank r of
     data-parallel ranks on metrics_port + r); metrics_hold: seconds to keep serving after the run.
     acked: take frames by acknowledged delivery (the producer runs it too; a lone scorer only),
-    holding at most ``ack_window`` unacknowledged: each frame is acknowledged once scored, its
-    selections sent and journalled, and a redelivered frame handled before is acknowledged
-    without being scored again (StreamScorer.already_processed). The selections go to the
+    holding at most ``ack_window`` unacknowledged: each frame is acknowledged once scored and
+    journalled (with a sink, once the sink committed its selection), and a redelivered frame
+    handled before is acknowledged without being scored again (StreamScorer.already_processed). The selections go to the
     sink (run with ``--acked`` too) by acknowledged delivery as well: kept until the sink
     has committed them, sent again to a sink that restarts.
     """
@@ -315,9 +315,10 @@ def _alone(loop: _ScorerLoop, stop_event: threading.Event) -> None:
             break
         elif msg.kind == Kind.DATA and msg.batch is not None:
             last_frame = time.monotonic()
+            scored = loop.state.scorer.frames
             loop.on_delivered(msg, msg.batch)
             every = config.checkpoint_every
-            if every and loop.state.scorer.frames % every == 0:
+            if every and loop.state.scorer.frames != scored and loop.state.scorer.frames % every == 0:
                 loop.checkpoint()
         loop.reporter.maybe_report(loop.telemetry)
 
