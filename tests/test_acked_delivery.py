@@ -93,6 +93,7 @@ def test_a_scorer_killed_and_resumed_loses_nothing_in_flight(tmp_path) -> None:
     assert account["processed_events"] + account["lost_after_processing"]["events"] == events
     assert ledger["delivery"]["redelivered"] >= 1 and ledger["delivery"]["acked"] == events // frame
     assert ledger["sequence"]["duplicates"] == 0, "no frame scored twice"
+    assert "acknowledged delivery: 300 of 300 frames acknowledged" in output
 
 
 def _batch(n: int) -> EventBatch:

@@ -285,6 +285,11 @@ class StreamScorer:
                               weights_sha256=weights_digest(
                                   learner.model for learner in self.scorer.learners.values()))
         ledger.notes += [account.render(sid) for sid, account in stats.accounts.items()]
+        if stats.delivery is not None:  # the producer's counts (from the wire: shown as they came)
+            d = stats.delivery
+            ledger.notes.append(f"acknowledged delivery: {d.get('acked')} of {d.get('sent')} frames acknowledged, "
+                                f"{d.get('redelivered')} redelivered, {d.get('receivers_lost')} receivers lost; "
+                                f"{stats.duplicates_suppressed} redelivered frames handled before, not scored again")
         if intake.rejected:
             ledger.notes.append(f"rejected {intake.rejected} messages; last: {intake.last_error}")
         if stats.idle_error:
