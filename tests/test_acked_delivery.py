@@ -14,9 +14,10 @@ from streamflow.events.batch import EventBatch
 from streamflow.stream.acked_transport import AckedReceiver, AckedSender
 from streamflow.stream.delivery import DeliveryConfig
 from streamflow.stream.ledger import _expand_runs
+from streamflow.stream.selections import read_selections
 from streamflow.stream.wire import Kind, decode, encode_control
-from tests.helpers import free_port_block
-from tests.test_faults import finish, journal_lines, scorer_args, start, wait_for
+from tests.helpers import free_port_block, streamflow
+from tests.test_faults import finish, journal_lines, scorer_args, sink_written, start, wait_for
 
 
 def _seen(ledger: dict) -> set[int]:
@@ -160,3 +161,56 @@ def test_bad_peers_are_counted_and_survived_and_a_good_receiver_gets_every_frame
         assert len(eos.acks) == 2  # the live, non-evicted receivers answered END_OF_STREAM
     silent.close(linger=0)
     ctx.term()
+
+
+def test_a_killed_sink_loses_no_selection_and_writes_none_twice(tmp_path) -> None:
+    """Scorer and sink acknowledged: the sink killed mid-stream and restarted; every frame's selection is in
+    the file once, and the scorer's journal holds only frames whose selection the sink committed."""
+    events, frame = 150_000, 500
+    port = free_port_block(4)
+    endpoint, selections = f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{port + 2}"
+    run_dir, sink_dir = tmp_path / "run", tmp_path / "sink"
+    sink_args = ("sink", "--endpoint", selections, "--run-dir", str(sink_dir), "--acked", "--idle-timeout", "60")
+    with ExitStack() as stack:
+        producer = start(stack, "replay", "gaussian", "--events", str(events), "--frame-size", str(frame),
+                         "--endpoint", endpoint, "--eos-timeout", "90", "--acked", log=tmp_path / "producer.log")
+        first_sink = start(stack, *sink_args, log=tmp_path / "sink-1.log")
+        scorer = start(stack, *scorer_args(tmp_path, endpoint, run_dir, "--checkpoint-every", "10", "--acked",
+                                           "--selections", selections, "--idle-timeout", "60"),
+                       log=tmp_path / "scorer.log")
+        telemetry = sink_dir / "telemetry-sink.jsonl"
+        wait_for(lambda: sink_written(telemetry) > 0, 90, "the sink to commit selections")
+        first_sink.send_signal(signal.SIGKILL)
+        first_sink.wait(10)
+        assert producer.poll() is None and scorer.poll() is None, "the stream ended before the kill: make it longer"
+        second_sink = start(stack, *sink_args, log=tmp_path / "sink-2.log")
+        output = finish(scorer, tmp_path / "scorer.log", timeout=120)
+        assert scorer.returncode == 0, output
+        sink_output = finish(second_sink, tmp_path / "sink-2.log")
+        assert second_sink.returncode == 0, sink_output
+        assert finish(producer, tmp_path / "producer.log") and producer.returncode == 0
+
+    selected, _ = read_selections(sink_dir / "selections.h5")
+    ids, counts = np.unique(selected.ids, return_counts=True)
+    assert counts.max() == 1, "no event written twice"
+    sink_ledger = json.loads((sink_dir / "ledger-sink.json").read_text())
+    account = sink_ledger["streams"]["0"]
+    assert account["unaccounted_frames"] == 0 and account["lost_in_flight"]["frames"] == []
+    scorer_ledger = json.loads((run_dir / "ledger-scorer.json").read_text())
+    assert len(ids) == scorer_ledger["stages"][4]["events"] > 0, "every selection the scorer sent is in the file"
+    assert "appended to" in sink_output
+
+
+def test_bad_acknowledged_delivery_options_are_one_line_errors(tmp_path) -> None:
+    cases = [
+        (("replay", "gaussian", "--acked", "--ack-window", "0"), "delivery window must be 1 to"),
+        (("replay", "gaussian", "--acked", "--ack-window", "300", "--max-unacked", "100"),
+         "unacknowledged-frame buffer must be 300"),
+        (("replay", "gaussian", "--acked", "--ack-timeout", "0"), "ack timeout must be positive"),
+        (("consume", "--acked", "--ack-window", "5000", "--run-dir", str(tmp_path)), "ack window must be 1 to"),
+        (("consume", "--acked", "--ranks", "2", "--run-dir", str(tmp_path)), "--acked is for a lone scorer"),
+    ]
+    for args, message in cases:
+        result = streamflow(*args, timeout=60)
+        assert result.returncode == 2, (args, result.stderr)
+        assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
