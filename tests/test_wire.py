@@ -134,7 +134,7 @@ def with_header(**fields: int | bytes) -> list[bytes]:
     parts = good_parts()
     names = ("magic", "version", "kind", "dtype", "flags", "stream_id", "seq", "send_ns", "n", "f",
              "hash", "meta_len")
-    values = dict(zip(names, HEADER.unpack_from(parts[0])))
+    values = dict(zip(names, HEADER.unpack_from(parts[0]), strict=True))
     values.update(fields)
     parts[0] = HEADER.pack(*values.values()) + parts[0][HEADER.size:]
     return parts
