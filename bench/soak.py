@@ -18,7 +18,19 @@ the report gives each one's RSS a quarter into its life (after imports, JIT
 compilation and the first frames) and at its end: growth over a long run shows
 in the last incarnation, which runs the longest (its events are in the report).
 
-    python -m bench.soak [--events 12000000] [--kills 5] [--frame-size 1000] [--json out.json]
+With ``--acked`` producer and scorer use acknowledged delivery
+(streamflow.stream.delivery): the frames a killed scorer held are sent again to
+its resumed successor, so "lost in flight" must be zero too, and the report adds
+the producer's delivery counts (acknowledged, redelivered) and the redelivered
+frames the resumed scorers recognised as handled before (duplicates suppressed).
+
+With ``--sink-kills N`` the scorer's selections go to a `streamflow sink`, killed
+with ``kill -9`` N times (midway through N of the scorer's lifetimes) and restarted
+each time; the report then reads the selections file: rows, and events selected
+more than once (must be 0), and the sink's account of the selections it was sent.
+
+    python -m bench.soak [--events 12000000] [--kills 5] [--sink-kills 2] [--frame-size 1000] [--acked]
+                         [--json out.json]
 """
 
 from __future__ import annotations
@@ -35,7 +47,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from bench.fuzz import SMALL_SCORER_TOML
+from streamflow.stream.selections import read_selections
 
 STREAMFLOW = [sys.executable, "-m", "streamflow.cli.main"]
 LONG_LIVED_S = 30.0  # the RSS growth bound applies to processes that lived at least this long
@@ -114,13 +129,19 @@ def wait_until(condition, timeout: float, what: str) -> None:  # noqa: ANN001 --
 
 
 def soak(events: int, kills: int, frame_size: int, checkpoint_every: int, min_gap: float, max_gap: float,
-         run_dir: Path, seed: int, timeout: float) -> dict:
+         run_dir: Path, seed: int, timeout: float, acked: bool = False, sink_kills: int = 0) -> dict:
     rng = random.Random(seed)
     toml = run_dir / "scorer.toml"
     toml.write_text(SMALL_SCORER_TOML)
     endpoint = f"ipc://{run_dir}/data"
     scorer_args = [*STREAMFLOW, "consume", "--config", str(toml), "--endpoint", endpoint, "--run-dir",
-                   str(run_dir / "scorer"), "--checkpoint-every", str(checkpoint_every), "--idle-timeout", "120"]
+                   str(run_dir / "scorer"), "--checkpoint-every", str(checkpoint_every), "--idle-timeout", "120",
+                   *(["--acked"] if acked else [])]
+    sink_args = [*STREAMFLOW, "sink", "--endpoint", f"ipc://{run_dir}/selections", "--run-dir", str(run_dir / "sink"),
+                 "--idle-timeout", "300", *(["--acked"] if acked else [])]
+    if sink_kills:
+        scorer_args += ["--selections", f"ipc://{run_dir}/selections"]
+    sink_rounds = {(i + 1) * kills // (sink_kills + 1) for i in range(sink_kills)}
     logs = run_dir / "logs"
     logs.mkdir()
     sampler = MemorySampler()
@@ -139,9 +160,11 @@ def soak(events: int, kills: int, frame_size: int, checkpoint_every: int, min_ga
     try:
         producer, producer_trace = launch(
             [*STREAMFLOW, "replay", "gaussian", "--events", str(events), "--frame-size", str(frame_size),
-             "--endpoint", endpoint, "--eos-timeout", "300"], "producer")
+             "--endpoint", endpoint, "--eos-timeout", "300", *(["--acked"] if acked else [])], "producer")
         incarnations: list[MemoryTrace] = []
         kill_times: list[float] = []
+        sink_kill_times: list[float] = []
+        sink = launch(sink_args, "sink-0")[0] if sink_kills else None
         for n in range(kills + 1):
             scorer, trace = launch(scorer_args + (["--resume"] if n else []), f"scorer-{n}")
             incarnations.append(trace)
@@ -151,7 +174,15 @@ def soak(events: int, kills: int, frame_size: int, checkpoint_every: int, min_ga
             telemetry = run_dir / "scorer" / "telemetry-scorer.jsonl"
             wait_until(lambda: has_scored(telemetry, scorer.pid) or scorer.poll() is not None,  # noqa: B023
                        max(1.0, deadline - time.monotonic()), f"scorer {n} to score")
-            time.sleep(rng.uniform(min_gap, max_gap))
+            gap = rng.uniform(min_gap, max_gap)
+            if sink is not None and n in sink_rounds:  # midway through this scorer's life, the sink dies
+                time.sleep(gap / 2)
+                gap /= 2
+                sink.send_signal(signal.SIGKILL)
+                sink.wait(10)
+                sink_kill_times.append(round(time.monotonic() - start, 1))
+                sink = launch(sink_args, f"sink-{len(sink_kill_times)}")[0]
+            time.sleep(gap)
             for proc, name in ((producer, "producer"), (scorer, f"scorer-{n}")):
                 if proc.poll() is not None:
                     tail = (logs / f"{name}.log").read_text()[-600:]
@@ -161,6 +192,8 @@ def soak(events: int, kills: int, frame_size: int, checkpoint_every: int, min_ga
             scorer.wait(10)
             kill_times.append(round(time.monotonic() - start, 1))
         producer.wait(max(1.0, deadline - time.monotonic()))
+        if sink is not None:
+            sink.wait(max(1.0, deadline - time.monotonic()))
     finally:
         for proc in processes:
             if proc.poll() is None:
@@ -169,14 +202,16 @@ def soak(events: int, kills: int, frame_size: int, checkpoint_every: int, min_ga
         sampler.stop.set()
         sampler.join(5)
     seconds = time.monotonic() - start
-    if scorer.returncode != 0 or producer.returncode != 0:
-        raise RuntimeError(f"scorer exit {scorer.returncode}, producer exit {producer.returncode}: see {logs}")
+    if scorer.returncode != 0 or producer.returncode != 0 or (sink is not None and sink.returncode != 0):
+        raise RuntimeError(f"scorer exit {scorer.returncode}, producer exit {producer.returncode}, sink exit "
+                           f"{sink.returncode if sink else '-'}: see {logs}")
 
     ledger = json.loads((run_dir / "scorer" / "ledger-scorer.json").read_text())
     account = ledger["streams"]["0"]
     after, in_flight = account["lost_after_processing"], account["lost_in_flight"]
     in_flight_events = frame_size * len(in_flight["frames"])  # whole frames: counted, not inferred
     return {
+        **({"sink": sink_figures(run_dir / "sink", sink_kill_times)} if sink_kills else {}),
         "events_sent": account["sent_events"], "frames_sent": account["sent_frames"],
         "events_processed": account["processed_events"],
         "lost_after_processing": {"events": after["events"], "frames": len(after["frames"])},
@@ -184,12 +219,28 @@ def soak(events: int, kills: int, frame_size: int, checkpoint_every: int, min_ga
         "unaccounted_events": account["sent_events"] - account["processed_events"] - after["events"]
         - in_flight_events,
         "unaccounted_frames": account["unaccounted_frames"],
+        "delivery": ledger.get("delivery"), "acked": acked,
+        "duplicates_suppressed_last_scorer": ledger.get("duplicates_suppressed", 0),
         "faults_injected": {"scorer_kill_9": len(kill_times), "at_s": kill_times},
         "seconds": round(seconds, 1), "events_per_s": round(events / seconds),
         "last_scorer_events": next(s["events"] for s in ledger["stages"] if s["name"] == "scored"),
         "memory": {"producer": producer_trace.summary(),
                    **{trace.name: trace.summary() for trace in incarnations}},
     }
+
+
+def sink_figures(sink_dir: Path, kill_times: list[float]) -> dict:
+    """The selections file (rows, events in it more than once) and the last sink's account of what it was sent."""
+    selected, _ = read_selections(sink_dir / "selections.h5")
+    ids, counts = np.unique(selected.ids, return_counts=True)
+    ledger = json.loads((sink_dir / "ledger-sink.json").read_text())
+    account = ledger["streams"]["0"]
+    return {"rows": len(selected.ids), "events_selected_more_than_once": int(np.sum(counts > 1)),
+            "frames_in_file": len(np.unique(selected.seq)), "sent_events": account["sent_events"],
+            "lost_in_flight_events": account["lost_in_flight"]["events"],
+            "unaccounted_frames": account["unaccounted_frames"],
+            "duplicates_suppressed_last_sink": ledger.get("duplicates_suppressed", 0),
+            "faults_injected": {"sink_kill_9": len(kill_times), "at_s": kill_times}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,17 +256,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-growth-mb", type=float, default=32.0,
                         help="fail if a process that ran 30 s or more grew more than this after its first quarter "
                              "(default 32)")
+    parser.add_argument("--acked", action="store_true",
+                        help="acknowledged delivery with redelivery between producer and scorer")
+    parser.add_argument("--sink-kills", type=int, default=0,
+                        help="run a sink for the selections and kill it this many times (at most --kills)")
     parser.add_argument("--json", help="write the figures here too")
     parser.add_argument("--run-dir", help="keep the run's files (logs, ledger, checkpoint) here "
                                              "(default: a temporary folder)")
     args = parser.parse_args(argv)
+    if not 0 <= args.sink_kills <= args.kills:
+        parser.error("--sink-kills must be 0 to --kills (the sink dies during a scorer's life)")
     if args.events % args.frame_size:
         parser.error("--events must be a multiple of --frame-size (frames lost in flight are counted whole)")
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(args.run_dir or tmp)
         run_dir.mkdir(parents=True, exist_ok=True)
         result = soak(args.events, args.kills, args.frame_size, args.checkpoint_every, args.min_gap, args.max_gap,
-                      run_dir, args.seed, args.timeout)
+                      run_dir, args.seed, args.timeout, args.acked, args.sink_kills)
     after, flight = result["lost_after_processing"], result["lost_in_flight"]
     print(f"sent {result['events_sent']:,d} events ({result['frames_sent']:,d} frames) in {result['seconds']} s; "
           f"faults injected: {result['faults_injected']['scorer_kill_9']} scorer kill -9 "
@@ -223,6 +280,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"processed {result['events_processed']:,d}; lost after processing {after['events']:,d} "
           f"({after['frames']} frames); lost in flight {flight['events']:,d} ({flight['frames']} frames); "
           f"unaccounted events {result['unaccounted_events']}, frames {result['unaccounted_frames']}")
+    if result["delivery"]:
+        d = result["delivery"]
+        print(f"acknowledged delivery: {d['acked']:,d} of {d['sent']:,d} frames acknowledged, "
+              f"{d['redelivered']:,d} redelivered, {d['receivers_lost']} receivers lost; the last scorer "
+              f"suppressed {result['duplicates_suppressed_last_scorer']} duplicates")
+    sink = result.get("sink")
+    if sink:
+        print(f"sink: {sink['faults_injected']['sink_kill_9']} sink kill -9 at {sink['faults_injected']['at_s']} s; "
+              f"{sink['rows']:,d} selected events in the file from {sink['frames_in_file']:,d} frames, "
+              f"{sink['events_selected_more_than_once']} selected more than once; the scorer sent "
+              f"{sink['sent_events']:,d}, lost in flight {sink['lost_in_flight_events']:,d}, unaccounted frames "
+              f"{sink['unaccounted_frames']}; the last sink suppressed {sink['duplicates_suppressed_last_sink']} "
+              f"redelivered duplicates")
     print(f"the last scorer ({result['memory'][f'scorer-{args.kills}'].get('seconds')} s) scored "
           f"{result['last_scorer_events']:,d} events")
     for name, memory in result["memory"].items():
@@ -233,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     accounted = result["unaccounted_events"] == 0 and result["unaccounted_frames"] == 0
+    if sink:
+        accounted = accounted and sink["events_selected_more_than_once"] == 0 and sink["unaccounted_frames"] == 0
     # Processes killed seconds after start are still importing and compiling in their first quarter:
     # the bound is for those that ran long enough to show a leak.
     grown = {name: m["growth_mb"] for name, m in result["memory"].items()

@@ -7,13 +7,19 @@ move the same payload -- ids uint64[n] + features float32[n, 16] per frame:
   (header + meta, ids, features: three parts, zero-copy) and ends with the
   END_OF_STREAM handshake; a :class:`~streamflow.stream.transport.Receiver` decodes each
   frame into numpy views (and does nothing else).
+- ``acked``: the same frames by acknowledged delivery
+  (:class:`~streamflow.stream.acked_transport.AckedSender` ROUTER, credit window
+  :data:`~streamflow.stream.delivery.DEFAULT_WINDOW` frames, every frame kept until
+  acknowledged; :class:`~streamflow.stream.acked_transport.AckedReceiver` DEALER
+  acknowledging each frame as it is decoded).
 - ``pyzmq``: a bare PUSH sends one zero-copy buffer of the same size per frame; a
   bare PULL receives it without copying; an empty message ends the run.
 
 Both use the same high-water mark. The receiver times from its first to its last
 frame, so connection set-up is excluded. Runs alternate between the two modes; on
 a shared machine the best of ``--repeats`` is the least disturbed, so the table
-shows the best runs and their ratio streamflow / pyzmq, and the ratio of medians.
+shows the best runs and their ratio streamflow / pyzmq, and the ratio of medians, and the
+acknowledged path against the PUSH path (acked / streamflow, best and medians).
 
     python -m bench.transport [--events N] [--repeats R] [--frame-sizes 1024 4096 16384] [--json out.json]
 """
@@ -36,11 +42,12 @@ import numpy as np
 import zmq
 
 from streamflow.events.batch import EventBatch
+from streamflow.stream.acked_transport import AckedReceiver, AckedSender
 from streamflow.stream.transport import DEFAULT_HWM, Receiver, Sender
 from streamflow.stream.wire import Kind
 
 N_FEATURES = 16
-MODES = ("streamflow", "pyzmq")
+MODES = ("streamflow", "acked", "pyzmq")
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,11 @@ def produce(mode: str, endpoint: str, n: int, frames: int) -> None:
             for _ in range(frames):
                 sender.send_batch(batch)
             sender.end_stream(timeout_s=30)
+    elif mode == "acked":
+        with AckedSender(ctx, endpoint) as acked:
+            for _ in range(frames):
+                acked.send_batch(batch)
+            acked.end_stream(timeout_s=30)
     else:
         push = ctx.socket(zmq.PUSH)
         push.sndhwm = DEFAULT_HWM
@@ -93,6 +105,13 @@ def consume(mode: str, endpoint: str, out: Connection) -> None:
     if mode == "streamflow":
         with Receiver(ctx, endpoint, name="bench", hwm=DEFAULT_HWM) as receiver:
             while receiver.recv().kind != Kind.END_OF_STREAM:
+                last = time.perf_counter()
+                first = first or last
+                frames += 1
+    elif mode == "acked":
+        with AckedReceiver(ctx, endpoint, name="bench") as acked:
+            while (msg := acked.recv()) is not None and msg.kind != Kind.END_OF_STREAM:
+                acked.acknowledge(msg.stream_id, msg.seq)
                 last = time.perf_counter()
                 first = first or last
                 frames += 1
@@ -165,15 +184,17 @@ def run(events: int, frame_sizes: list[int], transports: list[str], repeats: int
 def table(results: list[Result]) -> str:
     """A Markdown table: one row per transport and frame size, both modes and their ratio."""
     rows = ["| transport | frame (events) | streamflow Mev/s | GB/s | bare pyzmq Mev/s | GB/s | ratio | "
-            "ratio of medians |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+            "ratio of medians | acked Mev/s | acked / PUSH | of medians |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     by_key = {(r.transport, r.frame_size, r.mode): r for r in results}
     for transport, n in dict.fromkeys((r.transport, r.frame_size) for r in results):
-        sf, bare = by_key[transport, n, "streamflow"], by_key[transport, n, "pyzmq"]
+        sf, bare, acked = (by_key[transport, n, mode] for mode in ("streamflow", "pyzmq", "acked"))
         rows.append(f"| {transport} | {n} | {sf.events_per_s / 1e6:.1f} | {sf.gb_per_s:.2f} | "
                     f"{bare.events_per_s / 1e6:.1f} | {bare.gb_per_s:.2f} | "
                     f"{sf.events_per_s / bare.events_per_s:.2f} | "
-                    f"{sf.median_events_per_s / bare.median_events_per_s:.2f} |")
+                    f"{sf.median_events_per_s / bare.median_events_per_s:.2f} | {acked.events_per_s / 1e6:.1f} | "
+                    f"{acked.events_per_s / sf.events_per_s:.2f} | "
+                    f"{acked.median_events_per_s / sf.median_events_per_s:.2f} |")
     return "\n".join(rows)
 
 

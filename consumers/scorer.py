@@ -45,6 +45,8 @@ from streamflow.scoring.frame_scorer import ScorerConfig, resolve_device
 from streamflow.scoring.rank_merge import merged_ledger
 from streamflow.scoring.selection import selection_parts
 from streamflow.scoring.stream_scorer import ConsumeStats, Intake, StreamScorer
+from streamflow.stream.acked_transport import AckedReceiver, AckedSender
+from streamflow.stream.delivery import DEFAULT_WINDOW, MAX_WINDOW, SELECTIONS_WINDOW, DeliveryConfig
 from streamflow.stream.ledger import Ledger
 from streamflow.stream.telemetry import ScorerRecord, TelemetryReporter
 from streamflow.stream.transport import (
@@ -73,6 +75,12 @@ class ConsumeConfig:
     selections_curve: serve the selections socket under CURVE, admitting only authorised sinks.
     metrics_port: serve Prometheus ``/metrics`` here (streamflow.ops.prometheus; rank r of
     data-parallel ranks on metrics_port + r); metrics_hold: seconds to keep serving after the run.
+    acked: take frames by acknowledged delivery (the producer runs it too; a lone scorer only),
+    holding at most ``ack_window`` unacknowledged: each frame is acknowledged once scored and
+    journalled (with a sink, once the sink committed its selection), and a redelivered frame
+    handled before is acknowledged without being scored again (StreamScorer.already_processed). The selections go to the
+    sink (run with ``--acked`` too) by acknowledged delivery as well: kept until the sink
+    has committed them, sent again to a sink that restarts.
     """
 
     scorer: ScorerConfig
@@ -91,9 +99,13 @@ class ConsumeConfig:
     selections_curve: Curve | None = None
     metrics_port: int | None = None
     metrics_hold: float = 0.0
+    acked: bool = False
+    ack_window: int = DEFAULT_WINDOW
 
     def __post_init__(self) -> None:
         check_metrics(self.metrics_port, self.metrics_hold)
+        if not 1 <= self.ack_window <= MAX_WINDOW:
+            raise ConfigError(f"ack window must be 1 to {MAX_WINDOW} frames, got {self.ack_window}")
         for endpoint in (self.endpoint, self.selections, self.telemetry):
             if endpoint is not None:
                 check_endpoint(endpoint)
@@ -113,6 +125,11 @@ class ConsumeConfig:
     @property
     def checkpoint_path(self) -> Path:
         return Path(self.run_dir) / f"{self.name}{CHECKPOINT_SUFFIX}"
+
+
+SELECTIONS_DELIVERY = DeliveryConfig(window=SELECTIONS_WINDOW, max_unacked=4 * SELECTIONS_WINDOW)
+"""Acknowledged delivery to a sink (``acked``): a sink acknowledges a SELECTION once a flush has committed it,
+in batches, so its window is wider than a scorer's."""
 
 
 class _ScorerLoop:
@@ -137,10 +154,21 @@ class _ScorerLoop:
         self.exporter = start_exporter(config.name, port + collective.rank if port else port, self.state.latency)
         self.durability = Durability(checkpoint_path, run_dir / f"{config.name}.journal", config.name)
         self.durability.start(self.state, config.resume)
-        self.receiver = Receiver(ctx, config.endpoint, name=config.name, hwm=config.hwm,
-                                 kernel_buffer=config.kernel_buffer, curve=config.curve)
-        self.selections = (Sender(ctx, config.selections, hwm=config.hwm, curve=config.selections_curve)
-                           if config.selections else None)
+        if config.acked and collective.world_size > 1:
+            raise ConfigError("acknowledged delivery (--acked) is for a lone scorer: data-parallel ranks "
+                              "take frames in rounds")
+        self.receiver: Receiver | AckedReceiver = (
+            AckedReceiver(ctx, config.endpoint, name=config.name, window=config.ack_window, curve=config.curve)
+            if config.acked else Receiver(ctx, config.endpoint, name=config.name, hwm=config.hwm,
+                                          kernel_buffer=config.kernel_buffer, curve=config.curve))
+        self.uncommitted: dict[tuple[int, int], tuple[int, int]] = {}
+        """Acknowledged to a sink: frame -> (events, selected) whose selection the sink has not committed yet."""
+        self.selections: Sender | AckedSender | None = None
+        if config.selections and config.acked:
+            self.selections = AckedSender(ctx, config.selections, delivery=SELECTIONS_DELIVERY,
+                                          curve=config.selections_curve, on_settled=self._committed)
+        elif config.selections:
+            self.selections = Sender(ctx, config.selections, hwm=config.hwm, curve=config.selections_curve)
         self._pub = connect(ctx, zmq.PUB, config.telemetry) if config.telemetry else None
         self.reporter = TelemetryReporter(
             config.name, publish=self._pub.send if self._pub else None,
@@ -149,24 +177,69 @@ class _ScorerLoop:
         )
 
     def on_frame(self, msg: Message, batch: EventBatch) -> None:
-        """Score, select and learn one frame (``msg``'s ``batch``); journal it; send its selections."""
+        """Score, select and learn one frame (``msg``'s ``batch``); journal it; send its selections.
+
+        Acknowledged to a sink, the frame is journalled once the sink has committed its selection
+        (:meth:`_committed`), so a journalled frame's selection is in the sink's file."""
         result = self.state.on_frame(batch, msg.stream_id, msg.seq)
         if self.selections is None:
             self.durability.record(msg.stream_id, msg.seq, len(batch))
         else:
+            key = (msg.stream_id, msg.seq)
             parts, accepted = selection_parts(batch, result, self.config.scorer.lines,
                                               seq=msg.seq, stream_id=msg.stream_id, send_ns=msg.send_ns)
-            self.durability.record(msg.stream_id, msg.seq, len(batch), accepted)  # before it goes (durability)
-            if self._send_selection(parts, accepted):
-                self.state.selection_sent(msg.stream_id, accepted)
+            if isinstance(self.selections, AckedSender):
+                self.uncommitted[key] = (len(batch), accepted)
+                self._send_selection(parts, accepted, key)
+            else:
+                self.durability.record(msg.stream_id, msg.seq, len(batch), accepted)  # before it goes (durability)
+                if self._send_selection(parts, accepted, key):
+                    self.state.selection_sent(msg.stream_id, accepted)
         self.state.on_frame_done(msg.send_ns)
 
-    def _send_selection(self, parts: list[Any], accepted: int) -> bool:
+    def on_delivered(self, msg: Message, batch: EventBatch) -> None:
+        """:meth:`on_frame` and, under acknowledged delivery, the frame's acknowledgement to the producer:
+        at once without a sink, once the sink committed its selection with one (:meth:`_committed`). A
+        redelivered frame handled before (by this process or a killed lifetime) is only acknowledged."""
+        if not isinstance(self.receiver, AckedReceiver):
+            self.on_frame(msg, batch)
+            return
+        key = (msg.stream_id, msg.seq)
+        if self.state.already_processed(*key):
+            self.state.stats.duplicates_suppressed += 1
+            if key in self.uncommitted:
+                return  # acknowledged when the sink commits it
+        else:
+            self.on_frame(msg, batch)
+            if isinstance(self.selections, AckedSender):
+                return
+        self.receiver.acknowledge(*key)
+
+    def _committed(self, key: tuple[int, int]) -> None:
+        """The sink committed frame ``key``'s selection: journal the frame, count it, acknowledge it upstream."""
+        handled = self.uncommitted.pop(key, None)
+        if handled is None:
+            return
+        events, accepted = handled
+        self.durability.record(*key, events, accepted)
+        self.state.selection_sent(key[0], accepted)
+        if isinstance(self.receiver, AckedReceiver):
+            self.receiver.acknowledge(*key)
+
+    def pump(self) -> None:
+        """Read the sink's acknowledgements (acknowledged delivery), so that frames are acknowledged upstream."""
+        if isinstance(self.selections, AckedSender):
+            self.selections.pump(0)
+
+    def _send_selection(self, parts: list[Any], accepted: int, key: tuple[int, int]) -> bool:
         """Push one SELECTION message; False if a stop or a stuck sink kept it from going. A sink that
         takes nothing for the idle timeout (gone, or wedged) is kept for the ledger and the exit, and
         stops the loop as a signal would (data-parallel ranks vote on it), without the handshake."""
         assert self.selections is not None
         try:
+            if isinstance(self.selections, AckedSender):  # kept until the sink has committed it
+                return self.selections.send(parts, accepted, self.stop_event, key=key,
+                                            give_up_s=self.config.idle_timeout)
             return self.selections.send(parts, accepted, self.stop_event, give_up_s=self.config.idle_timeout)
         except DownstreamStuck as exc:
             self.state.stats.sink_error = f"the sink stopped taking selections: {exc}"
@@ -190,6 +263,14 @@ class _ScorerLoop:
             stats.sink_confirmed = eos.acked_events
 
     def checkpoint(self) -> None:
+        """Save the checkpoint; acknowledged to a sink, once the sink committed every selection sent
+        (a checkpointed frame's selection is then in the sink's file)."""
+        if isinstance(self.selections, AckedSender) and self.state.stats.sink_error is None:
+            try:
+                self.selections.drain(self.config.idle_timeout, self.stop_event)
+            except DownstreamStuck as exc:
+                self.state.stats.sink_error = f"the sink stopped acknowledging selections: {exc}"
+                self.stop_event.set()
         self.durability.checkpoint(self.state)
 
     def telemetry(self) -> ScorerRecord:
@@ -223,7 +304,8 @@ def _alone(loop: _ScorerLoop, stop_event: threading.Event) -> None:
     config = loop.config
     last_frame = time.monotonic()
     while not stop_event.is_set():
-        msg = loop.receiver.recv(timeout_ms=200)
+        msg = loop.receiver.recv(timeout_ms=20 if loop.uncommitted else 200)
+        loop.pump()
         if msg is None:
             if time.monotonic() - last_frame > config.idle_timeout:
                 loop.idle()
@@ -233,9 +315,10 @@ def _alone(loop: _ScorerLoop, stop_event: threading.Event) -> None:
             break
         elif msg.kind == Kind.DATA and msg.batch is not None:
             last_frame = time.monotonic()
-            loop.on_frame(msg, msg.batch)
+            scored = loop.state.scorer.frames
+            loop.on_delivered(msg, msg.batch)
             every = config.checkpoint_every
-            if every and loop.state.scorer.frames % every == 0:
+            if every and loop.state.scorer.frames != scored and loop.state.scorer.frames % every == 0:
                 loop.checkpoint()
         loop.reporter.maybe_report(loop.telemetry)
 

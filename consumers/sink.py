@@ -16,6 +16,7 @@ selection streams totals each; streamflow.stream.ledger.stream_totals).
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ import zmq
 
 from streamflow.errors import ConfigError, StreamflowError
 from streamflow.ops.prometheus import check_metrics, start_exporter
+from streamflow.stream.acked_transport import AckedReceiver
+from streamflow.stream.delivery import CONFIRM_EVERY, SELECTIONS_WINDOW
 from streamflow.stream.ledger import (
     Ledger,
     SequenceTracker,
@@ -42,6 +45,8 @@ from streamflow.stream.transport import Curve, Receiver, check_endpoint, connect
 from streamflow.stream.wire import Kind, Message
 
 DEFAULT_SELECTIONS_ENDPOINT = "tcp://127.0.0.1:5557"
+CONFIRM_IDLE_MS = 20
+"""Acknowledged delivery: with selections unconfirmed, a pause this long commits and acknowledges them."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,7 @@ class SinkConfig:
     curve: Curve | None = None
     metrics_port: int | None = None
     metrics_hold: float = 0.0
+    acked: bool = False
 
     def __post_init__(self) -> None:
         check_metrics(self.metrics_port, self.metrics_hold)
@@ -85,6 +91,7 @@ class SinkStats:
     unwritten: int = 0  # received but not written because a write failed
     stopped: bool = False
     ended_by_scorer: bool = False
+    duplicates: int = 0  # redelivered selections already committed (acknowledged delivery), not written again
 
 
 def _selected(msg: Message) -> SelectedEvents:
@@ -120,7 +127,22 @@ def run_sink(config: SinkConfig, stop_event: threading.Event | None = None,
     reporter = TelemetryReporter(config.name, publish=pub.send if pub else None,
                                  jsonl_path=run_dir / f"telemetry-{config.name}.jsonl",
                                  observers=[exporter.observe] if exporter else [])
-    receiver = Receiver(ctx, config.endpoint, name=config.name, curve=config.curve)
+    receiver: Receiver | AckedReceiver = (
+        AckedReceiver(ctx, config.endpoint, name=config.name, window=SELECTIONS_WINDOW, curve=config.curve)
+        if config.acked else Receiver(ctx, config.endpoint, name=config.name, curve=config.curve))
+    unconfirmed: list[tuple[int, int]] = []  # acked: (stream id, seq) received, acknowledged after a flush
+    confirm_by = math.inf
+
+    def confirm() -> None:
+        """Commit what arrived (a flush), then acknowledge it: the scorer may forget it."""
+        nonlocal confirm_by
+        if writer is not None:
+            writer.flush()
+        assert isinstance(receiver, AckedReceiver)
+        for sid, seq in unconfirmed:
+            receiver.acknowledge(sid, seq)
+        unconfirmed.clear()
+        confirm_by = math.inf
 
     def telemetry() -> SinkRecord:
         events_per_s, frames_per_s = rates.rates()
@@ -132,8 +154,10 @@ def run_sink(config: SinkConfig, stop_event: threading.Event | None = None,
     try:
         last = time.monotonic()
         while not stop_event.is_set():
-            msg = receiver.recv(timeout_ms=200)
+            msg = receiver.recv(timeout_ms=CONFIRM_IDLE_MS if config.acked else 200)
             if msg is None:
+                if unconfirmed:
+                    confirm()
                 if time.monotonic() - last > config.idle_timeout:
                     error = (f"no selections from {config.endpoint} for {config.idle_timeout:g} s: "
                              "is the scorer running?")
@@ -158,12 +182,20 @@ def run_sink(config: SinkConfig, stop_event: threading.Event | None = None,
                                              state=lambda: {"sequence": tracker.state_dict()})
                     tracker.load_state_dict(writer.committed_state.get("sequence", {}))
                     stats.rows_at_start = writer.rows_written
-                tracker.observe(msg.stream_id, msg.seq, len(batch))
-                stats.frames += 1
-                stats.events_in += len(batch)
-                rates.add(len(batch))
-                latency.record(time.time_ns() - msg.send_ns)
-                writer.append(_selected(msg))
+                if config.acked:
+                    unconfirmed.append((msg.stream_id, msg.seq))
+                    confirm_by = min(confirm_by, last + config.flush_interval)
+                if config.acked and tracker.seen(msg.stream_id, msg.seq):
+                    stats.duplicates += 1
+                else:
+                    tracker.observe(msg.stream_id, msg.seq, len(batch))
+                    stats.frames += 1
+                    stats.events_in += len(batch)
+                    rates.add(len(batch))
+                    latency.record(time.time_ns() - msg.send_ns)
+                    writer.append(_selected(msg))
+                if unconfirmed and (len(unconfirmed) >= CONFIRM_EVERY or last >= confirm_by):
+                    confirm()
             if writer is not None:
                 writer.maybe_flush()  # idle streams still reach the disk within flush_interval
             reporter.maybe_report(telemetry)
@@ -182,11 +214,14 @@ def run_sink(config: SinkConfig, stop_event: threading.Event | None = None,
             pub.close(linger=0)
         ctx.destroy(linger=0)
     ledger = Ledger()
-    ledger.add("selections received", stats.events_in, f"{stats.frames} frames; {receiver.rejected} rejected")
+    ledger.add("selections received", stats.events_in, f"{stats.frames} frames; {receiver.rejected} rejected"
+               + (f"; {stats.duplicates} redelivered frames already committed, not written again"
+                  if stats.duplicates else ""))
     ledger.add("written", stats.written, f"to {run_dir / config.output}"
                + (f"; {stats.unwritten} not written (write failed)" if stats.unwritten else ""))
     ledger.details.update(sequence=tracker.summary(), missing_frames=tracker.missing_frames(),
                           rows_at_start=stats.rows_at_start, unwritten=stats.unwritten, rejected=receiver.rejected,
+                          duplicates_suppressed=stats.duplicates,
                           streams={sid: a.to_dict() for sid, a in accounts.items()},  # "stream": the only one's
                           stream=next(iter(accounts.values())).to_dict() if len(accounts) == 1 else None)
     if stats.rows_at_start:

@@ -12,6 +12,12 @@ float64, zero padding dropped) for reconstruction workers (consumers/reco.py). A
 file that turns out truncated or damaged part-way ends the stream cleanly at the
 last good frame (every receiver accounts for what was sent), then raises its
 SourceError.
+
+With ``acked`` the stream uses acknowledged delivery instead of PUSH
+(streamflow.stream.acked_transport): every frame is kept until a receiver
+acknowledges it, and the frames of a receiver that dies (or never acknowledges) are
+sent again to another one, or to the same scorer restarted with ``--resume``.
+The receivers must be started with ``--acked`` too.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from streamflow.events.chunking import first_events
 from streamflow.events.lhco_features import LHCOFeaturesFile
 from streamflow.events.particles import particle_frames
 from streamflow.events.sources import open_file
+from streamflow.stream.acked_transport import AckedSender
+from streamflow.stream.delivery import DeliveryConfig, DeliveryCounts
 from streamflow.stream.pacing import TokenBucket, check_frame_size
 from streamflow.stream.transport import (
     DEFAULT_ENDPOINT,
@@ -60,6 +68,8 @@ class ReplayConfig:
     receivers to say HELLO (0: send as soon as any receiver takes a frame).
     raw: send a raw LHCO file's particle events as RAW frames (the file as it is: no
     signal_fraction; frames end at the end of each pass).
+    delivery: acknowledged delivery with these bounds (window, buffer, timeouts) instead of
+    PUSH (None); hwm and kernel_buffer then do not apply.
     """
 
     source: str = "synthetic"
@@ -77,6 +87,7 @@ class ReplayConfig:
     curve: Curve | None = None
     receivers: int = 0
     raw: bool = False
+    delivery: DeliveryConfig | None = None
 
     def __post_init__(self) -> None:
         check_frame_size(self.frame_size)
@@ -119,6 +130,8 @@ class ReplayStats:
     paced_s: float
     stopped: bool
     eos: EndOfStream
+    delivery: DeliveryCounts | None = None
+    """Acknowledged delivery's counts (acknowledged, redelivered, bad acknowledgements); None for PUSH."""
 
     @property
     def rate(self) -> float:
@@ -145,8 +158,14 @@ def run_replay(config: ReplayConfig, stop_event: threading.Event | None = None,
     pacer = TokenBucket(config.rate, sleep=stop_event.wait if stop_event else time.sleep)
     ctx = zmq.Context()
     try:
-        with Sender(ctx, config.endpoint, stream_id=config.stream_id, hwm=config.hwm,
-                    kernel_buffer=config.kernel_buffer, curve=config.curve) as sender:
+        sender: Sender | AckedSender
+        if config.delivery is not None:
+            sender = AckedSender(ctx, config.endpoint, stream_id=config.stream_id, delivery=config.delivery,
+                                 curve=config.curve)
+        else:
+            sender = Sender(ctx, config.endpoint, stream_id=config.stream_id, hwm=config.hwm,
+                            kernel_buffer=config.kernel_buffer, curve=config.curve)
+        with sender:
             sender.wait_for_receivers(config.receivers, config.eos_timeout, stop_event)
             start = time.perf_counter()
             wait_s = paced_s = 0.0
@@ -175,6 +194,7 @@ def run_replay(config: ReplayConfig, stop_event: threading.Event | None = None,
                                   f"{sender.frames:,d} frames)")
             return ReplayStats(events=sender.events, frames=sender.frames, wait_s=wait_s,
                                seconds=seconds, blocked_s=sender.blocked_s - wait_s,
-                               paced_s=paced_s, stopped=stopped, eos=eos)
+                               paced_s=paced_s, stopped=stopped, eos=eos,
+                               delivery=sender.dispatcher.counts if isinstance(sender, AckedSender) else None)
     finally:
         ctx.destroy(linger=0)

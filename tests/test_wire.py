@@ -244,3 +244,16 @@ def test_header_layout_is_fixed() -> None:
     assert HEADER.size == 50
     assert HEADER.format == "<4sHBBHIQQIIQI"
     assert struct.unpack_from("<4sH", good_parts()[0]) == (b"SFLW", 2)
+
+
+def test_a_frame_ack_is_read_without_json_and_anything_else_is_left_to_decode() -> None:
+    from streamflow.stream.wire import decode_frame_ack, encode_frame_ack
+
+    parts = encode_frame_ack(3, 2**40 + 7)
+    assert decode_frame_ack(parts) == (3, 2**40 + 7)
+    msg = decode(parts)
+    assert (msg.kind, msg.stream_id, msg.seq, msg.meta) == (Kind.FRAME_ACK, 3, 2**40 + 7, {})
+    with_meta = encode_control(Kind.FRAME_ACK, stream_id=3, seq=7, meta={"x": 1})
+    other_kind = encode_control(Kind.ACK, stream_id=3, seq=7)
+    for bad in (with_meta, other_kind, [parts[0][:-1]], [parts[0], b""], [b"X" + parts[0][1:]]):
+        assert decode_frame_ack(bad) is None

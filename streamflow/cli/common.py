@@ -8,6 +8,7 @@ import threading
 from typing import Any
 
 from streamflow.errors import ConfigError
+from streamflow.stream.delivery import DEFAULT_WINDOW, MAX_WINDOW
 from streamflow.stream.transport import Curve
 
 
@@ -36,6 +37,16 @@ def metrics_options(p: argparse.ArgumentParser) -> None:
                    help="serve Prometheus metrics on http://0.0.0.0:PORT/metrics (default: none)")
     p.add_argument("--metrics-hold", type=float, metavar="S", default=0.0,
                    help="keep /metrics up S seconds after the run, so a scrape gets the final counts (default 0)")
+
+
+def acked_options(p: argparse.ArgumentParser) -> None:
+    """--acked and --ack-window: acknowledged delivery on the producer -> scorer hop (streamflow.stream.delivery)."""
+    p.add_argument("--acked", action="store_true",
+                   help="acknowledged delivery with redelivery (producer and scorers alike): no frame is lost "
+                        "when a scorer dies")
+    p.add_argument("--ack-window", type=int, default=DEFAULT_WINDOW, metavar="FRAMES",
+                   help=f"with --acked: frames one scorer holds unacknowledged, 1 to {MAX_WINDOW} "
+                        f"(default {DEFAULT_WINDOW})")
 
 
 def curve_options(p: argparse.ArgumentParser, connects_to: str, binds: str | None) -> None:

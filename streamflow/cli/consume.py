@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from streamflow.cli.common import curve_options, curves_from_args, metrics_options, stop_on_signals
+from streamflow.cli.common import acked_options, curve_options, curves_from_args, metrics_options, stop_on_signals
 from streamflow.cli.outputs import output_folder
 from streamflow.cli.scorer_options import add_scorer_options, apply_scorer_options, scorer_menu
 from streamflow.config import read_toml
@@ -53,6 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kernel-buffer", type=int, default=0, metavar="BYTES",
                    help=f"cap the OS socket buffers, at most {MAX_KERNEL_BUFFER:,} bytes: fewer frames queued, "
                         "lower latency, smaller crash window (default 0: the OS default)")
+    acked_options(p)
     curve_options(p, connects_to="producer (or proxy)", binds="the --selections socket (the sinks' keys)")
     metrics_options(p)
     p.set_defaults(func=main)
@@ -78,8 +79,10 @@ def main(args: argparse.Namespace) -> int:
         telemetry=args.telemetry, run_dir=args.run_dir, checkpoint_every=args.checkpoint_every,
         resume=args.resume, idle_timeout=args.idle_timeout, name=args.name, hwm=args.hwm,
         kernel_buffer=args.kernel_buffer, curve=curve, selections_curve=selections_curve,
-        metrics_port=args.metrics_port, metrics_hold=args.metrics_hold,
+        metrics_port=args.metrics_port, metrics_hold=args.metrics_hold, acked=args.acked, ack_window=args.ack_window,
     )
+    if args.acked and args.ranks > 1:
+        raise ConfigError("--acked is for a lone scorer: data-parallel ranks (--ranks) take frames in rounds")
     if not 1 <= args.ranks <= MAX_LOCAL_RANKS:
         raise ConfigError(f"--ranks must be 1 to {MAX_LOCAL_RANKS} (processes on this machine), got {args.ranks:,d}")
     launched = launched_ranks()

@@ -15,10 +15,11 @@ from collections.abc import Callable
 from typing import Any
 
 from producers.replay import ReplayConfig, ReplayStats, run_replay
-from streamflow.cli.common import metrics_options, stop_on_signals
+from streamflow.cli.common import acked_options, metrics_options, stop_on_signals
 from streamflow.config import load_toml
 from streamflow.errors import ConfigError
 from streamflow.ops.prometheus import MetricsExporter, check_metrics, start_exporter
+from streamflow.stream.delivery import DEFAULT_ACK_TIMEOUT_S, DEFAULT_MAX_UNACKED, DeliveryConfig, DeliveryCounts
 from streamflow.stream.pacing import MAX_FRAME_EVENTS
 from streamflow.stream.telemetry import ProducerRecord
 from streamflow.stream.transport import DEFAULT_HWM, MAX_HWM, MAX_KERNEL_BUFFER, Curve
@@ -60,6 +61,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "needs --curve-authorized")
     p.add_argument("--curve-authorized", metavar="DIR",
                    help="folder of the public keys (*.key) of the receivers admitted under CURVE")
+    acked_options(p)
+    p.add_argument("--max-unacked", type=int, default=DEFAULT_MAX_UNACKED, metavar="FRAMES",
+                   help="with --acked: frames kept for redelivery until acknowledged; the producer blocks "
+                        f"when they are this many (default {DEFAULT_MAX_UNACKED})")
+    p.add_argument("--ack-timeout", type=float, default=DEFAULT_ACK_TIMEOUT_S, metavar="S",
+                   help="with --acked: a frame unacknowledged this long is sent again and its receiver dropped "
+                        f"(default {DEFAULT_ACK_TIMEOUT_S:g})")
     metrics_options(p)
     p.set_defaults(func=run)
 
@@ -86,6 +94,9 @@ def config_from_args(args: argparse.Namespace) -> ReplayConfig:
         if not (args.curve_secret and args.curve_authorized):
             raise ConfigError("--curve-secret FILE and --curve-authorized DIR go together")
         overrides["curve"] = Curve(args.curve_secret, authorized_dir=args.curve_authorized)
+    if args.acked:
+        overrides["delivery"] = DeliveryConfig(window=args.ack_window, max_unacked=args.max_unacked,
+                                               ack_timeout_s=args.ack_timeout)
     return dataclasses.replace(base, **overrides)
 
 
@@ -113,7 +124,16 @@ def summary(stats: ReplayStats) -> str:
     receivers = ", ".join(f"{name}: {meta.get('events', '?')} events" for name, meta in stats.eos.acks.items())
     return (f"replayed {stats.events} events in {stats.frames} frames in {stats.seconds:.3f} s "
             f"({stats.rate:,.0f} events/s, {stats.blocked_s:.3f} s blocked on receivers); "
-            f"END_OF_STREAM acknowledged by {receivers}")
+            f"END_OF_STREAM acknowledged by {receivers}"
+            + (f"; {delivery_line(stats.delivery)}" if stats.delivery else ""))
+
+
+def delivery_line(counts: DeliveryCounts) -> str:
+    """Acknowledged delivery's account in one line."""
+    return (f"acknowledged {counts.acked:,d} of {counts.sent:,d} frames, redelivered {counts.redelivered:,d}; "
+            f"receivers lost {counts.receivers_lost}, timed out {counts.receivers_timed_out}; "
+            f"acknowledgements duplicate {counts.duplicate_acks}, unknown {counts.unknown_acks}, "
+            f"late {counts.late_acks}")
 
 
 def _exporting(exporter: MetricsExporter | None, update: Progress | None) -> Progress | None:

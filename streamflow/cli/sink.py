@@ -25,6 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--idle-timeout", type=float, default=120.0, metavar="S",
                    help="give up after S seconds without selections (default 120)")
     p.add_argument("--run-config", metavar="TOML", help="a run config to store in the file's attributes")
+    p.add_argument("--acked", action="store_true",
+                   help="acknowledged delivery from a scorer run with --acked: each selection acknowledged once "
+                        "committed, so a killed sink loses none")
     curve_options(p, connects_to="scorer's selections socket (or proxy)", binds=None)
     metrics_options(p)
     p.set_defaults(func=main)
@@ -40,7 +43,8 @@ def main(args: argparse.Namespace) -> int:
     curve, _ = curves_from_args(args)
     config = SinkConfig(endpoint=args.endpoint, output=args.output, telemetry=args.telemetry,
                         run_dir=args.run_dir, flush_interval=args.flush_interval, idle_timeout=args.idle_timeout,
-                        curve=curve, metrics_port=args.metrics_port, metrics_hold=args.metrics_hold)
+                        curve=curve, metrics_port=args.metrics_port, metrics_hold=args.metrics_hold,
+                        acked=args.acked)
     run_config = read_toml(args.run_config) if args.run_config else None
     _, ledger = run_sink(config, stop_on_signals(), run_config=run_config)
     print(ledger.render())

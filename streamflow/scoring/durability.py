@@ -18,6 +18,17 @@ that were still queued in the dead process show up as a sequence gap -- "lost in
 flight". The checkpoint carries both forward, and at END_OF_STREAM the ledger
 accounts for every frame and event the producer sent (streamflow.stream.ledger.account_stream).
 
+Under acknowledged delivery (``--acked``, streamflow.stream.delivery) nothing is lost in
+flight: the frames a dead scorer held unacknowledged are sent again to its resumed
+successor. A frame is acknowledged once journalled -- with an acknowledged sink, once
+the sink committed its selection, and only then journalled, and every checkpoint first
+waits until the sink has committed every selection sent -- so a redelivered frame that
+the checkpoint or the journal holds was handled, its selection is in the sink's file,
+and it is acknowledged without being scored again. Learning after a resume starts from
+the checkpoint: the frames in the journal (scored, their selections sent, by the killed
+process after its checkpoint) are not learnt again; the ledger counts them "lost after
+processing" (their learning is what was lost).
+
 Data-parallel, there is one checkpoint for all ranks: rank 0 writes the union of
 every rank's account (:func:`streamflow.scoring.rank_merge.ranks_checkpoint`), all
 ranks resume from it, and rank 0 reads every rank's journal. No rank empties its
@@ -76,9 +87,16 @@ class Durability:
         return sorted(self.journal.path.parent.glob(f"{base}-rank*.journal"))
 
     def start(self, state: StreamScorer, resume: bool) -> None:
-        """Resume ``state`` from the checkpoint if asked and one exists; else start with an empty journal."""
+        """Resume ``state`` from the checkpoint if asked and one exists; else start with an empty journal.
+
+        Asked to resume with no checkpoint but a journal (a lone scorer killed before its first
+        checkpoint), the journal's frames are carried forward as lost after processing all the same."""
         if resume and self._checkpoint_exists(state):
             self._resume(state)
+        elif resume and state.collective.world_size == 1 and self.journal.read():
+            state.stats.selections_by_stream = sent_selections({}, self.name, self.journal.path)
+            self._adopt_journal(state)
+            self.checkpoint(state)
         else:
             self.journal.clear()
 
@@ -102,16 +120,20 @@ class Durability:
         state.tracker.load_state_dict(saved["sequence"])
         if HISTOGRAM_KEY in saved:
             state.mjj = ContextHistogram.from_state(saved[HISTOGRAM_KEY])
+        add_lost(state.stats.lost_after_processing, saved.get("lost_after_processing", {}))
+        self._adopt_journal(state)
+        self.checkpoint(state)  # carries the crash window forward before the journal is emptied
+
+    def _adopt_journal(self, state: StreamScorer) -> None:
+        """Count the frames the dead process(es) handled after the checkpoint as lost after processing."""
         lost = state.stats.lost_after_processing
-        add_lost(lost, saved.get("lost_after_processing", {}))
         missing = state.tracker.missing_frames()
-        for path in self.journals(state.collective.world_size):  # handled by the dead process(es) after the checkpoint
+        for path in self.journals(state.collective.world_size):
             for sid, frames in FrameJournal.read_file(path).items():
                 next_seq, _, _ = state.tracker.segment(sid)
                 gaps = set(missing.get(sid, []))
                 lost.setdefault(sid, {}).update(
                     {seq: n for seq, n in frames.items() if seq >= next_seq or seq in gaps})
-        self.checkpoint(state)  # carries the crash window forward before the journal is emptied
 
     def record(self, stream_id: int, seq: int, events: int, selected: int = 0) -> None:
         """Journal one handled frame (scored; with a sink, ``selected`` events about to be sent to it)."""

@@ -79,6 +79,10 @@ class ConsumeStats:
     """Why the selections did not reach a sink to the end (stuck sink, END_OF_STREAM not acknowledged)."""
     sink_confirmed: int | None = None
     """Selected events the sink(s) acknowledged having received at END_OF_STREAM (None: no handshake)."""
+    duplicates_suppressed: int = 0
+    delivery: dict[str, int] | None = None
+    """The producer's acknowledged-delivery counts from END_OF_STREAM (acknowledged, redelivered, bad acks)."""
+    """Redelivered frames (acknowledged delivery) that this scorer, or an earlier lifetime of it, had handled."""
 
 
 @dataclass(frozen=True)
@@ -179,6 +183,13 @@ class StreamScorer:
         self.stats.busy = (started, time.time())
         return result
 
+    def already_processed(self, stream_id: int, seq: int) -> bool:
+        """Whether frame (``stream_id``, ``seq``) was handled before: by this process, by the lifetimes
+        its checkpoint carries, or -- from the journal -- by a killed lifetime after that checkpoint
+        (scored and its selections sent; not learnt by the resumed model, and counted "lost after
+        processing" for that). A redelivered frame that was is acknowledged, not handled again."""
+        return self.tracker.seen(stream_id, seq) or seq in self.stats.lost_after_processing.get(stream_id, {})
+
     def on_no_frame(self, names: tuple[str, ...]) -> None:
         """A data-parallel round without a frame here: take part in the others' step with no events."""
         empty = EventBatch(np.zeros(0, np.uint64), np.zeros((0, len(names)), np.float32), names)
@@ -214,6 +225,8 @@ class StreamScorer:
         self.stats.ended_by_producer = True
         self.stats.sent_totals = stream_totals(meta, stream_id)
         self.stats.receivers = stream_receivers(meta)
+        delivery = meta.get("delivery")
+        self.stats.delivery = delivery if isinstance(delivery, dict) else None
         for sid, (frames, events) in self.stats.sent_totals.items():
             self.stats.accounts[sid] = account_stream(
                 self.tracker, sid, frames, events, self.stats.lost_after_processing.get(sid),
@@ -246,7 +259,9 @@ class StreamScorer:
         it (if ``sink``; call it after the selections' END_OF_STREAM handshake)."""
         ledger = Ledger()
         stats, counted = self.stats, self.counted()
-        ledger.add("received", intake.events, f"{intake.frames} frames; {intake.rejected} rejected messages")
+        ledger.add("received", intake.events, f"{intake.frames} frames; {intake.rejected} rejected messages"
+                   + (f"; {stats.duplicates_suppressed} redelivered frames handled before, not scored again"
+                      if stats.duplicates_suppressed else ""))
         ledger.add("scored", counted.events_scored, "")
         ledger.add("learned from", counted.events_learned, "every scored event is learned from after its frame")
         ledger.add("accepted", stats.accepted, "by at least one trigger line")
@@ -262,6 +277,7 @@ class StreamScorer:
         ledger.details.update(sequence=self.tracker.summary(), missing_frames=self.tracker.missing_frames(),
                               resumed_from_frame=stats.resumed_from_frame, lines=self.scorer.line_stats(),
                               learners=self.learn_totals, rejected=intake.rejected,
+                              duplicates_suppressed=stats.duplicates_suppressed, delivery=stats.delivery,
                               last_rejection=intake.last_error, lost_after_processing=lost,
                               streams={sid: a.to_dict() for sid, a in stats.accounts.items()},
                               frames_seen=seen_runs(self.tracker.state_dict()), busy=stats.busy,
@@ -269,6 +285,11 @@ class StreamScorer:
                               weights_sha256=weights_digest(
                                   learner.model for learner in self.scorer.learners.values()))
         ledger.notes += [account.render(sid) for sid, account in stats.accounts.items()]
+        if stats.delivery is not None:  # the producer's counts (from the wire: shown as they came)
+            d = stats.delivery
+            ledger.notes.append(f"acknowledged delivery: {d.get('acked')} of {d.get('sent')} frames acknowledged, "
+                                f"{d.get('redelivered')} redelivered, {d.get('receivers_lost')} receivers lost; "
+                                f"{stats.duplicates_suppressed} redelivered frames handled before, not scored again")
         if intake.rejected:
             ledger.notes.append(f"rejected {intake.rejected} messages; last: {intake.last_error}")
         if stats.idle_error:

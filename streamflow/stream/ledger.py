@@ -84,6 +84,11 @@ class SequenceTracker:
         state.events += events
         return outcome
 
+    def seen(self, stream_id: int, seq: int) -> bool:
+        """Whether frame ``seq`` of the current segment of ``stream_id`` has arrived already."""
+        state = self._streams.get(stream_id)
+        return state is not None and seq < state.next_seq and seq not in state.missing
+
     @property
     def gaps(self) -> int:
         """Frames skipped over and not (yet) arrived, in the current segments."""

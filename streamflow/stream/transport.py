@@ -253,6 +253,15 @@ class EndOfStream:
         return sum(int(a.get("events", 0)) for a in self.acks.values())
 
 
+def end_of_stream_meta(frames: int, events: int, streams: dict[int, tuple[int, int]] | None,
+                       extra: dict[str, Any] | None) -> dict[str, Any]:
+    """An END_OF_STREAM's meta, less "receivers": the sender's totals, each forwarded stream's, ``extra``."""
+    meta: dict[str, Any] = {"frames": frames, "events": events, **(extra or {})}
+    if streams is not None:
+        meta["streams"] = {str(sid): {"frames": f, "events": e} for sid, (f, e) in streams.items()}
+    return meta
+
+
 _P = TypeVar("_P", bound="_SocketPair")
 
 
@@ -419,10 +428,7 @@ class Sender(_SocketPair):
         set, so a process told to stop does not wait long on a receiver that is gone, and at once
         when it was stopped before any receiver said HELLO.
         """
-        meta: dict[str, Any] = {"frames": self.frames, "events": self.events, **(extra or {})}
-        if streams is not None:
-            meta["streams"] = {str(sid): {"frames": frames, "events": events}
-                               for sid, (frames, events) in streams.items()}
+        meta = end_of_stream_meta(self.frames, self.events, streams, extra)
         start = time.monotonic()
         sent = 0
         self._read_control(0)

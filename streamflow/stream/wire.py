@@ -14,7 +14,8 @@ SELECTION as DATA, then bits uint64[n],  {"names": [...], "lines": [L names]}
 RAW       ids uint64[n], counts          {"names": ["pt", "eta", "phi"]}
           uint32[n], pt, eta, phi
           float64[P], [labels int8[n]]
-control   none                          a small dict of counts (EOS, HELLO, ACK)
+control   none                          a small dict of counts (EOS, HELLO, ACK, FRAME_ACK,
+                                        HEARTBEAT)
 ========  ============================  ======================================
 
 RAW frames carry particle events, ragged: event i owns particles
@@ -71,6 +72,8 @@ class Kind(enum.IntEnum):
     HELLO = 4  #: receiver -> sender control socket: "I am here" (meta: name, pid)
     ACK = 5  #: receiver -> sender: END_OF_STREAM received (meta: name, frames, events)
     RAW = 7  #: a frame of particle events (ragged pT, eta, phi), before reconstruction
+    FRAME_ACK = 8  #: receiver -> sender (acknowledged delivery): frame (stream id, seq) fully handled
+    HEARTBEAT = 9  #: sender -> receiver (acknowledged delivery): a liveness probe, ignored by the receiver
 
 
 #: header flag bits
@@ -233,6 +236,33 @@ def encode_control(kind: Kind, *, stream_id: int, seq: int, meta: dict[str, Any]
     if kind in _EVENT_KINDS:
         raise ValueError(f"{kind.name} is not a control kind")
     return [_header(kind, 0, stream_id, seq, send_ns, 0, 0, 0, _meta_bytes(meta or {}))]
+
+
+_EMPTY_META = _meta_bytes({})
+
+
+_ACK_TEMPLATE = _header(Kind.FRAME_ACK, 0, 0, 0, 0, 0, 0, 0, _EMPTY_META)
+_ACK_IDS = struct.Struct("<IQ")  # stream id, seq: the header's only fields that differ between FRAME_ACKs
+_ACK_IDS_OFFSET = struct.calcsize("<4sHBBH")
+
+
+def encode_frame_ack(stream_id: int, seq: int) -> list[bytes]:
+    """A FRAME_ACK (:func:`encode_control` with no meta), built without JSON: one per frame received."""
+    return [_header(Kind.FRAME_ACK, 0, stream_id, seq, 0, 0, 0, 0, _EMPTY_META)]
+
+
+def decode_frame_ack(parts: Sequence[bytes]) -> tuple[int, int] | None:
+    """(stream id, seq) if ``parts`` is exactly what :func:`encode_frame_ack` makes, else None (then
+    :func:`decode` it): the sender of acknowledged delivery reads one per frame, so this skips the JSON."""
+    if len(parts) != 1:
+        return None
+    head = parts[0]
+    end = _ACK_IDS_OFFSET + _ACK_IDS.size
+    if (len(head) != len(_ACK_TEMPLATE) or head[:_ACK_IDS_OFFSET] != _ACK_TEMPLATE[:_ACK_IDS_OFFSET]
+            or head[end:] != _ACK_TEMPLATE[end:]):
+        return None
+    stream_id, seq = _ACK_IDS.unpack_from(head, _ACK_IDS_OFFSET)
+    return stream_id, seq
 
 
 def _view(part: Any, index: int) -> memoryview:
