@@ -207,6 +207,7 @@ class _ScorerLoop:
         return self.state.ledger(intake, sink=self.selections is not None)
 
     def close(self) -> None:
+        self.state.close()
         self.durability.close()
         self.receiver.close()
         if self.selections is not None:

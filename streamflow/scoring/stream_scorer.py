@@ -153,6 +153,8 @@ class StreamScorer:
         """The streamed mjj, checkpointed so that `streamflow sample` draws mjj as the stream had it."""
         self.base = Counters()
         """Counts carried over from a checkpoint, so the ledger reports this run's events only."""
+        self.learned_base: dict[str, int] = dict.fromkeys(self.scorer.learners, 0)
+        """Each learner's learnt events carried over from a checkpoint (as ``base``)."""
 
     @property
     def leader(self) -> bool:
@@ -162,6 +164,23 @@ class StreamScorer:
     def counted(self) -> Counters:
         """This run's counts: the frame scorer's less those carried over from a checkpoint."""
         return Counters.of(self.scorer) - self.base
+
+    def resumed(self) -> None:
+        """The frame scorer was just loaded from a checkpoint: count this run's events from here."""
+        self.base = Counters.of(self.scorer)
+        self.learned_base = self.scorer.learned_by()
+
+    def learning(self) -> dict[str, dict[str, Any]]:
+        """Per learner this run's events scored and learnt from, and their ratio (telemetry, ledger, report)."""
+        scored = self.counted().events_scored
+        learned = self.scorer.learned_by()
+        return {name: {"scored": scored, "learned_from": n - self.learned_base.get(name, 0),
+                       "learned_fraction": (n - self.learned_base.get(name, 0)) / scored if scored else None}
+                for name, n in learned.items()}
+
+    def close(self) -> None:
+        """Stop the frame scorer's learner thread, if any."""
+        self.scorer.close()
 
     def on_frame(self, batch: EventBatch, stream_id: int, seq: int) -> FrameResult:
         """Score, select and learn one frame, and count it."""
@@ -235,11 +254,13 @@ class StreamScorer:
     def telemetry(self, rejected: int, blocked_s: float) -> ScorerRecord:
         """The scorer's telemetry record; ``rejected`` messages and ``blocked_s`` on the sink are the sockets'."""
         events_per_s, frames_per_s = self.rates.rates()
+        learning = self.learning()
+        learners = {name: {**self.learn_totals.get(name, {}), **learning[name]} for name in learning}
         return ScorerRecord(
             events=self.stats.events, frames=self.stats.frames, events_per_s=events_per_s, frames_per_s=frames_per_s,
             latency=self.latency.summary(), rejected=rejected, sequence=self.tracker.summary(),
-            accepted=self.stats.accepted, blocked_s=blocked_s, learners=self.learn_totals,
-            lines=self.scorer.line_stats(), device=str(self.scorer.device))
+            accepted=self.stats.accepted, blocked_s=blocked_s, learners=learners,
+            lines=self.scorer.line_stats(), device=str(self.scorer.device), learn=str(self.scorer.config.learn))
 
     def ledger(self, intake: Intake, sink: bool) -> Ledger:
         """This scorer's ledger: received, scored, learned from, accepted, sent to the sink and confirmed by
@@ -248,7 +269,11 @@ class StreamScorer:
         stats, counted = self.stats, self.counted()
         ledger.add("received", intake.events, f"{intake.frames} frames; {intake.rejected} rejected messages")
         ledger.add("scored", counted.events_scored, "")
-        ledger.add("learned from", counted.events_learned, "every scored event is learned from after its frame")
+        learning = self.learning()
+        policy = self.scorer.config.learn
+        ledger.add("learned from", counted.events_learned, "every scored event is learned from after its frame"
+                   if policy == "all" else f"learn = {policy!r}: the most any learner learnt from; " + ", ".join(
+                       f"{name} {figures['learned_fraction'] or 0:.1%}" for name, figures in learning.items()))
         ledger.add("accepted", stats.accepted, "by at least one trigger line")
         ledger.add("sent to sink", stats.selections_sent, "" if sink else "no sink configured")
         if sink:
@@ -262,6 +287,7 @@ class StreamScorer:
         ledger.details.update(sequence=self.tracker.summary(), missing_frames=self.tracker.missing_frames(),
                               resumed_from_frame=stats.resumed_from_frame, lines=self.scorer.line_stats(),
                               learners=self.learn_totals, rejected=intake.rejected,
+                              learning={"policy": policy, "learners": learning},
                               last_rejection=intake.last_error, lost_after_processing=lost,
                               streams={sid: a.to_dict() for sid, a in stats.accounts.items()},
                               frames_seen=seen_runs(self.tracker.state_dict()), busy=stats.busy,
