@@ -222,3 +222,14 @@ def test_streamflow_run_learns_with_the_budget_unless_told_otherwise(tmp_path: P
     toml = tmp_path / "run.toml"
     toml.write_text('[scorer]\nlearn = "all"\n\n[[scorer.learners]]\nkind = "autoencoder"\nname = "ae"\n')
     assert built("--config", str(toml)) == "all"
+
+
+def test_summary_json_carries_each_learners_scored_and_learnt_events() -> None:
+    from streamflow.ops.summary import learning
+
+    state, _ = stream_run(0.5, n_frames=4)
+    final = state.telemetry(0, 0.0).to_json()
+    block = learning(final)
+    assert block["policy"] == "0.5"
+    assert {name: f["learned_from"] for name, f in block["learners"].items()} == state.scorer.learned_by()
+    assert all(f["scored"] == 4 * FRAME and 0.4 < f["learned_fraction"] < 0.6 for f in block["learners"].values())
