@@ -50,8 +50,8 @@ if TYPE_CHECKING:  # torch-heavy: imported where used, so the producer and sink 
 DEFAULT_EVENTS = 1_000_000
 RUN_LEARN: Literal["budget"] = "budget"
 """``streamflow run``'s learning policy unless its [scorer] table or --learn says otherwise."""
-CHILD_HWM = 4  # frames queued per socket: bounds latency and the drain after a stop
-CHILD_KERNEL_BUFFER = 256 * 1024  # bytes; tcp's default megabytes would queue ~30 more frames
+CHILD_HWM = 1  # frames queued per socket: bounds latency and the drain after a stop
+CHILD_KERNEL_BUFFER = 64 * 1024  # bytes; tcp's default megabytes would queue ~30 more frames
 EOS_TIMEOUT_S = 120.0  # the scorer acknowledges END_OF_STREAM only after draining its queue
 MAX_RECO_WORKERS = 64
 _STAGE_RANK = {"producer": 0, "reco": 1, "reco-proxy": 2, "scorer": 3, "sink": 4}

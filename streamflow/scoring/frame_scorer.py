@@ -293,6 +293,22 @@ class FrameScorer:
 
         ``counted`` False: a data-parallel round without a frame on this rank (an empty
         batch that takes part in the others' step), not counted as a frame."""
+        x, result = self._score_select(batch, counted)
+        if self.decoupled is None:
+            result.learn_stats = self._learn(x)
+        else:
+            if len(batch):
+                self.decoupled.offer(x)
+            result.learn_stats = self.decoupled.take_stats()
+            self.events_learned = max(self.learned_by().values(), default=0)
+        return result
+
+    def score_only(self, batch: EventBatch) -> FrameResult:
+        """Score and select one frame without learning from it (a menu's score-only capacity: bench.latency)."""
+        return self._score_select(batch, counted=True)[1]
+
+    def _score_select(self, batch: EventBatch, counted: bool) -> tuple[torch.Tensor, FrameResult]:
+        """The frame on the device, and its scores and selection (counted as scored)."""
         self.bind(batch.names)
         x = self.to_device(batch.features)
         if self.decoupled is None:
@@ -306,14 +322,7 @@ class FrameScorer:
         selection = self.menu.select(scores, batch.labels, region)
         self.frames += int(counted)
         self.events_scored += len(batch)
-        if self.decoupled is None:
-            learn_stats = self._learn(x)
-        else:
-            if len(batch):
-                self.decoupled.offer(x)
-            learn_stats = self.decoupled.take_stats()
-            self.events_learned = max(self.learned_by().values(), default=0)
-        return FrameResult(scores=scores, selection=selection, learn_stats=learn_stats)
+        return x, FrameResult(scores=scores, selection=selection)
 
     def _learn(self, x: torch.Tensor) -> dict[str, dict[str, float]]:
         if self.config.learn_events == 0:
