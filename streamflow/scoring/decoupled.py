@@ -18,8 +18,12 @@ thread copies each learning model's state into its scoring copy
 (``load_state_dict(state_dict())``: weights, weight average, standardisation,
 running state), under the lock the scoring thread holds while it scores; a
 frame is therefore scored by one consistent model version. At the end of a
-stream (:meth:`LearnerThread.drain`) and before a checkpoint the thread finishes
-what it was offered and refreshes.
+stream (:meth:`LearnerThread.drain`) the thread finishes what it was offered and
+refreshes. A checkpoint does not wait for the queue (a starved learner thread
+would stall scoring): it pauses the thread between two frames
+(:meth:`LearnerThread.paused`) and saves the models as they are; frames still
+queued are learnt from after it, so a crash loses their learning only, as the
+synchronous scorer loses the learning of the frames after its checkpoint.
 
 Why test-then-train still holds. The learner thread is only ever offered frames
 that have already been scored, so at any moment the learning models have learnt
@@ -64,7 +68,8 @@ import queue
 import threading
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,6 +151,8 @@ class LearnerThread:
         self.learn_events = learn_events
         self.lock = threading.Lock()
         """Held by the scoring thread while it scores, by the learner thread while it refreshes the copies."""
+        self._learning = threading.Lock()
+        """Held by the learner thread while it learns from a frame: :meth:`paused` waits for it."""
         self.counts = {name: LearnCounts() for name in self.learners}
         self.generators = {name: subset_generator(learner.config.seed, name) for name, learner in self.learners.items()}
         self.costs = dict.fromkeys(self.learners, 0.0)
@@ -220,6 +227,13 @@ class LearnerThread:
             self._learn_pending(force=True)
         self.refresh()
 
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """No learning inside: the learner thread waits between two frames (for a consistent checkpoint)."""
+        self._raise_error()
+        with self._learning:
+            yield
+
     def close(self) -> None:
         """Stop the thread (after what it holds); idempotent."""
         if self._thread is not None and self._thread.is_alive():
@@ -252,7 +266,8 @@ class LearnerThread:
                 if item is None:
                     return
                 if self._error is None:
-                    self._learn_frame(*item)
+                    with self._learning:
+                        self._learn_frame(*item)
             except BaseException as exc:  # handed to the scoring thread at its next offer
                 self._error = exc
             finally:
@@ -301,7 +316,7 @@ class LearnerThread:
     # --- checkpoints ----------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """The subsets' generators and the learning account (call after :meth:`drain`)."""
+        """The subsets' generators and the learning account (call while :meth:`paused`, or after :meth:`drain`)."""
         return {"generators": {name: g.bit_generator.state for name, g in self.generators.items()},
                 "counts": {name: vars(c).copy() for name, c in self.counts.items()}}
 

@@ -369,16 +369,14 @@ class FrameScorer:
 
     def state_dict(self) -> dict[str, Any]:
         """What a resume needs: learners, counters and the config (trigger windows warm up again); with a
-        learner thread, also its subsets' generators and account (it first learns from what it holds)."""
-        state = self._state_dict()
-        if self.decoupled is not None:
-            state["decoupled"] = self.decoupled.state_dict()
-        return state
+        learner thread, also its subsets' generators and account, taken between two of its frames."""
+        if self.decoupled is None:
+            return self._state_dict()
+        with self.decoupled.paused():
+            self.events_learned = max(self.learned_by().values(), default=0)
+            return {**self._state_dict(), "decoupled": self.decoupled.state_dict()}
 
     def _state_dict(self) -> dict[str, Any]:
-        if self.decoupled is not None:
-            self.decoupled.drain()
-            self.events_learned = max(self.learned_by().values(), default=0)
         return {
             "config": to_dict(self.config),
             "learners": {name: learner.state_dict() for name, learner in self.learners.items()},
