@@ -155,13 +155,13 @@ def print_table(cap: Capacity, rows: list[Paced], source: str, events: int) -> N
           f"({cap.frames} frames of {FRAME}, {cap.threads} torch thread(s))")
     print(f"streamflow run, {events:,d} events of {Path(source).name} per run, frames of {FRAME}:")
     header = (f"{'learn':<7}{'input':>6}{'target/s':>10}{'producer/s':>11}{'scorer/s':>10}{'x cap':>7}"
-              f"{'p50 ms':>8}{'p99 ms':>8}{'scored/sent':>14}{'learnt':>13}")
+              f"{'p50 ms':>8}{'p99 ms':>8}{'scored/sent':>20}{'learnt':>11}")
     print(header)
     for r in rows:
         learnt = "-" if r.learnt_min is None else f"{r.learnt_min:.0%}-{r.learnt_max:.0%}"
         target = "-" if r.target_events_per_s is None else f"{r.target_events_per_s:,.0f}"
         print(f"{r.policy:<7}{r.rate:>6}{target:>10}{r.producer_events_per_s:>11,.0f}{r.scorer_events_per_s:>10,.0f}"
-              f"{r.of_capacity:>7.2f}{r.p50_ms:>8.0f}{r.p99_ms:>8.0f}{f'{r.scored:,d}/{r.sent:,d}':>14}{learnt:>13}")
+              f"{r.of_capacity:>7.2f}{r.p50_ms:>8.0f}{r.p99_ms:>8.0f}{f'{r.scored:,d}/{r.sent:,d}':>20}{learnt:>11}")
 
 
 def parse_rates(text: str) -> list[float | None]:
