@@ -9,7 +9,8 @@
 2. ``streamflow run`` (producer, scorer, sink; no monitor, no report) on the source
    (a file is replayed with ``--loop``, so the producer reads memory, not the disk),
    ``--events`` events each run, with the producer paced at each fraction of that
-   capacity (``--rates``, default 25%, 50%, 100%, 150%) and at max rate, once per
+   capacity (``--rates``, default 25%, 50%, 100%, 150%), at max rate, and at any
+   absolute rates asked for (``--events-per-s``), once per
    learning policy (``--policies``, default ``budget`` and ``all``), all in this session.
    Per run, from its run folder: the producer's achieved rate (events / its busy time),
    the scorer's rate (ledger: events / from the first frame's arrival to the last frame's
@@ -18,7 +19,7 @@
    of the learners (lowest and highest).
 
     python -m bench.latency [--source PATH|synthetic] [--events N] [--rates 0.25,0.5,1,1.5,max]
-                            [--policies budget,all] [--quick] [--json PATH]
+                            [--events-per-s 50000] [--policies budget,all] [--quick] [--json PATH]
 
 The default source is the LHCO R&D features file of the shared data folder
 (``$STREAMFLOW_DATA`` or ``../shared/data/lhco``), else the synthetic stream.
@@ -165,7 +166,7 @@ def print_table(cap: Capacity, rows: list[Paced], source: str, events: int) -> N
 
 
 def parse_rates(text: str) -> list[float | None]:
-    return [None if part == "max" else float(part) for part in text.split(",")]
+    return [None if part == "max" else float(part) for part in text.split(",") if part]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=400_000, help="events per pipeline run (default 400,000)")
     parser.add_argument("--rates", default="0.25,0.5,1,1.5,max", help="producer rates: fractions of the "
                         "capacity and/or max (default 0.25,0.5,1,1.5,max)")
+    parser.add_argument("--events-per-s", default="", help="also these producer rates in events/s, e.g. 50000 "
+                        "(comma-separated; default none)")
     parser.add_argument("--policies", default="budget,all", help="learning policies (default budget,all)")
     parser.add_argument("--warmup-frames", type=int, default=12, help="frames learnt before the capacity "
                         "is measured (default 12)")
@@ -194,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
         for policy in args.policies.split(","):
             for fraction in parse_rates(args.rates):
                 rows.append(paced(source, policy, fraction, cap, args.events, Path(tmp)))
+            for rate in parse_rates(args.events_per_s):
+                rows.append(paced(source, policy, None if rate is None else rate / cap.events_per_s, cap,
+                                  args.events, Path(tmp)))
     print_table(cap, rows, source, args.events)
     if args.json:
         Path(args.json).write_text(json.dumps({"source": source, "events": args.events, "capacity": asdict(cap),

@@ -79,6 +79,9 @@ def test_a_learner_thread_learning_every_event_ends_with_the_synchronous_weights
     assert digest(threaded.scorer) == digest(synchronous.scorer)
     assert ledger_of(threaded) == ledger_of(synchronous) | {"accepted": threaded.stats.accepted}
     assert threaded.scorer.learned_by() == dict.fromkeys(threaded.scorer.learners, N_FRAMES * FRAME)
+    for name in threaded.scorer.learners:  # the telemetry's learning counts: every step, to the last frame's
+        assert threaded.learn_totals[name]["steps"] == synchronous.learn_totals[name]["steps"] > 0, name
+        assert threaded.learn_totals[name]["events"] == synchronous.learn_totals[name]["events"], name
 
 
 def reference_scores(n_frames: int) -> list[list[dict[str, np.ndarray]]]:

@@ -224,9 +224,13 @@ class StreamScorer:
                 totals[key] = value if is_level_stat(key) else totals.get(key, 0.0) + value
 
     def flush(self) -> None:
-        """Learn from the scored events still waiting for a step (the end of the stream)."""
-        self.add_learn_stats({name: {"loss": stats.get("loss", float("nan"))}
-                              for name, stats in self.scorer.flush().items()})
+        """Learn from the scored events still waiting for a step (the end of the stream); a learner
+        thread's last stats count in full (they are its frames' own learning, not a deferred step's)."""
+        stats = self.scorer.flush()
+        if self.scorer.decoupled is not None:
+            self.add_learn_stats(stats)
+            return
+        self.add_learn_stats({name: {"loss": one.get("loss", float("nan"))} for name, one in stats.items()})
 
     def end_of_stream(self, meta: dict, stream_id: int) -> None:
         """Account for every frame and event of the stream(s) the producer (or proxy) just ended."""
