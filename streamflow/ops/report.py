@@ -185,7 +185,7 @@ def _loss_figure(run: RunData) -> str | None:
     rows = -(-len(panels) // cols)
     figure = Figure(figsize=(3.2 * cols, 2.4 * rows), layout="constrained")
     axes = figure.subplots(rows, cols, squeeze=False).ravel()
-    for ax, (stream, name) in zip(axes, panels):
+    for ax, (stream, name) in zip(axes, panels, strict=False):
         ax.plot(stream.times(run.t0), stream.values("learners", name, "loss"), lw=1.0)
         ax.set_title(name if len(run.of_kind("scorer")) == 1 else f"{stream.role}/{name}", fontsize="medium")
         ax.set_xlabel("time (s)", fontsize="small")
