@@ -313,7 +313,7 @@ def run_consume(config: ConsumeConfig, stop_event: threading.Event | None = None
         else:
             _in_rounds(loop, collective, stop_event)
         stats.stopped = stop_event.is_set() and stats.sink_error is None
-        state.flush()
+        state.flush(stopped=stop_event.is_set())
         loop.checkpoint()
         state.sample.save(Path(loop.config.run_dir) / f"scores-{loop.config.name}.npz")
         loop.reporter.report(loop.telemetry())

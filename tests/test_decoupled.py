@@ -11,6 +11,7 @@ say, per learner, how many events it scored and learnt from.
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import numpy as np
@@ -237,3 +238,35 @@ def test_summary_json_carries_each_learners_scored_and_learnt_events() -> None:
     assert block["policy"] == "0.5"
     assert {name: f["learned_from"] for name, f in block["learners"].items()} == state.scorer.learned_by()
     assert all(f["scored"] == 4 * FRAME and 0.4 < f["learned_fraction"] < 0.6 for f in block["learners"].values())
+
+
+@pytest.mark.parametrize("stopped", [False, True])
+def test_a_stopped_scorer_leaves_the_queued_frames_unlearnt_and_counts_them(stopped: bool) -> None:
+    scorer = FrameScorer(config("budget"))
+    thread = scorer.decoupled
+    assert thread is not None
+    with thread.paused():  # the learner thread takes frame 0 and waits; 1 and 2 queue; 3 and 4 find it full
+        for batch in frames(5):
+            scorer.process(batch)
+        while thread._queue.qsize() < 2:
+            time.sleep(0.01)
+    scorer.flush(stopped=stopped)
+    for name, counts in thread.counts.items():
+        learnt_frames = counts.offered // FRAME
+        assert counts.offered + counts.skipped == 5 * FRAME, name
+        assert counts.learned == counts.offered  # costs unknown: every offered frame learnt whole
+        assert learnt_frames == 3 if not stopped else 1 <= learnt_frames <= 2, name
+    scorer.close()
+
+
+def test_a_checkpoint_of_the_synchronous_scorer_resumes_with_a_learner_thread() -> None:
+    synchronous = FrameScorer(config("all"))
+    for batch in frames(3):
+        synchronous.process(batch)
+    threaded = FrameScorer(config("budget"))
+    threaded.load_state_dict(synchronous.state_dict())
+    assert threaded.learned_by() == dict.fromkeys(threaded.learners, 3 * FRAME)  # it learnt every event it scored
+    assert digest(threaded) == digest(synchronous)
+    result = threaded.process(frames(4)[3])
+    assert np.isfinite(result.scores["ae"]).any()
+    threaded.close()

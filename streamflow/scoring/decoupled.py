@@ -55,7 +55,8 @@ reproducible and independent of the other learners'. The fraction f is
   shares, a learner that needs less than its share (f_k = 1) handing the rest to
   the others (water-filling in order of cost): cheap learners learn everything,
   expensive ones a subset. Offers never block: a frame that finds the queue full
-  (a burst beyond the estimate) is not learnt from at all and is counted so.
+  (a burst beyond the estimate) is not learnt from at all and is counted so, as are
+  the frames still queued when the scorer is stopped (a signal: it does not wait for them).
 
 The trade-off: adaptive learning gives up reproducibility of the learnt subset
 (f follows the machine's speed) for a scorer that never falls behind its input.
@@ -124,12 +125,13 @@ def lowest_priority() -> None:
 
 @dataclass
 class LearnCounts:
-    """One learner's account: events offered to it (scored), learnt from (its subsets), and the
-    events of frames it was never offered because the learner thread's queue was full."""
+    """One learner's account: events of the frames the learner thread took up, learnt from (its subsets), and the
+    events of frames never learnt from: the learner thread's queue was full, or the scorer
+    was stopped with them queued."""
 
     offered: int = 0
     learned: int = 0
-    skipped_full: int = 0
+    skipped: int = 0
 
 
 class LearnerThread:
@@ -191,8 +193,11 @@ class LearnerThread:
         if self.rate > 0:
             self.planned = water_fill(self.costs, UTILISATION / self.rate)
         if not self._put(x, dict(self.planned), block=False):
-            for counts in self.counts.values():
-                counts.skipped_full += x.shape[0]
+            self._skip(x.shape[0])
+
+    def _skip(self, events: int) -> None:
+        for counts in self.counts.values():
+            counts.skipped += events
 
     def _put(self, x: torch.Tensor, fractions: dict[str, float], block: bool) -> bool:
         while True:
@@ -216,10 +221,19 @@ class LearnerThread:
                     into[key] = value if is_level_stat(key) else into.get(key, 0.0) + value
         return merged
 
-    def drain(self, flush: bool = False) -> None:
+    def drain(self, flush: bool = False, discard: bool = False) -> None:
         """Wait until every offered frame is learnt from (``flush``: and every held-back event of
-        ``learn_events``), then refresh the scoring copies."""
+        ``learn_events``), then refresh the scoring copies. ``discard``: a stopped scorer does not
+        wait for the queue -- its frames are counted as skipped; only the frame being learnt finishes."""
         self._raise_error()
+        while discard:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                self._skip(item[0].shape[0])
+            self._queue.task_done()
         if self._thread is not None:
             self._queue.join()
             self._raise_error()

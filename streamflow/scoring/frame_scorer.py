@@ -337,11 +337,12 @@ class FrameScorer:
         """Scored events waiting for a step: this scorer's, or all ranks' (they step together)."""
         return int(self.collective.totals([self._pending_events])[0])
 
-    def flush(self) -> dict[str, dict[str, float]]:
+    def flush(self, stopped: bool = False) -> dict[str, dict[str, float]]:
         """Learn from the scored events still waiting for a step (at the end of a stream); with a
-        learner thread, wait for it to learn from everything it was offered."""
+        learner thread, wait for it to learn from everything it was offered -- unless ``stopped``
+        (a signal), when the frames it has not begun are left unlearnt (LearnerThread.drain)."""
         if self.decoupled is not None:
-            self.decoupled.drain(flush=True)
+            self.decoupled.drain(flush=True, discard=stopped)
             self.events_learned = max(self.learned_by().values(), default=0)
             return self.decoupled.take_stats()
         if self._pending_total() == 0:
@@ -398,6 +399,6 @@ class FrameScorer:
         self.events_scored = int(counters["events_scored"])
         self.events_learned = int(counters["events_learned"])
         if self.decoupled is not None:  # a checkpoint of learn = "all" learnt every event it scored
-            every = {name: {"offered": self.events_scored, "learned": self.events_learned, "skipped_full": 0}
+            every = {name: {"offered": self.events_scored, "learned": self.events_learned, "skipped": 0}
                      for name in self.learners}
             self.decoupled.load_state_dict({"counts": every, **state.get("decoupled", {})})

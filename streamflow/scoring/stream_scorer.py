@@ -223,10 +223,11 @@ class StreamScorer:
             for key, value in stats.items():
                 totals[key] = value if is_level_stat(key) else totals.get(key, 0.0) + value
 
-    def flush(self) -> None:
-        """Learn from the scored events still waiting for a step (the end of the stream); a learner
-        thread's last stats count in full (they are its frames' own learning, not a deferred step's)."""
-        stats = self.scorer.flush()
+    def flush(self, stopped: bool = False) -> None:
+        """Learn from the scored events still waiting for a step (the end of the stream; ``stopped``:
+        a learner thread leaves the frames it has not begun); its last stats count in full (they are
+        its frames' own learning, not a deferred step's)."""
+        stats = self.scorer.flush(stopped)
         if self.scorer.decoupled is not None:
             self.add_learn_stats(stats)
             return
