@@ -288,6 +288,7 @@ class _ScorerLoop:
         return self.state.ledger(intake, sink=self.selections is not None)
 
     def close(self) -> None:
+        self.state.close()
         self.durability.close()
         self.receiver.close()
         if self.selections is not None:
@@ -395,7 +396,7 @@ def run_consume(config: ConsumeConfig, stop_event: threading.Event | None = None
         else:
             _in_rounds(loop, collective, stop_event)
         stats.stopped = stop_event.is_set() and stats.sink_error is None
-        state.flush()
+        state.flush(stopped=stop_event.is_set())
         loop.checkpoint()
         state.sample.save(Path(loop.config.run_dir) / f"scores-{loop.config.name}.npz")
         loop.reporter.report(loop.telemetry())

@@ -386,3 +386,22 @@ def test_plain_line_shows_unique_rates_and_a_learner_still_in_its_warm_up():
     line = plain_line(state, 1.0)
     assert "flow_m 1.00%/1.00% uniq 0.25%" in line
     assert "cwola 1.20%/1.00% learner warm-up uniq 0.60%" in line
+
+
+def test_a_budget_scorer_shows_each_learners_learnt_fraction_since_the_last_message() -> None:
+    state = MonitorState("tcp://127.0.0.1:5559", started=0.0)
+    for t, learnt in ((1.0, 0.5), (2.0, 0.2)):  # cumulative counts: half of the first second, a fifth of the next
+        for message in pipeline_messages(t):
+            if message["role"] == "scorer":
+                message["learn"] = "budget"
+                for i, stats in enumerate(message["learners"].values()):
+                    scored = 100_000 * t
+                    learned = 50_000 + (learnt * 100_000 if t > 1 else 0) if i == 0 else scored
+                    stats.update(scored=scored, learned_from=learned)
+            state.update(message, now=t)
+    assert " learnt flow_m 20%, flow_logm 100%, cwola 100%, ae 100%" in plain_line(state, 2.0)
+    rows = screen(state, 2.0)
+    assert "learnt" in next(r for r in rows if r.startswith("line "))
+    assert " 20%" in next(r for r in rows if r.startswith("flow_m "))
+    state_all = state_after(2.0)  # learn = "all": no learnt figures
+    assert "learnt" not in plain_line(state_all, 2.0) and "learnt" not in "\n".join(screen(state_all, 2.0))

@@ -19,6 +19,9 @@ source = "{source}"
 signal_fraction = 0.01
 frame_size = 2048
 
+[scorer]
+learn = "all"  # the line figures asserted below are those of learners that learnt every event
+
 [[scorer.learners]]
 kind = "cwola"
 name = "cwola"

@@ -30,10 +30,12 @@ BUILDERS: dict[str, Callable[[argparse.Namespace], ScorerConfig]] = {
 
 POSITIONAL = {"ephemeral": ["synthetic"]}
 GIVEN = {"q": 0.05, "window": 3000, "warmup": 1500, "device": "cpu", "threads": 3, "learn_events": 4096,
-         "thresholds": "global", "threshold_sync": 4, "control": 5.0, "budget": 0.5, "zero_bias": 0.001}
+         "thresholds": "global", "threshold_sync": 4, "control": 5.0, "budget": 0.5, "zero_bias": 0.001,
+         "learn": 0.5, "refresh_frames": 8}
 """A valid value of every option, unlike every menu's own."""
 INVALID = {"q": 0.0, "window": 0, "warmup": -1, "device": None, "threads": -1, "learn_events": -5,
-           "thresholds": None, "threshold_sync": 0, "control": -1.0, "budget": 0.0, "zero_bias": 1.5}
+           "thresholds": None, "threshold_sync": 0, "control": -1.0, "budget": 0.0, "zero_bias": 1.5,
+           "learn": 1.5, "refresh_frames": 0}
 """A value of every option the config refuses (None: argparse or the device itself refuses it)."""
 
 FILE_MENU = """
@@ -42,6 +44,8 @@ device = "cuda"
 threads = 2
 learn_events = 100
 threshold_sync = 2
+learn = 0.25
+refresh_frames = 2
 
 [[scorer.learners]]
 kind = "flow"
@@ -56,7 +60,7 @@ window = 5000
 warmup = 4000
 """
 FILE_DEFAULTS = {"q": 0.01, "window": 20_000, "warmup": 3000, "device": "auto", "threads": 0, "learn_events": 0,
-                 "threshold_sync": 1}
+                 "threshold_sync": 1, "learn": "all", "refresh_frames": 4}
 """An explicit value unlike the file's (the preset's default where there is one)."""
 
 

@@ -34,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="run K data-parallel scorer ranks on this machine that hold one model (gloo on CPU, "
                         f"NCCL on CUDA), at most {MAX_LOCAL_RANKS}; across machines use torchrun (default 1)")
     add_scorer_options(p, "q", "window", "warmup", "control", "budget", "zero_bias", "device", "threads",
-                       "thresholds", "threshold_sync", "learn_events",
+                       "thresholds", "threshold_sync", "learn_events", "learn", "refresh_frames",
                        note="; given, it replaces the --config file's or the preset's value")
     p.add_argument("--selections", metavar="ENDPOINT", default=None,
                    help="bind here and push accepted events to a sink (default: none)")
@@ -88,6 +88,9 @@ def main(args: argparse.Namespace) -> int:
     launched = launched_ranks()
     if launched > 1 and args.ranks not in (1, launched):
         raise ConfigError(f"started as one of {launched} ranks (WORLD_SIZE), so --ranks {args.ranks} does not apply")
+    if max(args.ranks, launched) > 1 and config.scorer.learn != "all":
+        raise ConfigError(f"learn = {config.scorer.learn!r} needs a single scorer: data-parallel ranks learn every "
+                          f"event together (--learn all)")
     if args.ranks > 1 and launched == 1:  # the config is valid: start the ranks, each runs this command
         from consumers.ranks import run_local_ranks
 

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from consumers.sink import SinkConfig, run_sink
 from consumers.telemetry_hub import TelemetryHub
@@ -53,8 +53,10 @@ if TYPE_CHECKING:  # torch-heavy: imported where used, so the producer and sink 
     from streamflow.scoring.frame_scorer import ScorerConfig
 
 DEFAULT_EVENTS = 1_000_000
-CHILD_HWM = 4  # frames queued per socket: bounds latency and the drain after a stop
-CHILD_KERNEL_BUFFER = 256 * 1024  # bytes; tcp's default megabytes would queue ~30 more frames
+RUN_LEARN: Literal["budget"] = "budget"
+"""``streamflow run``'s learning policy unless its [scorer] table or --learn says otherwise."""
+CHILD_HWM = 1  # frames queued per socket: bounds latency and the drain after a stop
+CHILD_KERNEL_BUFFER = 64 * 1024  # bytes; tcp's default megabytes would queue ~30 more frames
 EOS_TIMEOUT_S = 120.0  # the scorer acknowledges END_OF_STREAM only after draining its queue
 MAX_RECO_WORKERS = 64
 _STAGE_RANK = {"producer": 0, "reco": 1, "reco-proxy": 2, "scorer": 3, "sink": 4}
@@ -119,7 +121,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="seed of the source and the injection (default 0)")
     p.add_argument("--preset", help="learner menu: lhco or gaussian (default: the one that fits the source)")
     p.add_argument("--learners", help="comma-separated learner names of the preset to keep (default: all)")
-    add_scorer_options(p, "q", "budget", "zero_bias", "device", "threads",
+    add_scorer_options(p, "q", "budget", "zero_bias", "device", "threads", "learn", "refresh_frames",
                        note="; given, it replaces the --config file's value")
     p.add_argument("--run-dir", help="run folder (default runs/<date-time>)")
     p.add_argument("--base-port", type=int, help="first of six local tcp ports (default 5555)")
@@ -159,6 +161,8 @@ def build_config(args: argparse.Namespace) -> RunConfig:
     scorer = scorer_menu(args.preset, tables.get("scorer"), f"{where}[scorer]", preset_for_source(replay.source))
     if args.learners is not None:
         scorer = _keep_learners(scorer, args.learners.split(","))
+    if "learn" not in tables.get("scorer", {}):  # the main job never falls behind its input
+        scorer = dataclasses.replace(scorer, learn=RUN_LEARN)
     scorer = apply_scorer_options(scorer, args)
     run_overrides = {"run_dir": args.run_dir, "base_port": args.base_port, "duration": args.duration,
                      "reco_workers": args.reco_workers}

@@ -32,6 +32,11 @@ if TYPE_CHECKING:  # torch-heavy: imported where used (fast start-up)
     from streamflow.scoring.frame_scorer import ScorerConfig
 
 
+def learn_policy(text: str) -> str | float:
+    """A ``--learn`` value: all, budget, or a number (the config checks it is a fraction in (0, 1])."""
+    return text if text in ("all", "budget") else float(text)
+
+
 @dataclass(frozen=True)
 class ScorerOption:
     """One command-line option and the config field it sets (of every trigger line, or of the scorer)."""
@@ -61,6 +66,14 @@ SCORER_OPTIONS: dict[str, ScorerOption] = {
                             "N"),
     "learn_events": ScorerOption("learn_events", False, int,
                                  "learn once N scored events have accumulated (0: after every frame; default 0)", "N"),
+    "learn": ScorerOption("learn", False, learn_policy,
+                          "learning policy: all (every event, before the next frame is taken: the scorer runs at "
+                          "the learning rate), budget (every event scored at the input rate, learnt from as far "
+                          "as a learner thread has time: a random subset per learner) or a fraction F in (0, 1] "
+                          "learnt in a learner thread (default: all; streamflow run: budget)", "POLICY"),
+    "refresh_frames": ScorerOption("refresh_frames", False, int,
+                                   "with a learner thread: the scoring copies take the learning models' state every "
+                                   "N learnt frames (default 4)", "N"),
     "thresholds": ScorerOption("thresholds", False, str,
                                "data-parallel ranks: each rank's lines use its own windows (rank, default) or all "
                                "ranks sum their windows' histograms and apply one threshold (global; a preset's "

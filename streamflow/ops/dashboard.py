@@ -3,7 +3,8 @@
 Every process of a run (producer, scorer(s), sink) publishes a small JSON stats
 message about twice a second (:mod:`streamflow.stream.telemetry`). :class:`MonitorState`
 folds them into the latest view of each process, with a short history of each
-learner's loss (for sparklines) and of each process's blocked time (to tell
+learner's loss (for sparklines), its learnt fraction since the previous message
+(scored vs learned_from), and of each process's blocked time (to tell
 whether it is growing). :func:`render` draws that state as a dashboard that fits
 80x24; :func:`plain_line` as one line of text for logs and pipes; :func:`warnings`
 lists what needs a human's attention. No sockets here: the process loop is
@@ -85,6 +86,12 @@ def fmt_fraction(value: Any) -> str:
     return f"{x * 100:.2f}%" if abs(x) >= 1e-3 or x == 0 else f"{x * 100:.3f}%"
 
 
+def fmt_learnt(value: Any) -> str:
+    """A learnt fraction as a whole percentage ("35%"); "-" when missing."""
+    x = number(value)
+    return "-" if x is None else f"{x:.0%}"
+
+
 def fmt_value(value: Any, digits: int = 4) -> str:
     """A score, threshold or loss with ``digits`` significant digits; "-" when missing."""
     x = number(value)
@@ -117,6 +124,9 @@ class ProcessView:
     dropped: int = 0  # gaps in the process's message counter "n": messages its PUB socket dropped
     blocked: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=64))
     losses: dict[str, deque[float | None]] = field(default_factory=dict)
+    learnt: dict[str, float | None] = field(default_factory=dict)
+    """Per learner the fraction of the events scored since the previous message that it learnt from."""
+    _learn_counts: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def get(self, *keys: str) -> Any:
         """A nested value of the latest message (``get("latency", "p99_ms")``), None if missing."""
@@ -191,6 +201,12 @@ class MonitorState:
             view.blocked.append((now, blocked))
         for name, stats in view.learners().items():
             view.losses.setdefault(name, deque(maxlen=LOSS_HISTORY)).append(number(stats.get("loss")))
+            scored, learned = number(stats.get("scored")), number(stats.get("learned_from"))
+            if scored is not None and learned is not None:
+                before_scored, before_learned = view._learn_counts.get(name, (0.0, 0.0))
+                if scored > before_scored:  # a message without new events keeps the last fraction
+                    view.learnt[name] = (learned - before_learned) / (scored - before_scored)
+                view._learn_counts[name] = (scored, learned)
         self.messages += 1
         self.last_message = now
 
@@ -337,16 +353,29 @@ def _line_rows(state: MonitorState) -> list[tuple[str, ...] | tuple[Any, ...]]:
                 fmt_fraction(line.get("stream_fraction")) + ("*" if _partial(line) else ""),
                 fmt_value(line.get("eff_s"), 3), fmt_value(line.get("sic"), 3),
                 fmt_value(line.get("sr_eff_s"), 3), fmt_value(line.get("sr_sic"), 3),
-                sparkline(view.losses.get(learner, ()), TREND_WIDTH),
+                _trend_cell(view, learner),
             ))
         for learner in learners:  # learners that no line reads still show their loss
             if learner not in shown:
                 rows.append((prefix + f"({learner})", "-", Text("-"), "-", "-", "-", "-", "-",
-                             sparkline(view.losses.get(learner, ()), TREND_WIDTH)))
+                             _trend_cell(view, learner)))
     return rows
 
 
-def _lines_table(rows: list[tuple[Any, ...]], hidden: int) -> Table:
+def decoupled(view: ProcessView) -> bool:
+    """A scorer that learns in a learner thread (learn other than "all"): it may learn from only some events."""
+    return view.get("learn") not in (None, "all")
+
+
+def _trend_cell(view: ProcessView, learner: str) -> str:
+    """The learner's loss sparkline, after its learnt fraction when the scorer has a learner thread."""
+    if not decoupled(view):
+        return sparkline(view.losses.get(learner, ()), TREND_WIDTH)
+    learnt = fmt_learnt(view.learnt.get(learner))
+    return f"{learnt:>4} " + sparkline(view.losses.get(learner, ()), TREND_WIDTH - 5)
+
+
+def _lines_table(rows: list[tuple[Any, ...]], hidden: int, learnt: bool = False) -> Table:
     table = Table(box=None, padding=(0, 1), header_style="bold cyan", pad_edge=False)
     table.add_column("line", no_wrap=True, overflow="ellipsis", max_width=14)
     table.add_column("thresh", justify="right", no_wrap=True)
@@ -356,7 +385,7 @@ def _lines_table(rows: list[tuple[Any, ...]], hidden: int) -> Table:
     table.add_column("SIC", justify="right", no_wrap=True)
     table.add_column("SR eff", justify="right", no_wrap=True)
     table.add_column("SR SIC", justify="right", no_wrap=True)
-    table.add_column("loss", no_wrap=True, style="magenta", max_width=TREND_WIDTH)
+    table.add_column("learnt" if learnt else "loss", no_wrap=True, style="magenta", max_width=TREND_WIDTH)
     for row in rows:
         table.add_row(*row)
     if hidden:
@@ -374,7 +403,8 @@ def _header(state: MonitorState, now: float) -> Text:
 def render(state: MonitorState, now: float, height: int | None = None) -> RenderableType:
     """The dashboard: stages (rates, latency), trigger lines (threshold, accept rate vs target, the
     fraction of all events taken, eff_S and SIC on all events and in the signal region, learner loss
-    trend) and warnings, cut to ``height`` rows if given."""
+    trend, after the share of the events scored since the last message that the learner learnt from
+    when the scorer has a learner thread) and warnings, cut to ``height`` rows if given."""
     if not state.processes:
         return Group(_header(state, now), Text(f"waiting for telemetry on {state.endpoint} ...", style="dim"))
     found = warnings(state, now)
@@ -390,7 +420,7 @@ def render(state: MonitorState, now: float, height: int | None = None) -> Render
         rows = rows[: room - 1]
     parts: list[RenderableType] = [_header(state, now), _stage_table(state, now), Text("")]
     if rows or hidden:
-        parts.append(_lines_table(rows, hidden))
+        parts.append(_lines_table(rows, hidden, any(decoupled(view) for view in state.views("scorer"))))
         if partial:
             parts.append(Text(PARTIAL_NOTE, style="dim", no_wrap=True, overflow="ellipsis"))
     if found:
@@ -440,6 +470,13 @@ def plain_line(state: MonitorState, now: float) -> str:
                              + (f" SR SIC {sr_sic:.3g}" if sr_sic is not None else ""))
     if lines:
         parts.append("lines " + ", ".join(lines))
+    learnt = []
+    for view in scorers:
+        if decoupled(view):
+            prefix = f"{state.label(view)}/" if len(scorers) > 1 else ""
+            learnt += [f"{prefix}{name} {fmt_learnt(fraction)}" for name, fraction in view.learnt.items()]
+    if learnt:
+        parts.append("learnt " + ", ".join(learnt))
     found = warnings(state, now)
     if found:
         parts.append("warn: " + "; ".join(text for _, text in found))

@@ -197,6 +197,47 @@ def _loss_figure(run: RunData) -> str | None:
     return _save(figure, run.run_dir, "losses.png")
 
 
+def _learnt_figure(run: RunData) -> str | None:
+    """Per learner, the fraction of the events scored between two telemetry messages that it learnt from."""
+    curves = []
+    for stream in run.of_kind("scorer"):
+        names = dict.fromkeys(str(k) for m in stream.messages for k, v in (m.get("learners") or {}).items()
+                              if isinstance(v, dict) and "learned_from" in v)
+        for name in names:
+            scored, learned = stream.values("learners", name, "scored"), stream.values("learners", name, "learned_from")
+            with np.errstate(invalid="ignore", divide="ignore"):
+                fraction = np.diff(learned) / np.diff(scored)  # NaN where no event was scored in between
+            label = name if len(run.of_kind("scorer")) == 1 else f"{stream.role}/{name}"
+            curves.append((stream.times(run.t0)[1:], fraction, label))
+    if not curves:
+        return None
+    figure, axes = _figure(1)
+    for times, fraction, label in curves:
+        axes[0].plot(times, fraction, lw=1.0, label=label)
+    axes[0].set_ylim(0, 1.05)
+    axes[0].set_ylabel("learnt / scored")
+    axes[0].set_title("Learnt fraction of the events scored between two reports, per learner")
+    axes[0].legend(fontsize="small", ncol=3)
+    _time_axis(axes[-1])
+    return _save(figure, run.run_dir, "learnt.png")
+
+
+def _learning_lines(summary: dict[str, Any]) -> list[str]:
+    """What each scorer learnt from: its policy and per learner learnt / scored events."""
+    lines = []
+    for scorer, entry in summary["scorers"].items():
+        block = entry.get("learning") or {}
+        learners = block.get("learners") or {}
+        if not learners:
+            continue
+        lines += [f"Learning of {scorer}: policy `{block.get('policy')}` (ScorerConfig.learn); every event "
+                  f"is scored, each learner learnt from:", ""]
+        lines += _table(["learner", "scored", "learnt from", "learnt fraction"], [
+            [name, fmt_count(f["scored"]), fmt_count(f["learned_from"]), fmt_fraction(f["learned_fraction"])]
+            for name, f in learners.items()]) + [""]
+    return lines
+
+
 def exact_auc(run: RunData, learner: str) -> float | None:
     """The analytic AUC of an exact model of ``learner``'s kind and frame on the Gaussian toy, if known."""
     if run.source != "gaussian":
@@ -482,6 +523,10 @@ def make_report(run_dir: str | Path) -> Path:
                           ("learner losses", _loss_figure(run))):
         if figure:
             lines += [f"![{title}]({figure})", ""]
+    lines += _learning_lines(summary)
+    learnt = _learnt_figure(run)
+    if learnt:
+        lines += [f"![learnt fraction over time]({learnt})", ""]
     roc = [(scorer, _roc_figure(run, scorer)) for scorer in run.scores]
     if any(figure for _, figure in roc):
         lines += ["## ROC and SIC on held-out scores", ""]

@@ -27,7 +27,9 @@ counts after the line's warm-up) and its scores sample (``scores-<scorer>.npz``)
 signal-region S/B. ``equal_rate`` compares the learners at one stream-wide rate
 (the smallest any line achieved) on the scores sample: each learner's top
 ``rate`` of the sample's events (NaN lowest), eff_S, eff_B and SIC -- lines are
-compared at equal stream-wide rate, not at their own.
+compared at equal stream-wide rate, not at their own. ``learning`` gives the
+scorer's learning policy (ScorerConfig.learn) and per learner the events it
+scored and learnt from in this run, and their ratio.
 """
 
 from __future__ import annotations
@@ -123,6 +125,15 @@ def equal_rate(labels: np.ndarray, learners: dict[str, np.ndarray], rate: float)
     return out
 
 
+def learning(final: dict[str, Any]) -> dict[str, Any]:
+    """A scorer's learning policy and, per learner, the events it scored and learnt from and their ratio
+    (this run's, from its last telemetry message; ScorerConfig.learn)."""
+    learners = final.get("learners") if isinstance(final.get("learners"), dict) else {}
+    return {"policy": final.get("learn", "all"), "learners": {
+        str(name): {key: number(stats.get(key)) for key in ("scored", "learned_from", "learned_fraction")}
+        for name, stats in (learners or {}).items() if isinstance(stats, dict) and "learned_from" in stats}}
+
+
 def run_summary(run: RunData) -> dict[str, Any]:
     """The summary of a loaded run folder (see the module docstring)."""
     region = signal_region(run)
@@ -148,7 +159,7 @@ def run_summary(run: RunData) -> dict[str, Any]:
             }
             rows.append(row)
         rates = [float(r["stream"]["fraction"]) for r in rows if r["stream"]["fraction"]]
-        entry: dict[str, Any] = {"lines": rows, "sample_events": len(labels)}
+        entry: dict[str, Any] = {"lines": rows, "sample_events": len(labels), "learning": learning(stream.final)}
         if rates and len(labels) and learners:
             entry["equal_rate"] = {"rate": min(rates), "population": "the scores sample, all events",
                                    "learners": equal_rate(labels, learners, min(rates))}

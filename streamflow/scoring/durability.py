@@ -44,7 +44,7 @@ from streamflow.errors import ConfigError
 from streamflow.scoring.checkpoint import load_checkpoint, save_checkpoint
 from streamflow.scoring.context_histogram import HISTOGRAM_KEY, ContextHistogram
 from streamflow.scoring.rank_merge import ranks_checkpoint
-from streamflow.scoring.stream_scorer import Counters, StreamScorer, add_lost, lost_json
+from streamflow.scoring.stream_scorer import StreamScorer, add_lost, lost_json
 from streamflow.stream.journal import FrameJournal
 
 CHECKPOINT_SUFFIX = ".ckpt.pt"
@@ -111,7 +111,7 @@ class Durability:
     def _resume(self, state: StreamScorer) -> None:
         saved = load_checkpoint(self.checkpoint_path, state.scorer.device)
         state.scorer.load_state_dict(saved["scorer"])
-        state.base = Counters.of(state.scorer)
+        state.resumed()
         state.stats.resumed_from_frame = state.scorer.frames
         state.stats.selections_by_stream = sent_selections(saved, self.name, self.journal.path)
         if not state.leader:  # rank 0 carries the stream's account (and reads this rank's journal)

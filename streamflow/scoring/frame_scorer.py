@@ -11,6 +11,12 @@ For each frame, :meth:`FrameScorer.process`
    (small frames keep latency low, large steps keep a GPU busy; every event in a
    step was scored before the step, so test-then-train still holds).
 
+That is ``learn = "all"``: the scorer's rate is then its learning rate. Any other
+``learn`` policy scores with copies of the learners and offers the frame to a
+learner thread (:mod:`streamflow.scoring.decoupled`), which learns from all of it
+or a random subset per learner, and refreshes the copies every
+``refresh_frames`` learnt frames; step 4 then takes no time on the scoring thread.
+
 The process loop around it (sockets, telemetry, signals) lives in
 ``consumers/scorer.py``; this module has none of that, so tests and benchmarks
 drive it directly.
@@ -32,12 +38,17 @@ from streamflow.distributed import Collective, SoloCollective
 from streamflow.errors import ConfigError
 from streamflow.events.batch import EventBatch
 from streamflow.learners import AnyLearner, LearnerConfig, build_learner
+from streamflow.scoring.decoupled import LearnerThread
 from streamflow.scoring.scan import ScanConfig
 from streamflow.trigger import LineConfig, LineStats, Selection, TriggerMenu
 from streamflow.trigger.menu import SIGNAL_REGION, check_budget
 
 Thresholds = Literal["rank", "global"]
 """Whose windows a data-parallel scorer's lines judge against (see ScorerConfig)."""
+LearnPolicy = Literal["all", "budget"] | float
+"""How much of the stream the learners learn from (see ScorerConfig.learn)."""
+MAX_REFRESH_FRAMES = 100_000
+"""The most learnt frames between two refreshes of the scoring copies."""
 
 MAX_LEARN_EVENTS = 10_000_000
 """The most scored events held back for one deferred learning step (``learn_events``): they wait in memory."""
@@ -73,7 +84,17 @@ class ScorerConfig:
     threads: torch's CPU threads; 0 is automatic: all cores but three (kept for
     the producer, the sink and the monitor), at least one. More threads than free
     cores make torch's thread pool spin against the other processes and run many
-    times slower, not faster.
+    times slower, not faster. With a learner thread (``learn`` other than "all")
+    the scoring and the learner thread each use this many.
+    learn: "all" learns from every event before the next frame is taken (the
+    scorer runs at the learning rate; the only policy of data-parallel ranks);
+    "budget" scores every event at the input rate and learns, in a learner thread,
+    from the share of each frame its core has time for (a uniform random subset per
+    learner); a number f in (0, 1] learns, in the learner thread, from a uniform
+    random fraction f of every frame, waiting for the learner when it falls behind
+    (streamflow.scoring.decoupled).
+    refresh_frames: with a learner thread, the scoring copies take the learning
+    models' state every this many learnt frames (and at drains and checkpoints).
     """
 
     learners: tuple[LearnerConfig, ...] = ()
@@ -87,6 +108,8 @@ class ScorerConfig:
     scan: ScanConfig | None = None
     budget: float | None = None
     budget_control: float = 80.0
+    learn: LearnPolicy = "all"
+    refresh_frames: int = 4
 
     def __post_init__(self) -> None:
         check_device(self.device)
@@ -120,6 +143,24 @@ class ScorerConfig:
             raise ConfigError(f"global thresholds need estimator = 'histogram' on every line; "
                               f"line(s) {', '.join(exact)} use the exact one")
         check_budget(self.lines, self.budget, self.budget_control)
+        check_learn(self.learn)
+        if not 1 <= self.refresh_frames <= MAX_REFRESH_FRAMES:
+            raise ConfigError(f"refresh_frames must be 1 to {MAX_REFRESH_FRAMES:,d} frames, got {self.refresh_frames}")
+
+    @property
+    def learn_fraction(self) -> float | None:
+        """The fixed learning fraction of a learner thread; None for "budget" (adaptive) and "all" (no thread)."""
+        return None if isinstance(self.learn, str) else float(self.learn)
+
+
+def check_learn(policy: object) -> None:
+    """ConfigError unless ``policy`` is "all", "budget" or a fraction in (0, 1]."""
+    if isinstance(policy, str):
+        if policy not in ("all", "budget"):
+            raise ConfigError(f"learn must be 'all', 'budget' or a fraction in (0, 1], got {policy!r}")
+    elif isinstance(policy, bool) or not isinstance(policy, (int, float)) or not 0 < policy <= 1:
+        raise ConfigError(f"learn must be 'all', 'budget' or a fraction in (0, 1], got {policy!r}")
+
 
 
 def cpu_threads(requested: int) -> int:
@@ -186,6 +227,12 @@ class FrameScorer:
         self._pending_events = 0
         self._pinned: torch.Tensor | None = None
         self.collective: Collective = SoloCollective(device=self.device)
+        self.decoupled: LearnerThread | None = None
+        """The learner thread and the scoring copies (``learn`` other than "all"); None: learn in :meth:`process`."""
+        if config.learn != "all":
+            scoring = {c.name: build_learner(c, self.device) for c in config.learners}
+            self.decoupled = LearnerThread(self.learners, scoring, config.learn_fraction, config.refresh_frames,
+                                           cpu_threads(config.threads), config.learn_events)
 
     def distribute(self, collective: Collective) -> None:
         """Score and learn as one of ``collective``'s ranks (streamflow.distributed).
@@ -196,6 +243,9 @@ class FrameScorer:
         batch when it has no frame) and :meth:`flush` together. Global thresholds of a
         single rank are its own: a :class:`SoloCollective` leaves the menu as it is.
         """
+        if self.decoupled is not None and collective.world_size > 1:
+            raise ConfigError(f"learn = {self.config.learn!r} needs a single scorer: data-parallel ranks learn "
+                              f"every event together (learn = 'all')")
         self.collective = collective
         for learner in self.learners.values():
             learner.distribute(collective)
@@ -208,9 +258,24 @@ class FrameScorer:
         """Resolve every learner's columns in this stream's schema (once, or when the schema changes)."""
         names = tuple(names)
         if names != self.names:
+            if self.decoupled is not None:
+                self.decoupled.drain()  # the learner thread is idle while the columns change
             for learner in self.learners.values():
                 learner.bind(names)
+            for learner in self.scoring_learners.values():
+                learner.bind(names)
             self.names = names
+
+    @property
+    def scoring_learners(self) -> dict[str, AnyLearner]:
+        """The learners that score: the learning models themselves, or with a learner thread their copies."""
+        return self.learners if self.decoupled is None else self.decoupled.scoring
+
+    def learned_by(self) -> dict[str, int]:
+        """Events each learner has learnt from (its subsets; every learnt event with ``learn = "all"``)."""
+        if self.decoupled is None:
+            return dict.fromkeys(self.learners, self.events_learned)
+        return {name: counts.learned for name, counts in self.decoupled.counts.items()}
 
     def to_device(self, features: np.ndarray) -> torch.Tensor:
         """The frame's features on the device: one copy (through pinned memory on CUDA)."""
@@ -228,17 +293,36 @@ class FrameScorer:
 
         ``counted`` False: a data-parallel round without a frame on this rank (an empty
         batch that takes part in the others' step), not counted as a frame."""
+        x, result = self._score_select(batch, counted)
+        if self.decoupled is None:
+            result.learn_stats = self._learn(x)
+        else:
+            if len(batch):
+                self.decoupled.offer(x)
+            result.learn_stats = self.decoupled.take_stats()
+            self.events_learned = max(self.learned_by().values(), default=0)
+        return result
+
+    def score_only(self, batch: EventBatch) -> FrameResult:
+        """Score and select one frame without learning from it (a menu's score-only capacity: bench.latency)."""
+        return self._score_select(batch, counted=True)[1]
+
+    def _score_select(self, batch: EventBatch, counted: bool) -> tuple[torch.Tensor, FrameResult]:
+        """The frame on the device, and its scores and selection (counted as scored)."""
         self.bind(batch.names)
         x = self.to_device(batch.features)
-        with torch.no_grad():
-            device_scores = {name: learner.score(x) for name, learner in self.learners.items()}
+        if self.decoupled is None:
+            with torch.no_grad():
+                device_scores = {name: learner.score(x) for name, learner in self.learners.items()}
+        else:  # one model version per frame: no refresh while it is scored
+            with self.decoupled.lock, torch.no_grad():
+                device_scores = {name: learner.score(x) for name, learner in self.decoupled.scoring.items()}
         scores = {name: s.float().cpu().numpy() for name, s in device_scores.items()}
         region = batch.column("mjj") if "mjj" in batch.names else None
         selection = self.menu.select(scores, batch.labels, region)
         self.frames += int(counted)
         self.events_scored += len(batch)
-        learn_stats = self._learn(x)
-        return FrameResult(scores=scores, selection=selection, learn_stats=learn_stats)
+        return x, FrameResult(scores=scores, selection=selection)
 
     def _learn(self, x: torch.Tensor) -> dict[str, dict[str, float]]:
         if self.config.learn_events == 0:
@@ -253,8 +337,14 @@ class FrameScorer:
         """Scored events waiting for a step: this scorer's, or all ranks' (they step together)."""
         return int(self.collective.totals([self._pending_events])[0])
 
-    def flush(self) -> dict[str, dict[str, float]]:
-        """Learn from the scored events still waiting for a step (at the end of a stream)."""
+    def flush(self, stopped: bool = False) -> dict[str, dict[str, float]]:
+        """Learn from the scored events still waiting for a step (at the end of a stream); with a
+        learner thread, wait for it to learn from everything it was offered -- unless ``stopped``
+        (a signal), when the frames it has not begun are left unlearnt (LearnerThread.drain)."""
+        if self.decoupled is not None:
+            self.decoupled.drain(flush=True, discard=stopped)
+            self.events_learned = max(self.learned_by().values(), default=0)
+            return self.decoupled.take_stats()
         if self._pending_total() == 0:
             return {}
         return self._learn_pending()
@@ -268,13 +358,26 @@ class FrameScorer:
         self.events_learned += x.shape[0]
         return {name: learner.learn(x) for name, learner in self.learners.items()}
 
+    def close(self) -> None:
+        """Stop the learner thread, if any (after what it holds)."""
+        if self.decoupled is not None:
+            self.decoupled.close()
+
     def line_stats(self) -> list[dict[str, Any]]:
         """Every trigger line's running figures, JSON-ready: target q, achieved fraction, eff_S, eff_B, SIC."""
         return [line_figures(stats, line.kind == "score" and self.learners[line.learner].warming_up, line.kind)
                 for line, stats in zip(self.config.lines, self.menu.stats(), strict=True)]
 
     def state_dict(self) -> dict[str, Any]:
-        """What a resume needs: learners, counters and the config (trigger windows warm up again)."""
+        """What a resume needs: learners, counters and the config (trigger windows warm up again); with a
+        learner thread, also its subsets' generators and account, taken between two of its frames."""
+        if self.decoupled is None:
+            return self._state_dict()
+        with self.decoupled.paused():
+            self.events_learned = max(self.learned_by().values(), default=0)
+            return {**self._state_dict(), "decoupled": self.decoupled.state_dict()}
+
+    def _state_dict(self) -> dict[str, Any]:
         return {
             "config": to_dict(self.config),
             "learners": {name: learner.state_dict() for name, learner in self.learners.items()},
@@ -295,3 +398,7 @@ class FrameScorer:
         self.frames = int(counters["frames"])
         self.events_scored = int(counters["events_scored"])
         self.events_learned = int(counters["events_learned"])
+        if self.decoupled is not None:  # a checkpoint of learn = "all" learnt every event it scored
+            every = {name: {"offered": self.events_scored, "learned": self.events_learned, "skipped": 0}
+                     for name in self.learners}
+            self.decoupled.load_state_dict({"counts": every, **state.get("decoupled", {})})

@@ -157,6 +157,8 @@ class StreamScorer:
         """The streamed mjj, checkpointed so that `streamflow sample` draws mjj as the stream had it."""
         self.base = Counters()
         """Counts carried over from a checkpoint, so the ledger reports this run's events only."""
+        self.learned_base: dict[str, int] = dict.fromkeys(self.scorer.learners, 0)
+        """Each learner's learnt events carried over from a checkpoint (as ``base``)."""
 
     @property
     def leader(self) -> bool:
@@ -166,6 +168,23 @@ class StreamScorer:
     def counted(self) -> Counters:
         """This run's counts: the frame scorer's less those carried over from a checkpoint."""
         return Counters.of(self.scorer) - self.base
+
+    def resumed(self) -> None:
+        """The frame scorer was just loaded from a checkpoint: count this run's events from here."""
+        self.base = Counters.of(self.scorer)
+        self.learned_base = self.scorer.learned_by()
+
+    def learning(self) -> dict[str, dict[str, Any]]:
+        """Per learner this run's events scored and learnt from, and their ratio (telemetry, ledger, report)."""
+        scored = self.counted().events_scored
+        learned = self.scorer.learned_by()
+        return {name: {"scored": scored, "learned_from": n - self.learned_base.get(name, 0),
+                       "learned_fraction": (n - self.learned_base.get(name, 0)) / scored if scored else None}
+                for name, n in learned.items()}
+
+    def close(self) -> None:
+        """Stop the frame scorer's learner thread, if any."""
+        self.scorer.close()
 
     def on_frame(self, batch: EventBatch, stream_id: int, seq: int) -> FrameResult:
         """Score, select and learn one frame, and count it."""
@@ -215,10 +234,15 @@ class StreamScorer:
             for key, value in stats.items():
                 totals[key] = value if is_level_stat(key) else totals.get(key, 0.0) + value
 
-    def flush(self) -> None:
-        """Learn from the scored events still waiting for a step (the end of the stream)."""
-        self.add_learn_stats({name: {"loss": stats.get("loss", float("nan"))}
-                              for name, stats in self.scorer.flush().items()})
+    def flush(self, stopped: bool = False) -> None:
+        """Learn from the scored events still waiting for a step (the end of the stream; ``stopped``:
+        a learner thread leaves the frames it has not begun); its last stats count in full (they are
+        its frames' own learning, not a deferred step's)."""
+        stats = self.scorer.flush(stopped)
+        if self.scorer.decoupled is not None:
+            self.add_learn_stats(stats)
+            return
+        self.add_learn_stats({name: {"loss": one.get("loss", float("nan"))} for name, one in stats.items()})
 
     def end_of_stream(self, meta: dict, stream_id: int) -> None:
         """Account for every frame and event of the stream(s) the producer (or proxy) just ended."""
@@ -248,11 +272,13 @@ class StreamScorer:
     def telemetry(self, rejected: int, blocked_s: float) -> ScorerRecord:
         """The scorer's telemetry record; ``rejected`` messages and ``blocked_s`` on the sink are the sockets'."""
         events_per_s, frames_per_s = self.rates.rates()
+        learning = self.learning()
+        learners = {name: {**self.learn_totals.get(name, {}), **learning[name]} for name in learning}
         return ScorerRecord(
             events=self.stats.events, frames=self.stats.frames, events_per_s=events_per_s, frames_per_s=frames_per_s,
             latency=self.latency.summary(), rejected=rejected, sequence=self.tracker.summary(),
-            accepted=self.stats.accepted, blocked_s=blocked_s, learners=self.learn_totals,
-            lines=self.scorer.line_stats(), device=str(self.scorer.device))
+            accepted=self.stats.accepted, blocked_s=blocked_s, learners=learners,
+            lines=self.scorer.line_stats(), device=str(self.scorer.device), learn=str(self.scorer.config.learn))
 
     def ledger(self, intake: Intake, sink: bool) -> Ledger:
         """This scorer's ledger: received, scored, learned from, accepted, sent to the sink and confirmed by
@@ -263,7 +289,11 @@ class StreamScorer:
                    + (f"; {stats.duplicates_suppressed} redelivered frames handled before, not scored again"
                       if stats.duplicates_suppressed else ""))
         ledger.add("scored", counted.events_scored, "")
-        ledger.add("learned from", counted.events_learned, "every scored event is learned from after its frame")
+        learning = self.learning()
+        policy = self.scorer.config.learn
+        ledger.add("learned from", counted.events_learned, "every scored event is learned from after its frame"
+                   if policy == "all" else f"learn = {policy!r}: the most any learner learnt from; " + ", ".join(
+                       f"{name} {figures['learned_fraction'] or 0:.1%}" for name, figures in learning.items()))
         ledger.add("accepted", stats.accepted, "by at least one trigger line")
         ledger.add("sent to sink", stats.selections_sent, "" if sink else "no sink configured")
         if sink:
@@ -278,6 +308,7 @@ class StreamScorer:
                               resumed_from_frame=stats.resumed_from_frame, lines=self.scorer.line_stats(),
                               learners=self.learn_totals, rejected=intake.rejected,
                               duplicates_suppressed=stats.duplicates_suppressed, delivery=stats.delivery,
+                              learning={"policy": policy, "learners": learning},
                               last_rejection=intake.last_error, lost_after_processing=lost,
                               streams={sid: a.to_dict() for sid, a in stats.accounts.items()},
                               frames_seen=seen_runs(self.tracker.state_dict()), busy=stats.busy,

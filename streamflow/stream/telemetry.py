@@ -140,7 +140,9 @@ class ProducerRecord(TelemetryRecord):
 class ScorerRecord(TelemetryRecord):
     """A scorer's record: latency from the producer's send (:meth:`LatencyHistogram.summary`),
     the sequence account, rejected messages, accepted events, seconds blocked on the sink,
-    per learner its running learning figures, per trigger line its figures, and the device."""
+    per learner its running learning figures (with the events it scored and learnt from in this run and
+    their ratio, ``learned_fraction``), per trigger line its figures, the device and the learning policy
+    (ScorerConfig.learn)."""
 
     KIND: ClassVar[str] = "scorer"
 
@@ -152,6 +154,7 @@ class ScorerRecord(TelemetryRecord):
     learners: dict[str, dict[str, float]] = field(default_factory=dict)
     lines: list[dict[str, Any]] = field(default_factory=list)
     device: str = ""
+    learn: str = "all"
 
 
 @dataclass
