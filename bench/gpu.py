@@ -18,14 +18,12 @@
    at frames of 4k and 64k (``--quick``: one run of 8 frames of 4k), its scorer's events/s
    while streaming and frame latency p50/p99 (producer send -> scorer done) from the run
    folder's telemetry (:func:`bench.pipeline.end_to_end`); once per learning policy of
-   :func:`learn_policies`.
+   ``LEARN_POLICIES``.
 
-The decoupled learner (issue 18, points 1-2: ``learn = "all" | "budget" | fraction`` in the
-scorer's config) is not in this build: the end-to-end runs use today's scorer, which learns
-from every frame before it takes the next. :func:`learn_policies` is the one hook: it returns
-``(None,)`` (today's path, no option) while ``ScorerConfig`` has no ``learn`` field, and
-``LEARN_POLICIES`` once it has; :func:`learn_options` turns a policy into ``streamflow run``'s
-option (``--learn POLICY``: the merge checks the name of the option it adds).
+The end-to-end runs are made once per learning policy of ``LEARN_POLICIES``: ``all`` (every
+event learnt from before the next frame is taken: the scorer runs at the learning rate) and
+``budget`` (every event scored at the input rate, the decoupled learner thread learning what
+its time allows; ``streamflow/scoring/decoupled.py``), passed as ``streamflow run --learn``.
 
 The tables are markdown (the README's GPU section is this output); ``--json`` writes every
 figure. Wall seconds per part are printed, so a GPU session sees where its minutes went.
@@ -36,7 +34,6 @@ figure. Wall seconds per part are printed, so a GPU session sees where its minut
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import tempfile
 import time
@@ -50,7 +47,7 @@ import torch
 from bench import hotpaths
 from bench.pipeline import EndToEnd, backend_speeds, end_to_end
 from streamflow.learners import AnyLearner, build_learner
-from streamflow.scoring.frame_scorer import ScorerConfig, cpu_threads, resolve_device
+from streamflow.scoring.frame_scorer import cpu_threads, resolve_device
 from streamflow.scoring.presets import preset
 
 SIZES = (4096, 65536, 262144, 1048576)
@@ -86,19 +83,6 @@ class Pipeline:
 
     learn: str
     run: EndToEnd
-
-
-def learn_policies() -> tuple[str | None, ...]:
-    """The learning policies the end-to-end runs compare: None (today's scorer, no option) while
-    ``ScorerConfig`` has no ``learn`` field, else ``LEARN_POLICIES`` (see the module docstring)."""
-    if "learn" not in {f.name for f in dataclasses.fields(ScorerConfig)}:
-        return (None,)
-    return LEARN_POLICIES
-
-
-def learn_options(policy: str | None) -> tuple[str, ...]:
-    """``streamflow run``'s options for a learning policy (none for today's scorer)."""
-    return () if policy is None else ("--learn", policy)
 
 
 def best_rate(call: Callable[[], object], n: int, rounds: int) -> float:
@@ -233,9 +217,9 @@ def main(argv: list[str] | None = None) -> None:
 
     def pipelines() -> list[Pipeline]:
         with tempfile.TemporaryDirectory(prefix="sfgpu") as tmp:
-            return [Pipeline(policy or "every frame (today's scorer)",
-                             end_to_end(n, events, Path(tmp), args.threads, str(device), learn_options(policy)))
-                    for policy in learn_policies() for n, events in e2e]
+            return [Pipeline(policy, end_to_end(n, events, Path(tmp), args.threads, str(device),
+                                                ("--learn", policy)))
+                    for policy in LEARN_POLICIES for n, events in e2e]
 
     runs: list[Pipeline] = part("end to end", pipelines)
     print(f"\nlearners and backends (events/s of the best call; {rounds[0]} score and {rounds[1]} learn calls "

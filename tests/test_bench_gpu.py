@@ -73,7 +73,7 @@ def test_quick_cpu_suite_prints_every_row_with_finite_positive_figures(tmp_path:
 
     header, runs = table(lines, "streamflow run")
     assert header[1:] == ["device", "frame", "events", "scorer events/s", "latency p50 ms", "p99 ms"]
-    assert len(runs) == len(gpu.learn_policies())
+    assert len(runs) == len(gpu.LEARN_POLICIES)
     for run in runs:
         assert run[1] == "cpu" and run[2] == f"{gpu.QUICK_E2E[0]:,}"
         assert figure(run[3]) == gpu.QUICK_E2E[1]  # every event of the stream scored
