@@ -97,8 +97,7 @@ def test_the_background_flow_never_learns_a_signal_region_event(background_run: 
     assert anode.signal_region.totals.events > 30_000
 
 
-@pytest.mark.parametrize("line", ["cathode", pytest.param("anode", marks=pytest.mark.xfail(
-    strict=True, reason="ANODE sculpts mjj inside the SR: KS D = 0.14 (p ~ 1e-27) measured, see README"))])
+@pytest.mark.parametrize("line", ["cathode", "anode"])
 def test_lines_score_only_signal_region_events_and_do_not_sculpt_mjj(background_run: dict, line: str) -> None:
     mjj, scores, accepted = background_run["mjj"], background_run["scores"][line], background_run["accepted"][line]
     in_sr = (mjj >= SR[0]) & (mjj < SR[1])
@@ -106,7 +105,8 @@ def test_lines_score_only_signal_region_events_and_do_not_sculpt_mjj(background_
     scored = np.isfinite(scores)
     assert scored.sum() > 10_000
     assert not (accepted & ~scored).any()
-    # The accepted events' mjj has the shape of every scored SR event's (KS, ~600 accepted): no bump.
+    # The accepted events' mjj has the shape of every scored SR event's (KS, 500-2,000 accepted): no bump.
+    # Raw ANODE R failed this at KS D = 0.10 (p ~ 1e-13): its spread grows across the SR.
     assert accepted.sum() > 300
     ks = stats.ks_2samp(mjj[accepted], mjj[scored])
     assert ks.pvalue > 0.01, f"{line}: accepted mjj differs from the SR's (KS D = {ks.statistic:.3f})"

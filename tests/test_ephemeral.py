@@ -42,7 +42,7 @@ room for that model error; a flow that has seen one frame of 1,000 events lands 
 
 
 def _flow_config(steps_per_frame: int = 4):
-    full = preset("lhco", device="cpu")
+    full = preset("lhco-density", device="cpu")
     flow = dataclasses.replace(full.learners[0], steps_per_frame=steps_per_frame, batch_size=256)
     return dataclasses.replace(full, learners=(flow,), lines=full.lines[:1], threads=1)
 
