@@ -11,6 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from scipy import stats
 
+from streamflow.analysis.coordinate_study import auc_standard_error
 from streamflow.config import from_dict
 from streamflow.distributed import Collective, weights_digest
 from streamflow.errors import ConfigError
@@ -31,10 +32,12 @@ def frames(n_events: int, signal_fraction: float = 0.0, seed: int = 3) -> list[E
     return [batch for _, batch in zip(range(n_events // FRAME), source.chunks(FRAME), strict=False)]
 
 
-def closure_auc(learner: CathodeLearner, held_out: torch.Tensor) -> tuple[float, int]:
+def closure_auc(learner: CathodeLearner, held_out: torch.Tensor) -> tuple[float, float, int]:
+    """The closure AUC (SR data vs as many fresh flow samples), its DeLong error, the SR events behind it."""
     data, samples = learner.closure_logits(held_out)
     labels = np.r_[np.ones(len(data)), np.zeros(len(samples))]
-    return auc(labels, np.r_[data.numpy(), samples.numpy()]), len(data)
+    values = np.r_[data.numpy(), samples.numpy()]
+    return auc(labels, values), auc_standard_error(labels, values), len(data)
 
 
 # --- closure, interpolation and no sculpting on a background-only stream -------------------------------------
@@ -51,7 +54,7 @@ def background_run() -> dict:
         "lines": [{"name": name, "learner": name, "accept": 0.05, "window": 2000} for name in ("cathode", "anode")],
         "device": "cpu", "threads": 1})
     scorer = FrameScorer(config)
-    aucs: dict[str, list[tuple[int, float, int]]] = {"cathode": [], "fake": []}
+    aucs: dict[str, list[tuple[int, float, float, int]]] = {"cathode": [], "fake": []}
     mjj, accepted, scores = [], {"cathode": [], "anode": []}, {"cathode": [], "anode": []}
     for i, batch in enumerate(stream[:-10]):
         result = scorer.process(batch)
@@ -73,16 +76,20 @@ def background_run() -> dict:
 
 @pytest.mark.parametrize("name", ["cathode", "fake"])
 def test_cathode_closure_auc_stays_at_one_half_after_the_gate_opens(background_run: dict, name: str) -> None:
-    """No signal: the classifier cannot tell SR data from the sideband flow's interpolated samples
-    (AUC 0.5 +- 0.03, ~6,000 SR events a side: statistical error ~0.005) -- in the default SR and in a fake
-    one placed where the default sidebands are."""
+    """No signal: the classifier cannot tell SR data from the sideband flow's interpolated samples -- in the
+    default SR and in a fake one placed where the default sidebands are. Each check's AUC (on 40k held-out
+    events: ~4,000-6,000 SR events a side, DeLong error 0.005-0.006) lies within 0.5 +- (0.03 + 2 errors), and
+    their mean, whose statistical error is smaller, within 0.5 +- 0.03: a model error of a few percent in AUC
+    passes, a classifier that learnt the flow's artefacts (0.53-0.54 in identity coordinates) does not."""
     learner = background_run["scorer"].learners[name]
     assert learner.gate.open and 0 < learner.gate.opened_at < 100_000
     aucs = background_run["aucs"][name]
     assert len(aucs) >= 3, aucs
-    for frame, value, n in aucs:
+    for frame, value, error, n in aucs:
         assert n > 3000
-        assert abs(value - 0.5) < 0.03, f"frame {frame}: closure AUC {value:.3f}"
+        assert abs(value - 0.5) < 0.03 + 2 * error, f"frame {frame}: closure AUC {value:.3f} +- {error:.3f}"
+    mean = float(np.mean([value for _, value, _, _ in aucs]))
+    assert abs(mean - 0.5) < 0.03, f"mean closure AUC {mean:.3f} over {len(aucs)} checks"
 
 
 def test_the_background_flow_never_learns_a_signal_region_event(background_run: dict) -> None:

@@ -81,7 +81,7 @@ class AnodeConfig(LearnerConfigBase):
     sidebands: tuple[Band, Band] = ((3100.0, 3300.0), (3700.0, 3900.0))
     flow: FlowShape = field(default_factory=FlowShape)
     mass_slices: int = 8
-    reference_events: int = 8_000
+    reference_events: int = 4_000
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -117,7 +117,7 @@ class CathodeConfig(LearnerConfigBase):
     gate_tolerance: float = 0.05
     mass_bins: int = 100
     mass_slices: int = 8
-    reference_events: int = 8_000
+    reference_events: int = 4_000
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -33,8 +33,8 @@ learners that still improve: R's spread shrinks as the flows converge, the
 calibration still held the broader past, and slices shrinking at different rates
 kept the selection sculpted (KS D = 0.045-0.053, p ~ 1e-4, with memories of
 2,500-20,000 SR events). Re-scoring removes that lag; the price is two flow
-forwards over the reference per frame (8,000 rows by default, about the cost of
-scoring two frames' SR events).
+forwards over the reference per frame (4,000 rows by default, about the cost of
+scoring one frame of 4,096 events; 8,000 cost ANODE a quarter of its time).
 
 F_b is a histogram of u = asinh(s) on ``BINS`` fixed bins over |s| <= ``LIMIT``
 (0.02 wide in s near the 1% tail of R; a score beyond the limit is clamped), read
@@ -49,10 +49,10 @@ Trade-offs:
   counted as background -- the cost of any data-driven decorrelation, small at
   bump-hunt S/B. Fewer, wider slices dilute that pull, more slices follow the
   m-dependence closer: ``slices`` (default 8).
-- The reference's size sets the calibration's noise: at 8,000 rows and 8 slices a
-  slice's 1% quantile rests on ~10 events above it; that threshold moves from
-  frame to frame as the buffer turns over, noise that averages out across frames
-  rather than building a bump.
+- The reference's size sets the calibration's noise: at 4,000 rows and 8 slices a
+  slice's 1% quantile rests on ~5 events above it; that threshold moves from
+  frame to frame as the buffer turns over (an eighth of it per 4k frame), noise
+  that averages out across frames rather than building a bump.
 - A slice with fewer than ``MIN_EVENTS`` reference events is served by the pooled
   histogram of all slices; before the pool has that many, the score passes raw.
 """

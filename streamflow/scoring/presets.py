@@ -1,11 +1,12 @@
 """Ready-made scorer menus: which learners run, in which frames, behind which trigger lines.
 
 ``lhco``: the default of ``streamflow run`` on LHCO-like streams, the lines that
-find a resonance -- a CWoLA classifier (SR 3.3-3.7 TeV vs sidebands 3.1-3.9 TeV),
-online CATHODE and online ANODE (learners/cathode.py, anode.py; same SR, sidebands
-3.1-3.3 and 3.7-3.9 TeV) -- and the paper's autoencoder; one trigger line each.
+find a resonance first -- online CATHODE and online ANODE (learners/cathode.py,
+anode.py; SR 3.3-3.7 TeV, sidebands 3.1-3.3 and 3.7-3.9 TeV), a CWoLA classifier
+(same SR vs sidebands 3.1-3.9 TeV) -- then the paper's autoencoder; one trigger
+line each, in that order (the run report and summary.json list lines in menu order).
 
-``lhco-density``: the same and the density-score lines, the conditional flow
+``lhco-density``: the same, then the density-score lines: the conditional flow
 (CATHODE features given mjj) in the identity and the log-mass frame, by name
 (``--preset lhco-density --learners flow_m,cwola``), for the coordinate study
 and the flow's own tools. They left the default menu because a density score
@@ -58,10 +59,10 @@ def _density_learners() -> list[LearnerConfig]:
 
 def _lhco_learners() -> list[LearnerConfig]:
     return [
-        CWoLAConfig(name="cwola", features=CATHODE_FEATURES),
-        AutoencoderConfig(name="ae", features=CATHODE_FEATURES),
         CathodeConfig(name="cathode", features=CATHODE_FEATURES),
         AnodeConfig(name="anode", features=CATHODE_FEATURES),
+        CWoLAConfig(name="cwola", features=CATHODE_FEATURES),
+        AutoencoderConfig(name="ae", features=CATHODE_FEATURES),
     ]
 
 
@@ -93,7 +94,7 @@ def preset(name: str, q: float = 0.01, window: int = 20_000, warmup: int | None 
     if name == "lhco":
         learners = _lhco_learners()
     elif name == "lhco-density":
-        learners = _density_learners() + _lhco_learners()
+        learners = _lhco_learners() + _density_learners()
     elif name == "gaussian":
         learners = _gaussian_learners(dim)
     else:
