@@ -123,8 +123,9 @@ def test_lines_score_only_signal_region_events_and_do_not_sculpt_mjj(background_
 
 def test_cathode_and_anode_score_signal_region_events_early_in_a_small_stream() -> None:
     """Default options on 10 frames (41k events, ~5k sideband events: CATHODE's gate, needing 30,000, stays
-    shut): both score every SR event from the end of their 2,000-event warm-up on (CATHODE by its fallback
-    -log p_bkg), as per-mass-slice quantiles (z ~ N(0, 1) in every slice), and nothing outside the SR."""
+    shut): both score every SR event, as per-mass-slice quantiles (z ~ N(0, 1) in every slice), and nothing
+    outside the SR -- CATHODE by its fallback -log p_bkg from the second frame (its first calibrated one),
+    ANODE from the frame after its 1,000-event warm-up (the second or third)."""
     stream = frames(10 * FRAME, signal_fraction=0.01)
     learners = [build_learner(learner_config({"kind": kind, "name": kind})) for kind in ("cathode", "anode")]
     slices = np.linspace(*SR, 9)
@@ -148,7 +149,7 @@ def test_cathode_and_anode_score_signal_region_events_early_in_a_small_stream() 
             learner.learn(x)
     cathode = learners[0]
     assert isinstance(cathode, CathodeLearner) and not cathode.gate.open
-    assert first_scored == {"cathode": 2, "anode": 2}, first_scored
+    assert first_scored["cathode"] == 1 and first_scored["anode"] <= 2, first_scored
 
 
 # --- checkpoint, resume, ranks ------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ preprocessors, see BandFlow.share_standardisation). Neither flow learns during t
 warm-up: the composite first merges ``warmup_events`` events of the SR and the
 sidebands into the shared moments (an affine map applied to both flows: R does not
 depend on it, so SR events in it cannot fake a signal; taking both bands halves
-the wait on a small stream, default 2,000 events, means and widths to ~2%), then
+the wait on a small stream; default 1,000 events, means and widths to ~3%, about
+one frame of 4,096), then
 both start in the same frame and learn every frame after with the same batch size
 and passes per frame (the SR flow, with fewer events per frame, takes
 proportionally fewer steps: per event learnt they are equally far along). Both
@@ -72,7 +73,7 @@ class AnodeConfig(LearnerConfigBase):
 
     kind: Literal["anode"] = "anode"
     coordinates: str = "log_mass"
-    warmup_events: int = 2000
+    warmup_events: int = 1000
     lr: float = 3e-3
     batch_size: int = 256
     steps_per_frame: int = 2

@@ -27,18 +27,22 @@ consecutive blocks. The gate then stays open (telemetry ``gate_open``; its state
 in the checkpoint).
 
 **Score**, on SR events only (NaN elsewhere: a line judges only SR events), from
-the moment the background flow's standardisation is frozen (``warmup_events``
-sideband events, default 2,000, moments to ~2%; taking the SR events into it too,
-as ANODE does, would halve the wait on a small stream, but it moved the closure
-AUC from 0.51-0.53 to 0.52-0.55 on a background-only stream, so it is not done):
+the first frame after the first SR events reached the calibration below (the
+second frame of a stream):
 
 - once the gate is open, the classifier's logit (EMA weights);
 - before, a stated **fallback**: the background flow's -log p_bkg(x | m), how
   unlike the interpolated sideband background an SR event is. A density score,
   so weaker and coordinate-dependent (see the README), but a score from the
-  background model alone, available after a few thousand events: on a small
-  stream (the 60k real file holds ~8k sideband events, the gate needs 30,000)
-  the line judges from early on instead of never. The gate is not lowered for
+  background model alone, available from the second frame: on a small stream
+  (the 60k real file holds ~8k sideband events, the gate needs 30,000) the line
+  judges from the start instead of never. Early on the flow is barely trained
+  and the fallback little better than a random selection -- but one that holds
+  the line's rate and does not sculpt mjj. (Waiting for the flow's
+  standardisation to freeze instead left 41% of the SR events of the first 40k
+  real events unjudged; taking SR events into that standardisation, as ANODE
+  does, moved the closure AUC from 0.51-0.53 to 0.52-0.55, so CATHODE's
+  standardisation stays the sideband events'.) The gate is not lowered for
   that: a classifier started on an unsettled flow learns the flow's artefacts.
 
 Either score is reported as its per-mass-slice quantile z = Phi^-1(F_b(s)) over the
@@ -103,6 +107,7 @@ class CathodeConfig(LearnerConfigBase):
     kind: Literal["cathode"] = "cathode"
     coordinates: str = "log_mass"
     warmup_events: int = 2000
+    """Sideband events whose moments standardise the flow (and SR events the classifier's inputs): to ~2%."""
     lr: float = 3e-3
     batch_size: int = 256
     steps_per_frame: int = 2
@@ -278,8 +283,6 @@ class CathodeLearner(CompositeLearner):
 
     def _score(self, x: Tensor) -> Tensor:
         scores = torch.full((x.shape[0],), math.nan, device=self.device)
-        if self.background.warming_up:
-            return scores
         inside = self._in_signal_region(x)
         scores[inside] = self.calibration.standardise(self._raw_score(x[inside]), self.region(x)[inside])
         return scores

@@ -54,7 +54,11 @@ Trade-offs:
   frame to frame as the buffer turns over (an eighth of it per 4k frame), noise
   that averages out across frames rather than building a bump.
 - A slice with fewer than ``MIN_EVENTS`` reference events is served by the pooled
-  histogram of all slices; before the pool has that many, the score passes raw.
+  histogram of all slices; before the pool has that many there is no score (NaN).
+- Because every frame's calibration is measured with the models as they then are,
+  z stays comparable while a model's own scale still moves (a standardisation in
+  its warm-up, a flow early in training): a learner may score from its first
+  calibrated frame.
 """
 
 from __future__ import annotations
@@ -107,10 +111,10 @@ class MassSliceStandardiser:
         self.counts = counts
 
     def standardise(self, scores: Tensor, m: Tensor) -> Tensor:
-        """z = Phi^-1(F_b(s)) per event (see the module docstring); s itself before any calibration."""
+        """z = Phi^-1(F_b(s)) per event (see the module docstring); NaN before any calibration."""
         pooled = self.counts.sum(dim=0)
         if float(pooled.sum()) < MIN_EVENTS:
-            return scores
+            return torch.full_like(scores, math.nan)
         own = self.counts.sum(dim=1) >= MIN_EVENTS
         histograms = torch.where(own.unsqueeze(1), self.counts, pooled.unsqueeze(0))
         below = torch.cumsum(histograms, dim=1) - histograms  # counts in the bins below each bin
