@@ -39,7 +39,13 @@ scoring one frame of 4,096 events; 8,000 cost ANODE a quarter of its time).
 F_b is a histogram of u = asinh(s) on ``BINS`` fixed bins over |s| <= ``LIMIT``
 (0.02 wide in s near the 1% tail of R; a score beyond the limit is clamped), read
 with linear interpolation inside a bin, so that z is continuous and keeps the
-order of the scores within a slice. Histograms are what data-parallel ranks can
+order of the scores within a slice -- except beyond the reference's last event in
+a slice, where F_b is 1 and every score would get the same z: the most anomalous
+events, where a signal sits, tied. So z carries a tie-break, ``TIE_BREAK`` x
+asinh(s) (at most +-0.005), which orders those events by their raw score and
+moves no other event by more than a few thousandths of a standard deviation.
+Without it the top 1% of the SR shared only 50% between ANODE in m and in log m
+coordinates, and the final CATHODE model's max SIC fell from 9.5 to 7.8. Histograms are what data-parallel ranks can
 merge: each rank re-scores its own reference, the ranks sum the histograms.
 
 Trade-offs:
@@ -76,6 +82,8 @@ BINS = 512
 LIMIT = 50.0
 """Scores beyond +-LIMIT are clamped there (a log-likelihood ratio of e^50 is far past any threshold)."""
 U_LIMIT = math.asinh(LIMIT)
+TIE_BREAK = 1e-3
+"""Weight of asinh(score) added to z: orders the scores beyond the reference's tail (see the module docstring)."""
 
 
 class MassSliceStandardiser:
@@ -126,7 +134,7 @@ class MassSliceStandardiser:
         total = norm[index]
         cdf = (below[index, bin_] + inside * histograms[index, bin_]) / total
         cdf = torch.minimum(torch.maximum(cdf, 0.5 / total), 1 - 0.5 / total)
-        z = math.sqrt(2) * torch.erfinv(2 * cdf - 1)
+        z = math.sqrt(2) * torch.erfinv(2 * cdf - 1) + TIE_BREAK * torch.asinh(scores.double())
         return torch.where(torch.isfinite(scores), z, scores.double()).float()
 
 
