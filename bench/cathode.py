@@ -3,7 +3,7 @@
     python -m bench.cathode closure   [--events N]                   # background-only synthetic stream
     python -m bench.cathode injection [--events N] [--signal-fraction F] [--source S]
     python -m bench.cathode scan      [--events N] [--signal-fraction F] [--kinds cwola,cathode] [--budget B]
-    python -m bench.cathode invariance [--events N] [--signal-fraction F]
+    python -m bench.cathode invariance [--events N] [--signal-fraction F] [--kinds anode] [--options JSON]
     python -m bench.cathode early     [--events N] [--signal-fraction F] [--source S]   # a small stream
 
 Each runs one :class:`~streamflow.scoring.frame_scorer.FrameScorer` over the stream,
@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import time
 
@@ -58,7 +59,7 @@ from streamflow.analysis.coordinate_study import auc_standard_error
 from streamflow.config import from_dict
 from streamflow.events import EventBatch, open_source
 from streamflow.events.chunking import first_events
-from streamflow.learners import CathodeLearner
+from streamflow.learners import AnodeLearner, CathodeLearner
 from streamflow.scoring.frame_scorer import FrameScorer, ScorerConfig
 from streamflow.scoring.presets import preset
 
@@ -198,14 +199,17 @@ def scan(n_events: int, signal_fraction: float, kinds: list[str], budget: float,
               f"{line['eff_s']:.4f} | {line['eff_b']:.4f} | {line['sic']:.2f} |")
 
 
-def invariance(n_events: int, signal_fraction: float, held_out: int, seed: int) -> None:
-    """CATHODE, ANODE and CWoLA each in the m and the log m coordinates (identity / log_mass), streamed side by
-    side; on the held-out SR events, the share of the top 1% by one that is also in the top 1% by the other."""
+def invariance(n_events: int, signal_fraction: float, held_out: int, seed: int, kinds: tuple[str, ...],
+               options: dict) -> None:
+    """CATHODE, ANODE and CWoLA (or ``kinds``) each in the m and the log m coordinates (identity / log_mass),
+    streamed side by side; on the held-out SR events, the share of the top 1% by one that is also in the top
+    1% by the other. ``options`` go to the CATHODE and ANODE configs; for ANODE the overlap of its raw log
+    ratio R (before the per-mass-slice calibration) is printed too."""
     frames = stream("synthetic", n_events, signal_fraction, seed)
     n_held = held_out // FRAME
     train, test = frames[:-n_held], frames[-n_held:]
-    kinds = ("cathode", "anode", "cwola")
-    learners = [{"kind": kind, "name": f"{kind}_{short}", "coordinates": coordinates}
+    learners = [{"kind": kind, "name": f"{kind}_{short}", "coordinates": coordinates,
+                 **(options if kind in ("cathode", "anode") else {})}
                 for kind in kinds for short, coordinates in (("m", "identity"), ("logm", "log_mass"))]
     config = from_dict(ScorerConfig, {
         "learners": learners,
@@ -227,6 +231,12 @@ def invariance(n_events: int, signal_fraction: float, held_out: int, seed: int) 
         overlap = metrics.selection_overlap(m, logm, 0.01)
         print(f"| {kind} | {100 * overlap:.1f}% | {metrics.auc(labels[in_sr], m):.3f} | "
               f"{metrics.auc(labels[in_sr], logm):.3f} |")
+        if kind == "anode":
+            pair = [scorer.learners[f"anode_{s}"] for s in ("m", "logm")]
+            with torch.no_grad():
+                m, logm = (a.log_ratio(test_x).numpy()[in_sr] for a in pair if isinstance(a, AnodeLearner))
+            print(f"| anode, raw R | {100 * metrics.selection_overlap(m, logm, 0.01):.1f}% | "
+                  f"{metrics.auc(labels[in_sr], m):.3f} | {metrics.auc(labels[in_sr], logm):.3f} |")
 
 
 def early(source: str, n_events: int, signal_fraction: float, seed: int) -> None:
@@ -279,18 +289,21 @@ def main() -> None:
     parser.add_argument("--source", default="synthetic")
     parser.add_argument("--held-out", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=3)
-    parser.add_argument("--kinds", default="cwola")
+    parser.add_argument("--kinds", default=None, help="scan: kinds per window (default cwola); "
+                        "invariance: learners to compare (default cathode,anode,cwola)")
     parser.add_argument("--budget", type=float, default=0.14)
+    parser.add_argument("--options", default="{}", help="invariance: JSON options for the CATHODE and ANODE configs")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.study == "closure":
         closure(args.events, args.seed)
     elif args.study == "invariance":
-        invariance(args.events, args.signal_fraction, args.held_out, args.seed)
+        kinds = tuple((args.kinds or "cathode,anode,cwola").split(","))
+        invariance(args.events, args.signal_fraction, args.held_out, args.seed, kinds, json.loads(args.options))
     elif args.study == "early":
         early(args.source, args.events, args.signal_fraction, args.seed)
     elif args.study == "scan":
-        scan(args.events, args.signal_fraction, args.kinds.split(","), args.budget, args.seed)
+        scan(args.events, args.signal_fraction, (args.kinds or "cwola").split(","), args.budget, args.seed)
     else:
         injection(args.source, args.events, args.signal_fraction, args.held_out, args.seed)
 

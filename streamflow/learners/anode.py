@@ -125,7 +125,7 @@ class AnodeLearner(CompositeLearner):
         """True once the shared standardisation is frozen and both flows learn."""
         return all(pre.frozen for pre in self.background.preprocessors)
 
-    def _ratio(self, x: Tensor) -> Tensor:
+    def log_ratio(self, x: Tensor) -> Tensor:
         """R(x | m) of rows x; each flow's score is -log p in the learner's coordinates, so the Jacobians and
         scales cancel."""
         return self.background.score(x) - self.signal_region.score(x)
@@ -136,7 +136,7 @@ class AnodeLearner(CompositeLearner):
             return nan
         inside = in_bands(self.region(x), (self.config.signal_region,))
         scores = nan.clone()
-        scores[inside] = self.calibration.standardise(self._ratio(x[inside]), self.region(x)[inside])
+        scores[inside] = self.calibration.standardise(self.log_ratio(x[inside]), self.region(x)[inside])
         return scores
 
     def _learn(self, x: Tensor) -> dict[str, float]:
@@ -154,7 +154,7 @@ class AnodeLearner(CompositeLearner):
         stats.update(signal_region_loss=sr["loss"],
                      background_sr_events=float(background.forbidden_events - leaked[0]),
                      signal_region_sb_events=float(signal_region.forbidden_events - leaked[1]))
-        self.calibration.recalibrate(self._ratio, self.region, self.collective.sum_)
+        self.calibration.recalibrate(self.log_ratio, self.region, self.collective.sum_)
         return stats
 
     def _extra_state(self) -> dict[str, Any]:
