@@ -3,7 +3,8 @@
     python -m bench.cathode closure   [--events N]                   # background-only synthetic stream
     python -m bench.cathode injection [--events N] [--signal-fraction F] [--source S]
     python -m bench.cathode scan      [--events N] [--signal-fraction F] [--kinds cwola,cathode] [--budget B]
-    python -m bench.cathode invariance [--events N] [--signal-fraction F]
+    python -m bench.cathode invariance [--events N] [--signal-fraction F] [--kinds anode] [--options JSON]
+    python -m bench.cathode early     [--events N] [--signal-fraction F] [--source S]   # a small stream
 
 Each runs one :class:`~streamflow.scoring.frame_scorer.FrameScorer` over the stream,
 test-then-train (every event scored before it is learnt from), frames of 4096,
@@ -31,11 +32,22 @@ scan: the mjj scan (scoring/scan.py, 2.6-6 TeV, 14 windows) over the stream; per
 window its SR, the line's q, achieved accept fraction (of its scored events), and
 its running eff_S, eff_B and SIC at the end (as the trigger counts them: fractions
 of the signal and background events the line judged, i.e. its window's events).
+
+early (a small stream, e.g. the first 40,000 events of the real file): the default
+``lhco`` menu's resonance lines (CWoLA, CATHODE, ANODE; q = 1%, window 20,000, the
+trigger's defaults) over the first ``--events`` events, every event counted from
+the first: per line its population (the events it scores) and the SR events, the
+share of each the line judged (its learner scored the event and the line was past
+its warm-up), the accepted fraction of each counted from the first event (binomial
+error sqrt(q / n)), and on the SR events eff_S, eff_B and SIC of its decisions.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import math
 import time
 
 import numpy as np
@@ -46,8 +58,10 @@ from streamflow import metrics
 from streamflow.analysis.coordinate_study import auc_standard_error
 from streamflow.config import from_dict
 from streamflow.events import EventBatch, open_source
-from streamflow.learners import CathodeLearner
+from streamflow.events.chunking import first_events
+from streamflow.learners import AnodeLearner, CathodeLearner
 from streamflow.scoring.frame_scorer import FrameScorer, ScorerConfig
+from streamflow.scoring.presets import preset
 
 FRAME = 4096
 SR = (3300.0, 3700.0)
@@ -99,13 +113,16 @@ def closure(n_events: int, seed: int) -> None:
         row = ", ".join(f"{e // 1000}k: {a:.3f} +- {s:.3f}" for e, a, s in values)
         print(f"| {n} | {learner.gate.opened_at} | {row} |")
     all_mjj, all_bits = np.concatenate(mjj), np.concatenate(bits)
-    print("\n| line | scored events | accepted | KS D (accepted vs scored mjj) | KS p |")
-    print("|---|---|---|---|---|")
+    half = len(all_mjj) // 2
+    print("\n| line | scored events | accepted | KS D (accepted vs scored mjj) | KS p | second half: KS D | p |")
+    print("|---|---|---|---|---|---|---|")
     for i, n in enumerate(names):
         scored = np.isfinite(np.concatenate(scores[n]))
         accepted = (all_bits & np.uint64(1 << i)) > 0
         ks = stats.ks_2samp(all_mjj[accepted], all_mjj[scored])
-        print(f"| {n} | {scored.sum()} | {accepted.sum()} | {ks.statistic:.3f} | {ks.pvalue:.2g} |")
+        late = stats.ks_2samp(all_mjj[half:][accepted[half:]], all_mjj[half:][scored[half:]])
+        print(f"| {n} | {scored.sum()} | {accepted.sum()} | {ks.statistic:.3f} | {ks.pvalue:.2g} | "
+              f"{late.statistic:.3f} | {late.pvalue:.2g} |")
 
 
 def _figures(labels: np.ndarray, mjj: np.ndarray, scores: np.ndarray) -> str:
@@ -182,14 +199,17 @@ def scan(n_events: int, signal_fraction: float, kinds: list[str], budget: float,
               f"{line['eff_s']:.4f} | {line['eff_b']:.4f} | {line['sic']:.2f} |")
 
 
-def invariance(n_events: int, signal_fraction: float, held_out: int, seed: int) -> None:
-    """CATHODE, ANODE and CWoLA each in the m and the log m coordinates (identity / log_mass), streamed side by
-    side; on the held-out SR events, the share of the top 1% by one that is also in the top 1% by the other."""
+def invariance(n_events: int, signal_fraction: float, held_out: int, seed: int, kinds: tuple[str, ...],
+               options: dict) -> None:
+    """CATHODE, ANODE and CWoLA (or ``kinds``) each in the m and the log m coordinates (identity / log_mass),
+    streamed side by side; on the held-out SR events, the share of the top 1% by one that is also in the top
+    1% by the other. ``options`` go to the CATHODE and ANODE configs; for ANODE the overlap of its raw log
+    ratio R (before the per-mass-slice calibration) is printed too."""
     frames = stream("synthetic", n_events, signal_fraction, seed)
     n_held = held_out // FRAME
     train, test = frames[:-n_held], frames[-n_held:]
-    kinds = ("cathode", "anode", "cwola")
-    learners = [{"kind": kind, "name": f"{kind}_{short}", "coordinates": coordinates}
+    learners = [{"kind": kind, "name": f"{kind}_{short}", "coordinates": coordinates,
+                 **(options if kind in ("cathode", "anode") else {})}
                 for kind in kinds for short, coordinates in (("m", "identity"), ("logm", "log_mass"))]
     config = from_dict(ScorerConfig, {
         "learners": learners,
@@ -211,26 +231,79 @@ def invariance(n_events: int, signal_fraction: float, held_out: int, seed: int) 
         overlap = metrics.selection_overlap(m, logm, 0.01)
         print(f"| {kind} | {100 * overlap:.1f}% | {metrics.auc(labels[in_sr], m):.3f} | "
               f"{metrics.auc(labels[in_sr], logm):.3f} |")
+        if kind == "anode":
+            pair = [scorer.learners[f"anode_{s}"] for s in ("m", "logm")]
+            with torch.no_grad():
+                m, logm = (a.log_ratio(test_x).numpy()[in_sr] for a in pair if isinstance(a, AnodeLearner))
+            print(f"| anode, raw R | {100 * metrics.selection_overlap(m, logm, 0.01):.1f}% | "
+                  f"{metrics.auc(labels[in_sr], m):.3f} | {metrics.auc(labels[in_sr], logm):.3f} |")
+
+
+def early(source: str, n_events: int, signal_fraction: float, seed: int) -> None:
+    names = ("cwola", "cathode", "anode")
+    menu = preset("lhco", device="cpu")
+    config = dataclasses.replace(menu, learners=tuple(c for c in menu.learners if c.name in names),
+                                 lines=tuple(line for line in menu.lines if line.learner in names), threads=1)
+    scorer = FrameScorer(config)
+    lines = [line.name for line in config.lines]
+    mjj, labels, bits, judged, scored = [], [], [], {n: [] for n in lines}, {n: [] for n in lines}
+    started = time.time()
+    for batch in first_events(open_source(source, signal_fraction=signal_fraction, seed=seed).chunks(FRAME),
+                              n_events):
+        result = scorer.process(batch)
+        mjj.append(batch.column("mjj"))
+        labels.append(batch.labels)
+        bits.append(result.selection.bits)
+        for i, n in enumerate(lines):
+            finite = np.isfinite(result.scores[config.lines[i].learner])
+            scored[n].append(finite)
+            judged[n].append(finite & bool(np.isfinite(result.selection.thresholds[i])))
+    elapsed = time.time() - started
+    all_mjj, y, all_bits = np.concatenate(mjj), np.concatenate(labels).astype(int), np.concatenate(bits)
+    in_sr = (all_mjj >= SR[0]) & (all_mjj < SR[1])
+    n_s, n_b = int(y[in_sr].sum()), int((1 - y[in_sr]).sum())
+    print(f"early: {source}, first {len(y)} events, signal fraction {signal_fraction} (seed {seed}); SR 3.3-3.7 "
+          f"TeV holds {n_s} signal and {n_b} background events (S/B = {n_s / max(n_b, 1):.4f}); {elapsed:.0f} s\n")
+    print("| line | population | judged | accepted / population (from the first event) | SR events judged | "
+          "accepted / SR events | SR eff_S | SR eff_B | SR SIC |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for i, n in enumerate(lines):
+        population, seen = np.concatenate(scored[n]), np.concatenate(judged[n])
+        accepted = (all_bits & np.uint64(1 << i)) > 0
+        q = config.lines[i].accept
+        pop, sr = int(population.sum()), int(in_sr.sum())
+        eff_s = (accepted & in_sr & (y == 1)).sum() / max(n_s, 1)
+        eff_b = (accepted & in_sr & (y == 0)).sum() / max(n_b, 1)
+        sic = eff_s / math.sqrt(eff_b) if eff_b > 0 else math.nan
+        print(f"| {n} | {pop} | {seen.sum() / max(pop, 1):.1%} | {accepted.sum() / max(pop, 1):.2%} +- "
+              f"{math.sqrt(q / max(pop, 1)):.2%} | {(seen & in_sr).sum() / sr:.1%} | "
+              f"{(accepted & in_sr).sum() / sr:.2%} +- {math.sqrt(q / sr):.2%} | {eff_s:.3f} | {eff_b:.4f} | "
+              f"{sic:.2f} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("study", choices=("closure", "injection", "scan", "invariance"))
+    parser.add_argument("study", choices=("closure", "injection", "scan", "invariance", "early"))
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--signal-fraction", type=float, default=0.01)
     parser.add_argument("--source", default="synthetic")
     parser.add_argument("--held-out", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=3)
-    parser.add_argument("--kinds", default="cwola")
+    parser.add_argument("--kinds", default=None, help="scan: kinds per window (default cwola); "
+                        "invariance: learners to compare (default cathode,anode,cwola)")
     parser.add_argument("--budget", type=float, default=0.14)
+    parser.add_argument("--options", default="{}", help="invariance: JSON options for the CATHODE and ANODE configs")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.study == "closure":
         closure(args.events, args.seed)
     elif args.study == "invariance":
-        invariance(args.events, args.signal_fraction, args.held_out, args.seed)
+        kinds = tuple((args.kinds or "cathode,anode,cwola").split(","))
+        invariance(args.events, args.signal_fraction, args.held_out, args.seed, kinds, json.loads(args.options))
+    elif args.study == "early":
+        early(args.source, args.events, args.signal_fraction, args.seed)
     elif args.study == "scan":
-        scan(args.events, args.signal_fraction, args.kinds.split(","), args.budget, args.seed)
+        scan(args.events, args.signal_fraction, (args.kinds or "cwola").split(","), args.budget, args.seed)
     else:
         injection(args.source, args.events, args.signal_fraction, args.held_out, args.seed)
 

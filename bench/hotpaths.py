@@ -70,7 +70,7 @@ FACTOR = 3.0
 """A case fails CI when its ratio is more than FACTOR times the committed one."""
 BASELINE_FILE = Path(__file__).with_name("baseline_hotpaths.json")
 FRAME = 4096
-PRESET = "lhco"
+PRESET = "lhco-density"
 POOL = 8  # distinct frames cycled through, so a window really moves from call to call
 
 

@@ -4,7 +4,7 @@
 
 1. The stream: the events ``streamflow replay`` sends for the same source, signal
    fraction, seed and frame size (the producer's own frame cutter), in order.
-2. Online: the default ``lhco`` menu's single-network learners (flow in m and log m,
+2. Online: the ``lhco-density`` menu's single-network learners (flow in m and log m,
    CWoLA, autoencoder, one line each at q; CATHODE is judged by
    ``bench.cathode``) in-process on those frames, test-then-train, as a scorer does;
    every event keeps the score it got before it was learnt from, and each line
@@ -83,18 +83,19 @@ def stream_events(source: str, events: int | None, signal_fraction: float, seed:
 
 
 def anchored_menu(q: float, window: int, threads: int) -> ScorerConfig:
-    """The lhco menu's single-network learners (flows, CWoLA, autoencoder) and their lines: the ones with an
+    """The lhco-density menu's single-network learners (flows, CWoLA, autoencoder) and their lines: the ones with an
     offline twin here. CATHODE and ANODE are composites (a flow and a classifier that learn together) and are
     judged by ``python -m bench.cathode``."""
-    full = preset("lhco", q=q, window=window, device="cpu")
-    learners = tuple(network_learners("lhco"))
+    full = preset("lhco-density", q=q, window=window, device="cpu")
+    learners = tuple(network_learners("lhco-density"))
     names = {c.name for c in learners}
     lines = tuple(line for line in full.lines if line.learner in names)
     return dataclasses.replace(full, learners=learners, lines=lines, threads=threads)
 
 
 def online(batches: list[EventBatch], q: float, window: int, threads: int) -> Stream:
-    """The lhco menu test-then-train over the frames: every event's score before learning, the lines' counts."""
+    """The lhco-density menu test-then-train over the frames: every event's score before learning, the lines'
+    counts."""
     config = anchored_menu(q, window, threads)
     scorer = FrameScorer(config)
     scores: dict[str, list[np.ndarray]] = {name: [] for name in scorer.learners}
@@ -134,9 +135,9 @@ def hgb_cwola(events: EventBatch, folds: int, seed: int) -> np.ndarray:
 
 
 def offline_networks(events: EventBatch, epochs: int, batch_size: int, q: float, seed: int) -> dict[str, np.ndarray]:
-    """The lhco menu's learners trained offline for ``epochs`` passes, 2-fold: each half scored by the
+    """The lhco-density menu's learners trained offline for ``epochs`` passes, 2-fold: each half scored by the
     model trained on the other half."""
-    configs = network_learners("lhco")
+    configs = network_learners("lhco-density")
     half = np.random.default_rng(seed).permutation(len(events)) < len(events) // 2
     out = {c.name: np.full(len(events), np.nan, np.float32) for c in configs}
     study = StudyConfig(epochs=epochs, batch_size=batch_size)

@@ -3,13 +3,13 @@
 Drives :class:`~streamflow.scoring.frame_scorer.FrameScorer` directly (no sockets:
 the same score -> select -> learn per frame as ``streamflow run``'s scorer) over
 the first ``--events`` events of ``--source`` in frames of 4096 (the producer's
-default), with the preset that fits the source (``lhco``: the default menu --
-flow_m, flow_logm, cwola, ae, cathode at q = 1%, window 20,000, the trigger
-defaults), and prints per line:
+default), with the preset that fits the source (``lhco``: cathode, anode,
+cwola, ae at q = 1%, window 20,000, the trigger defaults), and prints per line:
 
-- population: the finite scores the line met (all events for the flows and the
-  autoencoder; SR or sideband events for CWoLA; SR events once its gate is open
-  for CATHODE), and the share of it spent in warm-up (``not_judged``);
+- population: the finite scores the line met (all events for the autoencoder;
+  SR events for CATHODE -- its fallback score before its gate opens -- and ANODE;
+  SR or sideband events for CWoLA), and the share of it spent in warm-up
+  (``not_judged``);
 - the accepted fraction of the whole population, warm-up included, with its
   binomial error sqrt(q / population), and its deviation from the target;
 - the accepted fraction over the population's first 20% (warm-up included; to

@@ -11,6 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from scipy import stats
 
+from streamflow.analysis.coordinate_study import auc_standard_error
 from streamflow.config import from_dict
 from streamflow.distributed import Collective, weights_digest
 from streamflow.errors import ConfigError
@@ -31,10 +32,12 @@ def frames(n_events: int, signal_fraction: float = 0.0, seed: int = 3) -> list[E
     return [batch for _, batch in zip(range(n_events // FRAME), source.chunks(FRAME), strict=False)]
 
 
-def closure_auc(learner: CathodeLearner, held_out: torch.Tensor) -> tuple[float, int]:
+def closure_auc(learner: CathodeLearner, held_out: torch.Tensor) -> tuple[float, float, int]:
+    """The closure AUC (SR data vs as many fresh flow samples), its DeLong error, the SR events behind it."""
     data, samples = learner.closure_logits(held_out)
     labels = np.r_[np.ones(len(data)), np.zeros(len(samples))]
-    return auc(labels, np.r_[data.numpy(), samples.numpy()]), len(data)
+    values = np.r_[data.numpy(), samples.numpy()]
+    return auc(labels, values), auc_standard_error(labels, values), len(data)
 
 
 # --- closure, interpolation and no sculpting on a background-only stream -------------------------------------
@@ -51,7 +54,7 @@ def background_run() -> dict:
         "lines": [{"name": name, "learner": name, "accept": 0.05, "window": 2000} for name in ("cathode", "anode")],
         "device": "cpu", "threads": 1})
     scorer = FrameScorer(config)
-    aucs: dict[str, list[tuple[int, float, int]]] = {"cathode": [], "fake": []}
+    aucs: dict[str, list[tuple[int, float, float, int]]] = {"cathode": [], "fake": []}
     mjj, accepted, scores = [], {"cathode": [], "anode": []}, {"cathode": [], "anode": []}
     for i, batch in enumerate(stream[:-10]):
         result = scorer.process(batch)
@@ -73,16 +76,20 @@ def background_run() -> dict:
 
 @pytest.mark.parametrize("name", ["cathode", "fake"])
 def test_cathode_closure_auc_stays_at_one_half_after_the_gate_opens(background_run: dict, name: str) -> None:
-    """No signal: the classifier cannot tell SR data from the sideband flow's interpolated samples
-    (AUC 0.5 +- 0.03, ~6,000 SR events a side: statistical error ~0.005) -- in the default SR and in a fake
-    one placed where the default sidebands are."""
+    """No signal: the classifier cannot tell SR data from the sideband flow's interpolated samples -- in the
+    default SR and in a fake one placed where the default sidebands are. Each check's AUC (on 40k held-out
+    events: ~4,000-6,000 SR events a side, DeLong error 0.005-0.006) lies within 0.5 +- (0.03 + 2 errors), and
+    their mean, whose statistical error is smaller, within 0.5 +- 0.03: a model error of a few percent in AUC
+    passes, a classifier that learnt the flow's artefacts (0.53-0.54 in identity coordinates) does not."""
     learner = background_run["scorer"].learners[name]
     assert learner.gate.open and 0 < learner.gate.opened_at < 100_000
     aucs = background_run["aucs"][name]
     assert len(aucs) >= 3, aucs
-    for frame, value, n in aucs:
+    for frame, value, error, n in aucs:
         assert n > 3000
-        assert abs(value - 0.5) < 0.03, f"frame {frame}: closure AUC {value:.3f}"
+        assert abs(value - 0.5) < 0.03 + 2 * error, f"frame {frame}: closure AUC {value:.3f} +- {error:.3f}"
+    mean = float(np.mean([value for _, value, _, _ in aucs]))
+    assert abs(mean - 0.5) < 0.03, f"mean closure AUC {mean:.3f} over {len(aucs)} checks"
 
 
 def test_the_background_flow_never_learns_a_signal_region_event(background_run: dict) -> None:
@@ -97,8 +104,7 @@ def test_the_background_flow_never_learns_a_signal_region_event(background_run: 
     assert anode.signal_region.totals.events > 30_000
 
 
-@pytest.mark.parametrize("line", ["cathode", pytest.param("anode", marks=pytest.mark.xfail(
-    strict=True, reason="ANODE sculpts mjj inside the SR: KS D = 0.14 (p ~ 1e-27) measured, see README"))])
+@pytest.mark.parametrize("line", ["cathode", "anode"])
 def test_lines_score_only_signal_region_events_and_do_not_sculpt_mjj(background_run: dict, line: str) -> None:
     mjj, scores, accepted = background_run["mjj"], background_run["scores"][line], background_run["accepted"][line]
     in_sr = (mjj >= SR[0]) & (mjj < SR[1])
@@ -106,10 +112,44 @@ def test_lines_score_only_signal_region_events_and_do_not_sculpt_mjj(background_
     scored = np.isfinite(scores)
     assert scored.sum() > 10_000
     assert not (accepted & ~scored).any()
-    # The accepted events' mjj has the shape of every scored SR event's (KS, ~600 accepted): no bump.
+    # The accepted events' mjj has the shape of every scored SR event's (KS, 500-2,000 accepted): no bump.
+    # Raw ANODE R failed this at KS D = 0.10 (p ~ 1e-13): its spread grows across the SR.
     assert accepted.sum() > 300
     ks = stats.ks_2samp(mjj[accepted], mjj[scored])
     assert ks.pvalue > 0.01, f"{line}: accepted mjj differs from the SR's (KS D = {ks.statistic:.3f})"
+
+
+# --- a small stream: the lines judge early -----------------------------------------------------------------
+
+def test_cathode_and_anode_score_signal_region_events_early_in_a_small_stream() -> None:
+    """Default options on 10 frames (41k events, ~5k sideband events: CATHODE's gate, needing 30,000, stays
+    shut): both score every SR event, as per-mass-slice quantiles (z ~ N(0, 1) in every slice), and nothing
+    outside the SR -- CATHODE by its fallback -log p_bkg from the second frame (its first calibrated one),
+    ANODE from the frame after its 1,000-event warm-up (the second or third)."""
+    stream = frames(10 * FRAME, signal_fraction=0.01)
+    learners = [build_learner(learner_config({"kind": kind, "name": kind})) for kind in ("cathode", "anode")]
+    slices = np.linspace(*SR, 9)
+    for learner in learners:
+        learner.bind(stream[0].names)
+    first_scored = {}
+    for i, batch in enumerate(stream):
+        x, mjj = torch.from_numpy(batch.features), batch.column("mjj")
+        in_sr = (mjj >= SR[0]) & (mjj < SR[1])
+        for learner in learners:
+            scores = learner.score(x).numpy()
+            assert not np.isfinite(scores[~in_sr]).any()
+            if np.isfinite(scores).any():
+                first_scored.setdefault(learner.name, i)
+                assert np.isfinite(scores[in_sr]).all()
+                if i == len(stream) - 1:  # calibrated: every slice's median near 0, spread near 1
+                    index = np.digitize(mjj[in_sr], slices) - 1
+                    medians = [np.median(scores[in_sr][index == b]) for b in range(8)]
+                    assert np.abs(medians).max() < 0.5, medians
+                    assert 0.8 < np.std(scores[in_sr]) < 1.25
+            learner.learn(x)
+    cathode = learners[0]
+    assert isinstance(cathode, CathodeLearner) and not cathode.gate.open
+    assert first_scored["cathode"] == 1 and first_scored["anode"] <= 2, first_scored
 
 
 # --- checkpoint, resume, ranks ------------------------------------------------------------------------------

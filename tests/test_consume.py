@@ -126,7 +126,7 @@ def test_checkpoint_of_another_learner_config_is_refused(first_run, tmp_path) ->
     result = consume("--config", str(other), "--resume", "--run-dir", str(first_run), "--idle-timeout", "1")
     assert_one_line_error(result, "'cwola'", "hidden", "[32, 32]", "[64, 64]")
     result = consume("--preset", "lhco", "--resume", "--run-dir", str(first_run), "--idle-timeout", "1")
-    assert_one_line_error(result, "checkpoint holds learners", "cwola", "flow_m")
+    assert_one_line_error(result, "checkpoint holds learners", "cwola", "cathode")
 
 
 def test_corrupt_checkpoint_is_refused(tmp_path) -> None:

@@ -42,9 +42,11 @@ room for that model error; a flow that has seen one frame of 1,000 events lands 
 
 
 def _flow_config(steps_per_frame: int = 4):
-    full = preset("lhco", device="cpu")
-    flow = dataclasses.replace(full.learners[0], steps_per_frame=steps_per_frame, batch_size=256)
-    return dataclasses.replace(full, learners=(flow,), lines=full.lines[:1], threads=1)
+    full = preset("lhco-density", device="cpu")
+    flow_m = next(c for c in full.learners if c.name == "flow_m")
+    flow = dataclasses.replace(flow_m, steps_per_frame=steps_per_frame, batch_size=256)
+    line = next(line for line in full.lines if line.learner == "flow_m")
+    return dataclasses.replace(full, learners=(flow,), lines=(line,), threads=1)
 
 
 @pytest.fixture(scope="module")

@@ -168,6 +168,6 @@ def test_run_help_prints_one_percent_not_a_doubled_percent(capsys: pytest.Captur
 
 
 def test_budget_below_a_line_target_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
-    expected = r"^--q 0.05 --budget 0.02: trigger line 'flow_m': records 0.05 .*budget 0.02$"
+    expected = r"^--q 0.05 --budget 0.02: trigger line 'cathode': records 0.05 .*budget 0.02$"
     with pytest.raises(ConfigError, match=expected):
         consume.scorer_config(parse("consume", "--q", "0.05", "--budget", "0.02"))

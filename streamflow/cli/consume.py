@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", metavar="TOML", help="a run config: its [scorer] table (learners, lines) "
                    "replaces the preset")
-    p.add_argument("--preset", help="built-in menu instead of --config: lhco or gaussian (default lhco)")
+    p.add_argument("--preset", help="built-in menu instead of --config: lhco, lhco-density or gaussian (default lhco)")
     p.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help=f"producer data endpoint (default {DEFAULT_ENDPOINT})")
     p.add_argument("--ranks", type=int, default=1, metavar="K",
                    help="run K data-parallel scorer ranks on this machine that hold one model (gloo on CPU, "

@@ -42,7 +42,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="sample this scorer checkpoint instead of training one (give the same SOURCE, "
                         "--signal-fraction and --seed as it was trained with, so the test events stay held out)")
     p.add_argument("--config", metavar="TOML", default=None,
-                   help="train the [scorer] table of this run config (default: the lhco preset's --learner alone)")
+                   help="train the [scorer] table of this run config "
+                        "(default: the lhco-density preset's --learner alone)")
     p.add_argument("--learner", default=None,
                    help="the flow to train and sample (default: flow_bounded, the lhco preset's flow_m in the "
                         "bounded coordinates, whose samples stay in the physical range; or flow_m, flow_logm; with "
@@ -78,13 +79,14 @@ def scorer_config(args: argparse.Namespace) -> ScorerConfig:
     if args.config:
         menu = scorer_menu(None, read_toml(args.config).get("scorer", {}), f"{args.config}[scorer]", "lhco")
     else:
-        full = preset("lhco")
+        full = preset("lhco-density")
         name = "flow_bounded" if args.learner is None else args.learner
         flows = [c for c in full.learners if c.kind == "flow"]
         flows.append(dataclasses.replace(flows[0], name="flow_bounded", coordinates="bounded"))
         chosen = [c for c in flows if c.name == name]
         if not chosen:
-            raise ConfigError(f"the lhco preset has no flow {name!r} (its flows: {', '.join(c.name for c in flows)})")
+            known = ", ".join(c.name for c in flows)
+            raise ConfigError(f"the lhco-density preset has no flow {name!r} (its flows: {known})")
         menu = dataclasses.replace(full, learners=(chosen[0],),
                                    lines=(dataclasses.replace(full.lines[0], name=name, learner=name),))
         steps = PRESET_STEPS_PER_FRAME if steps is None else steps

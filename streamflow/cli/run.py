@@ -119,7 +119,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frame-size", type=int, help="events per frame, 1 to 1,048,576 (default 4096)")
     p.add_argument("--signal-fraction", type=float, help="signal fraction of the stream (default 0.01)")
     p.add_argument("--seed", type=int, help="seed of the source and the injection (default 0)")
-    p.add_argument("--preset", help="learner menu: lhco or gaussian (default: the one that fits the source)")
+    p.add_argument("--preset", help="learner menu: lhco, lhco-density (lhco and the density-flow lines) or gaussian "
+                   "(default: the one that fits the source)")
     p.add_argument("--learners", help="comma-separated learner names of the preset to keep (default: all)")
     add_scorer_options(p, "q", "budget", "zero_bias", "device", "threads", "learn", "refresh_frames",
                        note="; given, it replaces the --config file's value")

@@ -66,6 +66,13 @@ def check_band_options(config: Any) -> None:
         raise ConfigError(f"{kind}: train_where is not an option (the bands route the events)")
 
 
+def check_slices(config: Any) -> None:
+    """ConfigError unless the per-mass-slice standardisation's options are >= 1 (see learners.mass_slices)."""
+    for key in ("mass_slices", "reference_events"):
+        if getattr(config, key) < 1:
+            raise ConfigError(f"{config.kind}: {key} must be >= 1, got {getattr(config, key)!r}")
+
+
 def check_bands(kind: str, signal_region: Band, sidebands: tuple[Band, Band]) -> None:
     """ConfigError unless SR and sidebands are ordered, positive, non-overlapping bands: SB_low < SR < SB_high."""
     bands = {"signal_region": signal_region, "low sideband": sidebands[0], "high sideband": sidebands[1]}
