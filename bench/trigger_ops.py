@@ -16,7 +16,8 @@ cwola, ae at q = 1%, window 20,000, the trigger defaults), and prints per line:
   the end of the frame that reaches 20%);
 - per stream interval (``--interval`` events; only whole intervals after the
   one in which the line started judging): the accepted fraction of the line's population in it, and the
-  largest deviation from target.
+  largest deviation from target, beside the rate control's counting floor and the
+  tail's dispersion at a fixed threshold (see :func:`_counting_floor`).
 
 ``--budget`` and ``--zero-bias`` run a second menu beside the default one on the
 same scores (the learners learn from every event whatever a menu selects, so it
