@@ -16,7 +16,8 @@ cwola, ae at q = 1%, window 20,000, the trigger defaults), and prints per line:
   the end of the frame that reaches 20%);
 - per stream interval (``--interval`` events; only whole intervals after the
   one in which the line started judging): the accepted fraction of the line's population in it, and the
-  largest deviation from target.
+  largest deviation from target, beside the rate control's counting floor and the
+  tail's dispersion at a fixed threshold (see :func:`_counting_floor`).
 
 ``--budget`` and ``--zero-bias`` run a second menu beside the default one on the
 same scores (the learners learn from every event whatever a menu selects, so it
@@ -76,6 +77,7 @@ def run(source: str, events: int, signal_fraction: float, learners: list[str] | 
                                budget_control=config.budget_control)
     stream = open_source(source, signal_fraction=signal_fraction, seed=seed)
     frames: list[tuple[int, list[int], list[int], list[bool]]] = []  # (stream offset, seen, accepted, judged)
+    line_scores: list[list[np.ndarray]] = [[] for _ in config.lines]  # per line, each frame's finite scores
     union = 0
     done = 0
     start = time.perf_counter()
@@ -86,6 +88,9 @@ def run(source: str, events: int, signal_fraction: float, learners: list[str] | 
         frames.append((done, [b.seen - a.seen for a, b in zip(before, after, strict=True)],
                        [b.accepted - a.accepted for a, b in zip(before, after, strict=True)],
                        [b.judged > 0 for b in after]))
+        for kept, line in zip(line_scores, config.lines, strict=True):
+            values = np.asarray(result.scores[line.learner]) if line.learner in result.scores else np.empty(0)
+            kept.append(values[np.isfinite(values)])
         if budgeted is not None:
             region = batch.column("mjj") if "mjj" in batch.names else None
             union += int(budgeted.select(result.scores, batch.labels, region).accept.sum())
@@ -117,6 +122,7 @@ def run(source: str, events: int, signal_fraction: float, learners: list[str] | 
             "intervals": fractions, "worst_interval": max((abs(f / q - 1) for f in fractions), default=math.nan),
             "recorded": stats.recorded, "unique": stats.unique, "overlap": stats.overlap,
             "correction": stats.correction, "restarts": stats.restarts,
+            **_counting_floor(line, line_scores[i], judged[:, i], seen[whole, i].mean() if whole else math.nan),
         })
     if budgeted is not None:
         shares = {s.name: {"fraction": s.population_fraction, "recorded": s.recorded, "unique": s.unique,
@@ -129,6 +135,43 @@ def run(source: str, events: int, signal_fraction: float, learners: list[str] | 
                                 "expected": zero_bias * done,
                                 "binomial_error": math.sqrt(zero_bias * (1 - zero_bias) * done)}
     return out
+
+
+def _counting_floor(line: LineConfig, frames: list[np.ndarray], judged: np.ndarray,
+                    interval_population: float) -> dict[str, float]:
+    """How far a line's interval rate scatters from counting noise alone, and how much more its tail moves.
+
+    ``floor``: the relative standard deviation of an interval's accepted count that
+    the rate control (:mod:`streamflow.trigger.lines`) leaves from the frames'
+    Poisson noise alone: the count error is max(tau, q n) |delta log c| between the
+    interval's ends, log c jitters by sqrt(g / ((2 - g) q n)) (g = min(1, q n / tau),
+    n the line's mean frame population), so the error is sqrt(2) max(tau, q n) times
+    that, over q x the interval's population. A worst of 9 intervals is typically
+    about 2 floors off: a line that sees few accepts per interval cannot hold a
+    tighter interval rate than this whatever its score. ``dispersion``: the frames'
+    counts above one fixed threshold -- the (1 - q) quantile of all the line's finite
+    scores in its judged frames -- against binomial counts, sum (c - p n)^2 / sum
+    p n (1 - p): 1 for a score whose tail is as stable from frame to frame as
+    counting allows (a calibrated score such as CATHODE's and ANODE's z); a jittering
+    calibration adds to it, and a drifting raw score (a learning classifier's, an
+    autoencoder's) makes it large -- which the rate control absorbs, not a fault."""
+    kept = [f for f, j in zip(frames, judged, strict=True) if j and len(f)]
+    if not kept or line.kind != "score":
+        return {"dispersion": math.nan, "floor": math.nan}
+    q = line.accept
+    threshold = np.quantile(np.concatenate(kept), 1 - q)
+    counts = np.array([np.count_nonzero(f > threshold) for f in kept], dtype=float)
+    sizes = np.array([len(f) for f in kept], dtype=float)
+    p = counts.sum() / sizes.sum()
+    dispersion = float(((counts - p * sizes) ** 2).sum() / (p * (1 - p) * sizes).sum()) if p > 0 else math.nan
+    per_frame = q * sizes.mean()
+    tau = line.control
+    if tau <= 0:  # no control: the interval's own binomial error
+        return {"dispersion": dispersion, "floor": 1 / math.sqrt(q * interval_population)}
+    gain = min(1.0, per_frame / tau)
+    jitter = math.sqrt(gain / ((2 - gain) * per_frame))
+    return {"dispersion": dispersion,
+            "floor": math.sqrt(2) * max(tau, per_frame) * jitter / (q * interval_population)}
 
 
 def verdicts(out: dict[str, Any]) -> list[tuple[str, bool]]:
@@ -192,7 +235,8 @@ def report(out: dict[str, Any]) -> None:
               f"{line['fraction']:>9.3%} ± {line['error']:.3%} {line['deviation']:>+7.1%} "
               f"{line['first_20pc']:>9.3%} {line['worst_interval']:>14.1%} {line['unique']:>7,}")
         if line["intervals"]:
-            print(f"   per {out['interval']:,}-event interval: " + " ".join(f"{f:.3%}" for f in line["intervals"]))
+            print(f"   per {out['interval']:,}-event interval: " + " ".join(f"{f:.3%}" for f in line["intervals"])
+                  + f"; counting floor {line['floor']:.1%}, dispersion {line['dispersion']:.2f}")
     if "budgeted_menu" in out:
         print("beside it, the same lines within the budget: " + ", ".join(
             f"{name} {share['fraction']:.3%} (g {share['budget_factor']:.2f})"
@@ -223,8 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     learners = args.learners.split(",") if args.learners else None
     if args.done_when:
-        runs = [run(args.lhco, 40_000, 0.01, learners, None, None, 10_000, args.threads, args.seed),
-                run("synthetic", 1_000_000, 0.01, learners, 0.03, 0.002, 100_000, args.threads, args.seed)]
+        runs = [run(args.lhco, 40_000, 0.01, learners, None, None, 10_000, args.threads, args.seed, args.control),
+                run("synthetic", 1_000_000, 0.01, learners, 0.03, 0.002, 100_000, args.threads, args.seed,
+                    args.control)]
     else:
         runs = [run(args.source, args.events, args.signal_fraction, learners, args.budget, args.zero_bias,
                     args.interval, args.threads, args.seed, args.control)]
