@@ -57,6 +57,7 @@ from streamflow.stream.wire import (
     encode_data,
     encode_frame_ack,
     encode_raw,
+    restamp,
 )
 
 ZMTP_HEARTBEAT_MS = 1000
@@ -125,21 +126,28 @@ class AckedSender:
         self.close()
 
     def send(self, parts: list[Any], n_events: int, stop_event: threading.Event | None = None,
-             key: Key | None = None, give_up_s: float | None = None) -> bool:
+             key: Key | None = None, give_up_s: float | None = None, restamp_on_wait: bool = False) -> bool:
         """Hand one encoded frame to delivery; False if stopped while blocked.
 
         ``key`` is the (stream id, seq) its receiver acknowledges: by default this sender's stream
         and frame count (a scorer's selections carry the producer's). With ``give_up_s``, a frame that
-        finds the buffer full for that long raises :class:`DownstreamStuck` (not sent)."""
+        finds the buffer full for that long raises :class:`DownstreamStuck` (not sent). With
+        ``restamp_on_wait``, a frame that waited for room gets the time it entered delivery as its
+        send time (as :meth:`Sender.send` does: the wait is the producer's, not the pipeline's latency;
+        a redelivered frame keeps that time, so its latency includes the redelivery)."""
         start = time.perf_counter()
         try:
+            waited = False
             while not self.dispatcher.has_room:
+                waited = True
                 if stop_event is not None and stop_event.is_set():
                     return False
                 if give_up_s is not None and time.perf_counter() - start > give_up_s:
                     raise DownstreamStuck(f"no receiver acknowledged a frame from {self.endpoint} for "
                                           f"{give_up_s:g} s: is it running?")
                 self.pump(_POLL_MS)
+            if waited and restamp_on_wait:
+                parts = restamp(parts, time.time_ns())
             self.dispatcher.offer(key or (self.stream_id, self.frames), parts, n_events)
             self.frames += 1
             self.events += n_events
@@ -151,12 +159,12 @@ class AckedSender:
     def send_batch(self, batch: EventBatch, stop_event: threading.Event | None = None) -> bool:
         """Send ``batch`` as the next DATA frame (its send time: when it entered delivery)."""
         parts = encode_data(batch, seq=self.frames, stream_id=self.stream_id, send_ns=time.time_ns())
-        return self.send(parts, len(batch), stop_event)
+        return self.send(parts, len(batch), stop_event, restamp_on_wait=True)
 
     def send_particles(self, particles: ParticleBatch, stop_event: threading.Event | None = None) -> bool:
         """Send ``particles`` as the next RAW frame."""
         parts = encode_raw(particles, seq=self.frames, stream_id=self.stream_id, send_ns=time.time_ns())
-        return self.send(parts, len(particles), stop_event)
+        return self.send(parts, len(particles), stop_event, restamp_on_wait=True)
 
     def wait_for_receivers(self, n: int, timeout_s: float, stop_event: threading.Event | None = None) -> int:
         """Wait until ``n`` receivers have said HELLO (or ``timeout_s``, or a stop); how many did."""
