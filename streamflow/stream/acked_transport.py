@@ -208,7 +208,7 @@ class AckedSender:
             self._receiver_of[peer] = str(msg.meta.get("name", "receiver"))
             window = msg.meta.get("window")
             self.dispatcher.hello(peer, window if isinstance(window, int) else self.delivery.window, now)
-        elif msg.kind == Kind.ACK:
+        elif msg.kind == Kind.ACK and peer in self.dispatcher.peers:  # END_OF_STREAM went only to those
             self._eos_acks[peer] = msg.meta
         else:
             self.bad_messages += 1
@@ -226,8 +226,7 @@ class AckedSender:
         except zmq.ZMQError as exc:
             if exc.errno != zmq.EHOSTUNREACH:
                 raise
-            self.dispatcher.gone(peer)
-            self._eos_acks.pop(peer, None)
+            self.dispatcher.gone(peer)  # one that answered END_OF_STREAM keeps its answer: it may leave
             return False
         return True
 
@@ -284,8 +283,8 @@ class AckedSender:
                 sent += self._to(peer, eos)
             self.pump(int(interval_s * 1000))
             live = self.dispatcher.peers.keys()
-            if live and live <= self._eos_acks.keys():
-                acks = {self._names.get(p, "receiver"): self._eos_acks[p] for p in live}
+            if self._eos_acks and live <= self._eos_acks.keys():  # a receiver that answered may be gone already
+                acks = {self._names.get(p, "receiver"): meta for p, meta in self._eos_acks.items()}
                 return EndOfStream(acks, time.monotonic() - start, sent)
             limit = min(timeout_s, STOP_HANDSHAKE_S) if stop_event is not None and stop_event.is_set() else timeout_s
             if time.monotonic() - handshake_start > limit:
