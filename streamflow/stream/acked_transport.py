@@ -312,6 +312,8 @@ class AckedReceiver:
     events: int = field(default=0, init=False)
     rejected: int = field(default=0, init=False)
     last_error: str | None = field(default=None, init=False)
+    last_parts: list[Any] = field(default_factory=list, init=False)
+    """The encoded parts of the message :meth:`recv` returned last (a proxy forwards them unchanged)."""
 
     def __post_init__(self) -> None:
         self.sock = connect(self.ctx, zmq.DEALER, self.endpoint, hwm=_QUEUE_HWM, curve=self.curve)
@@ -368,6 +370,7 @@ class AckedReceiver:
             if msg.kind in (Kind.DATA, Kind.RAW, Kind.SELECTION):
                 self.frames += 1
                 self.events += msg.n_events
+                self.last_parts = parts
                 return msg
             # HEARTBEAT probes (and anything else) carry nothing for the caller
 
