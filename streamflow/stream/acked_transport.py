@@ -41,6 +41,7 @@ from streamflow.stream.transport import (
     DEFAULT_ENDPOINT,
     STOP_HANDSHAKE_S,
     Curve,
+    CurveRefusals,
     DownstreamStuck,
     EndOfStream,
     HandshakeError,
@@ -317,6 +318,7 @@ class AckedReceiver:
 
     def __post_init__(self) -> None:
         self.sock = connect(self.ctx, zmq.DEALER, self.endpoint, hwm=_QUEUE_HWM, curve=self.curve)
+        self._refusals = CurveRefusals(self.sock, self.endpoint, self.curve)
         _heartbeats(self.sock)
         self._rcvtimeo = -1
         self._heard = time.monotonic()
@@ -349,6 +351,7 @@ class AckedReceiver:
             try:
                 parts = self.sock.recv_multipart(copy=False)
             except zmq.Again:
+                self._refusals.check()
                 if time.monotonic() - self._heard > REHELLO_S:  # a sender that restarted does not know us
                     self._heard = time.monotonic()
                     self._hello()
@@ -375,6 +378,7 @@ class AckedReceiver:
             # HEARTBEAT probes (and anything else) carry nothing for the caller
 
     def close(self) -> None:
+        self._refusals.close()
         self.sock.close(linger=1000)  # gives the last acknowledgements a second to leave
 
     def __enter__(self) -> AckedReceiver:
