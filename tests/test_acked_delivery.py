@@ -254,6 +254,9 @@ def test_bad_acknowledged_delivery_options_are_one_line_errors(tmp_path) -> None
         (("replay", "gaussian", "--acked", "--ack-timeout", "0"), "ack timeout must be positive"),
         (("consume", "--acked", "--ack-window", "5000", "--run-dir", str(tmp_path)), "ack window must be 1 to"),
         (("consume", "--acked", "--ranks", "2", "--run-dir", str(tmp_path)), "--acked is for a lone scorer"),
+        (("run", "--acked", "--ack-window", "0", "--run-dir", str(tmp_path / "r1")), "ack window must be 1 to"),
+        (("run", "--acked", "--reco-workers", "2", "--run-dir", str(tmp_path / "r2")),
+         "--acked with --reco-workers is not supported"),
     ]
     for args, message in cases:
         result = streamflow(*args, timeout=60)
