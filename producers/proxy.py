@@ -24,9 +24,9 @@ proxy is an acknowledged receiver to each upstream and an acknowledged sender to
 its receivers, and acknowledges a frame upstream only once a downstream receiver
 has acknowledged it (the frame's key, (stream id, seq), is the producer's on both
 sides). A receiver killed behind the proxy costs nothing: the proxy sends its
-frames again to another (or to it, resumed); a killed proxy costs nothing either:
-every frame it held is unacknowledged upstream, so the producers send it again to
-the restarted proxy. The proxy holds at most ``max_unacked`` frames
+frames again to another (or to it, resumed). Nor, by design, does a killed proxy
+(not tested): every frame it held is unacknowledged upstream, so the producers send
+it again to a restarted proxy. The proxy holds at most ``max_unacked`` frames
 (:data:`~streamflow.stream.delivery.DEFAULT_MAX_UNACKED`) for its receivers; when
 they are all out, it reads nothing upstream until an acknowledgement frees one, and
 each upstream's credit window (:data:`UPSTREAM_WINDOW`) carries the back-pressure to
@@ -391,7 +391,6 @@ class _AckedForwarder(_Routing):
         if msg.batch is None:
             return None
         key = (msg.stream_id, msg.seq)
-        upstream.received.setdefault(msg.stream_id, Count()).add(len(msg.batch))
         error = self._claim(index, msg)
         if error is not None:
             return error
@@ -401,6 +400,7 @@ class _AckedForwarder(_Routing):
         if key in sender.dispatcher.frames:  # sent again upstream while still held here: acknowledged when settled
             self.origin[key] = index
             return None
+        upstream.received.setdefault(msg.stream_id, Count()).add(len(msg.batch))  # each frame once
         try:
             if not sender.send(self.receivers[index].last_parts, len(msg.batch), stop_event, key=key,
                                give_up_s=self.config.idle_timeout if sender.frames else None):
