@@ -11,7 +11,10 @@
    ``--events`` events each run, with the producer paced at each fraction of that
    capacity (``--rates``, default 25%, 50%, 100%, 150%), at max rate, and at any
    absolute rates asked for (``--events-per-s``), once per
-   learning policy (``--policies``, default ``budget`` and ``all``), all in this session.
+   learning policy (``--policies``, default ``budget`` and ``all``), all in this session;
+   with ``--acked``, every run is ``streamflow run --acked`` (acknowledged delivery on both
+   hops; ``--ack-window`` passed on when given): run with and without it, one after the
+   other, to compare the two paths.
    Per run, from its run folder: the producer's achieved rate (events / its busy time),
    the scorer's rate (ledger: events / from the first frame's arrival to the last frame's
    end) and its ratio to the capacity, frame latency p50 / p99 (producer send -> the
@@ -19,7 +22,8 @@
    of the learners (lowest and highest).
 
     python -m bench.latency [--source PATH|synthetic] [--events N] [--rates 0.25,0.5,1,1.5,max]
-                            [--events-per-s 50000] [--policies budget,all] [--quick] [--json PATH]
+                            [--events-per-s 50000] [--policies budget,all] [--acked [--ack-window W]]
+                            [--quick] [--json PATH]
 
 The default source is the LHCO R&D features file of the shared data folder
 (``$STREAMFLOW_DATA`` or ``../shared/data/lhco``), else the synthetic stream.
@@ -98,7 +102,8 @@ def capacity(source: str, warmup_frames: int, frames: int, repeats: int) -> Capa
     return Capacity(best, frames, torch.get_num_threads())
 
 
-def pipeline_run(source: str, policy: str, rate: float | None, events: int, workdir: Path) -> dict[str, Any]:
+def pipeline_run(source: str, policy: str, rate: float | None, events: int, workdir: Path,
+                 acked: tuple[str, ...] = ()) -> dict[str, Any]:
     """One ``streamflow run``; returns its producer's and scorer's ledgers and the scorer's last telemetry."""
     name = f"{policy}-{'max' if rate is None else int(rate)}"
     run_dir = workdir / name
@@ -107,6 +112,7 @@ def pipeline_run(source: str, policy: str, rate: float | None, events: int, work
                "--no-monitor", "--no-report"]
     if source != "synthetic":
         command.append("--loop")
+    command += acked
     log = workdir / f"{name}.log"
     rng = random.Random()
     for _ in range(BIND_TRIES):  # a port taken between the check and the bind: try other ports
@@ -137,9 +143,10 @@ def stage(ledger: dict[str, Any], name: str) -> int:
     return int(next(s["events"] for s in ledger["stages"] if s["name"] == name))
 
 
-def paced(source: str, policy: str, fraction: float | None, cap: Capacity, events: int, workdir: Path) -> Paced:
+def paced(source: str, policy: str, fraction: float | None, cap: Capacity, events: int, workdir: Path,
+          acked: tuple[str, ...] = ()) -> Paced:
     target = None if fraction is None else fraction * cap.events_per_s
-    run = pipeline_run(source, policy, target, events, workdir)
+    run = pipeline_run(source, policy, target, events, workdir, acked)
     producer, scorer, final = run["producer"], run["scorer"], run["final"]
     fractions = [f["learned_fraction"] for f in scorer["learning"]["learners"].values()
                  if f["learned_fraction"] is not None]
@@ -151,10 +158,11 @@ def paced(source: str, policy: str, fraction: float | None, cap: Capacity, event
                  learnt_min=min(fractions, default=None), learnt_max=max(fractions, default=None))
 
 
-def print_table(cap: Capacity, rows: list[Paced], source: str, events: int) -> None:
+def print_table(cap: Capacity, rows: list[Paced], source: str, events: int, acked: tuple[str, ...] = ()) -> None:
     print(f"score-only capacity of the default menu: {cap.events_per_s:,.0f} events/s "
           f"({cap.frames} frames of {FRAME}, {cap.threads} torch thread(s))")
-    print(f"streamflow run, {events:,d} events of {Path(source).name} per run, frames of {FRAME}:")
+    print(f"streamflow run{''.join(' ' + a for a in acked)}, {events:,d} events of {Path(source).name} per run, "
+          f"frames of {FRAME}:")
     header = (f"{'learn':<7}{'input':>6}{'target/s':>10}{'producer/s':>11}{'scorer/s':>10}{'x cap':>7}"
               f"{'p50 ms':>8}{'p99 ms':>8}{'scored/sent':>20}{'learnt':>11}")
     print(header)
@@ -184,25 +192,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--capacity-frames", type=int, default=40, help="frames the capacity is timed on "
                         "(default 40)")
     parser.add_argument("--repeats", type=int, default=3, help="capacity: best of this many passes (default 3)")
+    parser.add_argument("--acked", action="store_true", help="streamflow run --acked: acknowledged delivery "
+                        "on both hops")
+    parser.add_argument("--ack-window", type=int, help="with --acked: streamflow run's --ack-window")
     parser.add_argument("--quick", action="store_true", help="small sizes for a test: 40,000 events a run, "
                         "capacity on 8 frames after 4")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
     if args.quick:
         args.events, args.warmup_frames, args.capacity_frames, args.repeats = 40_000, 4, 8, 1
+    if args.ack_window is not None and not args.acked:
+        parser.error("--ack-window goes with --acked")
+    acked = (("--acked",) if args.acked else ()) + (("--ack-window", str(args.ack_window)) if args.ack_window else ())
     source = args.source or default_source()
     cap = capacity(source, args.warmup_frames, args.capacity_frames, args.repeats)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
         for policy in args.policies.split(","):
             for fraction in parse_rates(args.rates):
-                rows.append(paced(source, policy, fraction, cap, args.events, Path(tmp)))
+                rows.append(paced(source, policy, fraction, cap, args.events, Path(tmp), acked))
             for rate in parse_rates(args.events_per_s):
                 rows.append(paced(source, policy, None if rate is None else rate / cap.events_per_s, cap,
-                                  args.events, Path(tmp)))
-    print_table(cap, rows, source, args.events)
+                                  args.events, Path(tmp), acked))
+    print_table(cap, rows, source, args.events, acked)
     if args.json:
-        Path(args.json).write_text(json.dumps({"source": source, "events": args.events, "capacity": asdict(cap),
+        Path(args.json).write_text(json.dumps({"source": source, "events": args.events, "acked": list(acked),
+                                               "capacity": asdict(cap),
                                                "runs": [asdict(r) for r in rows]}, indent=2) + "\n")
     return 0
 

@@ -18,6 +18,20 @@ nothing is dropped. A producer's stream id must be its own: two upstreams sendin
 DATA with the same id is a user error. SELECTION streams (K scorers' accepted
 events, merged into one sink) legitimately share ids: scorers that split a stream
 send disjoint parts of its sequence numbers.
+
+With ``acked`` every hop is acknowledged delivery (streamflow.stream.delivery): the
+proxy is an acknowledged receiver to each upstream and an acknowledged sender to
+its receivers, and acknowledges a frame upstream only once a downstream receiver
+has acknowledged it (the frame's key, (stream id, seq), is the producer's on both
+sides). A receiver killed behind the proxy costs nothing: the proxy sends its
+frames again to another (or to it, resumed). Nor, by design, does a killed proxy
+(not tested): every frame it held is unacknowledged upstream, so the producers send
+it again to a restarted proxy. The proxy holds at most ``max_unacked`` frames
+(:data:`~streamflow.stream.delivery.DEFAULT_MAX_UNACKED`) for its receivers; when
+they are all out, it reads nothing upstream until an acknowledgement frees one, and
+each upstream's credit window (:data:`UPSTREAM_WINDOW`) carries the back-pressure to
+its producer. A frame an upstream sends again while the proxy still holds it is not
+forwarded twice; one already acknowledged downstream is acknowledged at once.
 """
 
 from __future__ import annotations
@@ -33,6 +47,8 @@ import zmq
 
 from streamflow.errors import ConfigError, StreamflowError
 from streamflow.ops.prometheus import check_metrics, start_exporter
+from streamflow.stream.acked_transport import AckedReceiver, AckedSender
+from streamflow.stream.delivery import DEFAULT_WINDOW, DeliveryConfig, Key
 from streamflow.stream.ledger import Ledger, stream_totals
 from streamflow.stream.transport import (
     DEFAULT_HWM,
@@ -50,6 +66,8 @@ from streamflow.stream.wire import Kind, Message
 
 DEFAULT_PROXY_ENDPOINT = "tcp://127.0.0.1:5565"
 _POLL_MS = 100  # how often a quiet proxy looks at its stop flag and idle clock
+UPSTREAM_WINDOW = DEFAULT_WINDOW
+"""``acked``: frames the proxy holds unacknowledged from each upstream (its HELLO's window)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +87,8 @@ class ProxyConfig:
     metrics_port: serve Prometheus ``/metrics`` here (streamflow.ops.prometheus: events and frames
     forwarded, rejected messages, seconds blocked downstream); metrics_hold: seconds to keep serving
     after the stream ended.
+    acked: acknowledged delivery upstream and downstream (the module docstring); the upstreams and
+    the receivers must run it too. hwm and kernel_buffer then do not apply.
     """
 
     upstream: tuple[str, ...]
@@ -83,6 +103,7 @@ class ProxyConfig:
     curve: Curve | None = None
     metrics_port: int | None = None
     metrics_hold: float = 0.0
+    acked: bool = False
 
     def __post_init__(self) -> None:
         check_metrics(self.metrics_port, self.metrics_hold)
@@ -154,6 +175,8 @@ class ProxyStats:
     stopped: bool = False
     error: str | None = None
     eos: EndOfStream | None = None
+    delivery: dict[str, int] | None = None
+    """``acked``: the downstream dispatcher's counts (streamflow.stream.delivery.DeliveryCounts)."""
 
     def streams(self) -> dict[int, tuple[int, int]]:
         """stream id -> (frames, events) forwarded downstream, over every upstream."""
@@ -188,8 +211,13 @@ class ProxyStats:
                                     f"last: {upstream.last_rejection}")
         ledger.notes += [f"downstream {name}: acknowledged {int(a.get('events', 0)):,d} events in "
                          f"{int(a.get('frames', 0)):,d} frames" for name, a in acks.items()]
+        if self.delivery is not None:
+            ledger.notes.append(f"acknowledged delivery downstream: {self.delivery['acked']:,d} of "
+                                f"{self.delivery['sent']:,d} frames acknowledged, {self.delivery['redelivered']:,d} "
+                                f"redelivered, {self.delivery['receivers_lost']} receivers lost")
         if self.error:
             ledger.notes.append(f"ended: {self.error}")
+        ledger.details.update(delivery=self.delivery)
         ledger.details.update(
             upstreams={u.endpoint: {"received": _counts(u.received), "forwarded": _counts(u.forwarded),
                                     "sent": None if u.sent is None else
@@ -221,16 +249,52 @@ class ProxyError(StreamflowError):
         self.stats = stats
 
 
-class _Forwarder:
-    """The forwarding loop's state: which upstream owns which stream id, and what kind they send."""
+class _Routing:
+    """What either forwarding loop keeps: which upstream owns which stream id, and what kind they send."""
 
-    def __init__(self, config: ProxyConfig, sender: Sender, receivers: list[Receiver], stats: ProxyStats,
+    def __init__(self, config: ProxyConfig, stats: ProxyStats,
                  observe: Callable[[dict[str, Any]], None] | None = None) -> None:
-        self.config, self.sender, self.receivers, self.stats = config, sender, receivers, stats
-        self.observe = observe
+        self.config, self.stats, self.observe = config, stats, observe
         self.owners: dict[int, int] = {}  # DATA stream id -> index of the upstream that sends it
         self.kind: Kind | None = None  # DATA or SELECTION: the first event message decides
         self.stuck = False  # the downstream stopped taking frames
+        self.blocked_s = 0.0  # forwarding blocked on a full downstream
+
+    def record(self) -> dict[str, Any]:
+        """The proxy's counts as a telemetry record (for its metrics): forwarded events and frames."""
+        forwarded = [count for u in self.stats.upstreams for count in u.forwarded.values()]
+        return {"kind": "proxy", "events": sum(c.events for c in forwarded), "frames": sum(c.frames for c in forwarded),
+                "rejected": sum(u.rejected for u in self.stats.upstreams), "blocked_s": self.blocked_s}
+
+    def _claim(self, index: int, msg: Message) -> str | None:
+        """None if upstream ``index`` may send ``msg``, else why not (one line)."""
+        endpoint = self.config.upstream[index]
+        if self.kind is None:
+            self.kind = msg.kind
+        elif msg.kind != self.kind:
+            return (f"{endpoint} sends {msg.kind.name} after {self.kind.name} from the others: a proxy forwards "
+                    f"producers' DATA or scorers' SELECTION streams, not both")
+        if msg.kind == Kind.DATA:
+            owner = self.owners.setdefault(msg.stream_id, index)
+            if owner != index:
+                return (f"stream id {msg.stream_id} comes from both {self.config.upstream[owner]} and {endpoint}: "
+                        f"give each producer its own --stream-id")
+        return None
+
+    def _idle_error(self) -> str:
+        waiting = [u.endpoint for u in self.stats.upstreams if not u.ended]
+        hint = " (and, under CURVE, do they admit this proxy's key?)" if self.config.upstream_curve else ""
+        return (f"no message from any upstream for {self.config.idle_timeout:g} s; no END_OF_STREAM yet from "
+                f"{', '.join(waiting)}: are those producers running{hint}?")
+
+
+class _Forwarder(_Routing):
+    """PUSH/PULL forwarding: each frame forwarded as it comes, blocking while the downstream queues are full."""
+
+    def __init__(self, config: ProxyConfig, sender: Sender, receivers: list[Receiver], stats: ProxyStats,
+                 observe: Callable[[dict[str, Any]], None] | None = None) -> None:
+        super().__init__(config, stats, observe)
+        self.sender, self.receivers = sender, receivers
 
     def run(self, stop_event: threading.Event) -> str | None:
         """Forward until every upstream has ended or ``stop_event``; the error that ended it early, if any."""
@@ -267,36 +331,89 @@ class _Forwarder:
                         self.stuck = True
                         return f"the downstream stopped taking frames: {exc}"
                     upstream.forwarded.setdefault(msg.stream_id, Count()).add(len(msg.batch))
+                    self.blocked_s = self.sender.blocked_s
                     if self.observe is not None:
                         self.observe(self.record())
         return None
 
-    def record(self) -> dict[str, Any]:
-        """The proxy's counts as a telemetry record (for its metrics): forwarded events and frames."""
-        forwarded = [count for u in self.stats.upstreams for count in u.forwarded.values()]
-        return {"kind": "proxy", "events": sum(c.events for c in forwarded), "frames": sum(c.frames for c in forwarded),
-                "rejected": sum(u.rejected for u in self.stats.upstreams), "blocked_s": self.sender.blocked_s}
 
-    def _claim(self, index: int, msg: Message) -> str | None:
-        """None if upstream ``index`` may send ``msg``, else why not (one line)."""
-        endpoint = self.config.upstream[index]
-        if self.kind is None:
-            self.kind = msg.kind
-        elif msg.kind != self.kind:
-            return (f"{endpoint} sends {msg.kind.name} after {self.kind.name} from the others: a proxy forwards "
-                    f"producers' DATA or scorers' SELECTION streams, not both")
-        if msg.kind == Kind.DATA:
-            owner = self.owners.setdefault(msg.stream_id, index)
-            if owner != index:
-                return (f"stream id {msg.stream_id} comes from both {self.config.upstream[owner]} and {endpoint}: "
-                        f"give each producer its own --stream-id")
+class _AckedForwarder(_Routing):
+    """Acknowledged forwarding: a frame is acknowledged to its upstream once a downstream receiver
+    acknowledged it (:meth:`settled`, the downstream sender's ``on_settled``)."""
+
+    def __init__(self, config: ProxyConfig, stats: ProxyStats,
+                 observe: Callable[[dict[str, Any]], None] | None = None) -> None:
+        super().__init__(config, stats, observe)
+        self.sender: AckedSender | None = None
+        self.receivers: list[AckedReceiver] = []
+        self.origin: dict[Key, int] = {}  # frame held downstream -> index of the upstream it came from
+
+    def settled(self, key: Key) -> None:
+        """A downstream receiver acknowledged ``key``: acknowledge it to the upstream it came from."""
+        index = self.origin.pop(key, None)
+        if index is not None:
+            self.receivers[index].acknowledge(*key)
+
+    def run(self, stop_event: threading.Event) -> str | None:
+        """Forward until every upstream has ended (each ends only once all its frames were acknowledged
+        downstream, through :meth:`settled`) or ``stop_event``; the error that ended it early, if any."""
+        sender = self.sender
+        assert sender is not None
+        poller = zmq.Poller()
+        for receiver in self.receivers:
+            poller.register(receiver.sock, zmq.POLLIN)
+        poller.register(sender.sock, zmq.POLLIN)
+        last = time.monotonic()
+        while not stop_event.is_set() and not all(u.ended for u in self.stats.upstreams):
+            ready = dict(poller.poll(_POLL_MS))
+            sender.pump(0)  # downstream acknowledgements (settled: upstream ones), probes, redeliveries
+            if not ready and time.monotonic() - last > self.config.idle_timeout:
+                return self._idle_error()
+            for index, receiver in enumerate(self.receivers):
+                if receiver.sock not in ready:
+                    continue
+                while (msg := receiver.recv(timeout_ms=0)) is not None:  # answers END_OF_STREAM itself
+                    last = time.monotonic()
+                    error = self._forward(index, msg, stop_event)
+                    if error is not None or stop_event.is_set():
+                        return error
+                upstream = self.stats.upstreams[index]
+                upstream.rejected, upstream.last_rejection = receiver.rejected, receiver.last_error
         return None
 
-    def _idle_error(self) -> str:
-        waiting = [u.endpoint for u in self.stats.upstreams if not u.ended]
-        hint = " (and, under CURVE, do they admit this proxy's key?)" if self.config.upstream_curve else ""
-        return (f"no message from any upstream for {self.config.idle_timeout:g} s; no END_OF_STREAM yet from "
-                f"{', '.join(waiting)}: are those producers running{hint}?")
+    def _forward(self, index: int, msg: Message, stop_event: threading.Event) -> str | None:
+        sender = self.sender
+        assert sender is not None
+        upstream = self.stats.upstreams[index]
+        if msg.kind == Kind.END_OF_STREAM:
+            upstream.sent = stream_totals(msg.meta, msg.stream_id)
+            return None
+        if msg.batch is None:
+            return None
+        key = (msg.stream_id, msg.seq)
+        error = self._claim(index, msg)
+        if error is not None:
+            return error
+        if key in sender.dispatcher.settled:  # sent again upstream after a receiver acknowledged it here
+            self.receivers[index].acknowledge(*key)
+            return None
+        if key in sender.dispatcher.frames:  # sent again upstream while still held here: acknowledged when settled
+            self.origin[key] = index
+            return None
+        upstream.received.setdefault(msg.stream_id, Count()).add(len(msg.batch))  # each frame once
+        try:
+            if not sender.send(self.receivers[index].last_parts, len(msg.batch), stop_event, key=key,
+                               give_up_s=self.config.idle_timeout if sender.frames else None):
+                return None  # stopped while every frame was out
+        except DownstreamStuck as exc:
+            self.stuck = True
+            return f"the downstream stopped acknowledging frames: {exc}"
+        self.origin[key] = index
+        upstream.forwarded.setdefault(msg.stream_id, Count()).add(len(msg.batch))
+        self.blocked_s = sender.blocked_s
+        if self.observe is not None:
+            self.observe(self.record())
+        return None
 
 
 def run_proxy(config: ProxyConfig, stop_event: threading.Event | None = None) -> ProxyStats:
@@ -308,6 +425,8 @@ def run_proxy(config: ProxyConfig, stop_event: threading.Event | None = None) ->
     account for it). The last two then raise :class:`ProxyError` with the stats.
     """
     stop_event = stop_event or threading.Event()
+    if config.acked:
+        return _run_acked(config, stop_event)
     exporter = start_exporter(config.name, config.metrics_port)
     ctx = zmq.Context()
     try:
@@ -339,3 +458,39 @@ def run_proxy(config: ProxyConfig, stop_event: threading.Event | None = None) ->
         raise ProxyError(stats.error, stats)
     return stats
 
+
+
+def _run_acked(config: ProxyConfig, stop_event: threading.Event) -> ProxyStats:
+    """:func:`run_proxy` with acknowledged delivery on both sides (the module docstring)."""
+    exporter = start_exporter(config.name, config.metrics_port)
+    ctx = zmq.Context()
+    stats = ProxyStats([UpstreamStats(endpoint) for endpoint in config.upstream])
+    forwarder = _AckedForwarder(config, stats, exporter.observe if exporter else None)
+    try:
+        with ExitStack() as sockets:
+            sender = forwarder.sender = sockets.enter_context(
+                AckedSender(ctx, config.endpoint, stream_id=config.stream_id, delivery=DeliveryConfig(),
+                            curve=config.curve, on_settled=forwarder.settled))
+            forwarder.receivers = [sockets.enter_context(
+                AckedReceiver(ctx, endpoint, name=config.name, window=UPSTREAM_WINDOW, curve=config.upstream_curve))
+                for endpoint in config.upstream]
+            start = time.perf_counter()
+            stats.error = forwarder.run(stop_event)
+            stats.seconds, stats.blocked_s = time.perf_counter() - start, sender.blocked_s
+            stats.stopped = stop_event.is_set()
+            try:
+                if not forwarder.stuck:  # a downstream that acknowledged nothing for the idle timeout would not answer
+                    stats.eos = sender.end_stream(config.eos_timeout, streams=stats.streams(), stop_event=stop_event)
+            except HandshakeError as exc:
+                if stats.error is None:
+                    raise
+                stats.error = f"{stats.error} (and downstream: {exc})"
+            finally:
+                stats.delivery = sender.dispatcher.counts.to_dict()
+    finally:
+        ctx.destroy(linger=0)
+        if exporter is not None:
+            exporter.close(hold=config.metrics_hold)
+    if stats.error is not None:
+        raise ProxyError(stats.error, stats)
+    return stats

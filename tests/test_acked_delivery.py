@@ -65,6 +65,51 @@ def test_two_scorers_share_a_stream_and_the_frames_of_the_one_killed_are_process
     assert account["taken_by_other_receivers"]["receivers"] == 1 and account["unaccounted_frames"] == 0
 
 
+def test_through_a_proxy_a_killed_scorer_loses_nothing(tmp_path) -> None:
+    """Producer -> proxy -> two scorers, all acknowledged; one scorer killed with kill -9: the proxy sends its
+    frames to the other, and acknowledges upstream only what a scorer acknowledged, so none is lost."""
+    events, frame = 200_000, 500
+    port = free_port_block(4)
+    producer_endpoint, proxy_endpoint = f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{port + 2}"
+    with ExitStack() as stack:
+        producer = start(stack, "replay", "gaussian", "--events", str(events), "--frame-size", str(frame),
+                         "--endpoint", producer_endpoint, "--eos-timeout", "90", "--acked",
+                         log=tmp_path / "producer.log")
+        proxy = start(stack, "proxy", "--acked", "--from", producer_endpoint, "--endpoint", proxy_endpoint,
+                      "--eos-timeout", "90", "--run-dir", str(tmp_path / "proxy"), log=tmp_path / "proxy.log")
+        doomed_dir, survivor_dir = tmp_path / "doomed", tmp_path / "survivor"
+        common = ("--checkpoint-every", "0", "--idle-timeout", "60", "--acked", "--ack-window", "16")
+        doomed = start(stack, *scorer_args(tmp_path, proxy_endpoint, doomed_dir, *common, "--name", "doomed"),
+                       log=tmp_path / "doomed.log")
+        survivor = start(stack, *scorer_args(tmp_path, proxy_endpoint, survivor_dir, *common, "--name", "survivor"),
+                         log=tmp_path / "survivor.log")
+        journal = doomed_dir / "doomed.journal"
+        wait_for(lambda: journal.exists() and journal.read_text().count("\n") >= 3, 90,
+                 "the first scorer to handle some frames")
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait(10)
+        handled_by_doomed = {int(line.split()[1]) for line in journal.read_text().splitlines()}
+        assert producer.poll() is None, "the stream ended before the kill: make it longer"
+        output = finish(survivor, tmp_path / "survivor.log", timeout=120)
+        assert survivor.returncode == 0, output
+        proxy_log = finish(proxy, tmp_path / "proxy.log")
+        assert proxy.returncode == 0, proxy_log
+        producer_log = finish(producer, tmp_path / "producer.log")
+        assert producer.returncode == 0, producer_log
+
+    n_frames = events // frame
+    assert f"acknowledged {n_frames} of {n_frames} frames" in producer_log, "every frame acknowledged upstream"
+    proxy_ledger = json.loads((tmp_path / "proxy" / "ledger-proxy.json").read_text())
+    delivery = proxy_ledger["delivery"]
+    assert delivery["sent"] == delivery["acked"] == n_frames, "every frame acknowledged downstream"
+    assert delivery["receivers_lost"] == 1 and delivery["redelivered"] >= 1, "the dead scorer held frames"
+    ledger = json.loads((survivor_dir / "ledger-survivor.json").read_text())
+    seen = _seen(ledger)
+    assert seen | handled_by_doomed == set(range(n_frames)), "every frame handled by one scorer or the other"
+    assert len(seen & handled_by_doomed) <= 1, "only a frame journalled but not yet acknowledged is handled twice"
+    assert ledger["streams"]["0"]["unaccounted_frames"] == 0
+
+
 def test_a_scorer_killed_and_resumed_loses_nothing_in_flight(tmp_path) -> None:
     """Resumed after kill -9, the scorer gets again the frames the dead one held: no gap, no duplicate scoring."""
     events, frame = 150_000, 500
@@ -209,6 +254,9 @@ def test_bad_acknowledged_delivery_options_are_one_line_errors(tmp_path) -> None
         (("replay", "gaussian", "--acked", "--ack-timeout", "0"), "ack timeout must be positive"),
         (("consume", "--acked", "--ack-window", "5000", "--run-dir", str(tmp_path)), "ack window must be 1 to"),
         (("consume", "--acked", "--ranks", "2", "--run-dir", str(tmp_path)), "--acked is for a lone scorer"),
+        (("run", "--acked", "--ack-window", "0", "--run-dir", str(tmp_path / "r1")), "ack window must be 1 to"),
+        (("run", "--acked", "--reco-workers", "2", "--run-dir", str(tmp_path / "r2")),
+         "--acked with --reco-workers is not supported"),
     ]
     for args, message in cases:
         result = streamflow(*args, timeout=60)

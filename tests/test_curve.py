@@ -14,6 +14,8 @@ from producers.replay import ReplayConfig, run_replay
 from streamflow.cli.main import main as streamflow_main
 from streamflow.errors import ConfigError
 from streamflow.events.batch import EventBatch
+from streamflow.stream.acked_transport import AckedReceiver
+from streamflow.stream.delivery import DeliveryConfig
 from streamflow.stream.transport import Curve, Receiver, Sender
 from streamflow.stream.wire import Kind
 from tests.helpers import free_port_block
@@ -112,6 +114,31 @@ def test_replay_streams_to_a_curve_receiver(ctx, keys: Path) -> None:
         producer.join(timeout=15)
     assert scorer.events == 3000 and kinds.count(Kind.DATA) == 3
     assert result and result[0].eos.acked_events == 3000
+
+
+def test_acked_replay_serves_an_authorised_curve_receiver_and_refuses_a_wrong_key(ctx, keys: Path) -> None:
+    """Acknowledged delivery under CURVE: the authorised receiver gets and acknowledges every frame, a receiver
+    with a wrong key gets none and says so as the plain receiver does."""
+    endpoint = f"tcp://127.0.0.1:{free_port_block(2)}"
+    config = ReplayConfig(source="gaussian", events=3000, frame_size=500, endpoint=endpoint, eos_timeout=10,
+                          receivers=1, delivery=DeliveryConfig(window=2, max_unacked=2),
+                          curve=Curve(str(keys / "keys" / "server.key_secret"),
+                                      authorized_dir=str(keys / "authorized")))
+    result = []
+    producer = threading.Thread(target=lambda: result.append(run_replay(config)))
+    producer.start()
+    with AckedReceiver(ctx, endpoint, name="intruder", curve=client(keys, "intruder")) as intruder, \
+            AckedReceiver(ctx, endpoint, name="scorer", window=2, curve=client(keys, "scorer")) as scorer:
+        with pytest.raises(ConfigError, match="refused this receiver's CURVE key"):
+            intruder.recv(timeout_ms=2000)
+        while (msg := scorer.recv(timeout_ms=10_000)) is not None and msg.kind != Kind.END_OF_STREAM:
+            scorer.acknowledge(msg.stream_id, msg.seq)
+        assert msg is not None, "no frame within 10 s"
+        producer.join(timeout=15)
+    assert scorer.events == 3000 and scorer.frames == 6 and intruder.frames == 0
+    delivery = result[0].delivery
+    assert result[0].eos.acked_events == 3000 and delivery is not None
+    assert delivery.acked == 6 and delivery.redelivered == 0
 
 
 def test_bad_curve_configs_are_one_line_errors(keys: Path) -> None:

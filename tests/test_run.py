@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -89,3 +90,35 @@ def test_monitor_in_a_terminal_shows_live_rates_and_accept_fractions(tmp_path):
         child.close(force=True)
     assert child.exitstatus == 0
     assert (run_dir / "selections.h5").exists()
+
+
+@pytest.mark.timeout(240)
+def test_acked_run_ends_with_a_balanced_ledger_and_every_accepted_event_written_once(tmp_path):
+    """`streamflow run --acked`: both hops acknowledged; every frame acknowledged, every event scored, every
+    accepted event in the sink's file once, and the printed ledger says what delivery did."""
+    run_dir = tmp_path / "run"
+    events, frame = 60_000, 2_000
+    result = subprocess.run(
+        [*STREAMFLOW, "run", "--acked", "--events", str(events), "--frame-size", str(frame), *SMALL_MENU,
+         "--no-monitor", "--no-report", "--run-dir", str(run_dir), "--base-port", str(free_port_block())],
+        cwd=REPO, capture_output=True, text=True, timeout=220,
+    )
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    frames = events // frame
+    assert f"producer: acknowledged {frames} of {frames} frames, redelivered 0" in result.stdout
+
+    def stages(role: str) -> dict[str, int]:
+        ledger = json.loads((run_dir / f"ledger-{role}.json").read_text())
+        return {stage["name"]: stage["events"] for stage in ledger["stages"]}
+
+    producer, scorer, sink = stages("producer"), stages("scorer"), stages("sink")
+    delivery = json.loads((run_dir / "ledger-producer.json").read_text())["delivery"]
+    assert delivery["sent"] == delivery["acked"] == frames and delivery["unknown_acks"] == 0
+    assert producer["sent"] == scorer["received"] == scorer["scored"] == events
+    assert 0 < scorer["accepted"] == scorer["sent to sink"] == scorer["confirmed by sink"]
+    assert sink["selections received"] == sink["written"] == scorer["accepted"]
+    account = json.loads((run_dir / "ledger-sink.json").read_text())["stream"]
+    assert account["unaccounted_frames"] == 0 and account["processed_frames"] == frames
+    with h5py.File(run_dir / "selections.h5", "r") as handle:
+        ids = handle["ids"][:]
+    assert len(ids) == len(set(ids.tolist())) == scorer["accepted"], "every accepted event written, once"

@@ -44,6 +44,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "(default proxy)")
     p.add_argument("--run-dir", default=None, metavar="DIR",
                    help="write the ledger here as ledger-NAME.json (default: print only)")
+    p.add_argument("--acked", action="store_true",
+                   help="acknowledged delivery on both sides (the upstreams and receivers run --acked too): a frame "
+                        "is acknowledged upstream once a receiver acknowledged it, so a killed receiver loses nothing")
     curve_options(p, connects_to="upstream senders", binds="the proxy's downstream socket")
     metrics_options(p)
     p.set_defaults(func=main)
@@ -54,7 +57,7 @@ def config_from_args(args: argparse.Namespace) -> ProxyConfig:
     return ProxyConfig(upstream=tuple(args.upstream), endpoint=args.endpoint, stream_id=args.stream_id,
                        hwm=args.hwm, kernel_buffer=args.kernel_buffer, eos_timeout=args.eos_timeout,
                        idle_timeout=args.idle_timeout, name=args.name, upstream_curve=upstream_curve, curve=curve,
-                       metrics_port=args.metrics_port, metrics_hold=args.metrics_hold)
+                       metrics_port=args.metrics_port, metrics_hold=args.metrics_hold, acked=args.acked)
 
 
 def report(stats: ProxyStats, name: str, run_dir: str | None) -> None:

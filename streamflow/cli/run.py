@@ -19,6 +19,15 @@ sends RAW frames, K reconstruction workers (consumers/reco.py) share them and
 send feature frames on P+6+2k (k = 0..K-1, control one above), joined for the
 scorer by a proxy on P+6+2K when K > 1. The ledger then runs through the reco
 stage: received, reconstructed, rejected by reason, per worker.
+
+With ``--acked`` both hops use acknowledged delivery (streamflow.stream.delivery):
+the producer keeps every frame until the scorer acknowledges it, the scorer keeps
+every selection until the sink has committed it, and acknowledges the frame
+upstream only then. The producer's window and buffer are both ``ack_window``
+frames (:data:`RUN_ACK_WINDOW` by default): the frames queued anywhere between the
+producer and the scorer are at most that many, as the PUSH path's one-frame
+queues bound them, so frame latency stays bounded at any input rate; a wider
+window only buys slack against the sink's commit pauses.
 """
 
 from __future__ import annotations
@@ -42,10 +51,11 @@ from consumers.sink import SinkConfig, run_sink
 from consumers.telemetry_hub import TelemetryHub
 from producers.replay import ReplayConfig, run_replay
 from streamflow.cli.outputs import output_folder
-from streamflow.cli.replay import parse_rate
+from streamflow.cli.replay import delivery_line, parse_rate
 from streamflow.cli.scorer_options import add_scorer_options, apply_scorer_options, scorer_menu
 from streamflow.config import from_dict, read_toml, to_dict
 from streamflow.errors import ConfigError, StreamflowError
+from streamflow.stream.delivery import MAX_WINDOW, DeliveryConfig
 from streamflow.stream.ledger import Ledger
 from streamflow.stream.telemetry import ProducerRecord, RateMeter, TelemetryReporter
 
@@ -59,6 +69,12 @@ CHILD_HWM = 1  # frames queued per socket: bounds latency and the drain after a 
 CHILD_KERNEL_BUFFER = 64 * 1024  # bytes; tcp's default megabytes would queue ~30 more frames
 EOS_TIMEOUT_S = 120.0  # the scorer acknowledges END_OF_STREAM only after draining its queue
 MAX_RECO_WORKERS = 64
+RUN_ACK_WINDOW = 4
+"""``--acked``: frames the scorer may hold unacknowledged, and the producer keeps for redelivery. A frame
+is acknowledged once the sink committed its selection, so the window must cover the frame being scored
+plus those waiting for the sink's commit (it commits after ``CONFIRM_IDLE_MS`` without a selection):
+a window of 1-2 leaves the scorer waiting for frames, each frame more adds a frame's scoring time to the
+worst latency."""
 _STAGE_RANK = {"producer": 0, "reco": 1, "reco-proxy": 2, "scorer": 3, "sink": 4}
 
 
@@ -74,8 +90,15 @@ class RunOptions:
     duration: float | None = None
     checkpoint_every: int = 50
     reco_workers: int = 0
+    acked: bool = False
+    ack_window: int = RUN_ACK_WINDOW
 
     def __post_init__(self) -> None:
+        if not 1 <= self.ack_window <= MAX_WINDOW:
+            raise ConfigError(f"ack window must be 1 to {MAX_WINDOW} frames, got {self.ack_window}")
+        if self.acked and self.reco_workers:
+            raise ConfigError("--acked with --reco-workers is not supported: the reco workers forward frames "
+                              "by PUSH, so acknowledged delivery would end at them")
         if not 1024 <= self.base_port <= 65530:
             raise ConfigError(f"base port must be in [1024, 65530], got {self.base_port}")
         if not 0 <= self.reco_workers <= MAX_RECO_WORKERS:
@@ -134,6 +157,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="reconstruct a raw LHCO particle file with K worker processes (default 0: the source "
                         "holds features)")
     p.add_argument("--loop", action="store_true", help="replay a file source again and again (ids stay unique)")
+    p.add_argument("--acked", action="store_true",
+                   help="acknowledged delivery on both hops (producer -> scorer -> sink): a killed scorer or "
+                        "sink loses no event")
+    p.add_argument("--ack-window", type=int, metavar="FRAMES",
+                   help=f"with --acked: frames the scorer holds unacknowledged, 1 to {MAX_WINDOW} "
+                        f"(default {RUN_ACK_WINDOW}: each frame more adds a frame's scoring time to the latency)")
     p.set_defaults(func=main)
 
 
@@ -166,7 +195,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         scorer = dataclasses.replace(scorer, learn=RUN_LEARN)
     scorer = apply_scorer_options(scorer, args)
     run_overrides = {"run_dir": args.run_dir, "base_port": args.base_port, "duration": args.duration,
-                     "reco_workers": args.reco_workers}
+                     "reco_workers": args.reco_workers, "acked": args.acked or None, "ack_window": args.ack_window}
     run = dataclasses.replace(run, **{k: v for k, v in run_overrides.items() if v is not None})
     if args.no_monitor:
         run = dataclasses.replace(run, monitor=False)
@@ -180,6 +209,9 @@ def build_config(args: argparse.Namespace) -> RunConfig:
     replay = dataclasses.replace(replay, endpoint=run.endpoint(0), hwm=CHILD_HWM,
                                  kernel_buffer=CHILD_KERNEL_BUFFER, eos_timeout=EOS_TIMEOUT_S,
                                  raw=run.reco_workers > 0)
+    if run.acked:  # the buffer is the window: no frame waits in the producer for a receiver's credit
+        replay = dataclasses.replace(replay, delivery=DeliveryConfig(window=run.ack_window,
+                                                                     max_unacked=run.ack_window))
     return RunConfig(run=run, replay=replay, scorer=scorer)
 
 
@@ -250,6 +282,9 @@ def _produce(config: ReplayConfig, run_dir: str, telemetry: str, stop: threading
         ledger.add("sent", stats.events, f"{stats.frames} frames by the producer"
                    + ("; stopped early" if stats.stopped else ""))
         ledger.details.update(eos_acks=stats.eos.acks)
+        if stats.delivery is not None:
+            ledger.details.update(delivery=stats.delivery.to_dict())
+            ledger.notes.append(f"producer: {delivery_line(stats.delivery)}")
         ledger.write(Path(run_dir) / "ledger-producer.json")
     finally:
         reporter.close()
@@ -300,17 +335,19 @@ def run_pipeline(config: RunConfig, *, console_monitor: Callable[..., Any] | Non
     (run_dir / "run.json").write_text(json.dumps(to_dict(config), indent=2, default=str) + "\n")
     telemetry = run.endpoint(4)
     hub = TelemetryHub(telemetry, run.endpoint(5))  # before the children: their records have a listener
-    sink = SinkConfig(endpoint=run.endpoint(2), telemetry=telemetry, run_dir=str(run_dir))
+    sink = SinkConfig(endpoint=run.endpoint(2), telemetry=telemetry, run_dir=str(run_dir), acked=run.acked)
     scorer = ConsumeConfig(scorer=config.scorer, endpoint=run.endpoint(0), selections=run.endpoint(2),
                            telemetry=telemetry, run_dir=str(run_dir), checkpoint_every=run.checkpoint_every,
-                           hwm=CHILD_HWM, kernel_buffer=CHILD_KERNEL_BUFFER)
+                           hwm=CHILD_HWM, kernel_buffer=CHILD_KERNEL_BUFFER, acked=run.acked,
+                           ack_window=run.ack_window)
     stop = threading.Event()
     errors = mp.get_context("spawn").SimpleQueue()
     children = {"sink": _start("sink", errors, functools.partial(run_sink, run_config=to_dict(config)), sink)}
     if run.reco_workers:
         scorer = dataclasses.replace(scorer, endpoint=_start_reco(children, errors, run, str(run_dir), telemetry))
     children["scorer"] = _start("scorer", errors, run_consume, scorer)
-    replay = dataclasses.replace(config.replay, receivers=run.reco_workers)  # every worker gets a share
+    # every reco worker gets a share; acknowledged, the first frames wait for the scorer's HELLO, not in its queue
+    replay = dataclasses.replace(config.replay, receivers=max(run.reco_workers, int(run.acked)))
     children["producer"] = _start("producer", errors, _produce, replay, str(run_dir), telemetry)
     supervisor = threading.Thread(target=_supervise, args=(children, stop, run.duration), daemon=True)
     supervisor.start()
@@ -436,8 +473,11 @@ def combined_ledger(run_dir: Path) -> Ledger:
             continue
         path = run_dir / f"ledger-{role}.json"
         if path.exists():
-            for stage in json.loads(path.read_text())["stages"]:
+            data = json.loads(path.read_text())
+            for stage in data["stages"]:
                 ledger.add(stage["name"], stage["events"], stage["note"])
+            if role == "producer":  # acknowledged delivery's account
+                ledger.notes += data["notes"]
         else:
             ledger.add(f"{role}: no ledger", 0, "the process did not finish cleanly")
     return ledger

@@ -41,6 +41,7 @@ from streamflow.stream.transport import (
     DEFAULT_ENDPOINT,
     STOP_HANDSHAKE_S,
     Curve,
+    CurveRefusals,
     DownstreamStuck,
     EndOfStream,
     HandshakeError,
@@ -57,6 +58,7 @@ from streamflow.stream.wire import (
     encode_data,
     encode_frame_ack,
     encode_raw,
+    restamp,
 )
 
 ZMTP_HEARTBEAT_MS = 1000
@@ -125,21 +127,28 @@ class AckedSender:
         self.close()
 
     def send(self, parts: list[Any], n_events: int, stop_event: threading.Event | None = None,
-             key: Key | None = None, give_up_s: float | None = None) -> bool:
+             key: Key | None = None, give_up_s: float | None = None, restamp_on_wait: bool = False) -> bool:
         """Hand one encoded frame to delivery; False if stopped while blocked.
 
         ``key`` is the (stream id, seq) its receiver acknowledges: by default this sender's stream
         and frame count (a scorer's selections carry the producer's). With ``give_up_s``, a frame that
-        finds the buffer full for that long raises :class:`DownstreamStuck` (not sent)."""
+        finds the buffer full for that long raises :class:`DownstreamStuck` (not sent). With
+        ``restamp_on_wait``, a frame that waited for room gets the time it entered delivery as its
+        send time (as :meth:`Sender.send` does: the wait is the producer's, not the pipeline's latency;
+        a redelivered frame keeps that time, so its latency includes the redelivery)."""
         start = time.perf_counter()
         try:
+            waited = False
             while not self.dispatcher.has_room:
+                waited = True
                 if stop_event is not None and stop_event.is_set():
                     return False
                 if give_up_s is not None and time.perf_counter() - start > give_up_s:
                     raise DownstreamStuck(f"no receiver acknowledged a frame from {self.endpoint} for "
                                           f"{give_up_s:g} s: is it running?")
                 self.pump(_POLL_MS)
+            if waited and restamp_on_wait:
+                parts = restamp(parts, time.time_ns())
             self.dispatcher.offer(key or (self.stream_id, self.frames), parts, n_events)
             self.frames += 1
             self.events += n_events
@@ -151,12 +160,12 @@ class AckedSender:
     def send_batch(self, batch: EventBatch, stop_event: threading.Event | None = None) -> bool:
         """Send ``batch`` as the next DATA frame (its send time: when it entered delivery)."""
         parts = encode_data(batch, seq=self.frames, stream_id=self.stream_id, send_ns=time.time_ns())
-        return self.send(parts, len(batch), stop_event)
+        return self.send(parts, len(batch), stop_event, restamp_on_wait=True)
 
     def send_particles(self, particles: ParticleBatch, stop_event: threading.Event | None = None) -> bool:
         """Send ``particles`` as the next RAW frame."""
         parts = encode_raw(particles, seq=self.frames, stream_id=self.stream_id, send_ns=time.time_ns())
-        return self.send(parts, len(particles), stop_event)
+        return self.send(parts, len(particles), stop_event, restamp_on_wait=True)
 
     def wait_for_receivers(self, n: int, timeout_s: float, stop_event: threading.Event | None = None) -> int:
         """Wait until ``n`` receivers have said HELLO (or ``timeout_s``, or a stop); how many did."""
@@ -200,7 +209,7 @@ class AckedSender:
             self._receiver_of[peer] = str(msg.meta.get("name", "receiver"))
             window = msg.meta.get("window")
             self.dispatcher.hello(peer, window if isinstance(window, int) else self.delivery.window, now)
-        elif msg.kind == Kind.ACK:
+        elif msg.kind == Kind.ACK and peer in self.dispatcher.peers:  # END_OF_STREAM went only to those
             self._eos_acks[peer] = msg.meta
         else:
             self.bad_messages += 1
@@ -218,8 +227,7 @@ class AckedSender:
         except zmq.ZMQError as exc:
             if exc.errno != zmq.EHOSTUNREACH:
                 raise
-            self.dispatcher.gone(peer)
-            self._eos_acks.pop(peer, None)
+            self.dispatcher.gone(peer)  # one that answered END_OF_STREAM keeps its answer: it may leave
             return False
         return True
 
@@ -276,8 +284,8 @@ class AckedSender:
                 sent += self._to(peer, eos)
             self.pump(int(interval_s * 1000))
             live = self.dispatcher.peers.keys()
-            if live and live <= self._eos_acks.keys():
-                acks = {self._names.get(p, "receiver"): self._eos_acks[p] for p in live}
+            if self._eos_acks and live <= self._eos_acks.keys():  # a receiver that answered may be gone already
+                acks = {self._names.get(p, "receiver"): meta for p, meta in self._eos_acks.items()}
                 return EndOfStream(acks, time.monotonic() - start, sent)
             limit = min(timeout_s, STOP_HANDSHAKE_S) if stop_event is not None and stop_event.is_set() else timeout_s
             if time.monotonic() - handshake_start > limit:
@@ -305,9 +313,12 @@ class AckedReceiver:
     events: int = field(default=0, init=False)
     rejected: int = field(default=0, init=False)
     last_error: str | None = field(default=None, init=False)
+    last_parts: list[Any] = field(default_factory=list, init=False)
+    """The encoded parts of the message :meth:`recv` returned last (a proxy forwards them unchanged)."""
 
     def __post_init__(self) -> None:
         self.sock = connect(self.ctx, zmq.DEALER, self.endpoint, hwm=_QUEUE_HWM, curve=self.curve)
+        self._refusals = CurveRefusals(self.sock, self.endpoint, self.curve)
         _heartbeats(self.sock)
         self._rcvtimeo = -1
         self._heard = time.monotonic()
@@ -340,6 +351,7 @@ class AckedReceiver:
             try:
                 parts = self.sock.recv_multipart(copy=False)
             except zmq.Again:
+                self._refusals.check()
                 if time.monotonic() - self._heard > REHELLO_S:  # a sender that restarted does not know us
                     self._heard = time.monotonic()
                     self._hello()
@@ -361,10 +373,12 @@ class AckedReceiver:
             if msg.kind in (Kind.DATA, Kind.RAW, Kind.SELECTION):
                 self.frames += 1
                 self.events += msg.n_events
+                self.last_parts = parts
                 return msg
             # HEARTBEAT probes (and anything else) carry nothing for the caller
 
     def close(self) -> None:
+        self._refusals.close()
         self.sock.close(linger=1000)  # gives the last acknowledgements a second to leave
 
     def __enter__(self) -> AckedReceiver:

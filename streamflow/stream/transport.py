@@ -476,6 +476,27 @@ class Sender(_SocketPair):
 
 
 
+class CurveRefusals:
+    """Under CURVE, whether the sender refused this receiver's key: a sender that refuses a key says so in
+    the handshake, and libzmq reports it as an event on ``sock``'s monitor (no monitor without CURVE)."""
+
+    def __init__(self, sock: zmq.Socket, endpoint: str, curve: Curve | None) -> None:
+        self.sock, self.endpoint = sock, endpoint
+        self._events = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH) if curve is not None else None
+
+    def check(self) -> None:
+        """ConfigError if the sender's authenticator refused this receiver's CURVE key."""
+        if self._events is not None and self._events.poll(0):
+            raise ConfigError(f"{self.endpoint} refused this receiver's CURVE key: its public key is not in "
+                              f"the producer's authorised-keys folder")
+
+    def close(self) -> None:
+        if self._events is not None:
+            self.sock.disable_monitor()
+            self._events.close(linger=0)
+            self._events = None
+
+
 @dataclass
 class Receiver(_SocketPair):
     """The receiving side: PULL on the data endpoint, DEALER to the sender's control socket.
@@ -504,23 +525,12 @@ class Receiver(_SocketPair):
                             curve=self.curve)
         self._rcvtimeo = -1
         self.control = connect(self.ctx, zmq.DEALER, control_endpoint(self.endpoint), curve=self.curve)
-        # Under CURVE a sender that refuses our key says so in the handshake; libzmq reports it as an event.
-        self._refusals = (self.data.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
-                          if self.curve is not None else None)
+        self._refusals = CurveRefusals(self.data, self.endpoint, self.curve)
         self._say(Kind.HELLO, 0, 0)
 
     def close(self) -> None:
-        if self._refusals is not None:
-            self.data.disable_monitor()
-            self._refusals.close(linger=0)
-            self._refusals = None
+        self._refusals.close()
         super().close()
-
-    def _check_refused(self) -> None:
-        """ConfigError if the sender's authenticator refused this receiver's CURVE key."""
-        if self._refusals is not None and self._refusals.poll(0):
-            raise ConfigError(f"{self.endpoint} refused this receiver's CURVE key: its public key is not in "
-                              f"the producer's authorised-keys folder")
 
     def _say(self, kind: Kind, stream_id: int, seq: int) -> None:
         meta = {"name": self.name, "pid": os.getpid(), "frames": self.frames, "events": self.events,
@@ -559,7 +569,7 @@ class Receiver(_SocketPair):
             try:
                 parts = self.data.recv_multipart(copy=False)
             except zmq.Again:
-                self._check_refused()
+                self._refusals.check()
                 if deadline is not None and time.monotonic() >= deadline:
                     return None
                 continue
