@@ -36,8 +36,9 @@ def test_a_threshold_on_the_calibrated_score_keeps_the_same_fraction_of_every_sl
         kept = [float((scores[index == b] > threshold).float().mean()) for b in range(8)]
         if spread == "raw":  # the raw score's cut gathers at high m: a sculpted bump
             assert kept[-1] > 2 * kept[0], kept
-        else:  # ~3,100 events a slice at 5%: binomial error ~0.4%, the reference's own noise ~0.7%
-            assert max(abs(k - 0.05) for k in kept) < 0.02, kept
+        else:  # per slice: the reference's quantile from ~500 events and ~3,100 events cut, both binomial
+            sigma = math.sqrt(0.05 * 0.95 / 500 + 0.05 * 0.95 / 3100)  # ~1.05%
+            assert max(abs(k - 0.05) for k in kept) < 3.5 * sigma, kept  # the raw cut: 5 sigma off at the ends
     # Within a slice the calibrated score keeps the raw score's order (a monotone map, ties broken).
     inside = index == 3
     order = torch.argsort(raw[inside])
