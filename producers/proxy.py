@@ -438,18 +438,8 @@ def run_proxy(config: ProxyConfig, stop_event: threading.Event | None = None) ->
                 Receiver(ctx, endpoint, name=config.name, hwm=config.hwm, kernel_buffer=config.kernel_buffer,
                          curve=config.upstream_curve)) for endpoint in config.upstream]
             stats = ProxyStats([UpstreamStats(endpoint) for endpoint in config.upstream])
-            start = time.perf_counter()
             forwarder = _Forwarder(config, sender, receivers, stats, exporter.observe if exporter else None)
-            stats.error = forwarder.run(stop_event)
-            stats.seconds, stats.blocked_s = time.perf_counter() - start, sender.blocked_s
-            stats.stopped = stop_event.is_set()
-            try:
-                if not forwarder.stuck:  # a downstream that took nothing for the idle timeout would not answer
-                    stats.eos = sender.end_stream(config.eos_timeout, streams=stats.streams(), stop_event=stop_event)
-            except HandshakeError as exc:
-                if stats.error is None:
-                    raise
-                stats.error = f"{stats.error} (and downstream: {exc})"  # the first problem stays first
+            _forward_then_end(config, forwarder, sender, stats, stop_event)
     finally:
         ctx.destroy(linger=0)
         if exporter is not None:
@@ -458,6 +448,24 @@ def run_proxy(config: ProxyConfig, stop_event: threading.Event | None = None) ->
         raise ProxyError(stats.error, stats)
     return stats
 
+
+
+def _forward_then_end(config: ProxyConfig, forwarder: _Forwarder | _AckedForwarder, sender: Sender | AckedSender,
+                      stats: ProxyStats, stop_event: threading.Event) -> None:
+    """Forward until every upstream ended (or a stop, an idle timeout, a clash), then end the downstream with the
+    totals; a downstream that took nothing for the idle timeout (``forwarder.stuck``) is not asked, as it would not
+    answer. A handshake failure after another problem is added to it: the first problem stays first."""
+    start = time.perf_counter()
+    stats.error = forwarder.run(stop_event)
+    stats.seconds, stats.blocked_s = time.perf_counter() - start, sender.blocked_s
+    stats.stopped = stop_event.is_set()
+    try:
+        if not forwarder.stuck:
+            stats.eos = sender.end_stream(config.eos_timeout, streams=stats.streams(), stop_event=stop_event)
+    except HandshakeError as exc:
+        if stats.error is None:
+            raise
+        stats.error = f"{stats.error} (and downstream: {exc})"
 
 
 def _run_acked(config: ProxyConfig, stop_event: threading.Event) -> ProxyStats:
@@ -474,17 +482,8 @@ def _run_acked(config: ProxyConfig, stop_event: threading.Event) -> ProxyStats:
             forwarder.receivers = [sockets.enter_context(
                 AckedReceiver(ctx, endpoint, name=config.name, window=UPSTREAM_WINDOW, curve=config.upstream_curve))
                 for endpoint in config.upstream]
-            start = time.perf_counter()
-            stats.error = forwarder.run(stop_event)
-            stats.seconds, stats.blocked_s = time.perf_counter() - start, sender.blocked_s
-            stats.stopped = stop_event.is_set()
             try:
-                if not forwarder.stuck:  # a downstream that acknowledged nothing for the idle timeout would not answer
-                    stats.eos = sender.end_stream(config.eos_timeout, streams=stats.streams(), stop_event=stop_event)
-            except HandshakeError as exc:
-                if stats.error is None:
-                    raise
-                stats.error = f"{stats.error} (and downstream: {exc})"
+                _forward_then_end(config, forwarder, sender, stats, stop_event)
             finally:
                 stats.delivery = sender.dispatcher.counts.to_dict()
     finally:
