@@ -1,6 +1,7 @@
 """Every figure of the README's GPU section in one call, one process: ``python -m bench.gpu``.
 
-1. per learner of the default menu (the lhco preset: flow_m, flow_logm, cwola, ae, cathode):
+1. per learner of the ``lhco-density`` preset (the default menu -- cathode, anode, cwola, ae -- and the
+   density flows flow_m, flow_logm, which carry the issue's flow targets):
    ``learner.score`` and ``learner.learn`` events/s on frames of 4k, 64k, 256k and 1M events
    (``--quick``: 1k and 4k), every learner bound and past its warm-up first; score = best of
    ``SCORE_ROUNDS`` calls, learn = best of ``LEARN_ROUNDS`` calls, each after one untimed call at
