@@ -174,8 +174,9 @@ def injection(source: str, n_events: int, signal_fraction: float, held_out: int,
         print(f"| {n} | final model, held-out | {_figures(test_labels, test_mjj, final)} |")
     cathode = scorer.learners["cathode"]
     assert isinstance(cathode, CathodeLearner)
-    print(f"\ncathode gate opened after {cathode.gate.opened_at} sideband events; "
-          f"SR events learnt by its background flow: {cathode.background.forbidden_events}")
+    gate = (f"opened after {cathode.gate.opened_at} sideband events" if cathode.gate.open
+            else f"never opened (it needs {cathode.config.gate_events} sideband events and a settled loss)")
+    print(f"\ncathode gate {gate}; SR events learnt by its background flow: {cathode.background.forbidden_events}")
 
 
 def scan(n_events: int, signal_fraction: float, kinds: list[str], budget: float, seed: int) -> None:
