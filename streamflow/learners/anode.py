@@ -131,13 +131,10 @@ class AnodeLearner(CompositeLearner):
         return self.background.score(x) - self.signal_region.score(x)
 
     def _score(self, x: Tensor) -> Tensor:
-        nan = torch.full((x.shape[0],), math.nan, device=self.device)
         if not self.started:
-            return nan
+            return torch.full((x.shape[0],), math.nan, device=self.device)
         inside = in_bands(self.region(x), (self.config.signal_region,))
-        scores = nan.clone()
-        scores[inside] = self.calibration.standardise(self.log_ratio(x[inside]), self.region(x)[inside])
-        return scores
+        return self.calibration.score(x, inside, self.log_ratio, self.region)
 
     def _learn(self, x: Tensor) -> dict[str, float]:
         background, signal_region, config = self.background, self.signal_region, self.config

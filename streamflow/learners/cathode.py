@@ -282,10 +282,7 @@ class CathodeLearner(CompositeLearner):
         return self.classifier.score(x) if self.gate.open else self.background.score(x)
 
     def _score(self, x: Tensor) -> Tensor:
-        scores = torch.full((x.shape[0],), math.nan, device=self.device)
-        inside = self._in_signal_region(x)
-        scores[inside] = self.calibration.standardise(self._raw_score(x[inside]), self.region(x)[inside])
-        return scores
+        return self.calibration.score(x, self._in_signal_region(x), self._raw_score, self.region)
 
     def _learn(self, x: Tensor) -> dict[str, float]:
         config = self.config

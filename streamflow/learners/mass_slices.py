@@ -212,6 +212,15 @@ class MassSliceCalibration:
     def standardise(self, scores: Tensor, m: Tensor) -> Tensor:
         return self.slices.standardise(scores, m)
 
+    def score(self, x: Tensor, inside: Tensor, score: Callable[[Tensor], Tensor],
+              region: Callable[[Tensor], Tensor]) -> Tensor:
+        """Rows x's calibrated scores: the rows ``inside`` the band scored by ``score`` and standardised at their
+        ``region`` value, NaN elsewhere (a resonance line judges SR events only)."""
+        scores = torch.full((x.shape[0],), math.nan, device=x.device)
+        rows = x[inside]
+        scores[inside] = self.standardise(score(rows), region(rows))
+        return scores
+
     def state_dict(self) -> dict[str, Any]:
         return {"counts": self.slices.counts.clone(), "reference": self.reference.state_dict()}
 
