@@ -68,6 +68,7 @@ DEFAULT_PROXY_ENDPOINT = "tcp://127.0.0.1:5565"
 _POLL_MS = 100  # how often a quiet proxy looks at its stop flag and idle clock
 UPSTREAM_WINDOW = DEFAULT_WINDOW
 """``acked``: frames the proxy holds unacknowledged from each upstream (its HELLO's window)."""
+Observer = Callable[[dict[str, Any]], None] | None  # a telemetry record's consumer (the metrics exporter), or none
 
 
 @dataclass(frozen=True)
@@ -253,7 +254,7 @@ class _Routing:
     """What either forwarding loop keeps: which upstream owns which stream id, and what kind they send."""
 
     def __init__(self, config: ProxyConfig, stats: ProxyStats,
-                 observe: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 observe: Observer = None) -> None:
         self.config, self.stats, self.observe = config, stats, observe
         self.owners: dict[int, int] = {}  # DATA stream id -> index of the upstream that sends it
         self.kind: Kind | None = None  # DATA or SELECTION: the first event message decides
@@ -292,7 +293,7 @@ class _Forwarder(_Routing):
     """PUSH/PULL forwarding: each frame forwarded as it comes, blocking while the downstream queues are full."""
 
     def __init__(self, config: ProxyConfig, sender: Sender, receivers: list[Receiver], stats: ProxyStats,
-                 observe: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 observe: Observer = None) -> None:
         super().__init__(config, stats, observe)
         self.sender, self.receivers = sender, receivers
 
@@ -342,7 +343,7 @@ class _AckedForwarder(_Routing):
     acknowledged it (:meth:`settled`, the downstream sender's ``on_settled``)."""
 
     def __init__(self, config: ProxyConfig, stats: ProxyStats,
-                 observe: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 observe: Observer = None) -> None:
         super().__init__(config, stats, observe)
         self.sender: AckedSender | None = None
         self.receivers: list[AckedReceiver] = []
@@ -425,21 +426,14 @@ def run_proxy(config: ProxyConfig, stop_event: threading.Event | None = None) ->
     account for it). The last two then raise :class:`ProxyError` with the stats.
     """
     stop_event = stop_event or threading.Event()
-    if config.acked:
-        return _run_acked(config, stop_event)
     exporter = start_exporter(config.name, config.metrics_port)
+    observe = exporter.observe if exporter else None
     ctx = zmq.Context()
+    stats = ProxyStats([UpstreamStats(endpoint) for endpoint in config.upstream])
     try:
         with ExitStack() as sockets:
-            sender = sockets.enter_context(
-                Sender(ctx, config.endpoint, stream_id=config.stream_id, hwm=config.hwm,
-                       kernel_buffer=config.kernel_buffer, curve=config.curve))
-            receivers = [sockets.enter_context(
-                Receiver(ctx, endpoint, name=config.name, hwm=config.hwm, kernel_buffer=config.kernel_buffer,
-                         curve=config.upstream_curve)) for endpoint in config.upstream]
-            stats = ProxyStats([UpstreamStats(endpoint) for endpoint in config.upstream])
-            forwarder = _Forwarder(config, sender, receivers, stats, exporter.observe if exporter else None)
-            _forward_then_end(config, forwarder, sender, stats, stop_event)
+            forward = _forward_acked if config.acked else _forward_pushed
+            forward(config, ctx, sockets, stats, observe, stop_event)
     finally:
         ctx.destroy(linger=0)
         if exporter is not None:
@@ -448,6 +442,17 @@ def run_proxy(config: ProxyConfig, stop_event: threading.Event | None = None) ->
         raise ProxyError(stats.error, stats)
     return stats
 
+
+def _forward_pushed(config: ProxyConfig, ctx: zmq.Context, sockets: ExitStack, stats: ProxyStats,
+                    observe: Observer, stop_event: threading.Event) -> None:
+    """PUSH/PULL on both sides: a PULL receiver per upstream, one PUSH sender downstream."""
+    sender = sockets.enter_context(
+        Sender(ctx, config.endpoint, stream_id=config.stream_id, hwm=config.hwm,
+               kernel_buffer=config.kernel_buffer, curve=config.curve))
+    receivers = [sockets.enter_context(
+        Receiver(ctx, endpoint, name=config.name, hwm=config.hwm, kernel_buffer=config.kernel_buffer,
+                 curve=config.upstream_curve)) for endpoint in config.upstream]
+    _forward_then_end(config, _Forwarder(config, sender, receivers, stats, observe), sender, stats, stop_event)
 
 
 def _forward_then_end(config: ProxyConfig, forwarder: _Forwarder | _AckedForwarder, sender: Sender | AckedSender,
@@ -468,28 +473,17 @@ def _forward_then_end(config: ProxyConfig, forwarder: _Forwarder | _AckedForward
         stats.error = f"{stats.error} (and downstream: {exc})"
 
 
-def _run_acked(config: ProxyConfig, stop_event: threading.Event) -> ProxyStats:
-    """:func:`run_proxy` with acknowledged delivery on both sides (the module docstring)."""
-    exporter = start_exporter(config.name, config.metrics_port)
-    ctx = zmq.Context()
-    stats = ProxyStats([UpstreamStats(endpoint) for endpoint in config.upstream])
-    forwarder = _AckedForwarder(config, stats, exporter.observe if exporter else None)
+def _forward_acked(config: ProxyConfig, ctx: zmq.Context, sockets: ExitStack, stats: ProxyStats,
+                   observe: Observer, stop_event: threading.Event) -> None:
+    """Acknowledged delivery on both sides (the module docstring)."""
+    forwarder = _AckedForwarder(config, stats, observe)
+    sender = forwarder.sender = sockets.enter_context(
+        AckedSender(ctx, config.endpoint, stream_id=config.stream_id, delivery=DeliveryConfig(),
+                    curve=config.curve, on_settled=forwarder.settled))
+    forwarder.receivers = [sockets.enter_context(
+        AckedReceiver(ctx, endpoint, name=config.name, window=UPSTREAM_WINDOW, curve=config.upstream_curve))
+        for endpoint in config.upstream]
     try:
-        with ExitStack() as sockets:
-            sender = forwarder.sender = sockets.enter_context(
-                AckedSender(ctx, config.endpoint, stream_id=config.stream_id, delivery=DeliveryConfig(),
-                            curve=config.curve, on_settled=forwarder.settled))
-            forwarder.receivers = [sockets.enter_context(
-                AckedReceiver(ctx, endpoint, name=config.name, window=UPSTREAM_WINDOW, curve=config.upstream_curve))
-                for endpoint in config.upstream]
-            try:
-                _forward_then_end(config, forwarder, sender, stats, stop_event)
-            finally:
-                stats.delivery = sender.dispatcher.counts.to_dict()
+        _forward_then_end(config, forwarder, sender, stats, stop_event)
     finally:
-        ctx.destroy(linger=0)
-        if exporter is not None:
-            exporter.close(hold=config.metrics_hold)
-    if stats.error is not None:
-        raise ProxyError(stats.error, stats)
-    return stats
+        stats.delivery = sender.dispatcher.counts.to_dict()
