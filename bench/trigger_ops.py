@@ -43,6 +43,8 @@ import json
 import math
 import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,13 +54,15 @@ from streamflow.events.chunking import first_events
 from streamflow.scoring.frame_scorer import FrameScorer
 from streamflow.scoring.presets import preset, preset_for_source
 from streamflow.trigger import LineConfig, TriggerMenu
+from streamflow.trigger.lines import RateControl
+from streamflow.trigger.menu import step_size
 
 FRAME = 4096
 
 
 def run(source: str, events: int, signal_fraction: float, learners: list[str] | None, budget: float | None,
         zero_bias: float | None, interval: int, threads: int, seed: int,
-        control: float | None = None) -> dict[str, Any]:
+        control: float | None = None, scores_file: str | None = None) -> dict[str, Any]:
     config = preset(preset_for_source(source), device="cpu")
     if learners:
         config = dataclasses.replace(config, learners=tuple(c for c in config.learners if c.name in learners),
@@ -67,7 +71,6 @@ def run(source: str, events: int, signal_fraction: float, learners: list[str] | 
         config = dataclasses.replace(config, lines=tuple(dataclasses.replace(line, control=control)
                                                          for line in config.lines))
     config = dataclasses.replace(config, threads=threads)
-    scorer = FrameScorer(config)
     budgeted = None
     if budget is not None or zero_bias is not None:
         lines = config.lines
@@ -75,27 +78,38 @@ def run(source: str, events: int, signal_fraction: float, learners: list[str] | 
             lines += (LineConfig("zero_bias", accept=zero_bias, kind="zero_bias", seed=seed),)
         budgeted = TriggerMenu(lines, signal_region=config.signal_region, budget=budget,
                                budget_control=config.budget_control)
-    stream = open_source(source, signal_fraction=signal_fraction, seed=seed)
+    replay = scores_file is not None and Path(scores_file).exists()
+    if replay:
+        menu = TriggerMenu(config.lines, signal_region=config.signal_region, budget=config.budget,
+                           budget_control=config.budget_control)
+        stream_frames = _replayed(Path(scores_file), menu)  # type: ignore[arg-type]
+    else:
+        scorer = FrameScorer(config)
+        menu = scorer.menu
+        stream_frames = _scored(scorer, open_source(source, signal_fraction=signal_fraction, seed=seed), events)
+    recorded: list[tuple[dict[str, np.ndarray], np.ndarray | None, np.ndarray | None]] = []
     frames: list[tuple[int, list[int], list[int], list[bool]]] = []  # (stream offset, seen, accepted, judged)
     line_scores: list[list[np.ndarray]] = [[] for _ in config.lines]  # per line, each frame's finite scores
     union = 0
     done = 0
     start = time.perf_counter()
-    before = scorer.menu.stats()
-    for batch in first_events(stream.chunks(FRAME), events):
-        result = scorer.process(batch)
-        after = scorer.menu.stats()
+    before = menu.stats()
+    for scores, labels, region in stream_frames:
+        if scores_file is not None and not replay:
+            recorded.append((scores, labels, region))
+        after = menu.stats()
         frames.append((done, [b.seen - a.seen for a, b in zip(before, after, strict=True)],
                        [b.accepted - a.accepted for a, b in zip(before, after, strict=True)],
                        [b.judged > 0 for b in after]))
         for kept, line in zip(line_scores, config.lines, strict=True):
-            values = np.asarray(result.scores[line.learner]) if line.learner in result.scores else np.empty(0)
+            values = np.asarray(scores[line.learner]) if line.learner in scores else np.empty(0)
             kept.append(values[np.isfinite(values)])
         if budgeted is not None:
-            region = batch.column("mjj") if "mjj" in batch.names else None
-            union += int(budgeted.select(result.scores, batch.labels, region).accept.sum())
-        done += len(batch)
+            union += int(budgeted.select(scores, labels, region).accept.sum())
+        done += len(next(iter(scores.values())))
         before = after
+    if recorded:
+        _record(Path(scores_file), recorded)  # type: ignore[arg-type]
     seconds = time.perf_counter() - start
     n_intervals = -(-done // interval)
     offsets = np.array([f[0] for f in frames]) // interval
@@ -108,7 +122,7 @@ def run(source: str, events: int, signal_fraction: float, learners: list[str] | 
     np.add.at(accepted, offsets, frame_accepted)
     out: dict[str, Any] = {"source": source, "events": done, "signal_fraction": signal_fraction,
                            "interval": interval, "seconds": seconds, "lines": []}
-    for i, (line, stats) in enumerate(zip(config.lines, scorer.menu.stats(), strict=True)):
+    for i, (line, stats) in enumerate(zip(config.lines, menu.stats(), strict=True)):
         q = line.accept
         first_fifth = _first_share(frame_seen[:, i], frame_accepted[:, i], 0.2)
         warm_from = offsets[np.argmax(judged[:, i])] if judged[:, i].any() else n_intervals
@@ -122,6 +136,7 @@ def run(source: str, events: int, signal_fraction: float, learners: list[str] | 
             "intervals": fractions, "worst_interval": max((abs(f / q - 1) for f in fractions), default=math.nan),
             "recorded": stats.recorded, "unique": stats.unique, "overlap": stats.overlap,
             "correction": stats.correction, "restarts": stats.restarts,
+            "eff_s": stats.eff_s, "sr_sic": stats.sr_sic, "sr_sic_error": _sic_error(stats),
             **_counting_floor(line, line_scores[i], judged[:, i], seen[whole, i].mean() if whole else math.nan),
         })
     if budgeted is not None:
@@ -142,10 +157,11 @@ def _counting_floor(line: LineConfig, frames: list[np.ndarray], judged: np.ndarr
     """How far a line's interval rate scatters from counting noise alone, and how much more its tail moves.
 
     ``floor``: the relative standard deviation of an interval's accepted count that
-    the rate control (:mod:`streamflow.trigger.lines`) leaves from the frames'
-    Poisson noise alone: the count error is max(tau, q n) |delta log c| between the
-    interval's ends, log c jitters by sqrt(g / ((2 - g) q n)) (g = min(1, q n / tau),
-    n the line's mean frame population), so the error is sqrt(2) max(tau, q n) times
+    the rate control (:mod:`streamflow.trigger.lines`) leaves from the steps'
+    Poisson noise alone: the count error is max(tau, q m) |delta log c| between the
+    interval's ends, log c jitters by sqrt(g / ((2 - g) q m)) (g = min(1, q m / tau),
+    m the finite scores of a step of the line's mean frame,
+    :func:`~streamflow.trigger.menu.step_size`), so the error is sqrt(2) max(tau, q m) times
     that, over q x the interval's population. A worst of 9 intervals is typically
     about 2 floors off: a line that sees few accepts per interval cannot hold a
     tighter interval rate than this whatever its score. ``dispersion``: the frames'
@@ -164,14 +180,12 @@ def _counting_floor(line: LineConfig, frames: list[np.ndarray], judged: np.ndarr
     sizes = np.array([len(f) for f in kept], dtype=float)
     p = counts.sum() / sizes.sum()
     dispersion = float(((counts - p * sizes) ** 2).sum() / (p * (1 - p) * sizes).sum()) if p > 0 else math.nan
-    per_frame = q * sizes.mean()
     tau = line.control
     if tau <= 0:  # no control: the interval's own binomial error
         return {"dispersion": dispersion, "floor": 1 / math.sqrt(q * interval_population)}
-    gain = min(1.0, per_frame / tau)
-    jitter = math.sqrt(gain / ((2 - gain) * per_frame))
+    per_step = q * step_size(q, round(sizes.mean()))
     return {"dispersion": dispersion,
-            "floor": math.sqrt(2) * max(tau, per_frame) * jitter / (q * interval_population)}
+            "floor": math.sqrt(2) * max(tau, per_step) * RateControl(tau).jitter(per_step) / (q * interval_population)}
 
 
 def verdicts(out: dict[str, Any]) -> list[tuple[str, bool]]:
@@ -216,6 +230,55 @@ def verdicts(out: dict[str, Any]) -> list[tuple[str, bool]]:
     return found
 
 
+Frame = tuple[dict[str, np.ndarray], np.ndarray | None, np.ndarray | None]
+"""One frame's scores by learner, its labels and its mjj (None where the source has none)."""
+
+
+def _scored(scorer: FrameScorer, stream: Any, events: int) -> Iterator[Frame]:
+    """Score, select and learn each frame of the stream (the scorer's own menu selects)."""
+    for batch in first_events(stream.chunks(FRAME), events):
+        result = scorer.process(batch)
+        region = batch.column("mjj") if "mjj" in batch.names else None
+        yield {name: np.asarray(v) for name, v in result.scores.items()}, batch.labels, region
+
+
+def _record(path: Path, frames: list[Frame]) -> None:
+    """Keep a run's scores, labels and mjj per frame, so that menus can be replayed on them (``--scores``)."""
+    arrays = {f"scores/{name}": np.concatenate([f[0][name] for f in frames]) for name in frames[0][0]}
+    if frames[0][1] is not None:
+        arrays["labels"] = np.concatenate([f[1] for f in frames])  # type: ignore[misc]
+    if frames[0][2] is not None:
+        arrays["mjj"] = np.concatenate([f[2] for f in frames])  # type: ignore[misc]
+    np.savez(path, sizes=np.array([len(f[0][next(iter(f[0]))]) for f in frames]), **arrays)
+
+
+def _replayed(path: Path, menu: TriggerMenu) -> Iterator[Frame]:
+    """The frames of a ``--scores`` file, each selected by ``menu`` (no learner runs)."""
+    with np.load(path) as data:
+        names = [key.removeprefix("scores/") for key in data.files if key.startswith("scores/")]
+        edges = np.concatenate([[0], np.cumsum(data["sizes"])])
+        columns = {name: data[f"scores/{name}"] for name in names}
+        labels = data["labels"] if "labels" in data.files else None
+        mjj = data["mjj"] if "mjj" in data.files else None
+    missing = [name for name in menu.learners if name not in columns]
+    if missing:
+        raise SystemExit(f"{path}: no scores of {', '.join(missing)} (recorded: {', '.join(names)})")
+    for a, b in zip(edges[:-1], edges[1:], strict=True):
+        frame = ({name: values[a:b] for name, values in columns.items()},
+                 None if labels is None else labels[a:b], None if mjj is None else mjj[a:b])
+        menu.select(*frame)
+        yield frame
+
+
+def _sic_error(stats: Any) -> float:
+    """Binomial error of the signal-region SIC eff_s / sqrt(eff_b), propagated from both efficiencies."""
+    if not stats.sr_signal_accepted or not stats.sr_background_accepted:
+        return math.nan
+    rel_s = (1 - stats.sr_eff_s) / stats.sr_signal_accepted
+    rel_b = (1 - stats.sr_eff_b) / stats.sr_background_accepted
+    return stats.sr_sic * math.sqrt(rel_s + rel_b / 4)
+
+
 def _first_share(seen: np.ndarray, accepted: np.ndarray, share: float) -> float:
     """Accepted fraction over the first ``share`` of the population, to the end of the frame that reaches it."""
     total = seen.sum()
@@ -237,6 +300,8 @@ def report(out: dict[str, Any]) -> None:
         if line["intervals"]:
             print(f"   per {out['interval']:,}-event interval: " + " ".join(f"{f:.3%}" for f in line["intervals"])
                   + f"; counting floor {line['floor']:.1%}, dispersion {line['dispersion']:.2f}")
+        if not math.isnan(line["sr_sic"]):
+            print(f"   signal efficiency {line['eff_s']:.3f}, SR SIC {line['sr_sic']:.2f} ± {line['sr_sic_error']:.2f}")
     if "budgeted_menu" in out:
         print("beside it, the same lines within the budget: " + ", ".join(
             f"{name} {share['fraction']:.3%} (g {share['budget_factor']:.2f})"
@@ -264,15 +329,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lhco", default="../shared/data/lhco/lhco_rnd_first60k.features.h5",
                    help="the real LHCO features file of --done-when")
     p.add_argument("--json", help="write the figures here too")
+    p.add_argument("--scores", help="an .npz of the run's scores: written by a run (with --done-when: "
+                   "FILE.real.npz and FILE.synthetic.npz), replayed when it exists -- the menus run on the "
+                   "recorded scores, no learner (seconds instead of minutes; e.g. to compare --control values)")
     args = p.parse_args(argv)
     learners = args.learners.split(",") if args.learners else None
     if args.done_when:
-        runs = [run(args.lhco, 40_000, 0.01, learners, None, None, 10_000, args.threads, args.seed, args.control),
+        scores = (None, None) if args.scores is None else (f"{args.scores}.real.npz", f"{args.scores}.synthetic.npz")
+        runs = [run(args.lhco, 40_000, 0.01, learners, None, None, 10_000, args.threads, args.seed, args.control,
+                    scores[0]),
                 run("synthetic", 1_000_000, 0.01, learners, 0.03, 0.002, 100_000, args.threads, args.seed,
-                    args.control)]
+                    args.control, scores[1])]
     else:
         runs = [run(args.source, args.events, args.signal_fraction, learners, args.budget, args.zero_bias,
-                    args.interval, args.threads, args.seed, args.control)]
+                    args.interval, args.threads, args.seed, args.control, args.scores)]
     for out in runs:
         report(out)
     if args.json:

@@ -92,23 +92,45 @@ def test_no_accepts_during_warm_up_then_thresholds_from_the_past() -> None:
     assert menu.stats()[0].judged == 7_000
 
 
-def test_a_burst_is_judged_against_the_past_not_diluted_by_itself() -> None:
-    menu = TriggerMenu([LineConfig("flow1", "flow", 0.01, window=20_000)])
-    rng = np.random.default_rng(3)
-    _run(menu, rng.normal(size=24_576))
+def _burst(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     frame = rng.normal(size=FRAME)
     burst = rng.choice(FRAME, size=1000, replace=False)
     frame[burst] = 10.0 + rng.random(1000)
+    return frame, burst
+
+
+def test_a_burst_is_judged_against_the_past_not_diluted_by_itself() -> None:
+    menu = TriggerMenu([LineConfig("flow1", "flow", 0.01, window=20_000, control=0)])  # a plain line
+    rng = np.random.default_rng(3)
+    _run(menu, rng.normal(size=24_576))
+    frame, burst = _burst(rng)
     selection = menu.select({"flow": frame})
     assert set(burst) <= set(selection.indices)  # all 1000, not 1% of the frame
     assert selection.accept.sum() < 1000 + 3 * 0.01 * FRAME
 
 
+def test_a_controlled_line_holds_its_rate_through_a_burst() -> None:
+    """A controlled line judges a frame in steps: the burst's first step passes (it beats the past), then the
+    rate control cuts the line back to its rate within the frame and pays the excess back after it."""
+    menu = TriggerMenu([LineConfig("flow1", "flow", 0.01, window=20_000)])
+    rng = np.random.default_rng(3)
+    _run(menu, rng.normal(size=24_576))
+    frame, burst = _burst(rng)
+    taken = int(menu.select({"flow": frame}).accept.sum())
+    assert 0.01 * FRAME < taken < 500, "the first step's burst events pass, not the whole burst"
+    before = menu.stats()[0].accepted
+    quiet = 30
+    for _ in range(quiet):
+        menu.select({"flow": rng.normal(size=FRAME)})
+    assert menu.stats()[0].accepted - before < 0.01 * quiet * FRAME, "the excess is paid back by taking less"
+
+
 def test_bits_mark_each_line_and_accept_is_their_union() -> None:
+    # plain lines (control 0) apply one threshold a frame; a controlled line's steps each have their own
     lines = [
-        LineConfig("flow_1pc", "flow", 0.01, window=8_000),
-        LineConfig("flow_10pc", "flow", 0.10, window=8_000),
-        LineConfig("ae_5pc", "ae", 0.05, window=8_000, estimator="histogram"),
+        LineConfig("flow_1pc", "flow", 0.01, window=8_000, control=0),
+        LineConfig("flow_10pc", "flow", 0.10, window=8_000, control=0),
+        LineConfig("ae_5pc", "ae", 0.05, window=8_000, estimator="histogram", control=0),
     ]
     menu = TriggerMenu(lines)
     assert menu.learners == ("flow", "ae")

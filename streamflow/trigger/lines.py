@@ -24,30 +24,43 @@ level is corrected by integral feedback on the line's count of accepts:
     log c  <-  clip( log c - (a - q_t n) / max(tau, q_t n),  +-log 16 )
     q_eff  =   q_t * c
 
-per judged frame of n finite scores with a accepts, q_t the line's target
-(q, times the menu's budget factor when a budget is set) and tau = ``control``
-(in accepts). Stability: near q the line's accept fraction is q_eff * d with d
-the (slowly changing) lag of the threshold behind the scores, so log(a / q_t n)
-~ log c + log d, and the error e = log c + log d obeys e' = (1 - g) e + (change
-of log d) with loop gain g = q_t n / max(tau, q_t n) in (0, 1]: it decays
-geometrically without overshoot, for any frame size (the max() caps g at 1, the
-deadbeat gain, so large frames cannot make it oscillate -- it would at g > 1;
-a frame's Poisson noise then moves the next frame's level by as much: the
-stationary jitter of log c is sqrt(g / ((2 - g) q_t n)), 16% for 4096-event
-frames at 1%), and a constant lag d -- a steady drift -- is removed entirely
-(integral action). Since log c is the
-running sum of -(a - q_t n)/tau, the count of accepts itself can never be more
-than tau * |log c| away from q_t times the judged events: a tight rate over
-every interval longer than a few tau / q events (max(tau, q_t n) in place of tau
-for large frames). That is why the gain may go up to deadbeat: a smaller one
-would smooth the per-frame rate, but every swing of the correction (a learner
-whose drift speeds up or slows down) would cost max(tau, q_t n) |delta log c|
-accepts in its interval -- doubled at g = 1/2. The warm-up's events are not
-made up for (that would be a burst of accepts right after it): they are counted
-as ``not_judged`` and cost the line warmup / population of its rate. The price: the per-frame rate jitters by about
-1/sqrt(2 tau) (16% at tau = 20, for small frames) around q_t. ``control`` = 0 turns it off (the
-plain window quantile). The clip (c in [1/16, 16]) is the anti-windup: a line
-whose scores tie massively at the threshold cannot reach q, and c stops there.
+per *step* of n finite scores with a accepts, q_t the line's target (q, times
+the menu's budget factor when a budget is set) and tau = ``control`` (in
+accepts). A step is a piece of a frame holding about 2 expected accepts (at most
+4 steps a frame; :mod:`streamflow.trigger.menu`): the control acts within a
+frame, not once per frame, which is what lets a sparse line -- CATHODE's and
+ANODE's, about 6 expected accepts in a 4096-event frame -- hold its count.
+
+Stability: near q the line's accept fraction is q_eff * d with d the (slowly
+changing) lag of the threshold behind the scores, so log(a / q_t n) ~ log c +
+log d, and the error e = log c + log d obeys e' = (1 - g) e + (change of log d)
+with loop gain g = q_t n / max(tau, q_t n) in (0, 1]: it decays geometrically
+without overshoot, for any step size (the max() caps g at 1, the deadbeat gain,
+so large steps cannot make it oscillate -- it would at g > 1), and a constant
+lag d -- a steady drift -- is removed entirely (integral action).
+
+What it guarantees: log c is the running sum of -(a - q_t n)/max(tau, q_t n), so
+the count of accepts over any stretch differs from q_t times its judged events
+by exactly max(tau, q_t n) times the change of log c across it (as long as the
+clip is not reached). Counting noise alone makes log c jitter by sqrt(g / ((2 -
+g) q_t n)) (:meth:`RateControl.jitter`), so an interval's count is off by about
+sqrt(2) max(tau, q_t n) times that -- roughly sqrt(2 tau) accepts for small
+steps, *whatever the interval's length*: the rate over an interval of A expected
+accepts is held to ~sqrt(2 tau) / A, far below the binomial 1 / sqrt(A) of a
+fixed threshold. The price is the other side of the same jitter: the level
+itself moves by ~1 / sqrt(2 tau) from step to step (35% at the default tau = 4),
+a threshold that wobbles around the (1 - q) quantile, which costs a selection a
+little of its efficiency at the same rate (measured in the README: within the
+statistical error of the signal-region SIC on the synthetic million). A larger
+``control`` steadies the threshold and loosens the rate: the count error grows
+as sqrt(tau). The default tau = 4 is chosen so that a line with ~140 expected
+accepts per interval (CATHODE's over 100,000 LHCO events at q = 1%) holds its
+interval rate to a few percent. The warm-up's events are not made up for (that
+would be a burst of accepts right after it): they are counted as ``not_judged``
+and cost the line warmup / population of its rate. ``control`` = 0 turns the
+control off (the plain window quantile). The clip (c in [1/16, 16]) is the
+anti-windup: a line whose scores tie massively at the threshold cannot reach q,
+and c stops there.
 
 Prescale N: every N-th passing event is recorded (the N-th, 2N-th, ...: a
 counter, deterministic, as in hardware triggers); the rate control acts on the
@@ -103,7 +116,7 @@ class LineConfig:
     window: int = 100_000
     warmup: int | None = None
     estimator: Literal["exact", "histogram"] = "exact"
-    control: float = 20.0
+    control: float = 4.0
     prescale: int = 1
     kind: Literal["score", "zero_bias"] = "score"
     seed: int = 0
@@ -172,6 +185,14 @@ class RateControl:
     def correction(self) -> float:
         """c: the factor on the line's target accept fraction."""
         return math.exp(self.log_c)
+
+    def jitter(self, expected: float) -> float:
+        """The standard deviation of log c from counting alone, for ``expected`` accepts an update:
+        sqrt(g / ((2 - g) expected)) with gain g = expected / max(tau, expected) (module docstring)."""
+        if self.tau == 0 or expected <= 0:
+            return 0.0
+        gain = expected / max(self.tau, expected)
+        return math.sqrt(gain / ((2 - gain) * expected))
 
     def update(self, accepted: int, events: int, target: float) -> None:
         """One frame: ``accepted`` of ``events`` passed, for a target fraction ``target``."""

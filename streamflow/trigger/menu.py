@@ -10,17 +10,34 @@ Per frame and per line, in this order:
    accepts less than q, never more); a zero-bias line passes each event with
    probability q instead; a prescale N records every N-th passing event;
 3. the frame's finite scores enter the window;
-4. the rate control updates q_eff from the frame's passes (:mod:`.lines`), or,
-   when the passes are more than 3 Poisson sigmas off the target or the
-   correction leaves [2/3, 3/2] -- the scores moved faster than the window
-   follows, as a learner's do early in its training -- the window restarts from
-   this frame's scores (a window policy: the past no longer describes the
-   learner's scores) and the line *tracks*.
+4. the rate control updates q_eff from the passes (:mod:`.lines`), or, when the
+   frame's passes are more than 3 Poisson sigmas off the target or the
+   correction leaves [2/3, 3/2] by more than 3 of its counting sigmas
+   (:meth:`~streamflow.trigger.lines.RateControl.jitter`) -- the scores moved
+   faster than the window follows, as a learner's do early in its training --
+   the window restarts from this frame's scores (a window policy: the past no
+   longer describes the learner's scores) and the line *tracks*.
+
+Steps. A controlled line (``control`` > 0, its own window) does 1-4 in steps
+within the frame: its finite scores in order, ``STEP_ACCEPTS`` (2) expected
+accepts a step, at most ``MAX_STEPS`` (4) steps a frame; each step is judged
+against the window as the steps before left it, at the level the rate control
+set after them, then enters the window and the control. So a sparse line -- 6
+expected accepts a frame -- is corrected every ~2 accepts rather than once a
+frame, and what one step took too many is taken less of within the same frame
+(the count argument of :mod:`.lines` per step). The restart test (4) looks at
+the whole frame. The selection's ``thresholds`` are each line's last step's.
+A burst within a frame therefore passes as far as the control lets it: its
+first step's events beat the past and pass, the following steps are held to
+the line's rate (a trigger's rate is what the downstream system is sized for);
+a plain line (``control`` = 0) judges the whole frame against the past and
+takes a burst whole.
 
 Tracking (a controlled line from its first frame, and after each restart): the
 line judges a frame against the frame's own (1 - q_eff) quantile -- the only
 threshold that is right when the scores move more from frame to frame than the
-counting noise -- and its window keeps only the latest frame; as soon as that
+counting noise -- step by step (each step at the q_eff the control left), and its
+window keeps only the latest frame; as soon as that
 window's threshold (the previous frame's) would have passed the frame within 1
 Poisson sigma of the target, the line judges against its window again, and the
 window grows to W from there. So the first frame of a stream is judged (on
@@ -29,7 +46,7 @@ window including it, or not at all while that holds fewer), and a learner's
 early training costs no rate. The price of tracking: a burst inside a frame is
 diluted by the frame itself -- only while the line tracks. A line with
 ``control`` = 0 is the plain window quantile: no correction, no restarts, no
-tracking; its first judged frame is the one after its window holds ``warmup``.
+tracking, no steps; its first judged frame is the one after its window holds ``warmup``.
 
 After all lines: the union of the recorded events is counted against the
 menu's ``budget`` (a fraction of the whole stream), and the unique and overlap
@@ -82,6 +99,7 @@ too, and the ranks' thresholds would part).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -101,6 +119,10 @@ RESTART_SIGMAS = 3.0
 RESTART_CORRECTION = 1.5
 """... or when its rate control needs more than this factor (either way) to hold the target: its window lags
 the scores so much that the correction's swings would cost accepts (max(tau, q n) |delta log c| per swing)."""
+STEP_ACCEPTS = 2.0
+"""A line on its window judges a frame in steps of this many expected accepts, the rate control acting after each."""
+MAX_STEPS = 4
+"""... and in at most this many steps (a dense line's frame holds many accepts: its steps are longer)."""
 TRACK_SIGMAS = 1.0
 """A tracking line returns to its window once the window's threshold is this close (Poisson sigmas) to target."""
 
@@ -181,6 +203,7 @@ class TriggerMenu:
         passed_bits = np.zeros(n, dtype=np.uint64)
         recorded_bits = np.zeros(n, dtype=np.uint64)
         for i, (line, stats) in enumerate(zip(self.lines, self._stats, strict=True)):
+            stepped = False
             if line.kind == "zero_bias":
                 finite = np.ones(n, dtype=bool)
                 passed = self._random[i].random(n) < line.accept
@@ -188,8 +211,17 @@ class TriggerMenu:
             else:
                 values = frame[line.learner]
                 finite = np.isfinite(values)
-                thresholds[i] = self._judge(i, values, finite, thresholds[i])
-                passed = finite & (values > thresholds[i])
+                stepped = self._stepped(i, thresholds[i])
+                if stepped:
+                    passed, thresholds[i] = self._judge_in_steps(i, values, finite, thresholds[i])
+                else:
+                    threshold = self._judge(i, values, finite, thresholds[i])
+                    stepped = threshold is None  # tracking: the frame is judged on its own scores, in steps
+                    if threshold is None:
+                        passed, thresholds[i] = self._judge_in_steps(i, values, finite, np.nan, on_itself=True)
+                    else:
+                        thresholds[i] = threshold
+                        passed = finite & (values > threshold)
                 judged = not np.isnan(thresholds[i])
             recorded = passed & ((stats.accepted + np.cumsum(passed)) % line.prescale == 0)
             passed_bits |= passed.astype(np.uint64) << np.uint64(i)
@@ -197,19 +229,21 @@ class TriggerMenu:
             self._count(stats, finite, passed, recorded, labels, inside, judged=judged)
             stats.threshold = float(thresholds[i])
             if judged:
-                self._control(i, values if line.kind == "score" else None, int(passed.sum()), int(finite.sum()))
+                self._control(i, values if line.kind == "score" else None, int(passed.sum()), int(finite.sum()),
+                              stepped=stepped)
         self._count_union(recorded_bits)
         if self.budget is not None:
             self._budget.update(int((recorded_bits != 0).sum()), n, self.budget)
         self._set_levels()
         return Selection(accept=recorded_bits != 0, bits=recorded_bits, thresholds=thresholds, passed=passed_bits)
 
-    def _judge(self, i: int, values: np.ndarray, finite: np.ndarray, threshold: float) -> float:
+    def _judge(self, i: int, values: np.ndarray, finite: np.ndarray, threshold: float) -> float | None:
         """Put the frame's scores in line i's window; the threshold to judge the frame with.
 
         A plain line (``control`` 0, or a shared threshold): the threshold of the
         window before the frame. A controlled line *tracking* (from its first frame,
-        and again after a restart): the frame's own (1 - q_eff) quantile, if the
+        and again after a restart): None -- the frame is judged on itself, its own
+        (1 - q_eff) quantiles step by step (:meth:`_judge_in_steps`) -- if the
         frame alone holds ``warmup`` finite scores (the window then keeps only this
         frame), else the window's including the frame once that reaches ``warmup``
         (else not judged). Tracking ends at the first frame the window's threshold --
@@ -222,7 +256,6 @@ class TriggerMenu:
         estimator.update(values)
         if line.control == 0 or i in self._shared or not self._tracking[i]:
             return threshold
-        q_eff = min(1.0, line.accept * self._budget.correction * self._controls[i].correction)
         expected = line.accept * self._budget.correction * n
         if not np.isnan(threshold):
             passed = int(np.count_nonzero(values[finite] > threshold))
@@ -231,8 +264,45 @@ class TriggerMenu:
                 return threshold
         if n >= line.warmup_events:  # the frame alone makes a threshold: judge it on itself, keep only it
             self._restart(i, values)
-            return float(np.quantile(values[finite], 1.0 - q_eff))
+            return None
         return estimator.value() if ready else threshold  # small frames: the window since the (re)start
+
+    def _stepped(self, i: int, threshold: float) -> bool:
+        """Whether line i judges this frame in steps: a controlled line on its own window, judging."""
+        return (self.lines[i].control > 0 and i not in self._shared and not self._tracking[i]
+                and not np.isnan(threshold))
+
+    def _judge_in_steps(self, i: int, values: np.ndarray, finite: np.ndarray, threshold: float,
+                        on_itself: bool = False) -> tuple[np.ndarray, float]:
+        """Judge the frame in steps of about ``STEP_ACCEPTS / q_t`` finite scores (at most ``MAX_STEPS``), the
+        rate control updated after each, so that what a step took moves the next step's level.
+
+        On the window (``threshold``: the window's before the frame): each step against the window before it
+        at the step's level; the step's scores then enter the window, so a learner whose scores jump within
+        a frame is followed within the frame. ``on_itself`` (a tracking line, its window already restarted from
+        this frame): each step against the frame's own (1 - q_eff) quantile at the step's q_eff. Returns the
+        passes and the last step's threshold."""
+        line, estimator, control = self.lines[i], self._estimators[i], self._controls[i]
+        target = line.accept * self._budget.correction
+        positions = np.flatnonzero(finite)
+        own = values[positions]
+        size = step_size(target, len(positions))
+        passed = np.zeros(len(values), dtype=bool)
+        for start in range(0, len(positions), size):
+            q_eff = min(1.0, target * control.correction)
+            if on_itself:
+                threshold = float(np.quantile(own, 1.0 - q_eff))
+            elif start:
+                if q_eff != 1.0 - estimator.level:
+                    estimator.set_level(1.0 - q_eff)
+                threshold = estimator.value()
+            at = positions[start:start + size]
+            hits = values[at] > threshold
+            passed[at] = hits
+            if not on_itself:
+                estimator.update(values[at])
+            control.update(int(hits.sum()), len(at), target)
+        return passed, float(threshold)
 
     def _restart(self, i: int, values: np.ndarray) -> None:
         """Line i's window restarts from this frame's scores."""
@@ -240,7 +310,7 @@ class TriggerMenu:
         estimator.update(values)
         self._estimators[i] = estimator
 
-    def _control(self, i: int, values: np.ndarray | None, passed: int, events: int) -> None:
+    def _control(self, i: int, values: np.ndarray | None, passed: int, events: int, stepped: bool = False) -> None:
         """Line i's rate control after a judged frame; a restart of its window on a jump in its scores.
 
         A restart: the frame's pass count a is more than ``RESTART_SIGMAS`` Poisson
@@ -254,10 +324,12 @@ class TriggerMenu:
         line, control = self.lines[i], self._controls[i]
         target = line.accept * self._budget.correction
         expected = target * events
-        control.update(passed, events, target)
+        if not stepped:
+            control.update(passed, events, target)
         jumped = abs(passed - expected) > RESTART_SIGMAS * np.sqrt(expected)
         if values is not None and control.tau > 0 and not self._tracking[i] \
-                and (jumped or abs(control.log_c) > np.log(RESTART_CORRECTION)):
+                and (jumped or abs(control.log_c) > np.log(RESTART_CORRECTION) + RESTART_SIGMAS * control.jitter(
+                    STEP_ACCEPTS if stepped else expected)):
             self._restart(i, values)
             self._tracking[i] = True
             self._stats[i].restarts += 1
@@ -358,6 +430,12 @@ class TriggerMenu:
                 stats.sr_signal_accepted += int((passed & inside & signal).sum())
                 stats.sr_background += int((inside & background).sum())
                 stats.sr_background_accepted += int((passed & inside & background).sum())
+
+
+def step_size(target: float, finite: int) -> int:
+    """Finite scores per step of a controlled line with target fraction ``target`` in a frame of ``finite``
+    finite scores: ``STEP_ACCEPTS`` expected accepts a step, at most ``MAX_STEPS`` steps."""
+    return max(1, math.ceil(STEP_ACCEPTS / target), -(-finite // MAX_STEPS))
 
 
 def check_budget(lines: Sequence[LineConfig], budget: float | None, budget_control: float = 80.0) -> None:
