@@ -124,8 +124,8 @@ def test_lines_score_only_signal_region_events_and_do_not_sculpt_mjj(background_
 def test_cathode_and_anode_score_signal_region_events_early_in_a_small_stream() -> None:
     """Default options on 10 frames (41k events, ~5k sideband events: CATHODE's gate, needing 30,000, stays
     shut): both score every SR event, as per-mass-slice quantiles (z ~ N(0, 1) in every slice), and nothing
-    outside the SR -- CATHODE by its fallback -log p_bkg from the second frame (its first calibrated one),
-    ANODE from the frame after its 1,000-event warm-up (the second or third)."""
+    outside the SR -- CATHODE by its classifier learning SR data against the sidebands from the second frame
+    (its first calibrated one), ANODE from the frame after its 1,000-event warm-up (the second or third)."""
     stream = frames(10 * FRAME, signal_fraction=0.01)
     learners = [build_learner(learner_config({"kind": kind, "name": kind})) for kind in ("cathode", "anode")]
     slices = np.linspace(*SR, 9)
@@ -150,6 +150,33 @@ def test_cathode_and_anode_score_signal_region_events_early_in_a_small_stream() 
     cathode = learners[0]
     assert isinstance(cathode, CathodeLearner) and not cathode.gate.open
     assert first_scored["cathode"] == 1 and first_scored["anode"] <= 2, first_scored
+
+
+def test_before_its_gate_cathode_finds_signal_by_the_sidebands_not_by_its_density() -> None:
+    """A small stream at 5% signal (12 frames: the gate stays shut). With ``before_gate = "sidebands"`` (the
+    default) the classifier learns SR data against sideband events -- CWoLA's background -- and finds the
+    resonance on held-out SR events; with "density" the line scores by -log p_bkg and the classifier idles.
+    The flow learns sideband events only either way."""
+    stream = frames(14 * FRAME, signal_fraction=0.05, seed=5)
+    train, test = stream[:12], stream[12:]
+    learners = {mode: build_learner(learner_config({"kind": "cathode", "name": mode, "before_gate": mode}))
+                for mode in ("sidebands", "density")}
+    for learner in learners.values():
+        learner.bind(stream[0].names)
+        for batch in train:
+            learner.learn(torch.from_numpy(batch.features))
+    x = torch.from_numpy(np.concatenate([b.features for b in test]))
+    labels = np.concatenate([b.labels for b in test])
+    aucs = {}
+    for mode, learner in learners.items():
+        assert isinstance(learner, CathodeLearner) and not learner.gate.open
+        assert learner.background.forbidden_events == 0
+        scores = learner.score(x).numpy()
+        scored = np.isfinite(scores)
+        aucs[mode] = auc(labels[scored], scores[scored])
+    assert learners["sidebands"].classifier.class_counts[0] > 5_000  # sideband events learnt against
+    assert learners["density"].classifier.totals.events == 0
+    assert aucs["sidebands"] > 0.65 and aucs["sidebands"] > aucs["density"] + 0.1, aucs
 
 
 # --- checkpoint, resume, ranks ------------------------------------------------------------------------------
@@ -229,6 +256,7 @@ def test_two_ranks_hold_one_cathode_and_one_anode(tmp_path: Path) -> None:
     ({"sidebands": [[3100.0, 3400.0], [3700.0, 3900.0]]}, "overlap the signal_region"),
     ({"signal_region": [-200.0, 100.0], "sidebands": [[-300.0, -200.0], [100.0, 200.0]]}, "outside the data"),
     ({"oversample": 0}, "oversample"),
+    ({"before_gate": "flow"}, "before_gate: 'flow' is not one of 'sidebands', 'density'"),
     ({"features": ["mjj", "mjmin"]}, "must not be an input feature"),
 ])
 def test_bad_cathode_options_are_one_line_errors(options: dict, message: str) -> None:

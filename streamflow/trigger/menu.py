@@ -36,11 +36,14 @@ takes a burst whole.
 Tracking (a controlled line from its first frame, and after each restart): the
 line judges a frame against the frame's own (1 - q_eff) quantile -- the only
 threshold that is right when the scores move more from frame to frame than the
-counting noise -- step by step (each step at the q_eff the control left), and its
-window keeps only the latest frame; as soon as that
-window's threshold (the previous frame's) would have passed the frame within 1
-Poisson sigma of the target, the line judges against its window again, and the
-window grows to W from there. So the first frame of a stream is judged (on
+counting noise -- step by step (each step at the q_eff the control left). Its
+window restarts from the frame whenever the window's threshold would have passed
+the frame more than 3 Poisson sigmas off the target (the scores moved), and
+otherwise grows on; as soon as that threshold would have passed the frame within
+1 Poisson sigma of the target *and* the window held ``TRACK_WINDOW`` (4) times
+``warmup`` scores before the frame (a threshold resting on ~20 scores above it,
+not on the ~6 of one sparse frame), the line judges against its window again, and
+the window grows to W from there. So the first frame of a stream is judged (on
 itself: a frame with fewer than ``warmup`` finite scores is judged against the
 window including it, or not at all while that holds fewer), and a learner's
 early training costs no rate. The price of tracking: a burst inside a frame is
@@ -124,6 +127,8 @@ STEP_ACCEPTS = 2.0
 MAX_STEPS = 4
 """... and in at most this many steps (a dense line's frame holds many accepts: its steps are longer)."""
 TRACK_SIGMAS = 1.0
+TRACK_WINDOW = 4
+"""... and once its window held this many times ``warmup`` scores before the frame (~20 above its threshold)."""
 """A tracking line returns to its window once the window's threshold is this close (Poisson sigmas) to target."""
 
 
@@ -246,10 +251,13 @@ class TriggerMenu:
         (1 - q_eff) quantiles step by step (:meth:`_judge_in_steps`) -- if the
         frame alone holds ``warmup`` finite scores (the window then keeps only this
         frame), else the window's including the frame once that reaches ``warmup``
-        (else not judged). Tracking ends at the first frame the window's threshold --
-        the previous frame's -- would have passed within ``TRACK_SIGMAS`` Poisson
-        sigmas of q_t n: the scores move less per frame than the counting noise,
-        and the window grows from there to W."""
+        (else not judged). The window restarts from the frame when its threshold
+        would have passed the frame more than ``RESTART_SIGMAS`` Poisson sigmas off
+        q_t n, and keeps growing otherwise. Tracking ends at the first frame the
+        window's threshold would have passed within ``TRACK_SIGMAS`` sigmas of q_t n
+        with at least ``TRACK_WINDOW`` x ``warmup`` scores in the window before the
+        frame: the scores move less per frame than the counting noise, and the
+        window grows from there to W."""
         line, estimator = self.lines[i], self._estimators[i]
         n = int(finite.sum())
         ready = estimator.count + n >= line.warmup_events
@@ -259,9 +267,12 @@ class TriggerMenu:
         expected = line.accept * self._budget.correction * n
         if not np.isnan(threshold):
             passed = int(np.count_nonzero(values[finite] > threshold))
-            if abs(passed - expected) <= TRACK_SIGMAS * np.sqrt(expected):
+            off = abs(passed - expected) / np.sqrt(expected) if expected > 0 else 0.0
+            if off <= TRACK_SIGMAS and estimator.count - n >= TRACK_WINDOW * line.warmup_events:
                 self._tracking[i] = False
                 return threshold
+            if off <= RESTART_SIGMAS and n >= line.warmup_events:
+                return None  # judged on itself; the window grows on: the scores moved within counting noise
         if n >= line.warmup_events:  # the frame alone makes a threshold: judge it on itself, keep only it
             self._restart(i, values)
             return None
