@@ -23,7 +23,9 @@ class Selection:
     set when line i recorded the event; ``passed``: uint64[n], bit i set when the
     event passed line i (a prescale N > 1 records only every N-th pass: ``bits``
     is a subset of ``passed``); ``thresholds``: float64[lines], the threshold each
-    line applied (NaN during its warm-up and for zero-bias lines).
+    line applied -- a controlled line judges a frame in steps, each with its own
+    threshold, and reports its last step's (NaN during its warm-up and for
+    zero-bias lines).
     """
 
     accept: np.ndarray
