@@ -204,8 +204,11 @@ def invariance(n_events: int, signal_fraction: float, held_out: int, seed: int, 
                options: dict) -> None:
     """CATHODE, ANODE and CWoLA (or ``kinds``) each in the m and the log m coordinates (identity / log_mass),
     streamed side by side; on the held-out SR events, the share of the top 1% by one that is also in the top
-    1% by the other. ``options`` go to the CATHODE and ANODE configs; for ANODE the overlap of its raw log
-    ratio R (before the per-mass-slice calibration) is printed too."""
+    1% by the other -- over all of them, and over their background events only (the coordinate study's
+    definition, :mod:`streamflow.analysis.coordinate_study`: what a line selects where there is no signal,
+    so a learner that finds the signal in both frames does not score by that alone). ``options`` go to the
+    CATHODE and ANODE configs; for ANODE the overlap of its raw log ratio R (before the per-mass-slice
+    calibration) is printed too."""
     frames = stream("synthetic", n_events, signal_fraction, seed)
     n_held = held_out // FRAME
     train, test = frames[:-n_held], frames[-n_held:]
@@ -225,19 +228,24 @@ def invariance(n_events: int, signal_fraction: float, held_out: int, seed: int, 
     in_sr = (mjj >= SR[0]) & (mjj < SR[1])
     print(f"invariance: {len(train) * FRAME} synthetic events streamed, signal fraction {signal_fraction}; "
           f"{in_sr.sum()} held-out SR events ({labels[in_sr].sum()} signal)\n")
-    print("| learner | top-1% overlap, m vs log m (SR events) | SR-only AUC, m | SR-only AUC, log m |")
-    print("|---|---|---|---|")
-    for kind in kinds:
-        m, logm = (scorer.learners[f"{kind}_{s}"].score(test_x).numpy()[in_sr] for s in ("m", "logm"))
+    background = labels[in_sr] == 0
+    print("| learner | top-1% overlap, m vs log m (SR events) | same, SR background events only | "
+          "SR-only AUC, m | SR-only AUC, log m |")
+    print("|---|---|---|---|---|")
+
+    def row(name: str, m: np.ndarray, logm: np.ndarray) -> None:
         overlap = metrics.selection_overlap(m, logm, 0.01)
-        print(f"| {kind} | {100 * overlap:.1f}% | {metrics.auc(labels[in_sr], m):.3f} | "
+        quiet = metrics.selection_overlap(m[background], logm[background], 0.01)
+        print(f"| {name} | {100 * overlap:.1f}% | {100 * quiet:.1f}% | {metrics.auc(labels[in_sr], m):.3f} | "
               f"{metrics.auc(labels[in_sr], logm):.3f} |")
+
+    for kind in kinds:
+        row(kind, *(scorer.learners[f"{kind}_{s}"].score(test_x).numpy()[in_sr] for s in ("m", "logm")))
         if kind == "anode":
             pair = [scorer.learners[f"anode_{s}"] for s in ("m", "logm")]
             with torch.no_grad():
-                m, logm = (a.log_ratio(test_x).numpy()[in_sr] for a in pair if isinstance(a, AnodeLearner))
-            print(f"| anode, raw R | {100 * metrics.selection_overlap(m, logm, 0.01):.1f}% | "
-                  f"{metrics.auc(labels[in_sr], m):.3f} | {metrics.auc(labels[in_sr], logm):.3f} |")
+                row("anode, raw R", *(a.log_ratio(test_x).numpy()[in_sr] for a in pair
+                                      if isinstance(a, AnodeLearner)))
 
 
 def early(source: str, n_events: int, signal_fraction: float, seed: int) -> None:
