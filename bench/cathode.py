@@ -59,7 +59,7 @@ from streamflow.analysis.coordinate_study import auc_standard_error
 from streamflow.config import from_dict
 from streamflow.events import EventBatch, open_source
 from streamflow.events.chunking import first_events
-from streamflow.learners import AnodeLearner, CathodeLearner
+from streamflow.learners import CATHODE_FEATURES, AnodeLearner, CathodeLearner
 from streamflow.scoring.frame_scorer import FrameScorer, ScorerConfig
 from streamflow.scoring.presets import preset
 
@@ -212,8 +212,9 @@ def invariance(n_events: int, signal_fraction: float, held_out: int, seed: int, 
     frames = stream("synthetic", n_events, signal_fraction, seed)
     n_held = held_out // FRAME
     train, test = frames[:-n_held], frames[-n_held:]
+    density = {"features": list(CATHODE_FEATURES), "context": "mjj"}  # kind "flow": the lhco-density flows
     learners = [{"kind": kind, "name": f"{kind}_{short}", "coordinates": coordinates,
-                 **(options if kind in ("cathode", "anode") else {})}
+                 **(options if kind in ("cathode", "anode") else density if kind == "flow" else {})}
                 for kind in kinds for short, coordinates in (("m", "identity"), ("logm", "log_mass"))]
     config = from_dict(ScorerConfig, {
         "learners": learners,
@@ -299,7 +300,7 @@ def main() -> None:
     parser.add_argument("--held-out", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--kinds", default=None, help="scan: kinds per window (default cwola); "
-                        "invariance: learners to compare (default cathode,anode,cwola)")
+                        "invariance: learners to compare (default cathode,anode,cwola; flow: the density flow)")
     parser.add_argument("--budget", type=float, default=0.14)
     parser.add_argument("--options", default="{}", help="invariance: JSON options for the CATHODE and ANODE configs")
     args = parser.parse_args()
