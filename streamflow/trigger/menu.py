@@ -127,9 +127,9 @@ STEP_ACCEPTS = 2.0
 MAX_STEPS = 4
 """... and in at most this many steps (a dense line's frame holds many accepts: its steps are longer)."""
 TRACK_SIGMAS = 1.0
+"""A tracking line returns to its window once the window's threshold is this close (Poisson sigmas) to target ..."""
 TRACK_WINDOW = 4
 """... and once its window held this many times ``warmup`` scores before the frame (~20 above its threshold)."""
-"""A tracking line returns to its window once the window's threshold is this close (Poisson sigmas) to target."""
 
 
 class TriggerMenu:
@@ -249,8 +249,8 @@ class TriggerMenu:
         window before the frame. A controlled line *tracking* (from its first frame,
         and again after a restart): None -- the frame is judged on itself, its own
         (1 - q_eff) quantiles step by step (:meth:`_judge_in_steps`) -- if the
-        frame alone holds ``warmup`` finite scores (the window then keeps only this
-        frame), else the window's including the frame once that reaches ``warmup``
+        frame alone holds ``warmup`` finite scores, else the window's including the
+        frame once that reaches ``warmup``
         (else not judged). The window restarts from the frame when its threshold
         would have passed the frame more than ``RESTART_SIGMAS`` Poisson sigmas off
         q_t n, and keeps growing otherwise. Tracking ends at the first frame the
