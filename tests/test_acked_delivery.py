@@ -17,7 +17,15 @@ from streamflow.stream.ledger import _expand_runs
 from streamflow.stream.selections import read_selections
 from streamflow.stream.wire import Kind, decode, encode_control
 from tests.helpers import free_port_block, streamflow
-from tests.test_faults import finish, journal_lines, scorer_args, sink_written, start, wait_for
+from tests.test_faults import (
+    finish,
+    journal_lines,
+    journalled_after_checkpoint,
+    scorer_args,
+    sink_written,
+    start,
+    wait_for,
+)
 
 
 def _seen(ledger: dict) -> set[int]:
@@ -134,7 +142,7 @@ def test_a_scorer_killed_and_resumed_loses_nothing_in_flight(tmp_path) -> None:
                  "a checkpoint and a frame scored after it")
         first.send_signal(signal.SIGKILL)
         first.wait(10)
-        scored_after_checkpoint = {seq for _, seq, _ in journal_lines(run_dir)}
+        scored_after_checkpoint = set(journalled_after_checkpoint(run_dir))
         assert producer.poll() is None, "the stream ended before the kill: make it longer"
         second = start(stack, *args, "--resume", log=tmp_path / "scorer-2.log")
         output = finish(second, tmp_path / "scorer-2.log", timeout=90)
