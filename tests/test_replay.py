@@ -160,7 +160,7 @@ def test_sigint_ends_the_stream_cleanly(tmp_path: Path) -> None:
     messages, eos = receive_all(endpoint, producer, on_first=lambda: producer.send_signal(signal.SIGINT))
     assert eos.meta["events"] == sum(len(m.batch) for m in messages) > 0
     out, err = producer.communicate(timeout=30)
-    assert producer.returncode == 130
+    assert producer.returncode == 130, err
     assert err == "streamflow replay: interrupted; the stream was ended cleanly\n"
     assert "END_OF_STREAM acknowledged by test" in out
 
