@@ -206,11 +206,6 @@ class CathodeClassifier(CWoLALearner):
         self.against_sidebands = False
         """Class 0 is k sideband events per SR event, drawn from the frame's (CATHODE's gate still closed)."""
 
-    def _in_signal_region(self, x: Tensor) -> Tensor:
-        lo, hi = self.config.signal_region
-        r = self.aux(x, "region")
-        return (r >= lo) & (r < hi)
-
     def _learnable(self, x: Tensor) -> Tensor:
         return self._in_sideband(x) if self.against_sidebands else self._in_signal_region(x)
 

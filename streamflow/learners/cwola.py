@@ -78,14 +78,17 @@ class CWoLALearner(TorchLearner):
 
     _learnable = _in_sideband
 
+    def _in_signal_region(self, x: Tensor) -> Tensor:
+        lo, hi = self.config.signal_region
+        r = self.aux(x, "region")
+        return (r >= lo) & (r < hi)
+
     def _score(self, model: nn.Module, x: Tensor) -> Tensor:
         logit = model(self.inputs(x)).squeeze(-1)
         return torch.where(self._in_sideband(x), logit, torch.full_like(logit, float("nan")))
 
     def _training_tensors(self, x: Tensor) -> tuple[Tensor, ...]:
-        lo, hi = self.config.signal_region
-        r = self.aux(x, "region")
-        label = ((r >= lo) & (r < hi)).float()
+        label = self._in_signal_region(x).float()
         n1 = int(label.sum())
         # The weights follow all ranks' counts, as the gradient does.
         counts = [int(c) for c in self.collective.totals([len(label) - n1, n1])]

@@ -296,12 +296,12 @@ class TriggerMenu:
         line, estimator, control = self.lines[i], self._estimators[i], self._controls[i]
         target = line.accept * self._budget.correction
         positions = np.flatnonzero(finite)
-        own = values[positions]
+        own = values[positions] if on_itself else None
         size = step_size(target, len(positions))
         passed = np.zeros(len(values), dtype=bool)
         for start in range(0, len(positions), size):
             q_eff = min(1.0, target * control.correction)
-            if on_itself:
+            if own is not None:
                 threshold = float(np.quantile(own, 1.0 - q_eff))
             elif start:
                 if q_eff != 1.0 - estimator.level:
