@@ -3,7 +3,8 @@
     python -m bench.cathode closure   [--events N]                   # background-only synthetic stream
     python -m bench.cathode injection [--events N] [--signal-fraction F] [--source S]
     python -m bench.cathode scan      [--events N] [--signal-fraction F] [--kinds cwola,cathode] [--budget B]
-    python -m bench.cathode invariance [--events N] [--signal-fraction F] [--kinds anode] [--options JSON]
+    python -m bench.cathode invariance [--events N] [--signal-fraction F] [--kinds anode] [--seeds 0,1,2,3]
+                                       [--options JSON]
     python -m bench.cathode early     [--events N] [--signal-fraction F] [--source S]   # a small stream
 
 Each runs one :class:`~streamflow.scoring.frame_scorer.FrameScorer` over the stream,
@@ -48,7 +49,9 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import torch
@@ -65,6 +68,8 @@ from streamflow.scoring.presets import preset
 
 FRAME = 4096
 SR = (3300.0, 3700.0)
+MODELS = (("m", "identity", 0), ("logm", "log_mass", 0), ("m_seed1", "identity", 1))
+"""invariance: each learner in the m frame, in the log m frame, and in the m frame again from another seed."""
 FAKE_SR = {"signal_region": [3100.0, 3300.0], "sidebands": [[2900.0, 3100.0], [3300.0, 3500.0]]}
 
 
@@ -200,53 +205,104 @@ def scan(n_events: int, signal_fraction: float, kinds: list[str], budget: float,
               f"{line['eff_s']:.4f} | {line['eff_b']:.4f} | {line['sic']:.2f} |")
 
 
-def invariance(n_events: int, signal_fraction: float, held_out: int, seed: int, kinds: tuple[str, ...],
+OVERLAPS = ("m vs log m, same seed: SR events", "same, SR background", "m vs log m, across seeds: SR events",
+            "same, SR background", "m vs m, across seeds: SR background", "coordinate effect")
+"""invariance: the columns of a learner's row (percent; the coordinate effect in points)."""
+
+
+def invariance(n_events: int, signal_fraction: float, held_out: int, seeds: list[int], kinds: tuple[str, ...],
                options: dict) -> None:
     """CATHODE, ANODE and CWoLA (or ``kinds``) each in the m and the log m coordinates (identity / log_mass),
-    streamed side by side; on the held-out SR events, the share of the top 1% by one that is also in the top
-    1% by the other -- over all of them, and over their background events only (the coordinate study's
-    definition, :mod:`streamflow.analysis.coordinate_study`: what a line selects where there is no signal,
-    so a learner that finds the signal in both frames does not score by that alone). ``options`` go to the
-    CATHODE and ANODE configs; for ANODE the overlap of its raw log ratio R (before the per-mass-slice
-    calibration) is printed too."""
+    and once more in m from another seed (the control), streamed side by side; on the held-out SR events,
+    the share of the top 1% by one that is also in the top 1% by the other -- over all of them, and over
+    their background events only (the coordinate study's definition,
+    :mod:`streamflow.analysis.coordinate_study`: what a line selects where there is no signal, so a learner
+    that finds the signal in both frames does not score by that alone).
+
+    The seed control separates the two causes of a low overlap. Two models learnt from the same initial
+    weights in two frames see the same batches and start alike: the same-seed overlap carries that
+    shared start as much as the coordinates (a classifier whose input changes in one feature stays close
+    to its twin). Across seeds the start is not shared: m from seed 1 against log m from seed 0 differs
+    in the frame *and* the training noise, m from seed 0 against m from seed 1 in the noise alone; the
+    **coordinate effect** = seed overlap - cross overlap (background events) is what the frame moves
+    beyond training noise. For a likelihood ratio it is 0 within errors (the Jacobian cancels); for a
+    density it is what the Jacobian moves.
+
+    One stream per seed in ``seeds`` (run side by side, a process each, up to the CPU count); with more
+    than one, the mean of each figure over the streams and its standard error. ``options`` go to the
+    CATHODE and ANODE configs; for ANODE the overlaps of its raw log ratio R (before the per-mass-slice
+    calibration) are printed too."""
+    jobs = [(n_events, signal_fraction, held_out, seed, kinds, options) for seed in seeds]
+    with ProcessPoolExecutor(min(len(seeds), os.cpu_count() or 1)) as pool:
+        streams = list(pool.map(_invariance_stream, *zip(*jobs)))
+    header = f"| learner | {' | '.join(OVERLAPS)} | SR-only AUC: m, log m, m seed 1 |"
+    rule = "|---" * (len(OVERLAPS) + 2) + "|"
+    for summary, rows in streams:
+        print(f"{summary}\n\n{header}\n{rule}")
+        for name, (overlaps, aucs) in rows.items():
+            figures = " | ".join(f"{v:+.1f}" if column == OVERLAPS[-1] else f"{v:.1f}%"
+                                 for column, v in zip(OVERLAPS, overlaps))
+            print(f"| {name} | {figures} | {', '.join(f'{a:.3f}' for a in aucs)} |")
+        print()
+    if len(seeds) > 1:
+        print(f"mean over the {len(seeds)} streams (seeds {', '.join(map(str, seeds))}) +- standard error:\n")
+        print(f"| learner | {' | '.join(OVERLAPS)} | SR-only AUC, m |\n{rule}")
+        for name in streams[0][1]:
+            per_stream = np.array([rows[name][0] for _, rows in streams])
+            sem = per_stream.std(axis=0, ddof=1) / math.sqrt(len(seeds))
+            auc = np.mean([rows[name][1][0] for _, rows in streams])
+            print(f"| {name} | " + " | ".join(f"{m:.1f} +- {e:.1f}" for m, e in zip(per_stream.mean(axis=0), sem))
+                  + f" | {auc:.3f} |")
+
+
+def _invariance_stream(n_events: int, signal_fraction: float, held_out: int, seed: int, kinds: tuple[str, ...],
+                       options: dict) -> tuple[str, dict[str, tuple[list[float], list[float]]]]:
+    """One stream of :func:`invariance`: its summary line and, per learner, its overlaps and AUCs."""
+    torch.set_num_threads(1)
     frames = stream("synthetic", n_events, signal_fraction, seed)
     n_held = held_out // FRAME
     train, test = frames[:-n_held], frames[-n_held:]
     density = {"features": list(CATHODE_FEATURES), "context": "mjj"}  # kind "flow": the lhco-density flows
-    learners = [{"kind": kind, "name": f"{kind}_{short}", "coordinates": coordinates,
+    learners = [{"kind": kind, "name": f"{kind}_{short}", "coordinates": coordinates, "seed": seed_,
                  **(options if kind in ("cathode", "anode") else density if kind == "flow" else {})}
-                for kind in kinds for short, coordinates in (("m", "identity"), ("logm", "log_mass"))]
+                for kind in kinds for short, coordinates, seed_ in MODELS]
     config = from_dict(ScorerConfig, {
         "learners": learners,
         "lines": [{"name": c["name"], "learner": c["name"], "accept": 0.01, "window": 20_000} for c in learners],
         "device": "cpu", "threads": 1})
     scorer = FrameScorer(config)
+    started = time.perf_counter()
     for batch in train:
         scorer.process(batch)
+    elapsed = time.perf_counter() - started
     test_x = torch.from_numpy(np.concatenate([b.features for b in test]))
     mjj = np.concatenate([b.column("mjj") for b in test])
     labels = np.concatenate([b.labels for b in test]).astype(int)
     in_sr = (mjj >= SR[0]) & (mjj < SR[1])
-    print(f"invariance: {len(train) * FRAME} synthetic events streamed, signal fraction {signal_fraction}; "
-          f"{in_sr.sum()} held-out SR events ({labels[in_sr].sum()} signal)\n")
     background = labels[in_sr] == 0
-    print("| learner | top-1% overlap, m vs log m (SR events) | same, SR background events only | "
-          "SR-only AUC, m | SR-only AUC, log m |")
-    print("|---|---|---|---|---|")
+    n_top = max(1, round(0.01 * background.sum()))
+    summary = (f"invariance: {len(train) * FRAME} synthetic events streamed (seed {seed}, {elapsed:.0f} s), signal "
+               f"fraction {signal_fraction}; {in_sr.sum()} held-out SR events ({labels[in_sr].sum()} signal); "
+               f"background top 1% = {n_top} events, an overlap's binomial error about "
+               f"+- {100 * math.sqrt(0.25 / n_top):.1f} points at most")
 
-    def row(name: str, m: np.ndarray, logm: np.ndarray) -> None:
-        overlap = metrics.selection_overlap(m, logm, 0.01)
-        quiet = metrics.selection_overlap(m[background], logm[background], 0.01)
-        print(f"| {name} | {100 * overlap:.1f}% | {100 * quiet:.1f}% | {metrics.auc(labels[in_sr], m):.3f} | "
-              f"{metrics.auc(labels[in_sr], logm):.3f} |")
+    def figures(m: np.ndarray, logm: np.ndarray, m_seed1: np.ndarray) -> tuple[list[float], list[float]]:
+        pairs = [(m, logm), (m_seed1, logm), (m, m_seed1)]
+        overlaps = [metrics.selection_overlap(a, b, 0.01) for a, b in pairs[:2]]
+        quiet = [metrics.selection_overlap(a[background], b[background], 0.01) for a, b in pairs]
+        percent = [100 * v for v in (overlaps[0], quiet[0], overlaps[1], quiet[1], quiet[2], quiet[2] - quiet[1])]
+        return percent, [metrics.auc(labels[in_sr], s) for s in (m, logm, m_seed1)]
 
+    rows = {}
     for kind in kinds:
-        row(kind, *(scorer.learners[f"{kind}_{s}"].score(test_x).numpy()[in_sr] for s in ("m", "logm")))
+        rows[kind] = figures(*(scorer.learners[f"{kind}_{short}"].score(test_x).numpy()[in_sr]
+                               for short, _, _ in MODELS))
         if kind == "anode":
-            pair = [scorer.learners[f"anode_{s}"] for s in ("m", "logm")]
+            models = [scorer.learners[f"anode_{short}"] for short, _, _ in MODELS]
             with torch.no_grad():
-                row("anode, raw R", *(a.log_ratio(test_x).numpy()[in_sr] for a in pair
-                                      if isinstance(a, AnodeLearner)))
+                rows["anode, raw R"] = figures(*(a.log_ratio(test_x).numpy()[in_sr] for a in models
+                                                 if isinstance(a, AnodeLearner)))
+    return summary, rows
 
 
 def early(source: str, n_events: int, signal_fraction: float, seed: int) -> None:
@@ -299,6 +355,8 @@ def main() -> None:
     parser.add_argument("--source", default="synthetic")
     parser.add_argument("--held-out", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--seeds", default=None, help="invariance: streams to average over, e.g. 0,1,2,3 "
+                        "(a process each; default --seed)")
     parser.add_argument("--kinds", default=None, help="scan: kinds per window (default cwola); "
                         "invariance: learners to compare (default cathode,anode,cwola; flow: the density flow)")
     parser.add_argument("--budget", type=float, default=0.14)
@@ -309,7 +367,8 @@ def main() -> None:
         closure(args.events, args.seed)
     elif args.study == "invariance":
         kinds = tuple((args.kinds or "cathode,anode,cwola").split(","))
-        invariance(args.events, args.signal_fraction, args.held_out, args.seed, kinds, json.loads(args.options))
+        seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else [args.seed]
+        invariance(args.events, args.signal_fraction, args.held_out, seeds, kinds, json.loads(args.options))
     elif args.study == "early":
         early(args.source, args.events, args.signal_fraction, args.seed)
     elif args.study == "scan":
