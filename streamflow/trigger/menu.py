@@ -325,7 +325,9 @@ class TriggerMenu:
         """Line i's rate control after a judged frame; a restart of its window on a jump in its scores.
 
         A restart: the frame's pass count a is more than ``RESTART_SIGMAS`` Poisson
-        sigmas from q_t n, or the correction c has left [2/3, 3/2] -- the scores have
+        sigmas from q_t n, or the correction c has left [2/3, 3/2] by more than
+        ``RESTART_SIGMAS`` times its counting jitter (for the expected accepts of an
+        update: q_t n, or on a stepped line q_t times its :func:`step_size`) -- the scores have
         moved faster than the window can follow (a learner early in its training).
         The window then restarts from this frame's scores (those of the learner as
         it is now) and the line tracks (see :meth:`_judge`). The correction carries
@@ -340,7 +342,7 @@ class TriggerMenu:
         jumped = abs(passed - expected) > RESTART_SIGMAS * np.sqrt(expected)
         if values is not None and control.tau > 0 and not self._tracking[i] \
                 and (jumped or abs(control.log_c) > np.log(RESTART_CORRECTION) + RESTART_SIGMAS * control.jitter(
-                    STEP_ACCEPTS if stepped else expected)):
+                    target * step_size(target, events) if stepped else expected)):
             self._restart(i, values)
             self._tracking[i] = True
             self._stats[i].restarts += 1
