@@ -234,7 +234,7 @@ def invariance(n_events: int, signal_fraction: float, held_out: int, seeds: list
     calibration) are printed too."""
     jobs = [(n_events, signal_fraction, held_out, seed, kinds, options) for seed in seeds]
     with ProcessPoolExecutor(min(len(seeds), os.cpu_count() or 1)) as pool:
-        streams = list(pool.map(_invariance_stream, *zip(*jobs)))
+        streams = list(pool.map(invariance_stream, *zip(*jobs)))
     header = f"| learner | {' | '.join(OVERLAPS)} | SR-only AUC: m, log m, m seed 1 |"
     rule = "|---" * (len(OVERLAPS) + 2) + "|"
     for summary, rows in streams:
@@ -255,7 +255,7 @@ def invariance(n_events: int, signal_fraction: float, held_out: int, seeds: list
                   + f" | {auc:.3f} |")
 
 
-def _invariance_stream(n_events: int, signal_fraction: float, held_out: int, seed: int, kinds: tuple[str, ...],
+def invariance_stream(n_events: int, signal_fraction: float, held_out: int, seed: int, kinds: tuple[str, ...],
                        options: dict) -> tuple[str, dict[str, tuple[list[float], list[float]]]]:
     """One stream of :func:`invariance`: its summary line and, per learner, its overlaps and AUCs."""
     torch.set_num_threads(1)
