@@ -263,8 +263,9 @@ def invariance_stream(n_events: int, signal_fraction: float, held_out: int, seed
     n_held = held_out // FRAME
     train, test = frames[:-n_held], frames[-n_held:]
     density = {"features": list(CATHODE_FEATURES), "context": "mjj"}  # kind "flow": the lhco-density flows
-    learners = [{"kind": kind, "name": f"{kind}_{short}", "coordinates": coordinates, "seed": seed_,
-                 **(options if kind in ("cathode", "anode") else density if kind == "flow" else {})}
+    learners = [{"kind": kind, "name": f"{kind}_{short}",
+                 **(options if kind in ("cathode", "anode") else density if kind == "flow" else {}),
+                 "coordinates": coordinates, "seed": seed_}  # the frame and the seed are the study's own
                 for kind in kinds for short, coordinates, seed_ in MODELS]
     config = from_dict(ScorerConfig, {
         "learners": learners,
