@@ -17,6 +17,7 @@ from streamflow.distributed import Collective, weights_digest
 from streamflow.errors import ConfigError
 from streamflow.events import EventBatch, open_source
 from streamflow.learners import AnodeLearner, CathodeLearner, build_learner, learner_config, learner_from_state
+from streamflow.learners.cathode import Gate
 from streamflow.metrics import auc
 from streamflow.scoring.frame_scorer import FrameScorer, ScorerConfig
 from tests.helpers import free_port_block, streamflow
@@ -90,6 +91,21 @@ def test_cathode_closure_auc_stays_at_one_half_after_the_gate_opens(background_r
         assert abs(value - 0.5) < 0.03 + 2 * error, f"frame {frame}: closure AUC {value:.3f} +- {error:.3f}"
     mean = float(np.mean([value for _, value, _, _ in aucs]))
     assert abs(mean - 0.5) < 0.03, f"mean closure AUC {mean:.3f} over {len(aucs)} checks"
+
+
+def test_one_event_far_outside_the_bulk_does_not_hold_the_gate_shut() -> None:
+    """The real LHCO file has a jet of mjmin = 3e-5 GeV: a learning flow gave it ~1e18 nats, which made every
+    block's mean loss jump and kept the gate shut; the block median settles as the bulk does."""
+    gate, generator = Gate(), torch.Generator().manual_seed(0)
+    for frame in range(4):  # two blocks of two frames
+        losses = 7.0 + 0.5 * torch.randn(2500, generator=generator, dtype=torch.float64)
+        losses[0] = 3e18 * (1 + frame)
+        gate.observe(losses, lambda values: values, 5000, 0.05, learnt=40_000 + frame, needed=30_000)
+    assert gate.open and gate.opened_at == 40_003
+    assert gate.last_block == pytest.approx(7.0, abs=0.05)
+    resumed = Gate.from_state({"open": False, "block_sum": 1e19, "block_events": 1899, "last_block": 3e15,
+                               "opened_at": -1})  # a checkpoint from before the median
+    assert resumed.block_events == 0 and resumed.last_block == 3e15
 
 
 def test_the_background_flow_never_learns_a_signal_region_event(background_run: dict) -> None:

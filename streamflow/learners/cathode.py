@@ -20,11 +20,18 @@ is learnt from. Three parts learn together, in this order every frame:
 **Gate.** Samples from an unconverged flow differ from SR data even without
 signal, and a classifier learning that difference selects flow artefacts. The
 classifier starts once the flow has learnt ``gate_events`` sideband events and its
-loss has settled: the mean -log p of incoming sideband events under the EMA flow,
+loss has settled: the median -log p of incoming sideband events under the EMA flow,
 *before* it learns them (a held-out loss, test-then-train), over blocks of
 ``gate_block`` events, changes by less than ``gate_tolerance`` nats between two
 consecutive blocks. The gate then stays open (telemetry ``gate_open``; its state is
-in the checkpoint).
+in the checkpoint). The median, not the mean: an affine flow's -log p grows with
+the square of an input's distance from the bulk, so one event far outside it
+decides a block's mean -- on the real LHCO file a jet of mjmin = 3e-5 GeV (log m
+25 widths below the bulk) made a 1,899-event block's mean 3e15 nats while its
+median was ~7, and the gate never opened. The median's statistical error over
+a block of n events is ~1.25 sd / sqrt(n) (~0.04 nats at 5,000 events).
+Data-parallel, each rank takes the median of its own share of the block and the
+gate the event-weighted mean of those, the same figure on every rank.
 
 **Score**, on SR events only (NaN elsewhere: a line judges only SR events), from
 the first frame after the first SR events reached the calibration below (the
@@ -74,6 +81,7 @@ classifier forward; a flow forward before the gate under "density").
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -250,23 +258,44 @@ class Gate:
     """When CATHODE's classifier may start: the background flow's held-out sideband loss has settled."""
 
     open: bool = False
-    block_sum: float = 0.0
+    block: list[Tensor] = field(default_factory=list)
+    """This rank's held-out losses of the block so far."""
     block_events: int = 0
+    """Events of the block so far, all ranks'."""
     last_block: float = math.nan
     opened_at: int = -1
     """Sideband events the flow had learnt when the gate opened (-1: still closed)."""
 
-    def observe(self, loss_sum: float, events: int, block: int, tolerance: float, learnt: int, needed: int) -> None:
-        """Add the held-out loss of ``events`` sideband events; open once a block's mean settles."""
-        self.block_sum += loss_sum
-        self.block_events += events
+    def observe(self, losses: Tensor, totals: Callable[[list[float]], list[float]], block: int, tolerance: float,
+                learnt: int, needed: int) -> None:
+        """Add this rank's held-out ``losses`` (``totals`` sums over ranks); open once a block's median settles."""
+        self.block.append(losses.detach().double().cpu())
+        self.block_events += int(totals([float(len(losses))])[0])
         if self.block_events < block:
             return
-        mean = self.block_sum / self.block_events
+        values = torch.cat(self.block)
+        median = float(values.median()) if len(values) else 0.0
+        weighted, events = totals([median * len(values), float(len(values))])
+        mean = weighted / events
         settled = math.isfinite(self.last_block) and abs(mean - self.last_block) < tolerance
-        self.last_block, self.block_sum, self.block_events = mean, 0.0, 0
+        self.last_block, self.block, self.block_events = mean, [], 0
         if settled and learnt >= needed:
             self.open, self.opened_at = True, learnt
+
+    def state_dict(self) -> dict[str, Any]:
+        block = torch.cat(self.block) if self.block else torch.zeros(0, dtype=torch.float64)
+        return {"open": self.open, "block": block, "block_events": self.block_events,
+                "last_block": self.last_block, "opened_at": self.opened_at}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Gate:
+        """The gate of a checkpoint; one written before the median (a "block_sum") restarts its current block."""
+        if "block" not in state:
+            state = {**state, "block": torch.zeros(0, dtype=torch.float64), "block_events": 0}
+        block = state["block"]
+        return cls(open=bool(state["open"]), block=[block] if len(block) else [],
+                   block_events=int(state["block_events"]), last_block=float(state["last_block"]),
+                   opened_at=int(state["opened_at"]))
 
 
 class CathodeLearner(CompositeLearner):
@@ -324,9 +353,7 @@ class CathodeLearner(CompositeLearner):
         inside = self._in_signal_region(x)
         if not self.gate.open:
             nll = self.background.score(x[in_bands(self.region(x), config.sidebands)])
-            nll = nll[torch.isfinite(nll)]
-            loss_sum, events = self._sum([float(nll.double().sum()), float(len(nll))])
-            self.gate.observe(loss_sum, int(events), config.gate_block, config.gate_tolerance,
+            self.gate.observe(nll[torch.isfinite(nll)], self._sum, config.gate_block, config.gate_tolerance,
                               self.background.totals.events, config.gate_events)
         leaked_before = self.background.forbidden_events
         background = self.background.learn(x)
@@ -359,12 +386,10 @@ class CathodeLearner(CompositeLearner):
             return data, model(classifier.inputs.encode(samples)).squeeze(-1)
 
     def _extra_state(self) -> dict[str, Any]:
-        gate = self.gate
-        return {"gate": {"open": gate.open, "block_sum": gate.block_sum, "block_events": gate.block_events,
-                         "last_block": gate.last_block, "opened_at": gate.opened_at},
+        return {"gate": self.gate.state_dict(),
                 "mass_counts": self.masses.counts.clone(), "calibration": self.calibration.state_dict()}
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
-        self.gate = Gate(**state["gate"])
+        self.gate = Gate.from_state(state["gate"])
         self.masses.counts = state["mass_counts"].to(self.device, torch.float64)
         self.calibration.load_state_dict(state["calibration"])
