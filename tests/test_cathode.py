@@ -94,8 +94,8 @@ def test_cathode_closure_auc_stays_at_one_half_after_the_gate_opens(background_r
 
 
 def test_one_event_far_outside_the_bulk_does_not_hold_the_gate_shut() -> None:
-    """The real LHCO file has a jet of mjmin = 3e-5 GeV: a learning flow gave it ~1e18 nats, which made every
-    block's mean loss jump and kept the gate shut; the block median settles as the bulk does."""
+    """On the real LHCO file a learning flow gave one tail event 6e18 nats: the block's mean loss jumped and
+    kept the gate shut; the block median settles as the bulk does."""
     gate, generator = Gate(), torch.Generator().manual_seed(0)
     for frame in range(4):  # two blocks of two frames
         losses = 7.0 + 0.5 * torch.randn(2500, generator=generator, dtype=torch.float64)
