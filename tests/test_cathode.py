@@ -93,7 +93,7 @@ def test_cathode_closure_auc_stays_at_one_half_after_the_gate_opens(background_r
     assert abs(mean - 0.5) < 0.03, f"mean closure AUC {mean:.3f} over {len(aucs)} checks"
 
 
-def test_one_event_far_outside_the_bulk_does_not_hold_the_gate_shut() -> None:
+def test_one_event_with_an_absurd_loss_does_not_hold_the_gate_shut() -> None:
     """On the real LHCO file a learning flow gave one tail event 6e18 nats: the block's mean loss jumped and
     kept the gate shut; the block median settles as the bulk does."""
     gate, generator = Gate(), torch.Generator().manual_seed(0)
