@@ -27,9 +27,10 @@ consecutive blocks. The gate then stays open (telemetry ``gate_open``; its state
 in the checkpoint). The median, not the mean: a learning flow can put an absurd
 -log p on a rare event, and one such event decides a block's mean -- on the real
 LHCO file an ordinary tail event (delta_m 665 GeV, the sideband background's
-99.4% quantile) got 6e18 nats early in learning, a block's mean went to 3e15 nats
-while its median was ~7, and the gate never opened. The median's statistical error over
-a block of n events is ~1.25 sd / sqrt(n) (~0.04 nats at 5,000 events).
+99.4% quantile) got 6e18 nats, a block's mean went to 3e15 nats while its median
+was ~7, and no gate can settle on such blocks. The median's statistical error over
+a block of n events is ~1.25 sd / sqrt(n) (~0.03 nats at 5,000 events for the
+~1.5-nat spread of the real file's sideband losses).
 Data-parallel, each rank takes the median of its own share of the block and the
 gate the event-weighted mean of those, the same figure on every rank.
 
