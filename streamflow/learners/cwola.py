@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from streamflow.errors import ConfigError
+from streamflow.learners.bands import in_bands
 from streamflow.learners.base import LearnerConfigBase, TorchLearner, mlp
 
 
@@ -72,16 +73,12 @@ class CWoLALearner(TorchLearner):
         return mlp((len(config.features), *config.hidden, 1))
 
     def _in_sideband(self, x: Tensor) -> Tensor:
-        lo, hi = self.config.sideband
-        r = self.aux(x, "region")
-        return (r >= lo) & (r < hi)
+        return in_bands(self.aux(x, "region"), (self.config.sideband,))
 
     _learnable = _in_sideband
 
     def _in_signal_region(self, x: Tensor) -> Tensor:
-        lo, hi = self.config.signal_region
-        r = self.aux(x, "region")
-        return (r >= lo) & (r < hi)
+        return in_bands(self.aux(x, "region"), (self.config.signal_region,))
 
     def _score(self, model: nn.Module, x: Tensor) -> Tensor:
         logit = model(self.inputs(x)).squeeze(-1)
